@@ -1,0 +1,1 @@
+"""absl-flag binaries behind the tflm-* console scripts."""

@@ -1,0 +1,236 @@
+"""Experiment configs: dataclasses, YAML files and `--params_override`.
+
+An experiment is four sections, as in TF Model Garden::
+
+    model:   the architecture and task
+    data:    where text comes from and how it becomes batches
+    trainer: steps, learning rate, logging
+    runtime: precision, seed
+
+`load_experiment("configs/tiny_gpt.yaml", "trainer.train_steps=20")` reads a
+YAML file over the defaults, applies overrides, and validates: an unknown key
+or a value of the wrong type is an error naming the key and suggesting the
+closest valid one.
+"""
+
+import dataclasses
+import difflib
+import typing
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names it."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Architecture (see `TransformerBackbone`) and task."""
+
+    task: str = "causal_lm"  # causal_lm | masked_lm | classification
+    vocabulary_size: int = 262
+    num_layers: int = 2
+    num_heads: int = 4
+    hidden_dim: int = 128
+    intermediate_dim: int = 512
+    max_sequence_length: int = 128
+    position_encoding: str = "learned"  # learned | sinusoidal | rotary
+    num_segments: int = 0
+    activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | swiglu
+    normalization: str = "layer_norm"  # layer_norm | rms_norm
+    norm_first: bool = True
+    norm_epsilon: float = 1e-5
+    embedding_norm: bool = False
+    final_norm: typing.Optional[bool] = None  # None: same as norm_first
+    pooler: bool = False
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    use_bias: bool = True
+    tie_embeddings: bool = True
+    initializer_range: float = 0.02
+    num_classes: int = 2  # classification only
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Input text and batching."""
+
+    input_path: str = ""  # a file glob; empty: the corpus embedded in the package
+    tokenizer: str = "byte"
+    sequence_length: int = 128
+    global_batch_size: int = 16
+    shuffle_buffer_size: int = 1000
+    max_predictions_per_seq: int = 20  # masked_lm only
+    mask_rate: float = 0.15  # masked_lm only
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    """Optimization and logging."""
+
+    train_steps: int = 100
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    clipnorm: typing.Optional[float] = 1.0
+    log_every: int = 10
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """Precision and reproducibility."""
+
+    mixed_precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+
+
+def _suggest(key, valid):
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def _check_type(value, annotation, key):
+    """Returns `value` as the annotated type, or raises `ConfigError` naming `key`."""
+    if typing.get_origin(annotation) is typing.Union:
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_type(value, options[0], key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(
+        f"{key}: expected {annotation.__name__}, got {value!r} ({type(value).__name__})."
+    )
+
+
+def update_dataclass(instance, values, prefix=""):
+    """Sets `values` (a nested dict) on a config dataclass, validating each key."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}.")
+    hints = typing.get_type_hints(type(instance))
+    valid = [f.name for f in dataclasses.fields(instance)]
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in valid:
+            raise ConfigError(f"Unknown config key {path!r}{_suggest(key, valid)}")
+        current = getattr(instance, key)
+        if dataclasses.is_dataclass(current):
+            update_dataclass(current, value, prefix=f"{path}.")
+        else:
+            setattr(instance, key, _check_type(value, hints[key], path))
+    return instance
+
+
+def parse_overrides(text):
+    """`"a.b=1,c.d=x"` (values as YAML scalars) or a YAML mapping → nested dict."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        parsed = yaml.safe_load(text)
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"--params_override: expected key=value pairs or YAML, got {text!r}.")
+        return parsed
+    nested = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"--params_override: {item!r} is not of the form key=value.")
+        key, value = item.split("=", 1)
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    return nested
+
+
+def load_experiment(config_file=None, params_override=None):
+    """Defaults, then the YAML file, then the overrides; validated."""
+    config = ExperimentConfig()
+    if config_file:
+        try:
+            with open(config_file) as f:
+                values = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"Config file not found: {config_file}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{config_file}: invalid YAML: {e}") from None
+        try:
+            update_dataclass(config, values)
+        except ConfigError as e:
+            raise ConfigError(f"{config_file}: {e}") from None
+    update_dataclass(config, parse_overrides(params_override))
+    validate(config)
+    return config
+
+
+def validate(config):
+    """Checks values that the types alone do not."""
+    choices = {
+        "model.task": (config.model.task, ("causal_lm", "masked_lm", "classification")),
+        "model.position_encoding": (
+            config.model.position_encoding,
+            ("learned", "sinusoidal", "rotary"),
+        ),
+        "model.activation": (config.model.activation, ("relu", "gelu", "gelu_tanh", "swiglu")),
+        "model.normalization": (config.model.normalization, ("layer_norm", "rms_norm")),
+        "data.tokenizer": (config.data.tokenizer, ("byte",)),
+        "runtime.mixed_precision": (
+            config.runtime.mixed_precision,
+            ("float32", "mixed_bfloat16", "mixed_float16"),
+        ),
+    }
+    for key, (value, options) in choices.items():
+        if value not in options:
+            close = difflib.get_close_matches(str(value), options, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {options}{hint}")
+    if config.model.hidden_dim % config.model.num_heads:
+        raise ConfigError(
+            f"model.hidden_dim={config.model.hidden_dim} is not divisible by "
+            f"model.num_heads={config.model.num_heads}."
+        )
+    if config.data.sequence_length > config.model.max_sequence_length:
+        raise ConfigError(
+            f"data.sequence_length={config.data.sequence_length} exceeds "
+            f"model.max_sequence_length={config.model.max_sequence_length}."
+        )
+    for key, value in (
+        ("trainer.train_steps", config.trainer.train_steps),
+        ("data.global_batch_size", config.data.global_batch_size),
+        ("data.sequence_length", config.data.sequence_length),
+    ):
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}.")
+
+
+def to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def save_experiment(config, path):
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(config), f, sort_keys=False)

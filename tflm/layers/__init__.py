@@ -1,0 +1,25 @@
+"""Keras layers of tflm: position information, attention, feed-forward, blocks."""
+
+from tflm.layers.feed_forward import FeedForward
+from tflm.layers.masks import causal_mask, merge_attention_masks
+from tflm.layers.multi_head_attention import MultiHeadAttention
+from tflm.layers.normalization import RMSNormalization, make_normalization
+from tflm.layers.position_embedding import PositionEmbedding
+from tflm.layers.rotary_embedding import RotaryEmbedding
+from tflm.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
+from tflm.layers.token_embedding import TokenEmbedding
+from tflm.layers.transformer_block import TransformerBlock
+
+__all__ = [
+    "FeedForward",
+    "MultiHeadAttention",
+    "PositionEmbedding",
+    "RMSNormalization",
+    "RotaryEmbedding",
+    "SinusoidalPositionEncoding",
+    "TokenEmbedding",
+    "TransformerBlock",
+    "causal_mask",
+    "make_normalization",
+    "merge_attention_masks",
+]

@@ -1,0 +1,112 @@
+"""Position-wise feed-forward block: ReLU, GELU or SwiGLU."""
+
+import keras
+from keras import ops
+
+from tflm.layers.initializers import clone_initializer
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+
+
+def activate(x, activation):
+    """Applies a pointwise activation by name; `"swiglu"` applies its gate, SiLU."""
+    if activation == "relu":
+        return ops.relu(x)
+    if activation == "gelu":
+        return ops.gelu(x, approximate=False)
+    if activation == "gelu_tanh":
+        return ops.gelu(x, approximate=True)
+    if activation == "swiglu":
+        return ops.silu(x)
+    raise ValueError(f"Unknown activation {activation!r}; expected one of {ACTIVATIONS}.")
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class FeedForward(keras.layers.Layer):
+    """Two projections with a nonlinearity between them, applied per position.
+
+    - `"relu"`: `max(0, x W1 + b1) W2 + b2` ("Attention Is All You Need");
+    - `"gelu"`: exact GELU, `x * Phi(x)` with the normal CDF via erf (BERT);
+    - `"gelu_tanh"`: the tanh approximation of GELU (GPT-2);
+    - `"swiglu"`: `(silu(x W_gate) * (x W_up)) W2` (Shazeer, 2020), with
+      `W_gate` and `W_up` fused into one `(d_model, 2 * intermediate_dim)`
+      projection laid out `[gate | up]`.
+
+    Args:
+        intermediate_dim: width of the hidden projection.
+        activation: one of `"relu"`, `"gelu"`, `"gelu_tanh"`, `"swiglu"`.
+        use_bias: whether the projections have biases.
+        kernel_initializer, bias_initializer: initializers of the projections.
+        **kwargs: other keyword arguments of `keras.layers.Layer`.
+
+    Example:
+    >>> ffn = FeedForward(intermediate_dim=128, activation="gelu")
+    >>> y = ffn(keras.random.normal((2, 16, 32)))
+    """
+
+    def __init__(
+        self,
+        intermediate_dim,
+        activation="gelu",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"Unknown feed-forward activation {activation!r}; expected one of {ACTIVATIONS}."
+            )
+        self.intermediate_dim = int(intermediate_dim)
+        self.activation = activation
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        model_dim = input_shape[-1]
+        width = 2 * self.intermediate_dim if self.activation == "swiglu" else self.intermediate_dim
+        self.intermediate_dense = keras.layers.Dense(
+            width,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="intermediate",
+        )
+        self.intermediate_dense.build(input_shape)
+        self.output_dense = keras.layers.Dense(
+            model_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="output",
+        )
+        self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+
+    def call(self, inputs):
+        x = self.intermediate_dense(inputs)
+        if self.activation == "swiglu":
+            gate, up = ops.split(x, 2, axis=-1)
+            x = activate(gate, "swiglu") * up
+        else:
+            x = activate(x, self.activation)
+        return self.output_dense(x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "intermediate_dim": self.intermediate_dim,
+                "activation": self.activation,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,52 @@
+"""Attention masks: padding, causal, and their combination.
+
+Masks are boolean, `True` where a query may attend to a key. They broadcast
+to `(batch, query_length, key_length)`.
+"""
+
+from keras import ops
+
+
+def causal_mask(query_length, key_length, start_index=0):
+    """`(query_length, key_length)` mask: query `i` sees keys `<= start_index + i`.
+
+    `start_index` is the position of the first query among the keys; with a
+    key/value cache the keys span the whole cache and the queries are the new
+    tokens written at `start_index`.
+    """
+    query_positions = ops.arange(query_length)[:, None] + start_index
+    key_positions = ops.arange(key_length)[None, :]
+    return ops.greater_equal(query_positions, key_positions)
+
+
+def merge_attention_masks(
+    query_length,
+    key_length,
+    padding_mask=None,
+    attention_mask=None,
+    use_causal_mask=False,
+    start_index=0,
+):
+    """Combines the masks that are given into one boolean mask, or `None`.
+
+    Args:
+        query_length, key_length: sizes of the score matrix.
+        padding_mask: `(batch, key_length)`, nonzero at real tokens.
+        attention_mask: `(batch, query_length, key_length)` explicit mask.
+        use_causal_mask: whether to add the causal mask.
+        start_index: position of the first query among the keys.
+
+    Returns:
+        A boolean tensor broadcastable to `(batch, query_length, key_length)`,
+        or `None` when every query may attend to every key.
+    """
+    mask = None
+    if padding_mask is not None:
+        mask = ops.cast(padding_mask, "bool")[:, None, :]
+    if attention_mask is not None:
+        attention_mask = ops.cast(attention_mask, "bool")
+        mask = attention_mask if mask is None else ops.logical_and(mask, attention_mask)
+    if use_causal_mask:
+        causal = causal_mask(query_length, key_length, start_index)[None, :, :]
+        mask = causal if mask is None else ops.logical_and(mask, causal)
+    return mask

@@ -1,0 +1,172 @@
+"""Multi-head self-attention with fused QKV, masks and a key/value cache."""
+
+import math
+
+import keras
+from keras import ops
+
+from tflm.layers.initializers import clone_initializer
+from tflm.layers.masks import merge_attention_masks
+from tflm.layers.rotary_embedding import RotaryEmbedding
+
+# Scores of masked keys. Finite, so a row with every key masked gives a uniform
+# distribution instead of NaN; far below any real float32 score.
+_MASKED_SCORE = -1e9
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product self-attention.
+
+    Each head computes `softmax(Q K^T / sqrt(d_k)) V`; the heads are
+    concatenated and projected by `W^O`. Queries, keys and values come from one
+    fused projection `x W_qkv + b_qkv` of shape `(d_model, 3 * num_heads *
+    head_dim)`, laid out as `[Q | K | V]`, each `(num_heads, head_dim)`.
+
+    The softmax runs in float32 whatever the compute dtype, so mixed precision
+    keeps full-precision attention probabilities.
+
+    Args:
+        num_heads: number of attention heads.
+        head_dim: size of each head (`d_k`).
+        dropout: dropout rate on the attention probabilities.
+        use_bias: whether the projections have biases.
+        rotary_max_wavelength: if set, applies rotary position embedding with
+            this base to queries and keys.
+        kernel_initializer, bias_initializer: initializers of the projections.
+        **kwargs: other keyword arguments of `keras.layers.Layer`.
+
+    Call arguments:
+        inputs: `(batch, T, d_model)`.
+        padding_mask: `(batch, S)`, nonzero at real tokens (keys).
+        attention_mask: `(batch, T, S)` boolean, `True` where attention is allowed.
+        use_causal_mask: whether query `i` may only see keys up to its position.
+        cache: `(batch, 2, S_max, num_heads, head_dim)` keys and values of
+            earlier positions, for decoding. When given, the new keys and
+            values are written at `cache_update_index` and the layer returns
+            `(outputs, updated_cache)`.
+        cache_update_index: position of the first new token in the cache.
+        training: whether dropout is active.
+
+    Example:
+    >>> x = keras.random.normal((2, 16, 64))
+    >>> attention = MultiHeadAttention(num_heads=4, head_dim=16)
+    >>> y = attention(x, use_causal_mask=True)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        head_dim,
+        dropout=0.0,
+        use_bias=True,
+        rotary_max_wavelength=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.head_dim = int(head_dim)
+        self.dropout = float(dropout)
+        self.use_bias = use_bias
+        self.rotary_max_wavelength = rotary_max_wavelength
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        model_dim = input_shape[-1]
+        inner_dim = self.num_heads * self.head_dim
+        self.qkv_dense = keras.layers.Dense(
+            3 * inner_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="qkv",
+        )
+        self.qkv_dense.build(input_shape)
+        self.output_dense = keras.layers.Dense(
+            model_dim,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name="output",
+        )
+        self.output_dense.build(tuple(input_shape[:-1]) + (inner_dim,))
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.rotary = None
+        if self.rotary_max_wavelength:
+            self.rotary = RotaryEmbedding(self.rotary_max_wavelength, dtype=self.dtype_policy)
+
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        cache=None,
+        cache_update_index=None,
+        training=None,
+    ):
+        batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        qkv = self.qkv_dense(inputs)
+        qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+        start_index = 0 if cache is None else cache_update_index
+        if self.rotary is not None:
+            query = self.rotary(query, start_index=start_index)
+            key = self.rotary(key, start_index=start_index)
+
+        if cache is not None:
+            if cache_update_index is None:
+                raise ValueError("`cache_update_index` is required when `cache` is given.")
+            key = ops.slice_update(cache[:, 0], (0, start_index, 0, 0), key)
+            value = ops.slice_update(cache[:, 1], (0, start_index, 0, 0), value)
+            cache = ops.stack([key, value], axis=1)
+
+        mask = merge_attention_masks(
+            length,
+            ops.shape(key)[1],
+            padding_mask=padding_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            start_index=start_index,
+        )
+        outputs = self._attend(query, key, value, mask, training)
+        outputs = ops.reshape(outputs, (batch, length, self.num_heads * self.head_dim))
+        outputs = self.output_dense(outputs)
+        if cache is not None:
+            return outputs, cache
+        return outputs
+
+    def _attend(self, query, key, value, mask, training):
+        # Scale queries before the product: one multiply of T*d, not T*S.
+        query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
+        scores = ops.einsum("bthd,bshd->bhts", query, key)
+        scores = ops.cast(scores, "float32")
+        if mask is not None:
+            scores = ops.where(mask[:, None, :, :], scores, _MASKED_SCORE)
+        probs = ops.softmax(scores, axis=-1)
+        probs = self.dropout_layer(ops.cast(probs, self.compute_dtype), training=training)
+        return ops.einsum("bhts,bshd->bthd", probs, value)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "head_dim": self.head_dim,
+                "dropout": self.dropout,
+                "use_bias": self.use_bias,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config

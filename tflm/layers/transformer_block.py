@@ -1,0 +1,186 @@
+"""Transformer block: self-attention and feed-forward with residuals and norms."""
+
+import keras
+
+from tflm.layers.feed_forward import FeedForward
+from tflm.layers.initializers import clone_initializer
+from tflm.layers.multi_head_attention import MultiHeadAttention
+from tflm.layers.normalization import make_normalization
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class TransformerBlock(keras.layers.Layer):
+    """One transformer layer, post-LN (BERT) or pre-LN (GPT-2).
+
+    Post-LN (`norm_first=False`)::
+
+        x = norm1(x + dropout(attention(x)))
+        x = norm2(x + dropout(ffn(x)))
+
+    Pre-LN (`norm_first=True`)::
+
+        x = x + dropout(attention(norm1(x)))
+        x = x + dropout(ffn(norm2(x)))
+
+    Args:
+        num_heads: number of attention heads.
+        intermediate_dim: width of the feed-forward hidden layer.
+        head_dim: size of each head; defaults to `d_model // num_heads`.
+        activation: feed-forward activation, see `FeedForward`.
+        normalization: `"layer_norm"` or `"rms_norm"`.
+        norm_first: pre-LN if `True`, post-LN if `False`.
+        norm_epsilon: epsilon of the norms (BERT 1e-12, GPT-2 1e-5).
+        dropout: dropout rate on the attention and feed-forward outputs.
+        attention_dropout: dropout rate on the attention probabilities.
+        use_bias: whether the projections have biases.
+        rotary_max_wavelength: if set, rotary position embedding in attention.
+        kernel_initializer: initializer of the projection kernels.
+        **kwargs: other keyword arguments of `keras.layers.Layer`.
+
+    Call arguments:
+        inputs: `(batch, T, d_model)`.
+        padding_mask, attention_mask, use_causal_mask, cache,
+        cache_update_index: as in `MultiHeadAttention`; with a cache the
+            block returns `(outputs, updated_cache)`.
+        training: whether dropout is active.
+
+    Example:
+    >>> block = TransformerBlock(num_heads=4, intermediate_dim=128, norm_first=True)
+    >>> y = block(keras.random.normal((2, 16, 64)), use_causal_mask=True)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        head_dim=None,
+        activation="gelu",
+        normalization="layer_norm",
+        norm_first=False,
+        norm_epsilon=1e-5,
+        dropout=0.0,
+        attention_dropout=0.0,
+        use_bias=True,
+        rotary_max_wavelength=None,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.head_dim = head_dim
+        self.activation = activation
+        self.normalization = normalization
+        self.norm_first = norm_first
+        self.norm_epsilon = float(norm_epsilon)
+        self.dropout = float(dropout)
+        self.attention_dropout = float(attention_dropout)
+        self.use_bias = use_bias
+        self.rotary_max_wavelength = rotary_max_wavelength
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        model_dim = input_shape[-1]
+        head_dim = self.head_dim
+        if head_dim is None:
+            if model_dim % self.num_heads:
+                raise ValueError(
+                    f"The model width {model_dim} is not divisible by num_heads="
+                    f"{self.num_heads}; pass head_dim explicitly."
+                )
+            head_dim = model_dim // self.num_heads
+        self.attention = MultiHeadAttention(
+            num_heads=self.num_heads,
+            head_dim=head_dim,
+            dropout=self.attention_dropout,
+            use_bias=self.use_bias,
+            rotary_max_wavelength=self.rotary_max_wavelength,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self.attention.build(input_shape)
+        self.attention_norm = make_normalization(
+            self.normalization, self.norm_epsilon, dtype=self.dtype_policy, name="attention_norm"
+        )
+        self.attention_norm.build(input_shape)
+        self.feed_forward = FeedForward(
+            intermediate_dim=self.intermediate_dim,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="feed_forward",
+        )
+        self.feed_forward.build(input_shape)
+        self.feed_forward_norm = make_normalization(
+            self.normalization, self.norm_epsilon, dtype=self.dtype_policy, name="feed_forward_norm"
+        )
+        self.feed_forward_norm.build(input_shape)
+        self.attention_dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.feed_forward_dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy
+        )
+
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+        cache=None,
+        cache_update_index=None,
+        training=None,
+    ):
+        # Attention sub-layer.
+        residual = inputs
+        x = self.attention_norm(inputs) if self.norm_first else inputs
+        x = self.attention(
+            x,
+            padding_mask=padding_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            cache=cache,
+            cache_update_index=cache_update_index,
+            training=training,
+        )
+        if cache is not None:
+            x, cache = x
+        x = residual + self.attention_dropout_layer(x, training=training)
+        if not self.norm_first:
+            x = self.attention_norm(x)
+
+        # Feed-forward sub-layer.
+        residual = x
+        if self.norm_first:
+            x = self.feed_forward_norm(x)
+        x = residual + self.feed_forward_dropout_layer(self.feed_forward(x), training=training)
+        if not self.norm_first:
+            x = self.feed_forward_norm(x)
+
+        if cache is not None:
+            return x, cache
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "head_dim": self.head_dim,
+                "activation": self.activation,
+                "normalization": self.normalization,
+                "norm_first": self.norm_first,
+                "norm_epsilon": self.norm_epsilon,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "use_bias": self.use_bias,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config

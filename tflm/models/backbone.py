@@ -1,0 +1,326 @@
+"""TransformerBackbone: embeddings, a stack of transformer blocks, a final norm."""
+
+import keras
+from keras import ops
+
+from tflm.layers.initializers import clone_initializer
+from tflm.layers.normalization import make_normalization
+from tflm.layers.position_embedding import PositionEmbedding
+from tflm.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
+from tflm.layers.token_embedding import TokenEmbedding
+from tflm.layers.transformer_block import TransformerBlock
+
+POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary")
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class TransformerBackbone(keras.Model):
+    """A bidirectional encoder (BERT) or a causal decoder (GPT) by config.
+
+    Reads top to bottom::
+
+        x = token_embedding(token_ids)
+          + position information (learned / sinusoidal; rotary is applied in attention)
+          + segment_embedding(segment_ids)           # if num_segments > 0
+        x = dropout(embedding_norm(x))               # embedding_norm: BERT
+        for block in blocks: x = block(x, padding_mask, causal)
+        x = final_norm(x)                            # pre-LN models (GPT-2)
+        pooled = tanh(dense(x[:, 0]))                # if pooler (BERT)
+
+    BERT: `causal=False, norm_first=False, activation="gelu",
+    norm_epsilon=1e-12, position_encoding="learned", num_segments=2,
+    embedding_norm=True, final_norm=False, pooler=True`.
+    GPT-2: `causal=True, norm_first=True, activation="gelu_tanh",
+    norm_epsilon=1e-5, position_encoding="learned", final_norm=True`.
+
+    Args:
+        vocabulary_size: number of token ids.
+        num_layers: number of transformer blocks.
+        num_heads: attention heads per block.
+        hidden_dim: model width `d_model`.
+        intermediate_dim: feed-forward width.
+        max_sequence_length: longest input (size of the learned position table).
+        causal: decoder (causal attention) if `True`, encoder otherwise.
+        position_encoding: `"learned"`, `"sinusoidal"` or `"rotary"`.
+        num_segments: size of the segment (token type) vocabulary; 0 for none.
+        activation: feed-forward activation (`"relu"`, `"gelu"`, `"gelu_tanh"`, `"swiglu"`).
+        normalization: `"layer_norm"` or `"rms_norm"`.
+        norm_first: pre-LN blocks if `True`, post-LN if `False`.
+        norm_epsilon: epsilon of every norm.
+        embedding_norm: whether to normalize the summed embeddings.
+        final_norm: whether to normalize the last block's output; defaults to `norm_first`.
+        pooler: whether to add a tanh pooler on the first token (BERT).
+        dropout: dropout rate on embeddings and residual branches.
+        attention_dropout: dropout rate on attention probabilities.
+        use_bias: whether projections have biases.
+        tie_embeddings: whether the output projection reuses the token embeddings.
+        rotary_max_wavelength: base of the rotary frequencies.
+        initializer_range: stddev of the truncated normal weight initializer.
+        dtype: a dtype policy, e.g. `"mixed_bfloat16"`.
+
+    Inputs: a dict with `"token_ids"` `(batch, T)` int, `"padding_mask"`
+    `(batch, T)` (1 at real tokens), and `"segment_ids"` when
+    `num_segments > 0` (zeros if absent).
+
+    Outputs: a dict with `"sequence_output"` `(batch, T, hidden_dim)` and,
+    with a pooler, `"pooled_output"` `(batch, hidden_dim)`.
+
+    Example:
+    >>> backbone = TransformerBackbone(
+    ...     vocabulary_size=1000, num_layers=2, num_heads=4, hidden_dim=64,
+    ...     intermediate_dim=256, max_sequence_length=128, causal=True, norm_first=True)
+    >>> outputs = backbone({"token_ids": keras.ops.ones((2, 16), "int32"),
+    ...                     "padding_mask": keras.ops.ones((2, 16), "int32")})
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        intermediate_dim,
+        max_sequence_length=512,
+        causal=False,
+        position_encoding="learned",
+        num_segments=0,
+        activation="gelu",
+        normalization="layer_norm",
+        norm_first=False,
+        norm_epsilon=1e-5,
+        embedding_norm=False,
+        final_norm=None,
+        pooler=False,
+        dropout=0.1,
+        attention_dropout=0.1,
+        use_bias=True,
+        tie_embeddings=True,
+        rotary_max_wavelength=10000,
+        initializer_range=0.02,
+        dtype=None,
+        **kwargs,
+    ):
+        super().__init__(dtype=dtype, **kwargs)
+        if position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(
+                f"Unknown position_encoding {position_encoding!r}; "
+                f"expected one of {POSITION_ENCODINGS}."
+            )
+        self.vocabulary_size = int(vocabulary_size)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.hidden_dim = int(hidden_dim)
+        self.intermediate_dim = int(intermediate_dim)
+        self.max_sequence_length = int(max_sequence_length)
+        self.causal = bool(causal)
+        self.position_encoding = position_encoding
+        self.num_segments = int(num_segments)
+        self.activation = activation
+        self.normalization = normalization
+        self.norm_first = bool(norm_first)
+        self.norm_epsilon = float(norm_epsilon)
+        self.embedding_norm = bool(embedding_norm)
+        self.final_norm = self.norm_first if final_norm is None else bool(final_norm)
+        self.pooler = bool(pooler)
+        self.dropout = float(dropout)
+        self.attention_dropout = float(attention_dropout)
+        self.use_bias = bool(use_bias)
+        self.tie_embeddings = bool(tie_embeddings)
+        self.rotary_max_wavelength = rotary_max_wavelength
+        self.initializer_range = float(initializer_range)
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}."
+            )
+        self.head_dim = self.hidden_dim // self.num_heads
+
+        initializer = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
+        policy = self.dtype_policy
+        self.token_embedding = TokenEmbedding(
+            self.vocabulary_size,
+            self.hidden_dim,
+            tie_weights=self.tie_embeddings,
+            embeddings_initializer=clone_initializer(initializer),
+            dtype=policy,
+            name="token_embedding",
+        )
+        self.position_embedding = None
+        if position_encoding == "learned":
+            self.position_embedding = PositionEmbedding(
+                self.max_sequence_length,
+                initializer=clone_initializer(initializer),
+                dtype=policy,
+                name="position_embedding",
+            )
+        elif position_encoding == "sinusoidal":
+            self.position_embedding = SinusoidalPositionEncoding(
+                dtype=policy, name="position_encoding"
+            )
+        self.segment_embedding = None
+        if self.num_segments > 0:
+            self.segment_embedding = keras.layers.Embedding(
+                self.num_segments,
+                self.hidden_dim,
+                embeddings_initializer=clone_initializer(initializer),
+                dtype=policy,
+                name="segment_embedding",
+            )
+        self.embedding_norm_layer = None
+        if self.embedding_norm:
+            self.embedding_norm_layer = make_normalization(
+                normalization, self.norm_epsilon, dtype=policy, name="embedding_norm"
+            )
+        self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy, name="embedding_dropout")
+        self.blocks = [
+            TransformerBlock(
+                num_heads=self.num_heads,
+                intermediate_dim=self.intermediate_dim,
+                activation=activation,
+                normalization=normalization,
+                norm_first=self.norm_first,
+                norm_epsilon=self.norm_epsilon,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                use_bias=self.use_bias,
+                rotary_max_wavelength=(
+                    rotary_max_wavelength if position_encoding == "rotary" else None
+                ),
+                kernel_initializer=clone_initializer(initializer),
+                dtype=policy,
+                name=f"block_{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+        self.final_norm_layer = None
+        if self.final_norm:
+            self.final_norm_layer = make_normalization(
+                normalization, self.norm_epsilon, dtype=policy, name="final_norm"
+            )
+        self.pooler_dense = None
+        if self.pooler:
+            self.pooler_dense = keras.layers.Dense(
+                self.hidden_dim,
+                activation="tanh",
+                kernel_initializer=clone_initializer(initializer),
+                dtype=policy,
+                name="pooler",
+            )
+        self.build()
+
+    def build(self, input_shape=None):
+        # Weights exist right after construction (as in a functional model), so a
+        # backbone can be inspected, converted into or restored before any call.
+        if self.built:
+            return
+        hidden_shape = (None, None, self.hidden_dim)
+        self.token_embedding.build((None, None))
+        for layer in (self.position_embedding, self.embedding_norm_layer, self.final_norm_layer):
+            if layer is not None:
+                layer.build(hidden_shape)
+        if self.segment_embedding is not None:
+            self.segment_embedding.build((None, None))
+        for block in self.blocks:
+            block.build(hidden_shape)
+        if self.pooler_dense is not None:
+            self.pooler_dense.build((None, self.hidden_dim))
+        self.built = True
+
+    def embed(self, token_ids, segment_ids=None, start_index=0, training=None):
+        """Token + position (+ segment) embeddings, normalized and dropped out."""
+        x = self.token_embedding(token_ids)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(x, start_index=start_index)
+        if self.segment_embedding is not None:
+            if segment_ids is None:
+                segment_ids = ops.zeros_like(token_ids)
+            x = x + self.segment_embedding(segment_ids)
+        if self.embedding_norm_layer is not None:
+            x = self.embedding_norm_layer(x)
+        return self.embedding_dropout(x, training=training)
+
+    def call(self, inputs, training=None):
+        token_ids = inputs["token_ids"]
+        padding_mask = inputs.get("padding_mask")
+        x = self.embed(token_ids, inputs.get("segment_ids"), training=training)
+        for block in self.blocks:
+            x = block(x, padding_mask=padding_mask, use_causal_mask=self.causal, training=training)
+        if self.final_norm_layer is not None:
+            x = self.final_norm_layer(x)
+        outputs = {"sequence_output": x}
+        if self.pooler_dense is not None:
+            outputs["pooled_output"] = self.pooler_dense(x[:, 0, :])
+        return outputs
+
+    def init_cache(self, batch_size, max_length):
+        """A zero key/value cache `(batch, num_layers, 2, max_length, heads, head_dim)`."""
+        return ops.zeros(
+            (batch_size, self.num_layers, 2, max_length, self.num_heads, self.head_dim),
+            dtype=self.compute_dtype,
+        )
+
+    def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+        """Runs new tokens through a causal decoder, reading and writing the cache.
+
+        Args:
+            token_ids: `(batch, T)` new tokens, at positions
+                `cache_update_index .. cache_update_index + T - 1`.
+            cache: from `init_cache` or a previous call.
+            cache_update_index: position of the first new token.
+            padding_mask: `(batch, max_length)` over cache positions, nonzero at
+                real tokens (for left-padded prompts); `None` if all are real.
+
+        Returns:
+            `(sequence_output, cache)`: hidden states of the new tokens `(batch,
+            T, hidden_dim)` after the final norm, and the updated cache.
+        """
+        if not self.causal:
+            raise ValueError("call_with_cache needs a causal backbone (causal=True).")
+        x = self.embed(token_ids, start_index=cache_update_index, training=False)
+        new_caches = []
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(
+                x,
+                padding_mask=padding_mask,
+                use_causal_mask=True,
+                cache=cache[:, i],
+                cache_update_index=cache_update_index,
+                training=False,
+            )
+            new_caches.append(layer_cache)
+        if self.final_norm_layer is not None:
+            x = self.final_norm_layer(x)
+        return x, ops.stack(new_caches, axis=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "max_sequence_length": self.max_sequence_length,
+                "causal": self.causal,
+                "position_encoding": self.position_encoding,
+                "num_segments": self.num_segments,
+                "activation": self.activation,
+                "normalization": self.normalization,
+                "norm_first": self.norm_first,
+                "norm_epsilon": self.norm_epsilon,
+                "embedding_norm": self.embedding_norm,
+                "final_norm": self.final_norm,
+                "pooler": self.pooler,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "use_bias": self.use_bias,
+                "tie_embeddings": self.tie_embeddings,
+                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "initializer_range": self.initializer_range,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

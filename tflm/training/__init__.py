@@ -1,0 +1,1 @@
+"""Training: optimizers, callbacks and (later) the distributed trainer."""

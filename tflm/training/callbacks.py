@@ -1,0 +1,63 @@
+"""Keras callbacks: a progress line with loss, tokens/s and model TFLOP/s."""
+
+import time
+
+import keras
+from absl import logging
+
+
+class ThroughputLogger(keras.callbacks.Callback):
+    """Logs `step, loss, tokens/s, TFLOP/s (and MFU)` every `log_every` steps.
+
+    Times are measured between logged steps, so the first interval includes
+    compilation and is reported separately from the steady state.
+
+    Args:
+        tokens_per_step: tokens in one global batch.
+        log_every: steps between lines.
+        flops_per_token: model training FLOPs per token (see `tflm.training.flops`).
+        peak_flops: the hardware's peak FLOP/s; if given, MFU is logged too.
+        print_fn: where lines go (default: absl logging.info).
+    """
+
+    def __init__(self, tokens_per_step, log_every=10, flops_per_token=None, peak_flops=None,
+                 print_fn=None):
+        super().__init__()
+        self.tokens_per_step = tokens_per_step
+        self.log_every = max(1, int(log_every))
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.print_fn = print_fn or logging.info
+        self.history = []
+
+    def on_train_begin(self, logs=None):
+        self._step = 0
+        self._last_time = time.perf_counter()
+        self._last_step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step % self.log_every:
+            return
+        now = time.perf_counter()
+        steps = self._step - self._last_step
+        tokens_per_second = steps * self.tokens_per_step / (now - self._last_time)
+        record = {"step": self._step, "tokens_per_second": tokens_per_second}
+        for key, value in (logs or {}).items():
+            record[key] = float(value)
+        line = f"step {self._step}"
+        if "loss" in record:
+            line += f"  loss {record['loss']:.4f}"
+        line += f"  tokens/s {tokens_per_second:,.0f}"
+        if self.flops_per_token:
+            achieved = tokens_per_second * self.flops_per_token
+            record["tflops"] = achieved / 1e12
+            line += f"  TFLOP/s {achieved / 1e12:.3f}"
+            if self.peak_flops:
+                record["mfu"] = achieved / self.peak_flops
+                line += f"  MFU {100 * record['mfu']:.1f}%"
+        if self._last_step == 0:
+            line += "  (includes compilation)"
+        self.history.append(record)
+        self.print_fn(line)
+        self._last_time, self._last_step = now, self._step

@@ -1,0 +1,27 @@
+"""Model FLOPs per token, for tokens/s → TFLOP/s and MFU."""
+
+
+def non_embedding_parameters(backbone):
+    """Parameters of the blocks and norms: the ones every token multiplies through."""
+    total = sum(int(v.numpy().size) for v in backbone.trainable_variables)
+    embeddings = backbone.token_embedding.vocabulary_size * backbone.hidden_dim
+    if backbone.position_embedding is not None and backbone.position_encoding == "learned":
+        embeddings += backbone.max_sequence_length * backbone.hidden_dim
+    if backbone.segment_embedding is not None:
+        embeddings += backbone.num_segments * backbone.hidden_dim
+    return total - embeddings
+
+
+def training_flops_per_token(backbone, sequence_length):
+    """`6N + 12 L H Q T` (PaLM appendix B; nanoGPT's MFU), plus the output projection.
+
+    `N` counts the non-embedding parameters; the tied output projection
+    (`hidden_dim x vocabulary_size`) is a real matmul per predicted token and
+    is added as `6 * hidden_dim * vocabulary_size`. `12 L H Q T` is the
+    attention score and value products, forward and backward.
+    """
+    n = non_embedding_parameters(backbone)
+    if backbone.tie_embeddings:  # an untied output kernel is already among the parameters
+        n += backbone.hidden_dim * backbone.vocabulary_size
+    attention = 12 * backbone.num_layers * backbone.num_heads * backbone.head_dim * sequence_length
+    return 6 * n + attention
