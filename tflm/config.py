@@ -15,6 +15,7 @@ closest valid one.
 
 import dataclasses
 import difflib
+import re
 import typing
 
 import yaml
@@ -22,6 +23,21 @@ import yaml
 
 class ConfigError(ValueError):
     """A config key or value is invalid; the message names it."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading `1e-3` as a float (YAML 1.2), not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text_or_stream):
+    return yaml.load(text_or_stream, Loader=_Loader)
 
 
 @dataclasses.dataclass
@@ -126,7 +142,8 @@ def _check_type(value, annotation, key):
 def update_dataclass(instance, values, prefix=""):
     """Sets `values` (a nested dict) on a config dataclass, validating each key."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}.")
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}.")
     hints = typing.get_type_hints(type(instance))
     valid = [f.name for f in dataclasses.fields(instance)]
     for key, value in values.items():
@@ -141,29 +158,46 @@ def update_dataclass(instance, values, prefix=""):
     return instance
 
 
+_OVERRIDE_SEPARATOR = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")
+
+
 def parse_overrides(text):
     """`"a.b=1,c.d=x"` (values as YAML scalars) or a YAML mapping → nested dict."""
     text = (text or "").strip()
     if not text:
         return {}
     if "=" not in text:
-        parsed = yaml.safe_load(text)
+        try:
+            parsed = _load_yaml(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--params_override: invalid YAML: {e}") from None
         if not isinstance(parsed, dict):
             raise ConfigError(f"--params_override: expected key=value pairs or YAML, got {text!r}.")
         return parsed
     nested = {}
-    for item in text.split(","):
+    # Split only at commas that start a new `key=`, so that a value may hold commas
+    # (`data.input_path=a.txt,b.txt`: comma-separated globs).
+    for item in _OVERRIDE_SEPARATOR.split(text):
         item = item.strip()
         if not item:
             continue
         if "=" not in item:
             raise ConfigError(f"--params_override: {item!r} is not of the form key=value.")
         key, value = item.split("=", 1)
+        key = key.strip()
         node = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"--params_override: {key!r} conflicts with "
+                    f"{'.'.join(parts[: i + 1])!r} set to a value."
+                )
+        try:
+            node[parts[-1]] = _load_yaml(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--params_override: {key}: invalid value {value!r}: {e}") from None
     return nested
 
 
@@ -173,7 +207,7 @@ def load_experiment(config_file=None, params_override=None):
     if config_file:
         try:
             with open(config_file) as f:
-                values = yaml.safe_load(f) or {}
+                values = _load_yaml(f) or {}
         except FileNotFoundError:
             raise ConfigError(f"Config file not found: {config_file}") from None
         except yaml.YAMLError as e:

@@ -44,7 +44,11 @@ def mask_tokens(
     special = tf.reduce_any(token_ids[:, None] == tf.constant(special_ids, tf.int32)[None], axis=1)
     maskable = tf.logical_not(special)
     num_maskable = tf.reduce_sum(tf.cast(maskable, tf.int32))
-    num_to_mask = tf.cast(tf.round(tf.cast(num_maskable, tf.float32) * mask_rate), tf.int32)
+    # In float64, as BERT's `int(round(n * rate))`: float32 rounds e.g. 30 * 0.15 up to 5.
+    rate = tf.cast(mask_rate, tf.float64) if tf.is_tensor(mask_rate) else tf.constant(
+        mask_rate, tf.float64
+    )
+    num_to_mask = tf.cast(tf.round(tf.cast(num_maskable, tf.float64) * rate), tf.int32)
     num_to_mask = tf.minimum(tf.maximum(num_to_mask, 1), tf.minimum(max_predictions, num_maskable))
 
     # A random ranking of the maskable positions; the first num_to_mask are chosen.

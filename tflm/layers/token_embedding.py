@@ -74,10 +74,12 @@ class TokenEmbedding(keras.layers.Layer):
         ids = ops.cast(inputs, "int32")
         return ops.cast(ops.take(self.embeddings, ids, axis=0), self.compute_dtype)
 
-    def compute_output_shape(self, input_shape, reverse=False):
+    def compute_output_spec(self, inputs, reverse=False):
         if reverse:
-            return tuple(input_shape[:-1]) + (self.vocabulary_size,)
-        return tuple(input_shape) + (self.embedding_dim,)
+            shape = tuple(inputs.shape[:-1]) + (self.vocabulary_size,)
+            return keras.KerasTensor(shape, dtype="float32")
+        shape = tuple(inputs.shape) + (self.embedding_dim,)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

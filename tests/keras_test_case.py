@@ -1,0 +1,77 @@
+"""`run_layer_test`: the checks every tflm layer passes (after keras-hub's test_case).
+
+For a layer class and its constructor arguments:
+1. config round trip: `from_config(get_config())` gives an equal config, also
+   through `keras.saving.serialize_keras_object` / `deserialize_keras_object`;
+2. eager call on real data, and a symbolic call on `keras.Input`, with the
+   expected output shape;
+3. one `fit` step with `jit_compile=True`, gradients flowing into the layer's
+   weights (and the weights change);
+4. under `mixed_float16` and `mixed_bfloat16`: the layer and all its
+   sublayers compute in the half type, every variable is float32, and the
+   output has the half type (or float32 where the layer says so).
+"""
+
+import keras
+import numpy as np
+
+
+def _call(layer, inputs, call_kwargs):
+    return layer(inputs, **(call_kwargs or {}))
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_data,
+    expected_output_shape,
+    call_kwargs=None,
+    expected_num_trainable_weights=None,
+    float32_output=False,
+    input_dtype="float32",
+):
+    # 1. Config round trip.
+    layer = layer_cls(**init_kwargs)
+    eager_output = _call(layer, input_data, call_kwargs)
+    config = layer.get_config()
+    restored = layer_cls.from_config(config)
+    assert restored.get_config() == config
+    serialized = keras.saving.serialize_keras_object(layer)
+    restored = keras.saving.deserialize_keras_object(serialized)
+    assert type(restored) is layer_cls
+    assert restored.get_config() == config
+
+    # 2. Eager and symbolic calls.
+    assert tuple(eager_output.shape) == tuple(expected_output_shape)
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(eager_output)))
+    if expected_num_trainable_weights is not None:
+        assert len(layer.trainable_weights) == expected_num_trainable_weights
+    symbolic_input = keras.Input(batch_shape=input_data.shape, dtype=input_dtype)
+    symbolic_output = _call(layer_cls(**init_kwargs), symbolic_input, call_kwargs)
+    assert tuple(symbolic_output.shape) == tuple(expected_output_shape)
+
+    # 3. One jit-compiled fit step; a Dense on top gives every layer a gradient.
+    fit_layer = layer_cls(**init_kwargs)
+    inputs = keras.Input(batch_shape=input_data.shape, dtype=input_dtype)
+    outputs = keras.layers.Dense(1)(keras.ops.cast(_call(fit_layer, inputs, call_kwargs), "float32"))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
+    before = [np.array(w) for w in fit_layer.trainable_weights]
+    target = np.random.default_rng(0).standard_normal(tuple(outputs.shape)).astype("float32")
+    history = model.fit(input_data, target, batch_size=input_data.shape[0], epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    for old, new in zip(before, fit_layer.trainable_weights):
+        assert not np.array_equal(old, np.array(new)), f"{new.path} did not train"
+
+    # 4. Mixed precision.
+    for policy_name in ("mixed_float16", "mixed_bfloat16"):
+        policy = keras.DTypePolicy(policy_name)
+        mixed = layer_cls(**{**init_kwargs, "dtype": policy})
+        output = _call(mixed, input_data, call_kwargs)
+        expected = "float32" if float32_output else policy.compute_dtype
+        assert keras.backend.standardize_dtype(output.dtype) == expected, policy_name
+        for sublayer in mixed._flatten_layers(include_self=True):
+            assert sublayer.compute_dtype == policy.compute_dtype, (policy_name, sublayer.name)
+        for weight in mixed.weights:
+            assert keras.backend.standardize_dtype(weight.dtype) == "float32", weight.path
+    return layer

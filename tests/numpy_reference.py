@@ -1,0 +1,259 @@
+"""Plain NumPy implementations of the formulas, the ground truth of the numerics tests.
+
+Written for clarity, not speed: loops over heads, float64 throughout. The
+BERT and GPT-2 forwards take parameters named and laid out exactly as in
+Hugging Face checkpoints (torch `Linear` weights are `(out, in)`, GPT-2
+`Conv1D` weights are `(in, out)`).
+"""
+
+import math
+
+import numpy as np
+
+
+def layer_norm(x, gamma, beta, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def rms_norm(x, scale, eps):
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps) * scale
+
+
+_erf = np.vectorize(math.erf)
+
+
+def gelu(x):
+    """Exact GELU: x * Phi(x), Phi the standard normal CDF (BERT)."""
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def gelu_tanh(x):
+    """The tanh approximation of GELU (GPT-2's gelu_new)."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def attention(q, k, v, mask=None):
+    """One head: softmax(q k^T / sqrt(d_k)) v. q (T, d), k and v (S, d), mask (T, S) bool."""
+    scores = q @ k.T / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = np.where(mask, scores, -1e30)
+    return softmax(scores) @ v
+
+
+def multi_head_attention(x, w_qkv, b_qkv, w_o, b_o, num_heads, mask=None):
+    """x (B, T, D); w_qkv (D, 3*H*d) laid out [Q|K|V]; mask (B, T, T) bool or None."""
+    batch, length, _ = x.shape
+    inner = w_qkv.shape[1] // 3
+    head_dim = inner // num_heads
+    qkv = x @ w_qkv + b_qkv
+    q, k, v = qkv[..., :inner], qkv[..., inner : 2 * inner], qkv[..., 2 * inner :]
+    out = np.zeros((batch, length, inner))
+    for b in range(batch):
+        for h in range(num_heads):
+            s = slice(h * head_dim, (h + 1) * head_dim)
+            m = None if mask is None else mask[b]
+            out[b, :, s] = attention(q[b, :, s], k[b, :, s], v[b, :, s], m)
+    return out @ w_o + b_o
+
+
+def feed_forward(x, w1, b1, w2, b2, activation):
+    h = x @ w1 + b1
+    if activation == "relu":
+        h = np.maximum(0.0, h)
+    elif activation == "gelu":
+        h = gelu(h)
+    elif activation == "gelu_tanh":
+        h = gelu_tanh(h)
+    elif activation == "swiglu":
+        gate, up = np.split(h, 2, axis=-1)
+        h = silu(gate) * up
+    return h @ w2 + b2
+
+
+def sinusoidal_encoding(length, dim, max_wavelength=10000.0):
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d))."""
+    pe = np.zeros((length, dim))
+    for pos in range(length):
+        for i in range(0, dim, 2):
+            angle = pos / max_wavelength ** (i / dim)
+            pe[pos, i] = math.sin(angle)
+            if i + 1 < dim:
+                pe[pos, i + 1] = math.cos(angle)
+    return pe
+
+
+def _linear(x, params, name):
+    """torch.nn.Linear: y = x W^T + b, W (out, in)."""
+    return x @ params[name + ".weight"].T + params[name + ".bias"]
+
+
+def bert_forward(params, config, input_ids, token_type_ids=None, attention_mask=None):
+    """Hugging Face `BertModel` forward: (sequence_output, pooled_output)."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    batch, length = input_ids.shape
+    if token_type_ids is None:
+        token_type_ids = np.zeros_like(input_ids)
+    if attention_mask is None:
+        attention_mask = np.ones_like(input_ids)
+    eps = config["layer_norm_eps"]
+    heads = config["num_attention_heads"]
+    x = (
+        p["embeddings.word_embeddings.weight"][input_ids]
+        + p["embeddings.position_embeddings.weight"][np.arange(length)][None]
+        + p["embeddings.token_type_embeddings.weight"][token_type_ids]
+    )
+    x = layer_norm(x, p["embeddings.LayerNorm.weight"], p["embeddings.LayerNorm.bias"], eps)
+    key_mask = attention_mask.astype(bool)[:, None, :].repeat(length, axis=1)
+    hidden = x.shape[-1]
+    head_dim = hidden // heads
+    for i in range(config["num_hidden_layers"]):
+        pre = f"encoder.layer.{i}."
+        q = _linear(x, p, pre + "attention.self.query")
+        k = _linear(x, p, pre + "attention.self.key")
+        v = _linear(x, p, pre + "attention.self.value")
+        context = np.zeros_like(x)
+        for b in range(batch):
+            for h in range(heads):
+                s = slice(h * head_dim, (h + 1) * head_dim)
+                context[b, :, s] = attention(q[b, :, s], k[b, :, s], v[b, :, s], key_mask[b])
+        attn = _linear(context, p, pre + "attention.output.dense")
+        x = layer_norm(
+            attn + x,
+            p[pre + "attention.output.LayerNorm.weight"],
+            p[pre + "attention.output.LayerNorm.bias"],
+            eps,
+        )
+        h = gelu(_linear(x, p, pre + "intermediate.dense"))
+        x = layer_norm(
+            _linear(h, p, pre + "output.dense") + x,
+            p[pre + "output.LayerNorm.weight"],
+            p[pre + "output.LayerNorm.bias"],
+            eps,
+        )
+    pooled = np.tanh(_linear(x[:, 0], p, "pooler.dense"))
+    return x, pooled
+
+
+def bert_mlm_logits(params, config, sequence_output):
+    """`BertForMaskedLM` head on hidden states: transform, LayerNorm, tied decoder + bias."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    h = gelu(_linear(sequence_output, p, "cls.predictions.transform.dense"))
+    h = layer_norm(
+        h,
+        p["cls.predictions.transform.LayerNorm.weight"],
+        p["cls.predictions.transform.LayerNorm.bias"],
+        config["layer_norm_eps"],
+    )
+    return h @ p["embeddings.word_embeddings.weight"].T + p["cls.predictions.bias"]
+
+
+def gpt2_forward(params, config, input_ids, attention_mask=None):
+    """Hugging Face `GPT2Model` forward (after ln_f) and the tied LM logits."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    batch, length = input_ids.shape
+    eps = config["layer_norm_epsilon"]
+    heads = config["n_head"]
+    if attention_mask is None:
+        attention_mask = np.ones_like(input_ids)
+    causal = np.tril(np.ones((length, length), bool))
+    mask = causal[None] & attention_mask.astype(bool)[:, None, :]
+    x = p["wte.weight"][input_ids] + p["wpe.weight"][np.arange(length)][None]
+    hidden = x.shape[-1]
+    head_dim = hidden // heads
+    for i in range(config["n_layer"]):
+        pre = f"h.{i}."
+        a = layer_norm(x, p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
+        qkv = a @ p[pre + "attn.c_attn.weight"] + p[pre + "attn.c_attn.bias"]
+        q, k, v = np.split(qkv, 3, axis=-1)
+        context = np.zeros_like(x)
+        for b in range(batch):
+            for h in range(heads):
+                s = slice(h * head_dim, (h + 1) * head_dim)
+                context[b, :, s] = attention(q[b, :, s], k[b, :, s], v[b, :, s], mask[b])
+        x = x + context @ p[pre + "attn.c_proj.weight"] + p[pre + "attn.c_proj.bias"]
+        m = layer_norm(x, p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
+        m = gelu_tanh(m @ p[pre + "mlp.c_fc.weight"] + p[pre + "mlp.c_fc.bias"])
+        x = x + m @ p[pre + "mlp.c_proj.weight"] + p[pre + "mlp.c_proj.bias"]
+    x = layer_norm(x, p["ln_f.weight"], p["ln_f.bias"], eps)
+    return x, x @ p["wte.weight"].T
+
+
+def random_bert_params(config, seed=0):
+    """Random parameters in the `BertForMaskedLM` layout (without the "bert." prefix)."""
+    rng = np.random.default_rng(seed)
+    h, inter = config["hidden_size"], config["intermediate_size"]
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    p = {
+        "embeddings.word_embeddings.weight": w(config["vocab_size"], h),
+        "embeddings.position_embeddings.weight": w(config["max_position_embeddings"], h),
+        "embeddings.token_type_embeddings.weight": w(config["type_vocab_size"], h),
+        "embeddings.LayerNorm.weight": 1 + w(h, scale=0.1),
+        "embeddings.LayerNorm.bias": w(h, scale=0.1),
+        "pooler.dense.weight": w(h, h),
+        "pooler.dense.bias": w(h),
+        "cls.predictions.transform.dense.weight": w(h, h),
+        "cls.predictions.transform.dense.bias": w(h),
+        "cls.predictions.transform.LayerNorm.weight": 1 + w(h, scale=0.1),
+        "cls.predictions.transform.LayerNorm.bias": w(h, scale=0.1),
+        "cls.predictions.bias": w(config["vocab_size"]),
+    }
+    for i in range(config["num_hidden_layers"]):
+        pre = f"encoder.layer.{i}."
+        for name in ("attention.self.query", "attention.self.key", "attention.self.value",
+                     "attention.output.dense"):
+            p[pre + name + ".weight"] = w(h, h)
+            p[pre + name + ".bias"] = w(h)
+        p[pre + "intermediate.dense.weight"] = w(inter, h)
+        p[pre + "intermediate.dense.bias"] = w(inter)
+        p[pre + "output.dense.weight"] = w(h, inter)
+        p[pre + "output.dense.bias"] = w(h)
+        for name in ("attention.output.LayerNorm", "output.LayerNorm"):
+            p[pre + name + ".weight"] = 1 + w(h, scale=0.1)
+            p[pre + name + ".bias"] = w(h, scale=0.1)
+    return p
+
+
+def random_gpt2_params(config, seed=0):
+    """Random parameters in the `GPT2Model` layout."""
+    rng = np.random.default_rng(seed)
+    h = config["n_embd"]
+    inter = config.get("n_inner") or 4 * h
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    p = {
+        "wte.weight": w(config["vocab_size"], h),
+        "wpe.weight": w(config["n_positions"], h),
+        "ln_f.weight": 1 + w(h, scale=0.1),
+        "ln_f.bias": w(h, scale=0.1),
+    }
+    for i in range(config["n_layer"]):
+        pre = f"h.{i}."
+        p[pre + "attn.c_attn.weight"] = w(h, 3 * h)
+        p[pre + "attn.c_attn.bias"] = w(3 * h)
+        p[pre + "attn.c_proj.weight"] = w(h, h)
+        p[pre + "attn.c_proj.bias"] = w(h)
+        p[pre + "mlp.c_fc.weight"] = w(h, inter)
+        p[pre + "mlp.c_fc.bias"] = w(inter)
+        p[pre + "mlp.c_proj.weight"] = w(inter, h)
+        p[pre + "mlp.c_proj.bias"] = w(h)
+        for name in ("ln_1", "ln_2"):
+            p[pre + name + ".weight"] = 1 + w(h, scale=0.1)
+            p[pre + name + ".bias"] = w(h, scale=0.1)
+    return p

@@ -1,0 +1,233 @@
+import dataclasses
+
+import pytest
+
+from conftest import REPO_ROOT
+from tflm import config as config_lib
+from tflm.config import ConfigError, load_experiment, parse_overrides, save_experiment
+
+CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
+TINY_GPT = str(REPO_ROOT / "configs" / "tiny_gpt.yaml")
+
+
+def test_there_are_configs():
+    names = {p.name for p in CONFIGS}
+    assert {"tiny_gpt.yaml", "tiny_bert.yaml", "bert_base.yaml", "gpt2_small.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_validates(path):
+    config = load_experiment(str(path))
+    assert isinstance(config, config_lib.ExperimentConfig)
+    assert config.model.task in ("causal_lm", "masked_lm", "classification")
+    assert config.data.sequence_length <= config.model.max_sequence_length
+    assert config.model.hidden_dim % config.model.num_heads == 0
+    config_lib.validate(config)
+
+
+def test_config_values_come_from_the_file():
+    gpt = load_experiment(TINY_GPT)
+    assert (gpt.model.task, gpt.model.norm_first, gpt.trainer.learning_rate) == (
+        "causal_lm", True, 2e-3)
+    bert = load_experiment(str(REPO_ROOT / "configs" / "bert_base.yaml"))
+    assert bert.model.norm_epsilon == 1e-12 and isinstance(bert.model.norm_epsilon, float)
+    assert bert.model.vocabulary_size == 30522 and bert.runtime.mixed_precision == "mixed_bfloat16"
+    assert bert.trainer.weight_decay == config_lib.TrainerConfig().weight_decay  # a default
+
+
+# --params_override parsing
+
+
+def test_parse_key_value_list_with_types():
+    parsed = parse_overrides(
+        "trainer.train_steps=20, trainer.learning_rate=0.5,model.norm_first=false,"
+        "trainer.clipnorm=null,runtime.mixed_precision=mixed_bfloat16,data.input_path="
+    )
+    assert parsed == {
+        "trainer": {"train_steps": 20, "learning_rate": 0.5, "clipnorm": None},
+        "model": {"norm_first": False},
+        "runtime": {"mixed_precision": "mixed_bfloat16"},
+        "data": {"input_path": ""},
+    }
+    assert isinstance(parsed["trainer"]["train_steps"], int)
+
+
+def test_parse_yaml_mapping():
+    assert parse_overrides("{trainer: {train_steps: 3, clipnorm: ~}, model: {use_bias: true}}") == {
+        "trainer": {"train_steps": 3, "clipnorm": None},
+        "model": {"use_bias": True},
+    }
+    assert parse_overrides("trainer:\n  log_every: 2\n") == {"trainer": {"log_every": 2}}
+
+
+@pytest.mark.parametrize("text", ["", None, "   "])
+def test_parse_empty(text):
+    assert parse_overrides(text) == {}
+
+
+def test_parse_exponent_floats():
+    # PyYAML alone reads "1e-3" as a string; learning rates are written that way.
+    assert parse_overrides("trainer.learning_rate=1e-3") == {"trainer": {"learning_rate": 1e-3}}
+    assert parse_overrides("{trainer: {learning_rate: 2E-4}}") == {"trainer": {"learning_rate": 2e-4}}
+    config = load_experiment(TINY_GPT, "trainer.learning_rate=3e-4,model.norm_epsilon=1e-6")
+    assert config.trainer.learning_rate == 3e-4 and config.model.norm_epsilon == 1e-6
+
+
+def test_parse_value_with_commas():
+    parsed = parse_overrides("data.input_path=a/*.txt,b/*.txt,trainer.train_steps=2")
+    assert parsed == {"data": {"input_path": "a/*.txt,b/*.txt"}, "trainer": {"train_steps": 2}}
+
+
+def test_parse_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides("trainer.train_steps=2,=3=")  # "=3=" has an empty key...
+    with pytest.raises(ConfigError, match="expected key=value pairs or YAML"):
+        parse_overrides("just_a_word")
+    with pytest.raises(ConfigError, match="'model.x'"):
+        parse_overrides("model=1,model.x=2")
+
+
+def test_overrides_apply_over_file_and_defaults():
+    config = load_experiment(
+        TINY_GPT,
+        "trainer.train_steps=7,trainer.learning_rate=0.25,model.norm_first=false,"
+        "trainer.clipnorm=null,model.final_norm=true,data.sequence_length=64",
+    )
+    assert config.trainer.train_steps == 7
+    assert config.trainer.learning_rate == 0.25
+    assert config.model.norm_first is False
+    assert config.trainer.clipnorm is None
+    assert config.model.final_norm is True
+    assert config.data.sequence_length == 64
+    assert config.model.num_layers == 2  # from the file
+    assert config.data.max_predictions_per_seq == 20  # a default
+    as_yaml = load_experiment(TINY_GPT, "{trainer: {train_steps: 7, learning_rate: 0.25}}")
+    assert as_yaml.trainer == dataclasses.replace(config.trainer, clipnorm=1.0)
+
+
+def test_int_is_accepted_for_float():
+    config = load_experiment(None, "trainer.learning_rate=1")
+    assert config.trainer.learning_rate == 1.0 and isinstance(config.trainer.learning_rate, float)
+
+
+# Errors name the key
+
+
+def test_unknown_key_names_path_and_suggests():
+    with pytest.raises(ConfigError) as info:
+        load_experiment(TINY_GPT, "trainer.train_step=5")
+    message = str(info.value)
+    assert "trainer.train_step" in message
+    assert "did you mean 'train_steps'" in message
+
+
+def test_unknown_nested_key_and_section():
+    with pytest.raises(ConfigError, match=r"'model\.num_layer'.*'num_layers'"):
+        load_experiment(None, "model.num_layer=3")
+    with pytest.raises(ConfigError, match=r"'trainr'.*'trainer'"):
+        load_experiment(None, "trainr.train_steps=3")
+    with pytest.raises(ConfigError, match=r"'zzz'.*valid keys: model, data, trainer, runtime"):
+        load_experiment(None, "zzz=1")
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  hiden_dim: 64\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(str(path))
+    message = str(info.value)
+    assert str(path) in message and "model.hiden_dim" in message and "'hidden_dim'" in message
+
+
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("trainer.train_steps=abc", "trainer.train_steps", "int"),
+        ("trainer.train_steps=2.5", "trainer.train_steps", "int"),
+        ("trainer.train_steps=true", "trainer.train_steps", "int"),
+        ("trainer.train_steps=null", "trainer.train_steps", "int"),
+        ("model.norm_first=1", "model.norm_first", "bool"),
+        ("model.norm_first=abc", "model.norm_first", "bool"),
+        ("trainer.learning_rate=fast", "trainer.learning_rate", "float"),
+        ("trainer.learning_rate=false", "trainer.learning_rate", "float"),
+        ("trainer.clipnorm=big", "trainer.clipnorm", "float"),
+        ("model.activation=3", "model.activation", "str"),
+    ],
+)
+def test_wrong_type_names_key(override, key, expected):
+    with pytest.raises(ConfigError) as info:
+        load_experiment(TINY_GPT, override)
+    message = str(info.value)
+    assert message.startswith(key + ":"), message
+    assert f"expected {expected}" in message
+
+
+def test_section_given_a_scalar():
+    with pytest.raises(ConfigError, match=r"^trainer: expected a mapping"):
+        load_experiment(None, "trainer=5")
+
+
+@pytest.mark.parametrize(
+    "override, key, hint",
+    [
+        ("model.task=causal", "model.task", "causal_lm"),
+        ("model.position_encoding=rope", "model.position_encoding", None),
+        ("model.activation=gelu_tan", "model.activation", "gelu_tanh"),
+        ("model.normalization=rmsnorm", "model.normalization", "rms_norm"),
+        ("runtime.mixed_precision=bfloat16", "runtime.mixed_precision", "mixed_bfloat16"),
+        ("data.tokenizer=wordpiece", "data.tokenizer", None),
+    ],
+)
+def test_bad_enum_value_names_key(override, key, hint):
+    with pytest.raises(ConfigError) as info:
+        load_experiment(TINY_GPT, override)
+    message = str(info.value)
+    assert message.startswith(key + ":"), message
+    assert "is not one of" in message
+    if hint:
+        assert f"did you mean {hint!r}" in message
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.num_heads=3", "model.hidden_dim"),
+        ("data.sequence_length=256", "data.sequence_length"),
+        ("trainer.train_steps=0", "trainer.train_steps"),
+        ("data.global_batch_size=-1", "data.global_batch_size"),
+    ],
+)
+def test_value_checks_name_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_experiment(TINY_GPT, override)
+
+
+# Files
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_save_then_load_round_trips(path, tmp_path):
+    config = load_experiment(str(path), "trainer.clipnorm=null,trainer.learning_rate=1e-5")
+    saved = tmp_path / "params.yaml"
+    save_experiment(config, str(saved))
+    restored = load_experiment(str(saved))
+    assert restored == config
+    assert config_lib.to_dict(restored) == config_lib.to_dict(config)
+
+
+def test_missing_config_file_names_path(tmp_path):
+    path = str(tmp_path / "no_such_config.yaml")
+    with pytest.raises(ConfigError, match="no_such_config.yaml") as info:
+        load_experiment(path)
+    assert path in str(info.value)
+
+
+def test_invalid_yaml_names_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
+        load_experiment(str(path))
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
