@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tflm.layers.initializers import clone_initializer
+from tflm.layers.layer_utils import build_dense
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 
@@ -67,24 +67,16 @@ class FeedForward(keras.layers.Layer):
     def build(self, input_shape):
         model_dim = input_shape[-1]
         width = 2 * self.intermediate_dim if self.activation == "swiglu" else self.intermediate_dim
-        self.intermediate_dense = keras.layers.Dense(
-            width,
+        dense_args = dict(
             use_bias=self.use_bias,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer),
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
             dtype=self.dtype_policy,
-            name="intermediate",
         )
-        self.intermediate_dense.build(input_shape)
-        self.output_dense = keras.layers.Dense(
-            model_dim,
-            use_bias=self.use_bias,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer),
-            dtype=self.dtype_policy,
-            name="output",
+        self.intermediate_dense = build_dense(width, input_shape, name="intermediate", **dense_args)
+        self.output_dense = build_dense(
+            model_dim, tuple(input_shape[:-1]) + (self.intermediate_dim,), name="output", **dense_args
         )
-        self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
     def call(self, inputs):
         x = self.intermediate_dense(inputs)

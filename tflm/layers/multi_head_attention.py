@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from tflm.layers.initializers import clone_initializer
+from tflm.layers.layer_utils import build_dense
 from tflm.layers.masks import merge_attention_masks
 from tflm.layers.rotary_embedding import RotaryEmbedding
 
@@ -77,24 +77,16 @@ class MultiHeadAttention(keras.layers.Layer):
     def build(self, input_shape):
         model_dim = input_shape[-1]
         inner_dim = self.num_heads * self.head_dim
-        self.qkv_dense = keras.layers.Dense(
-            3 * inner_dim,
+        dense_args = dict(
             use_bias=self.use_bias,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer),
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
             dtype=self.dtype_policy,
-            name="qkv",
         )
-        self.qkv_dense.build(input_shape)
-        self.output_dense = keras.layers.Dense(
-            model_dim,
-            use_bias=self.use_bias,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer),
-            dtype=self.dtype_policy,
-            name="output",
+        self.qkv_dense = build_dense(3 * inner_dim, input_shape, name="qkv", **dense_args)
+        self.output_dense = build_dense(
+            model_dim, tuple(input_shape[:-1]) + (inner_dim,), name="output", **dense_args
         )
-        self.output_dense.build(tuple(input_shape[:-1]) + (inner_dim,))
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.rotary = None
         if self.rotary_max_wavelength:

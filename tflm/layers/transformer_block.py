@@ -3,7 +3,7 @@
 import keras
 
 from tflm.layers.feed_forward import FeedForward
-from tflm.layers.initializers import clone_initializer
+from tflm.layers.layer_utils import clone_initializer
 from tflm.layers.multi_head_attention import MultiHeadAttention
 from tflm.layers.normalization import make_normalization
 
