@@ -1,11 +1,12 @@
 import dataclasses
+import pathlib
 
 import pytest
 
-from conftest import REPO_ROOT
 from tflm import config as config_lib
 from tflm.config import ConfigError, load_experiment, parse_overrides, save_experiment
 
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
 TINY_GPT = str(REPO_ROOT / "configs" / "tiny_gpt.yaml")
 
@@ -79,8 +80,13 @@ def test_parse_value_with_commas():
 
 
 def test_parse_errors():
-    with pytest.raises(ConfigError, match="key=value"):
-        parse_overrides("trainer.train_steps=2,=3=")  # "=3=" has an empty key...
+    with pytest.raises(ConfigError, match="'oops' is not of the form key=value"):
+        parse_overrides("oops,trainer.train_steps=2")
+    # A stray item after a value becomes part of that value, which then fails its type check.
+    with pytest.raises(ConfigError, match=r"^trainer\.train_steps: expected int, got '2,oops'"):
+        load_experiment(None, "trainer.train_steps=2,oops")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        parse_overrides("{trainer: [")
     with pytest.raises(ConfigError, match="expected key=value pairs or YAML"):
         parse_overrides("just_a_word")
     with pytest.raises(ConfigError, match="'model.x'"):
@@ -195,6 +201,12 @@ def test_bad_enum_value_names_key(override, key, hint):
         ("data.sequence_length=256", "data.sequence_length"),
         ("trainer.train_steps=0", "trainer.train_steps"),
         ("data.global_batch_size=-1", "data.global_batch_size"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.attention_dropout=-0.1", "model.attention_dropout"),
+        ("data.mask_rate=0", "data.mask_rate"),
+        ("data.max_predictions_per_seq=0", "data.max_predictions_per_seq"),
+        ("trainer.log_every=0", "trainer.log_every"),
+        ("model.task=masked_lm,data.sequence_length=2", "data.sequence_length"),
     ],
 )
 def test_value_checks_name_key(override, key):

@@ -252,7 +252,22 @@ def validate(config):
             f"data.sequence_length={config.data.sequence_length} exceeds "
             f"model.max_sequence_length={config.model.max_sequence_length}."
         )
+    if config.model.task == "masked_lm" and config.data.sequence_length < 3:
+        raise ConfigError(
+            f"data.sequence_length={config.data.sequence_length}: a masked_lm row needs "
+            "[CLS], at least one token and [SEP]."
+        )
     for key, value in (
+        ("model.dropout", config.model.dropout),
+        ("model.attention_dropout", config.model.attention_dropout),
+    ):
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {value}.")
+    if not 0.0 < config.data.mask_rate <= 1.0:
+        raise ConfigError(f"data.mask_rate must be in (0, 1], got {config.data.mask_rate}.")
+    for key, value in (
+        ("data.max_predictions_per_seq", config.data.max_predictions_per_seq),
+        ("trainer.log_every", config.trainer.log_every),
         ("trainer.train_steps", config.trainer.train_steps),
         ("data.global_batch_size", config.data.global_batch_size),
         ("data.sequence_length", config.data.sequence_length),

@@ -10,6 +10,7 @@ with `model.fit`, prints loss and tokens/s, and writes `params.yaml` and
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -44,11 +45,11 @@ def train(config, model_dir, print_fn=print):
             f"model.vocabulary_size={config.model.vocabulary_size} is smaller than the "
             f"{config.data.tokenizer!r} tokenizer's {tokenizer.vocabulary_size} ids."
         )
+    files = resolve_files(config.data.input_path)  # a bad glob fails before anything is written
     os.makedirs(model_dir, exist_ok=True)
     config_lib.save_experiment(config, os.path.join(model_dir, "params.yaml"))
     keras.utils.set_random_seed(config.runtime.seed)
 
-    files = resolve_files(config.data.input_path)
     data = config.data
     if config.model.task == "causal_lm":
         dataset = causal_lm_dataset(
@@ -99,9 +100,11 @@ def main(argv):
         raise app.UsageError("--model_dir is required.")
     try:
         config = config_lib.load_experiment(FLAGS.config_file, FLAGS.params_override)
-    except config_lib.ConfigError as e:
-        raise app.UsageError(str(e)) from None
-    train(config, FLAGS.model_dir, print_fn=lambda line: print(line, flush=True))
+        train(config, FLAGS.model_dir, print_fn=lambda line: print(line, flush=True))
+    except (config_lib.ConfigError, FileNotFoundError) as e:
+        # One line naming the key or file, not a traceback or the whole flag list.
+        print(f"tflm-train: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run():

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tflm.layers.initializers import clone_initializer
+from tflm.layers.layer_utils import clone_initializer
 from tflm.layers.normalization import make_normalization
 from tflm.layers.position_embedding import PositionEmbedding
 from tflm.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from tflm.layers.feed_forward import activate
-from tflm.layers.initializers import clone_initializer
+from tflm.layers.layer_utils import clone_initializer
 from tflm.layers.normalization import make_normalization
 from tflm.models.task import Task
 

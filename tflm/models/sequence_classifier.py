@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from tflm.layers.initializers import clone_initializer
+from tflm.layers.layer_utils import clone_initializer
 from tflm.models.task import Task
 
 POOLINGS = ("pooled", "first", "last", "mean")

@@ -34,6 +34,7 @@ class ThroughputLogger(keras.callbacks.Callback):
         self._step = 0
         self._last_time = time.perf_counter()
         self._last_step = 0
+        self._last_running_loss = 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
@@ -45,6 +46,12 @@ class ThroughputLogger(keras.callbacks.Callback):
         record = {"step": self._step, "tokens_per_second": tokens_per_second}
         for key, value in (logs or {}).items():
             record[key] = float(value)
+        if "loss" in record:
+            # Keras logs the running mean over the epoch; report the mean of this
+            # interval: (mean_k * k - mean_j * j) / (k - j), all batches the same size.
+            running = record["loss"]
+            record["loss"] = (running * self._step - self._last_running_loss * self._last_step) / steps
+            self._last_running_loss = running
         line = f"step {self._step}"
         if "loss" in record:
             line += f"  loss {record['loss']:.4f}"

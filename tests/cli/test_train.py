@@ -1,0 +1,102 @@
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tflm.cli.train import train
+from tflm.config import ConfigError, load_experiment
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+SMALL = (
+    "trainer.train_steps=6,trainer.log_every=3,data.global_batch_size=4,"
+    "data.sequence_length=32,data.shuffle_buffer_size=64"
+)
+
+
+def _run_in_process(config_name, model_dir):
+    config = load_experiment(str(REPO_ROOT / "configs" / config_name), SMALL)
+    lines = []
+    model, records = train(config, str(model_dir), print_fn=lines.append)
+    return config, model, records, lines
+
+
+def _check_run(config, model_dir, records, lines):
+    assert (model_dir / "params.yaml").is_file()
+    assert (model_dir / "model.keras").is_file()
+    assert load_experiment(str(model_dir / "params.yaml")) == config
+    assert [r["step"] for r in records] == [3, 6]
+    for record in records:
+        assert record["tokens_per_second"] > 0
+        assert math.isfinite(record["loss"]) and record["loss"] > 0
+        assert record["tflops"] > 0
+    assert any("tokens/s" in line and "loss" in line for line in lines)
+    assert "(includes compilation)" in next(line for line in lines if line.startswith("step 3"))
+
+
+def test_train_tiny_gpt(tmp_path):
+    model_dir = tmp_path / "gpt"
+    config, model, records, lines = _run_in_process("tiny_gpt.yaml", model_dir)
+    _check_run(config, model_dir, records, lines)
+    # Byte-level LM from scratch: the loss starts near ln(262) and only goes down from there.
+    assert records[0]["loss"] < math.log(262) + 1.0
+    assert str(model_dir) in lines[-1]
+    assert model.count_params() > 0
+
+
+def test_train_tiny_bert(tmp_path):
+    model_dir = tmp_path / "bert"
+    config, _, records, lines = _run_in_process("tiny_bert.yaml", model_dir)
+    assert config.model.task == "masked_lm"
+    _check_run(config, model_dir, records, lines)
+    assert lines[0].startswith("tflm-train: masked_lm")
+
+
+def test_train_rejects_bad_task_and_vocabulary(tmp_path):
+    config = load_experiment(None, "model.task=classification")
+    with pytest.raises(ConfigError, match="model.task"):
+        train(config, str(tmp_path / "a"), print_fn=lambda line: None)
+    config = load_experiment(None, "model.vocabulary_size=100")
+    with pytest.raises(ConfigError, match="model.vocabulary_size=100"):
+        train(config, str(tmp_path / "b"), print_fn=lambda line: None)
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "tflm.cli.train", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_console_entry_trains(tmp_path):
+    model_dir = tmp_path / "cli"
+    result = _cli(
+        "--config_file=configs/tiny_gpt.yaml",
+        f"--model_dir={model_dir}",
+        "--params_override=trainer.train_steps=4,trainer.log_every=2,data.global_batch_size=2,"
+        "data.sequence_length=16,trainer.learning_rate=1e-3",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tokens/s" in result.stdout and "loss" in result.stdout
+    assert (model_dir / "params.yaml").is_file() and (model_dir / "model.keras").is_file()
+    assert load_experiment(str(model_dir / "params.yaml")).trainer.learning_rate == 1e-3
+
+
+def test_console_entry_bad_override_fails_naming_key(tmp_path):
+    result = _cli(
+        "--config_file=configs/tiny_gpt.yaml",
+        f"--model_dir={tmp_path / 'bad'}",
+        "--params_override=trainer.train_step=4",
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "trainer.train_step" in output and "train_steps" in output
+    assert not (tmp_path / "bad").exists()

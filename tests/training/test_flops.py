@@ -1,0 +1,24 @@
+from tflm.models import TransformerBackbone
+from tflm.training.flops import non_embedding_parameters, training_flops_per_token
+
+
+def test_gpt2_small_flops_match_the_published_formula():
+    # GPT-2 124M: 85M non-embedding parameters (12 layers x 7.08M + final norm).
+    backbone = TransformerBackbone(vocabulary_size=50257, num_layers=12, num_heads=12,
+                                   hidden_dim=768, intermediate_dim=3072,
+                                   max_sequence_length=1024, causal=True, norm_first=True)
+    n = non_embedding_parameters(backbone)
+    per_layer = 4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768
+    assert n == 12 * per_layer + 2 * 768
+    flops = training_flops_per_token(backbone, 1024)
+    assert flops == 6 * (n + 768 * 50257) + 12 * 12 * 12 * 64 * 1024
+    # About 0.87 GFLOP per token (nanoGPT quotes ~6 * 124M + attention).
+    assert 0.8e9 < flops < 0.9e9
+
+
+def test_untied_output_is_counted_once():
+    kwargs = dict(vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=8,
+                  intermediate_dim=16, max_sequence_length=8, causal=True)
+    tied = training_flops_per_token(TransformerBackbone(**kwargs), 8)
+    untied = training_flops_per_token(TransformerBackbone(**kwargs, tie_embeddings=False), 8)
+    assert tied == untied
