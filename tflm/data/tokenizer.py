@@ -1,0 +1,104 @@
+"""The interface every tflm tokenizer implements, in-graph.
+
+A tokenizer is a `tf.Module`, so its lookup tables and constants are tracked
+resources that travel into a SavedModel. Every method that takes or returns
+tensors is made of TF ops (tf.data, `tf.function`, serving).
+
+Interface:
+    tokenize(strings)      `(batch,)` → RaggedTensor `(batch, None)` int32; scalar → `(None,)`
+    detokenize(ids)        dense or ragged, rank 1 or 2 → strings; special tokens dropped
+    normalize(strings)     the text as the tokenizer sees it (cleaning, case, accents);
+                           `detokenize(tokenize(s)) == normalize(s)` where the algorithm allows
+    word_starts(ids)       bool, same shape: True where a token begins a new word
+                           (whole-word masking groups a word's pieces)
+    vocabulary_size, special_tokens, special_ids, token_to_id(token), id_to_token(id)
+    pad_id, unk_id, cls_id, sep_id, mask_id, end_of_text_id    (None where absent)
+    save(directory)        readable vocabulary files + tokenizer.json
+    fingerprint()          sha256 of the saved vocabulary: identifies the exact tokenizer
+`tflm.data.tokenizers.load_tokenizer(directory)` reads back what `save` wrote.
+"""
+
+import hashlib
+import json
+import os
+
+import tensorflow as tf
+
+CONFIG_FILE = "tokenizer.json"
+
+
+class Tokenizer(tf.Module):
+    """Base class: special-token bookkeeping, save/load of the config, fingerprint."""
+
+    #: Name written to tokenizer.json, used by `load_tokenizer` to pick the class.
+    kind = None
+
+    def __init__(self, special_tokens, name=None):
+        super().__init__(name=name)
+        self.special_tokens = tuple(special_tokens)
+
+    # Subclasses implement: tokenize, detokenize, vocabulary_size (property),
+    # token_to_id, id_to_token, _vocabulary_contents() (list of str/bytes, for the
+    # fingerprint) and _save_vocabulary(directory); they may override normalize,
+    # word_starts and config.
+
+    def config(self):
+        """Constructor options (besides the vocabulary files) recorded in tokenizer.json."""
+        return {}
+
+    # -- Shared behaviour. -----------------------------------------------------------------
+    def normalize(self, inputs):
+        return tf.convert_to_tensor(inputs, tf.string)
+
+    def word_starts(self, ids):
+        """Default: every token is its own word."""
+        return tf.ones_like(ids, dtype=tf.bool)
+
+    def _special_id(self, token):
+        return self.token_to_id(token) if token in self.special_tokens else None
+
+    @property
+    def pad_id(self):
+        return self._special_id("[PAD]")
+
+    @property
+    def unk_id(self):
+        return self._special_id("[UNK]")
+
+    @property
+    def cls_id(self):
+        return self._special_id("[CLS]")
+
+    @property
+    def sep_id(self):
+        return self._special_id("[SEP]")
+
+    @property
+    def mask_id(self):
+        return self._special_id("[MASK]")
+
+    @property
+    def end_of_text_id(self):
+        return self._special_id("<|endoftext|>")
+
+    @property
+    def special_ids(self):
+        return sorted(self.token_to_id(t) for t in self.special_tokens)
+
+    def save(self, directory):
+        """Writes the vocabulary files and tokenizer.json into `directory`."""
+        tf.io.gfile.makedirs(directory)
+        self._save_vocabulary(directory)
+        config = {"kind": self.kind, "special_tokens": list(self.special_tokens), **self.config()}
+        with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILE), "w") as f:
+            f.write(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        return directory
+
+    def fingerprint(self):
+        """sha256 over the kind, options and vocabulary contents: same value, same tokenizer."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps({"kind": self.kind, "special_tokens": list(self.special_tokens),
+                                  **self.config()}, sort_keys=True).encode())
+        for content in self._vocabulary_contents():
+            digest.update(content if isinstance(content, bytes) else content.encode("utf-8"))
+        return digest.hexdigest()
