@@ -40,12 +40,14 @@ def text_files(tmp_path):
     return paths, contents
 
 
-def _stream(contents, end_of_text=True):
+def _stream(contents, separator=EOT):
+    """The token stream of documents joined by `separator` (EOT for CLM, SEP for MLM)."""
     ids = []
     for data in contents:
+        # The pipeline replaces undecodable bytes with U+FFFD, as Python's "replace" does.
+        data = data.decode("utf-8", "replace").encode("utf-8")
         ids.extend(b + 6 for b in data)
-        if end_of_text:
-            ids.append(EOT)
+        ids.append(separator)
     return np.array(ids, np.int32)
 
 
@@ -104,36 +106,47 @@ def test_causal_lm_static_shapes(text_files, tokenizer):
 
 
 def test_causal_lm_rows_are_the_stream_shifted_by_one(text_files, tokenizer):
+    """Read once (evaluation): every token kept, the final row padded, no label on padding."""
     paths, contents = text_files
     length, batch = 16, 3
     dataset = causal_lm_dataset(paths, tokenizer, length, batch, shuffle_buffer_size=0, repeat=False)
     features, labels, weights = _concat_batches(dataset)
     stream = _stream(contents)
-    num_rows = len(stream) // (length + 1)
-    windows = stream[: num_rows * (length + 1)].reshape(num_rows, length + 1)
-    kept = num_rows // batch * batch  # drop_remainder
-    assert len(labels) == kept
-    np.testing.assert_array_equal(features["token_ids"], windows[:kept, :-1])
-    np.testing.assert_array_equal(labels, windows[:kept, 1:])
-    np.testing.assert_array_equal(features["padding_mask"], 1)
-    np.testing.assert_array_equal(weights, 1.0)
+    num_rows = -(-len(stream) // (length + 1))
+    padded = np.pad(stream, (0, num_rows * (length + 1) - len(stream)), constant_values=PAD)
+    windows = padded.reshape(num_rows, length + 1)
+    assert len(labels) == num_rows  # the final partial batch is kept too
+    np.testing.assert_array_equal(features["token_ids"], windows[:, :-1])
+    np.testing.assert_array_equal(labels, windows[:, 1:])
+    np.testing.assert_array_equal(features["padding_mask"], windows[:, :-1] != PAD)
+    np.testing.assert_array_equal(weights, (windows[:, 1:] != PAD).astype(np.float32))
+    # No token is wasted: the weighted labels plus the first token are the whole stream.
+    assert weights.sum() == len(stream) - num_rows
+    assert (windows[:-1] != PAD).all() and (windows[-1] == PAD).any()
     # Rows run across documents, which the end-of-text id separates.
-    assert (windows[:kept] == EOT).any()
+    assert (windows == EOT).sum() == len(contents)
 
 
-def test_causal_lm_shuffled_epoch_is_a_permutation_of_the_rows(text_files, tokenizer):
+def test_causal_lm_training_rows_are_shuffled_stream_rows(text_files, tokenizer):
     paths, contents = text_files
-    length = 8
-    dataset = causal_lm_dataset(paths, tokenizer, length, 1, seed=3, shuffle_buffer_size=100,
-                                repeat=False)
-    features, labels, _ = _concat_batches(dataset)
+    length, buffer = 8, 20
+    unshuffled = causal_lm_dataset(paths, tokenizer, length, 1, shuffle_buffer_size=0)
+    shuffled = causal_lm_dataset(paths, tokenizer, length, 1, seed=3, shuffle_buffer_size=buffer)
+    n = 30
+
+    def rows(dataset, count):
+        features, labels, _ = _concat_batches(dataset, take=count)
+        np.testing.assert_array_equal(features["token_ids"][:, 1:], labels[:, :-1])
+        return [tuple(r) for r in np.concatenate([features["token_ids"], labels[:, -1:]], axis=1)]
+
+    ordered, mixed = rows(unshuffled, n + buffer), rows(shuffled, n)
+    assert set(mixed) <= set(ordered), "shuffling only reorders rows of the stream"
+    assert mixed != ordered[:n], "shuffled"
+    # Training rows continue across epochs: the stream repeats with no token dropped.
     stream = _stream(contents)
-    num_rows = len(stream) // (length + 1)
-    windows = stream[: num_rows * (length + 1)].reshape(num_rows, length + 1)
-    got = np.concatenate([features["token_ids"], labels[:, -1:]], axis=1)
-    np.testing.assert_array_equal(features["token_ids"][:, 1:], labels[:, :-1])
-    assert sorted(map(tuple, got)) == sorted(map(tuple, windows))
-    assert not np.array_equal(got, windows), "shuffled"
+    flat = np.concatenate([np.array(r) for r in ordered])
+    repeated = np.tile(stream, len(flat) // len(stream) + 1)[: len(flat)]
+    np.testing.assert_array_equal(flat, repeated)
 
 
 def test_causal_lm_deterministic_per_seed(tokenizer):
@@ -172,10 +185,10 @@ def test_causal_lm_on_real_text_across_documents(tmp_path, shared_data, tokenize
     features, labels, _ = _concat_batches(dataset)
     stream = _stream(contents)
     rows = np.concatenate([features["token_ids"], labels[:, -1:]], axis=1).reshape(-1)
-    np.testing.assert_array_equal(rows, stream[: len(rows)])
-    assert len(stream) - len(rows) < (length + 1) * (batch + 1)
+    np.testing.assert_array_equal(rows[: len(stream)], stream)
+    np.testing.assert_array_equal(rows[len(stream):], PAD)
     text = tokenizer.detokenize(rows).numpy()
-    assert text == b"".join(contents)[: len(text)]
+    assert text == b"".join(c.decode("utf-8", "replace").encode("utf-8") for c in contents)
 
 
 # masked_lm_dataset
@@ -196,7 +209,7 @@ def test_masked_lm_shapes_and_cls_sep(text_files, tokenizer):
     paths, contents = text_files
     length, batch, predictions = 32, 2, 5
     dataset = masked_lm_dataset(paths, tokenizer, length, batch, predictions,
-                                shuffle_buffer_size=0, repeat=False)
+                                shuffle_buffer_size=0, repeat=True)
     features_spec, labels_spec, weights_spec = dataset.element_spec
     for key in ("token_ids", "padding_mask", "segment_ids"):
         assert features_spec[key].shape == (batch, length), key
@@ -204,15 +217,16 @@ def test_masked_lm_shapes_and_cls_sep(text_files, tokenizer):
     assert labels_spec.shape == (batch, predictions)
     assert weights_spec.shape == (batch, predictions) and weights_spec.dtype == tf.float32
 
-    features, labels, weights = _concat_batches(dataset)
+    stream = _stream(contents, separator=SEP)
+    rows = len(stream) // (length - 2)
+    features, labels, weights = _concat_batches(dataset, take=rows // batch)
     np.testing.assert_array_equal(features["token_ids"][:, 0], CLS)
     np.testing.assert_array_equal(features["token_ids"][:, -1], SEP)
     np.testing.assert_array_equal(features["padding_mask"], 1)
     np.testing.assert_array_equal(features["segment_ids"], 0)
     # round(0.15 * 30) = 4 predictions per row (clipped by max_predictions=5).
     np.testing.assert_array_equal(weights.sum(axis=1), 4)
-    # Unmasked, the rows are the token stream (no end-of-text ids), cut every length - 2.
-    stream = _stream(contents, end_of_text=False)
+    # Unmasked, the rows are the token stream (documents joined by [SEP]), cut every length - 2.
     original = _unmask(features, labels, weights)
     np.testing.assert_array_equal(
         original[:, 1:-1].reshape(-1), stream[: len(original) * (length - 2)]
@@ -221,11 +235,14 @@ def test_masked_lm_shapes_and_cls_sep(text_files, tokenizer):
     assert 0 < masked <= weights.sum()
 
 
-def test_masked_lm_masks_redrawn_each_epoch(text_files, tokenizer):
-    paths, contents = text_files
-    length = 32
-    rows_per_epoch = len(_stream(contents, end_of_text=False)) // (length - 2)
-    dataset = masked_lm_dataset(paths, tokenizer, length, 1, 5, shuffle_buffer_size=0)
+def test_masked_lm_masks_redrawn_each_epoch(tmp_path, tokenizer):
+    length, rows_per_epoch = 32, 12
+    # One document whose stream (text + [SEP]) is a whole number of rows, so
+    # that every epoch cuts the same rows.
+    text = (b"abcdefghij klmnopq rstuvwxyz " * 20)[: rows_per_epoch * (length - 2) - 1]
+    path = tmp_path / "doc.txt"
+    path.write_bytes(text)
+    dataset = masked_lm_dataset([str(path)], tokenizer, length, 1, 5, shuffle_buffer_size=0)
     features, labels, weights = _concat_batches(dataset, take=2 * rows_per_epoch)
     original = _unmask(features, labels, weights)
     first, second = slice(0, rows_per_epoch), slice(rows_per_epoch, 2 * rows_per_epoch)

@@ -1,5 +1,6 @@
 """Dynamic masking for masked-LM pretraining (BERT), as stateless TF ops."""
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -13,28 +14,35 @@ def mask_tokens(
     mask_rate=0.15,
     mask_token_rate=0.8,
     random_token_rate=0.1,
+    word_starts=None,
 ):
     """Chooses positions to predict and corrupts them, BERT style.
 
-    `mask_rate` of the maskable tokens (not special, not padding), at least
-    one and at most `max_predictions`, are chosen uniformly; of those,
-    `mask_token_rate` become `[MASK]`, `random_token_rate` a random
-    non-special token, and the rest stay unchanged. The draw depends only on
-    `seed`, so a pipeline that derives the seed from (run seed, element index)
-    is deterministic and redraws masks every epoch.
+    `round(mask_rate * n)` of the `n` maskable tokens (not special, not
+    padding), at least one and at most `max_predictions`, are chosen
+    uniformly; of those, `mask_token_rate` become `[MASK]`,
+    `random_token_rate` a random non-special token, and the rest stay
+    unchanged. The draw depends only on `seed`, so a pipeline that derives
+    the seed from (run seed, element index) is deterministic and redraws
+    masks every epoch.
+
+    With `word_starts` (whole-word masking), whole words are chosen: words
+    are taken in a random order while the total of their tokens stays within
+    the count above, so all pieces of a word are masked together or none.
 
     Args:
         token_ids: `(T,)` int32, one sequence.
         seed: `(2,)` int32/int64 stateless seed.
         vocabulary_size: size of the vocabulary.
         mask_id: id of `[MASK]`.
-        special_ids: ids never chosen and never drawn as random tokens; the
-            non-special ids must be `[len(special_ids), vocabulary_size)`.
+        special_ids: ids never chosen and never drawn as random tokens.
         max_predictions: `P`, the fixed size of the outputs.
         mask_rate, mask_token_rate, random_token_rate: the rates above.
+        word_starts: optional `(T,)` bool, True where a token begins a word
+            (see `Tokenizer.word_starts`); `None` masks single tokens.
 
     Returns:
-        A dict: `token_ids` `(T,)` corrupted, `mask_positions` `(P,)`,
+        A dict: `token_ids` `(T,)` corrupted, `mask_positions` `(P,)` sorted,
         `mask_ids` `(P,)` original ids, `mask_weights` `(P,)` float32, 1 for
         real predictions and 0 for padding.
     """
@@ -51,30 +59,50 @@ def mask_tokens(
     num_to_mask = tf.cast(tf.round(tf.cast(num_maskable, tf.float64) * rate), tf.int32)
     num_to_mask = tf.minimum(tf.maximum(num_to_mask, 1), tf.minimum(max_predictions, num_maskable))
 
-    # A random ranking of the maskable positions; the first num_to_mask are chosen.
-    scores = tf.random.stateless_uniform([length], seed=seeds[0])
-    scores = tf.where(maskable, scores, 2.0)
-    k = tf.minimum(max_predictions, length)
-    _, order = tf.math.top_k(-scores, k=k)
-    chosen = tf.sort(order[:num_to_mask])
+    # Words (single tokens unless word_starts says otherwise); a word is
+    # maskable when all its tokens are. Special tokens always stand alone.
+    if word_starts is None:
+        starts = tf.ones([length], tf.bool)
+    else:
+        starts = tf.convert_to_tensor(word_starts, tf.bool) | special
+        starts = tf.concat([[True], starts[1:]], axis=0)  # the first token starts a word
+    word_ids = tf.cumsum(tf.cast(starts, tf.int32)) - 1
+    num_words = tf.reduce_max(word_ids) + 1
+    word_maskable = tf.math.unsorted_segment_min(tf.cast(maskable, tf.int32), word_ids, num_words) > 0
+    word_length = tf.math.unsorted_segment_sum(tf.ones([length], tf.int32), word_ids, num_words)
+
+    # Words in a random order (unmaskable last); take them while the token
+    # total stays within num_to_mask.
+    scores = tf.random.stateless_uniform([num_words], seed=seeds[0])
+    scores = tf.where(word_maskable, scores, 2.0)
+    order = tf.argsort(scores)
+    taken_length = tf.gather(tf.where(word_maskable, word_length, length + 1), order)
+    taken = tf.cumsum(taken_length) <= num_to_mask
+    word_chosen = tf.scatter_nd(order[:, None], taken, [num_words])
+    chosen = tf.cast(tf.where(tf.gather(word_chosen, word_ids) & maskable)[:, 0], tf.int32)
+    num_chosen = tf.shape(chosen)[0]
 
     original = tf.gather(token_ids, chosen)
-    action = tf.random.stateless_uniform(tf.shape(chosen), seed=seeds[1])
-    num_special = len(special_ids)
-    random_tokens = tf.random.stateless_uniform(
-        tf.shape(chosen), seed=seeds[2], minval=num_special, maxval=vocabulary_size, dtype=tf.int32
+    action = tf.random.stateless_uniform([num_chosen], seed=seeds[1])
+    # Random replacements are drawn from the non-special ids only, wherever those sit.
+    ordinary = np.setdiff1d(np.arange(vocabulary_size), np.asarray(special_ids)).astype(np.int32)
+    random_tokens = tf.gather(
+        tf.constant(ordinary),
+        tf.random.stateless_uniform(
+            [num_chosen], seed=seeds[2], minval=0, maxval=len(ordinary), dtype=tf.int32
+        ),
     )
     replacement = tf.where(
         action < mask_token_rate,
-        tf.fill(tf.shape(chosen), tf.constant(mask_id, tf.int32)),
+        tf.fill([num_chosen], tf.constant(mask_id, tf.int32)),
         tf.where(action < mask_token_rate + random_token_rate, random_tokens, original),
     )
     corrupted = tf.tensor_scatter_nd_update(token_ids, chosen[:, None], replacement)
 
-    pad = max_predictions - num_to_mask
+    pad = max_predictions - num_chosen
     return {
         "token_ids": corrupted,
         "mask_positions": tf.pad(chosen, [[0, pad]]),
         "mask_ids": tf.pad(original, [[0, pad]]),
-        "mask_weights": tf.pad(tf.ones_like(chosen, tf.float32), [[0, pad]]),
+        "mask_weights": tf.pad(tf.ones([num_chosen], tf.float32), [[0, pad]]),
     }

@@ -1,121 +1,183 @@
-"""tf.data pipelines: text files → packed causal-LM or masked-LM batches.
+"""tf.data pipelines: documents → packed causal-LM or masked-LM batches.
 
-Every step is a TF op (read, tokenize, pack, mask, batch), so the pipeline
-runs in parallel with training and its tokenizer can go into a SavedModel.
-Batches are `(features, labels, sample_weight)` tuples that `model.fit` and
-the trainer both consume.
+Every step is a TF op (read, repair, tokenize, pack, mask, batch), so the
+pipeline runs in parallel with training and its tokenizer can go into a
+SavedModel. Batches are `(features, labels, sample_weight)` tuples that
+`model.fit` and the trainer both consume. `make_dataset(config, ...)` builds
+the pipeline an experiment config describes, sharded for one input pipeline
+of a `tf.distribute` strategy.
+
+Order of a training pipeline::
+
+    files (shuffled per epoch, sharded per worker) → documents (repaired, counted)
+      → repeat → tokenize in batches → join with end-of-text → pack into rows
+      → shuffle rows → [mask] → batch (static shapes) → prefetch
+
+Repeating before packing means rows run on across epoch boundaries: no
+token is dropped, only the tail of the whole (infinite) stream.
 """
 
 import tensorflow as tf
 
 from tflm.data.masking import mask_tokens
+from tflm.data.sources import read_documents
 
 AUTOTUNE = tf.data.AUTOTUNE
+TOKENIZE_BATCH = 64  # documents tokenized per op call: amortizes per-op overhead
 
 
-def pack_token_stream(documents, window):
-    """Packs a dataset of 1-D token tensors into `(window,)` rows, no padding.
+def tokenize_documents(documents, tokenizer, stats=None):
+    """Dataset of document strings → dataset of 1-D int32 token tensors."""
 
-    Documents are concatenated in order and cut every `window` tokens; the
-    tail of one document continues into the next row. Only the final partial
-    row of the whole stream is dropped.
+    def tokenize(batch):
+        ids = tokenizer.tokenize(batch)
+        if stats is not None:
+            stats.add("tokens", tf.size(ids.flat_values))
+        return ids
+
+    batched = documents.batch(TOKENIZE_BATCH)
+    return batched.map(tokenize, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+
+
+def pack_token_stream(documents, window, separator_id=None, pad_id=None):
+    """Packs a dataset of 1-D token tensors into `(window,)` rows.
+
+    Documents are concatenated in order (each followed by `separator_id` if
+    given) and cut every `window` tokens; the tail of one document continues
+    into the next row. With `pad_id`, the final partial row is kept, padded
+    with `pad_id`; otherwise it is dropped. Nothing else is ever dropped.
     """
+    if separator_id is not None:
+        documents = documents.map(lambda ids: tf.concat([ids, [separator_id]], axis=0))
+    flagged = documents.map(lambda ids: (ids, False))
+    if pad_id is not None:
+        # A final marker element lets the scan flush its remainder.
+        flagged = flagged.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), True)))
 
-    def cut(carry, tokens):
+    def cut(carry, element):
+        tokens, is_end = element
         stream = tf.concat([carry, tokens], axis=0)
+        if pad_id is not None:
+            # At the end, pad the remainder up to a whole row (zero rows if it is empty).
+            padding = (-tf.shape(stream)[0]) % window
+            stream = tf.cond(
+                is_end, lambda: tf.pad(stream, [[0, padding]], constant_values=pad_id), lambda: stream
+            )
         rows = tf.shape(stream)[0] // window
         full = tf.reshape(stream[: rows * window], [rows, window])
         return stream[rows * window :], full
 
-    return documents.scan(tf.zeros([0], tf.int32), cut).unbatch()
+    return flagged.scan(tf.zeros([0], tf.int32), cut).unbatch()
 
 
-def read_documents(files, tokenizer, end_of_text=True):
-    """One document per file, tokenized, optionally followed by the end-of-text id."""
-    documents = tf.data.Dataset.from_tensor_slices(list(files)).map(
-        tf.io.read_file, num_parallel_calls=AUTOTUNE, deterministic=True
+def _documents(files, read_options, seed, repeat, input_context, stats):
+    """Documents from files; files reshuffled each epoch when repeating."""
+    return read_documents(
+        files, stats=stats, input_context=input_context, shuffle_seed=seed if repeat else None,
+        repeat=repeat, **read_options
     )
 
-    def tokenize(text):
-        ids = tokenizer.tokenize(text)
-        if end_of_text:
-            ids = tf.concat([ids, [tokenizer.end_of_text_id]], axis=0)
-        return ids
 
-    return documents.map(tokenize, num_parallel_calls=AUTOTUNE, deterministic=True)
-
-
-def _shuffle_repeat(dataset, shuffle_buffer_size, seed, repeat):
+def _shuffle(rows, shuffle_buffer_size, seed):
     if shuffle_buffer_size and shuffle_buffer_size > 1:
-        dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    return dataset.repeat() if repeat else dataset
+        rows = rows.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    return rows
 
 
-def causal_lm_dataset(
-    files,
-    tokenizer,
-    sequence_length,
-    batch_size,
-    seed=0,
-    shuffle_buffer_size=1000,
-    repeat=True,
-):
-    """Packed next-token batches.
+def causal_lm_batches(token_documents, tokenizer, sequence_length, batch_size, seed=0,
+                      shuffle_buffer_size=1000, training=True, drop_remainder=True):
+    """Packed next-token batches from a dataset of token tensors.
 
-    Each row is `sequence_length + 1` consecutive tokens of the stream;
-    features are the first `sequence_length`, labels the last
-    `sequence_length` (shifted by one), weights all 1 (packing leaves no padding).
+    Each row is `sequence_length + 1` consecutive tokens of the stream, the
+    documents joined by the end-of-text token; features are the first
+    `sequence_length`, labels the last `sequence_length` (shifted by one).
+    Weights are 1 except where the label is padding (only in the final row
+    when not training), so no label ever crosses into padding.
     """
-    rows = pack_token_stream(read_documents(files, tokenizer), sequence_length + 1)
-    rows = _shuffle_repeat(rows, shuffle_buffer_size, seed, repeat)
+    separator = tokenizer.end_of_text_id
+    if separator is None:
+        separator = tokenizer.sep_id
+    pad_id = None if training else tokenizer.pad_id
+    rows = pack_token_stream(token_documents, sequence_length + 1, separator, pad_id)
+    rows = _shuffle(rows, shuffle_buffer_size if training else 0, seed)
 
     def split(batch):
-        features = {
-            "token_ids": batch[:, :-1],
-            "padding_mask": tf.ones_like(batch[:, :-1]),
-        }
-        return features, batch[:, 1:], tf.ones_like(batch[:, 1:], tf.float32)
+        labels = batch[:, 1:]
+        if pad_id is None:
+            weights = tf.ones_like(labels, tf.float32)
+            padding_mask = tf.ones_like(batch[:, :-1])
+        else:
+            weights = tf.cast(labels != pad_id, tf.float32)
+            padding_mask = tf.cast(batch[:, :-1] != pad_id, tf.int32)
+        return {"token_ids": batch[:, :-1], "padding_mask": padding_mask}, labels, weights
 
-    return rows.batch(batch_size, drop_remainder=True).map(split).prefetch(AUTOTUNE)
+    rows = rows.batch(batch_size, drop_remainder=drop_remainder)
+    return rows.map(split, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
 
 
-def masked_lm_dataset(
-    files,
-    tokenizer,
-    sequence_length,
-    batch_size,
-    max_predictions,
-    mask_rate=0.15,
-    seed=0,
-    shuffle_buffer_size=1000,
-    repeat=True,
-):
-    """Masked-LM batches: `[CLS] segment [SEP]` rows, masks redrawn each epoch.
+def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, max_predictions,
+                      mask_rate=0.15, whole_word_masking=False, sentence_pairs=False, seed=0,
+                      shuffle_buffer_size=1000, training=True, drop_remainder=True,
+                      seed_offset=0):
+    """Masked-LM batches from a dataset of token tensors.
 
-    Features: `token_ids`, `padding_mask`, `segment_ids`, `mask_positions`;
-    labels: `mask_ids`; weights: `mask_weights`. The mask of the `i`-th row
-    drawn from the repeated dataset depends on `(seed, i)` only.
+    Rows are `[CLS] tokens [SEP]` (documents in a row separated by `[SEP]`),
+    or with `sentence_pairs` `[CLS] A [SEP] B [SEP]` with segment ids 0/1,
+    where B is A's continuation half the time and otherwise the start of
+    another (random) row; `next_sentence_labels` says which (1: continuation),
+    for next-sentence prediction.
+
+    The masks of the `i`-th row drawn depend on `(seed, seed_offset, i)`
+    only: deterministic, and redrawn every epoch (rows keep counting).
     """
-    rows = pack_token_stream(read_documents(files, tokenizer, end_of_text=False), sequence_length - 2)
-    rows = _shuffle_repeat(rows, shuffle_buffer_size, seed, repeat).enumerate()
+    pair = bool(sentence_pairs)
+    body = sequence_length - (3 if pair else 2)
+    if body < (2 if pair else 1):
+        raise ValueError(f"sequence_length={sequence_length} is too short for masked-LM rows.")
+    rows = pack_token_stream(token_documents, body, tokenizer.sep_id)
+    rows = _shuffle(rows, shuffle_buffer_size if training else 0, seed)
+    if pair:
+        # Carry the previous row along: the random B comes from it, no second read.
+        def with_previous(previous, row):
+            return row, (row, previous)
 
-    def mask(index, row):
-        ids = tf.concat([[tokenizer.cls_id], row, [tokenizer.sep_id]], axis=0)
+        rows = rows.scan(tf.zeros([body], tf.int32), with_previous)
+    rows = rows.enumerate()
+    cls = tf.constant([tokenizer.cls_id], tf.int32)
+    sep = tf.constant([tokenizer.sep_id], tf.int32)
+
+    def mask(index, element):
+        seed_pair = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + seed_offset, index])
+        features = {}
+        if pair:
+            row, previous = element
+            draws = tf.random.stateless_uniform([2], seed=seed_pair + [0, 1 << 40])
+            split_at = 1 + tf.cast(draws[0] * tf.cast(body - 1, tf.float32), tf.int32)
+            split_at = tf.minimum(split_at, body - 1)
+            # The first row of the stream has no previous row: it is always a continuation.
+            is_next = (draws[1] < 0.5) | tf.equal(index, 0)
+            first = row[:split_at]
+            second = tf.where(is_next, row[split_at:], previous[: body - split_at])
+            ids = tf.concat([cls, first, sep, second, sep], axis=0)
+            segments = tf.concat(
+                [tf.zeros([split_at + 2], tf.int32), tf.ones([body - split_at + 1], tf.int32)], 0
+            )
+            features["next_sentence_labels"] = tf.cast(is_next, tf.int32)
+        else:
+            ids = tf.concat([cls, element, sep], axis=0)
+            segments = tf.zeros([sequence_length], tf.int32)
+        word_starts = tokenizer.word_starts(ids) if whole_word_masking else None
         masked = mask_tokens(
-            ids,
-            seed=tf.stack([tf.cast(seed, tf.int64), index]),
-            vocabulary_size=tokenizer.vocabulary_size,
-            mask_id=tokenizer.mask_id,
-            special_ids=tokenizer.special_ids,
-            max_predictions=max_predictions,
-            mask_rate=mask_rate,
+            ids, seed=seed_pair, vocabulary_size=tokenizer.vocabulary_size,
+            mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids,
+            max_predictions=max_predictions, mask_rate=mask_rate, word_starts=word_starts,
         )
-        features = {
+        features.update({
             "token_ids": tf.ensure_shape(masked["token_ids"], [sequence_length]),
             "padding_mask": tf.ones([sequence_length], tf.int32),
-            "segment_ids": tf.zeros([sequence_length], tf.int32),
+            "segment_ids": tf.ensure_shape(segments, [sequence_length]),
             "mask_positions": tf.ensure_shape(masked["mask_positions"], [max_predictions]),
-        }
+        })
         return (
             features,
             tf.ensure_shape(masked["mask_ids"], [max_predictions]),
@@ -123,7 +185,38 @@ def masked_lm_dataset(
         )
 
     rows = rows.map(mask, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return rows.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    return rows.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+def causal_lm_dataset(files, tokenizer, sequence_length, batch_size, seed=0,
+                      shuffle_buffer_size=1000, repeat=True, stats=None, input_context=None,
+                      **read_options):
+    """Packed next-token batches from text files (see `causal_lm_batches`).
+
+    `repeat=True` is the training pipeline (endless, shuffled, static shapes);
+    `repeat=False` reads once in order, pads the final row and keeps the
+    final partial batch (evaluation sees every token).
+    """
+    documents = _documents(files, read_options, seed, repeat, input_context, stats)
+    tokens = tokenize_documents(documents, tokenizer, stats)
+    return causal_lm_batches(tokens, tokenizer, sequence_length, batch_size, seed=seed,
+                             shuffle_buffer_size=shuffle_buffer_size, training=repeat,
+                             drop_remainder=repeat)
+
+
+def masked_lm_dataset(files, tokenizer, sequence_length, batch_size, max_predictions,
+                      mask_rate=0.15, seed=0, shuffle_buffer_size=1000, repeat=True,
+                      whole_word_masking=False, sentence_pairs=False, stats=None,
+                      input_context=None, **read_options):
+    """Masked-LM batches from text files (see `masked_lm_batches`)."""
+    documents = _documents(files, read_options, seed, repeat, input_context, stats)
+    tokens = tokenize_documents(documents, tokenizer, stats)
+    offset = 0 if input_context is None else input_context.input_pipeline_id
+    return masked_lm_batches(tokens, tokenizer, sequence_length, batch_size, max_predictions,
+                             mask_rate=mask_rate, whole_word_masking=whole_word_masking,
+                             sentence_pairs=sentence_pairs, seed=seed,
+                             shuffle_buffer_size=shuffle_buffer_size, training=repeat,
+                             drop_remainder=repeat, seed_offset=offset)
 
 
 def classification_dataset(
@@ -139,7 +232,10 @@ def classification_dataset(
 ):
     """`[CLS] text [SEP]` rows, truncated and padded to `sequence_length`, with labels."""
     rows = tf.data.Dataset.from_tensor_slices((list(texts), list(labels)))
-    rows = _shuffle_repeat(rows, shuffle_buffer_size, seed, repeat)
+    if shuffle_buffer_size and shuffle_buffer_size > 1:
+        rows = rows.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        rows = rows.repeat()
 
     def encode(text_batch, label_batch):
         ids = tokenizer.tokenize(text_batch)[:, : sequence_length - 2]

@@ -1,0 +1,225 @@
+"""Reading documents: text files, JSON Lines, with per-worker sharding and repairs.
+
+`read_documents` turns files into a `tf.data.Dataset` of documents (scalar
+strings, valid UTF-8, non-empty, at most `max_document_bytes` each), in a
+deterministic order. Every repair or skip is counted in an `InputStats`:
+
+- undecodable bytes are replaced by U+FFFD (counted), never an error;
+- empty and whitespace-only documents are skipped (counted);
+- JSONL lines without the text field are skipped (counted), or are an error
+  naming the file and line with `on_bad_record="error"`;
+- a document longer than `max_document_bytes` (a 50 MB single line, say) is
+  cut at whitespace (or character) boundaries into bounded chunks before tokenization, so
+  memory stays bounded by the chunk, not the line (counted).
+"""
+
+import re
+
+import tensorflow as tf
+
+from tflm.data.jsonl import extract_string_field
+
+AUTOTUNE = tf.data.AUTOTUNE
+INPUT_FORMATS = ("text", "jsonl")
+DOCUMENT_SPLITS = ("file", "line", "blank_line", "delimiter")
+_REPLACEMENT = "\ufffd".encode("utf-8")
+_SEPARATOR = "\x1e"  # ASCII record separator: marks document boundaries inside a file
+
+
+def shard_for_worker(files, input_context):
+    """Splits work between input pipelines.
+
+    Returns `(files, shard_records)`: with at least as many files as
+    pipelines, each pipeline reads every n-th file; otherwise every pipeline
+    reads all files and keeps every n-th record (`shard_records=True`).
+    """
+    if input_context is None or input_context.num_input_pipelines <= 1:
+        return list(files), False
+    n, i = input_context.num_input_pipelines, input_context.input_pipeline_id
+    if len(files) >= n:
+        return list(files)[i::n], False
+    return list(files), True
+
+
+def count_replacement_chars(texts):
+    """Number of U+FFFD characters in each string (byte-level, works on any bytes)."""
+    texts = tf.convert_to_tensor(texts, tf.string)
+    parts = tf.strings.split(tf.reshape(texts, [-1]), sep=_REPLACEMENT)
+    return tf.reshape(tf.cast(parts.row_lengths() - 1, tf.int64), tf.shape(texts))
+
+
+def repair_utf8(texts):
+    """Replaces undecodable bytes with U+FFFD; returns `(repaired, replacements)` per string."""
+    repaired = tf.strings.unicode_transcode(
+        texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD,
+        replace_control_characters=False,
+    )
+    return repaired, count_replacement_chars(repaired) - count_replacement_chars(texts)
+
+
+def split_long_document(text, max_bytes, lookback=256):
+    """Cuts a valid UTF-8 string into pieces of about `max_bytes` (at most `max_bytes + lookback`).
+
+    Each cut moves back to just after the last whitespace byte within
+    `lookback` bytes, so words stay whole; where there is none (Chinese, a
+    very long token) it moves back to the start of a character, never into
+    the middle of a multi-byte character. Joining the pieces gives the text.
+    """
+    lookback = min(lookback, max_bytes // 2)  # windows of successive cuts must not overlap
+    length = tf.strings.length(text)
+    ends = tf.range(max_bytes, tf.maximum(length, max_bytes), max_bytes)
+    num_cuts = tf.shape(ends)[0]
+    copies = tf.fill([num_cuts], text)
+    window = tf.io.decode_raw(
+        tf.strings.substr(copies, ends - lookback, tf.fill([num_cuts], lookback)), tf.uint8
+    )
+    window = tf.reshape(window, [-1, lookback])  # byte i is text[end - lookback + i]
+    positions = tf.range(1, lookback + 1)  # cutting after byte i keeps i + 1 bytes of the window
+    space = (window == 32) | (window == 10) | (window == 9) | (window == 13)
+    # UTF-8 continuation bytes are 10xxxxxx; a cut before any other byte is a character start.
+    char_start = (window < 0x80) | (window >= 0xC0)
+    after_space = tf.reduce_max(tf.where(space, positions, 0), axis=1)
+    before_char = tf.reduce_max(tf.where(char_start, positions - 1, 0), axis=1)
+    keep = tf.where(after_space > 0, after_space, before_char)
+    cuts = ends - lookback + keep
+    begins = tf.concat([[0], cuts], axis=0)
+    stops = tf.concat([cuts, [length]], axis=0)
+    return tf.strings.substr(tf.fill(tf.shape(begins), text), begins, stops - begins)
+
+
+def _keep_first_where_second(first, second):
+    return second
+
+
+def _first(first, second):
+    return first
+
+
+def _split_file(text, document_split, delimiter):
+    """One file's contents → its documents (before cleaning)."""
+    if document_split == "file":
+        return text[tf.newaxis]
+    if document_split == "line":
+        pattern = r"\r?\n"
+    elif document_split == "blank_line":
+        pattern = r"\r?\n[ \t\r]*\n(?:[ \t\r]*\n)*"
+    else:
+        # A line holding only the delimiter (e.g. "%") separates documents.
+        pattern = r"(?:^|\r?\n)[ \t]*" + re.escape(delimiter) + r"[ \t]*(?:\r?\n|$)"
+    # Byte-level split after marking boundaries: works on undecodable bytes too.
+    marked = tf.strings.regex_replace(text, pattern, _SEPARATOR) if document_split != "line" else None
+    if marked is None:
+        return tf.strings.split(tf.strings.regex_replace(text, r"\r\n", "\n"), sep="\n")
+    return tf.strings.split(marked, sep=_SEPARATOR)
+
+
+def read_documents(
+    files,
+    input_format="text",
+    document_split="file",
+    delimiter="",
+    text_field="text",
+    stats=None,
+    input_context=None,
+    max_document_bytes=1 << 16,
+    on_bad_record="count",
+    shuffle_seed=None,
+    repeat=False,
+):
+    """Files → a dataset of documents (scalar strings), counted and repaired as above.
+
+    Args:
+        files: file paths (see `tflm.data.resolve_files`).
+        input_format: `"text"` or `"jsonl"`.
+        document_split: for text: `"file"` (one document per file), `"line"`,
+            `"blank_line"` (paragraphs), or `"delimiter"` (lines holding only
+            `delimiter` separate documents).
+        delimiter: the separator line for `document_split="delimiter"`.
+        text_field: the JSONL key holding the text.
+        stats: an `InputStats` to count into (optional).
+        input_context: a `tf.distribute.InputContext`; shards by files or records.
+        max_document_bytes: longer documents are cut into pieces this long.
+        on_bad_record: `"count"` (skip and count) or `"error"` (fail naming file and line).
+        shuffle_seed: if set, the file order is shuffled with this seed, anew each epoch.
+        repeat: whether to read the files over and over (training).
+    """
+    if input_format not in INPUT_FORMATS:
+        raise ValueError(f"input_format={input_format!r}; expected one of {INPUT_FORMATS}.")
+    if document_split not in DOCUMENT_SPLITS:
+        raise ValueError(f"document_split={document_split!r}; expected one of {DOCUMENT_SPLITS}.")
+    if document_split == "delimiter" and not delimiter:
+        raise ValueError('document_split="delimiter" needs a non-empty delimiter.')
+    if on_bad_record not in ("count", "error"):
+        raise ValueError(f"on_bad_record={on_bad_record!r}; expected 'count' or 'error'.")
+    files, shard_records = shard_for_worker(files, input_context)
+    file_names = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
+    if shuffle_seed is not None and len(files) > 1:
+        file_names = file_names.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        file_names = file_names.repeat()
+
+    def count(key, value):
+        if stats is not None:
+            stats.add(key, value)
+
+    if input_format == "jsonl":
+        def lines_of(path):
+            lines = tf.data.TextLineDataset(path).enumerate(start=1)
+            return lines.map(lambda number, line: (path, number, line))
+
+        records = file_names.flat_map(lines_of)
+        if shard_records:
+            records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+        def parse(paths, numbers, lines):
+            # Repair before extraction (the regexes need valid UTF-8); count it here.
+            lines, replacements = repair_utf8(lines)
+            count("invalid_utf8_replacements", tf.reduce_sum(replacements))
+            count("invalid_utf8_documents", tf.reduce_sum(tf.cast(replacements > 0, tf.int64)))
+            texts, found = extract_string_field(lines, text_field)
+            blank = tf.equal(tf.strings.length(tf.strings.strip(lines)), 0)
+            count("empty_documents_skipped", tf.reduce_sum(tf.cast(blank, tf.int64)))
+            found = found & ~blank
+            if on_bad_record == "error":
+                bad = tf.logical_not(found | blank)
+                first = tf.argmax(tf.cast(bad, tf.int32))
+                message = tf.strings.join([
+                    paths[first], ":", tf.strings.as_string(numbers[first]),
+                    f': no string field "{text_field}" in this JSON line',
+                ])
+                tf.debugging.assert_equal(tf.reduce_any(bad), False, message=message)
+            count("records_missing_field", tf.reduce_sum(tf.cast(~found & ~blank, tf.int64)))
+            return texts, found
+
+        documents = records.batch(256).map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+        documents = documents.unbatch().filter(_keep_first_where_second).map(_first)
+        # (raw bytes inside JSON strings were repaired before extraction; escapes
+        # cannot produce invalid UTF-8, lone surrogates become U+FFFD)
+    else:
+        def split(path):
+            return _split_file(tf.io.read_file(path), document_split, delimiter)
+
+        documents = file_names.map(split, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+        if shard_records:
+            documents = documents.shard(
+                input_context.num_input_pipelines, input_context.input_pipeline_id
+            )
+
+    def clean(text):
+        repaired, replacements = repair_utf8(text)
+        count("documents", 1)
+        count("invalid_utf8_replacements", replacements)
+        count("invalid_utf8_documents", tf.cast(replacements > 0, tf.int64))
+        empty = tf.equal(tf.strings.length(tf.strings.strip(repaired)), 0)
+        count("empty_documents_skipped", tf.cast(empty, tf.int64))
+        return repaired, tf.logical_not(empty)
+
+    documents = documents.map(clean, num_parallel_calls=AUTOTUNE, deterministic=True)
+    documents = documents.filter(_keep_first_where_second).map(_first)
+
+    def bound(text):
+        pieces = split_long_document(text, max_document_bytes)
+        count("long_documents_split", tf.cast(tf.size(pieces) > 1, tf.int64))
+        return pieces
+
+    return documents.map(bound, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
