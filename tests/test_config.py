@@ -181,7 +181,7 @@ def test_section_given_a_scalar():
         ("model.activation=gelu_tan", "model.activation", "gelu_tanh"),
         ("model.normalization=rmsnorm", "model.normalization", "rms_norm"),
         ("runtime.mixed_precision=bfloat16", "runtime.mixed_precision", "mixed_bfloat16"),
-        ("data.tokenizer=wordpiece", "data.tokenizer", None),
+        ("data.tokenizer=wordpeice", "data.tokenizer", "wordpiece"),
     ],
 )
 def test_bad_enum_value_names_key(override, key, hint):

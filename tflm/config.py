@@ -70,15 +70,26 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Input text and batching."""
+    """Input text and batching (see `tflm.data.make_dataset`)."""
 
-    input_path: str = ""  # a file glob; empty: the corpus embedded in the package
-    tokenizer: str = "byte"
+    # Where text comes from: a glob (comma-separated globs allowed) of text or
+    # JSONL files, or a folder written by tflm-prepare; empty: the embedded corpus.
+    input_path: str = ""
+    input_format: str = "text"  # text | jsonl | tfrecord (prepared by tflm-prepare)
+    document_split: str = "file"  # text: file | line | blank_line | delimiter
+    document_delimiter: str = ""  # a line holding only this separates documents
+    text_field: str = "text"  # jsonl
+    on_bad_record: str = "count"  # count (skip and count) | error (stop, naming file:line)
+    max_document_bytes: int = 65536  # longer documents are cut (at whitespace) first
+    tokenizer: str = "byte"  # byte | wordpiece | sentencepiece | byte_bpe
+    vocab_path: str = ""  # folder written by tflm-vocab (not needed for byte)
     sequence_length: int = 128
     global_batch_size: int = 16
     shuffle_buffer_size: int = 1000
     max_predictions_per_seq: int = 20  # masked_lm only
     mask_rate: float = 0.15  # masked_lm only
+    whole_word_masking: bool = False  # masked_lm only
+    sentence_pairs: bool = False  # masked_lm only: [CLS] A [SEP] B [SEP] + next_sentence_labels
 
 
 @dataclasses.dataclass
@@ -231,7 +242,13 @@ def validate(config):
         ),
         "model.activation": (config.model.activation, ("relu", "gelu", "gelu_tanh", "swiglu")),
         "model.normalization": (config.model.normalization, ("layer_norm", "rms_norm")),
-        "data.tokenizer": (config.data.tokenizer, ("byte",)),
+        "data.tokenizer": (config.data.tokenizer, ("byte", "wordpiece", "sentencepiece", "byte_bpe")),
+        "data.input_format": (config.data.input_format, ("text", "jsonl", "tfrecord")),
+        "data.document_split": (
+            config.data.document_split,
+            ("file", "line", "blank_line", "delimiter"),
+        ),
+        "data.on_bad_record": (config.data.on_bad_record, ("count", "error")),
         "runtime.mixed_precision": (
             config.runtime.mixed_precision,
             ("float32", "mixed_bfloat16", "mixed_float16"),
@@ -263,10 +280,24 @@ def validate(config):
     ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}.")
+    if config.data.document_split == "delimiter" and not config.data.document_delimiter:
+        raise ConfigError('data.document_split="delimiter" needs data.document_delimiter.')
+    if config.data.tokenizer != "byte" and not config.data.vocab_path:
+        raise ConfigError(
+            f"data.tokenizer={config.data.tokenizer!r} needs data.vocab_path (a folder written "
+            "by tflm-vocab)."
+        )
+    if config.data.input_format == "tfrecord" and not config.data.input_path:
+        raise ConfigError('data.input_format="tfrecord" needs data.input_path (a tflm-prepare folder).')
+    if config.model.task == "masked_lm" and config.data.sentence_pairs and config.data.sequence_length < 5:
+        raise ConfigError(
+            f"data.sequence_length={config.data.sequence_length}: sentence pairs need at least 5."
+        )
     if not 0.0 < config.data.mask_rate <= 1.0:
         raise ConfigError(f"data.mask_rate must be in (0, 1], got {config.data.mask_rate}.")
     for key, value in (
         ("data.max_predictions_per_seq", config.data.max_predictions_per_seq),
+        ("data.max_document_bytes", config.data.max_document_bytes),
         ("trainer.log_every", config.trainer.log_every),
         ("trainer.train_steps", config.trainer.train_steps),
         ("data.global_batch_size", config.data.global_batch_size),

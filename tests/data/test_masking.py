@@ -157,3 +157,23 @@ def test_80_10_10_split_and_random_tokens():
     assert randoms.min() >= len(SPECIAL) and randoms.max() < VOCAB
     # Random tokens spread over the whole non-special range.
     assert len(np.unique(randoms)) > 200
+
+
+def test_whole_word_masking_fills_the_budget_with_whole_words():
+    """Words that do not fit are skipped, later ones still taken (BERT's rule)."""
+    rng = np.random.default_rng(5)
+    # Words of 1 to 6 tokens: a 1 starts a word.
+    lengths = rng.integers(1, 7, 40)
+    starts = np.concatenate([[1] + [0] * (n - 1) for n in lengths]).astype(bool)
+    ids = np.concatenate([[CLS], rng.integers(6, VOCAB, len(starts)), [SEP]]).astype(np.int32)
+    starts = np.concatenate([[True], starts, [True]])
+    word = np.cumsum(starts)
+    expected = round(0.15 * (len(ids) - 2))
+    for seed in range(20):
+        out = mask_tokens(ids, seed=[seed, 0], vocabulary_size=VOCAB, mask_id=MASK,
+                          special_ids=SPECIAL, max_predictions=40, word_starts=starts)
+        count = int(out["mask_weights"].numpy().sum())
+        positions = out["mask_positions"].numpy()[:count]
+        assert expected - 2 <= count <= expected
+        for p in positions:
+            assert set(np.flatnonzero(word == word[p])) <= set(positions)

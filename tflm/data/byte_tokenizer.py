@@ -58,14 +58,19 @@ class ByteTokenizer(Tokenizer):
     def tokenize(self, inputs):
         """Strings `(batch,)` → RaggedTensor `(batch, None)` int32; a scalar → `(None,)`."""
         inputs = tf.convert_to_tensor(inputs, dtype=tf.string)
-        chars = tf.strings.bytes_split(inputs)
-        if isinstance(chars, tf.RaggedTensor):
-            values = self._bytes_to_ids(chars.flat_values)
-            return chars.with_flat_values(values)
-        return self._bytes_to_ids(chars)
+        if inputs.shape.rank == 0:
+            return self._bytes_to_ids(inputs)
+        # One decode of the joined batch, then rows by length: no per-byte strings.
+        flat = tf.reshape(inputs, [-1])
+        ids = tf.RaggedTensor.from_row_lengths(
+            self._bytes_to_ids(tf.strings.reduce_join(flat)), tf.strings.length(flat)
+        )
+        return ids if inputs.shape.rank == 1 else tf.RaggedTensor.from_uniform_row_length(
+            ids, tf.shape(inputs)[-1]
+        )
 
-    def _bytes_to_ids(self, one_byte_strings):
-        values = tf.io.decode_raw(one_byte_strings, tf.uint8)  # (n, 1)
+    def _bytes_to_ids(self, text):
+        values = tf.io.decode_raw(text, tf.uint8)
         return tf.cast(tf.reshape(values, [-1]), tf.int32) + self.byte_offset
 
     def detokenize(self, ids):

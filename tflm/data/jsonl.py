@@ -24,7 +24,7 @@ _ESCAPE = r"\\(?:u[0-9a-fA-F]{4}|.)"
 
 def _hex_values(hex4):
     """`(n,)` strings of 4 hex digits → int32 values."""
-    digits = tf.io.decode_raw(hex4, tf.uint8)  # (n, 4)
+    digits = tf.reshape(tf.io.decode_raw(hex4, tf.uint8), [-1, 4])
     digits = tf.cast(digits, tf.int32)
     value = tf.where(digits >= 97, digits - 87, tf.where(digits >= 65, digits - 55, digits - 48))
     return tf.reduce_sum(value * tf.constant([4096, 256, 16, 1]), axis=-1)

@@ -71,13 +71,19 @@ def mask_tokens(
     word_maskable = tf.math.unsorted_segment_min(tf.cast(maskable, tf.int32), word_ids, num_words) > 0
     word_length = tf.math.unsorted_segment_sum(tf.ones([length], tf.int32), word_ids, num_words)
 
-    # Words in a random order (unmaskable last); take them while the token
-    # total stays within num_to_mask.
+    # Words in a random order; like BERT, take each word whose tokens still fit
+    # within num_to_mask and skip the ones that do not. The sequential rule is
+    # computed in passes: each pass takes, in order, the prefix of the words
+    # not yet taken that fit the remaining budget (single tokens: one pass).
     scores = tf.random.stateless_uniform([num_words], seed=seeds[0])
-    scores = tf.where(word_maskable, scores, 2.0)
-    order = tf.argsort(scores)
-    taken_length = tf.gather(tf.where(word_maskable, word_length, length + 1), order)
-    taken = tf.cumsum(taken_length) <= num_to_mask
+    order = tf.argsort(tf.where(word_maskable, scores, 2.0))
+    ordered_length = tf.gather(tf.where(word_maskable, word_length, length + 1), order)
+    taken = tf.zeros([num_words], tf.bool)
+    for _ in range(1 if word_starts is None else 4):
+        budget = num_to_mask - tf.reduce_sum(tf.where(taken, ordered_length, 0))
+        candidate_length = tf.where(taken | (ordered_length > budget), 0, ordered_length)
+        fits = (tf.cumsum(candidate_length) <= budget) & (candidate_length > 0)
+        taken = taken | fits
     word_chosen = tf.scatter_nd(order[:, None], taken, [num_words])
     chosen = tf.cast(tf.where(tf.gather(word_chosen, word_ids) & maskable)[:, 0], tf.int32)
     num_chosen = tf.shape(chosen)[0]

@@ -254,3 +254,81 @@ def classification_dataset(
 
     rows = rows.batch(batch_size, drop_remainder=drop_remainder)
     return rows.map(encode, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def make_dataset(config, tokenizer=None, input_context=None, stats=None, training=True):
+    """The batches an experiment config describes, for one input pipeline.
+
+    Args:
+        config: an `ExperimentConfig` (its `data` section, and `model.task`
+            to choose causal-LM or masked-LM batches; `runtime.seed`).
+        tokenizer: the tokenizer; default: built from `data.tokenizer` and
+            `data.vocab_path`.
+        input_context: a `tf.distribute.InputContext`, as passed by
+            `strategy.distribute_datasets_from_function`; the global batch is
+            split across replicas and the input across pipelines.
+        stats: an `InputStats` counting skips and repairs.
+        training: endless, shuffled, static-shape batches if True; one
+            ordered pass (final row padded, final batch kept) if False.
+
+    Returns:
+        A `tf.data.Dataset` of `(features, labels, sample_weight)`.
+
+    Example:
+    >>> config = tflm.config.load_experiment("configs/tiny_gpt.yaml")
+    >>> dataset = strategy.distribute_datasets_from_function(
+    ...     lambda context: make_dataset(config, input_context=context))
+    """
+    from tflm.config import ConfigError
+    from tflm.data.corpus import resolve_files
+    from tflm.data.prepared import prepared_files, read_prepared
+
+    data = config.data
+    if tokenizer is None:
+        from tflm.data.tokenizers import make_tokenizer
+
+        tokenizer = make_tokenizer(data.tokenizer, data.vocab_path)
+    if tokenizer.vocabulary_size > config.model.vocabulary_size:
+        raise ConfigError(
+            f"model.vocabulary_size={config.model.vocabulary_size} is smaller than the "
+            f"{tokenizer.kind} tokenizer's {tokenizer.vocabulary_size} ids."
+        )
+    batch_size = data.global_batch_size
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(data.global_batch_size)
+    seed = config.runtime.seed
+    if data.input_format == "tfrecord":
+        tokens = read_prepared(prepared_files(data.input_path, tokenizer), input_context,
+                               shuffle_seed=seed if training else None, repeat=training)
+    else:
+        documents = read_documents(
+            resolve_files(data.input_path),
+            input_format=data.input_format,
+            document_split=data.document_split,
+            delimiter=data.document_delimiter,
+            text_field=data.text_field,
+            stats=stats,
+            input_context=input_context,
+            max_document_bytes=data.max_document_bytes,
+            on_bad_record=data.on_bad_record,
+            shuffle_seed=seed if training else None,
+            repeat=training,
+        )
+        tokens = tokenize_documents(documents, tokenizer, stats)
+
+    drop_remainder = training
+    if config.model.task == "causal_lm":
+        return causal_lm_batches(tokens, tokenizer, data.sequence_length, batch_size, seed=seed,
+                                 shuffle_buffer_size=data.shuffle_buffer_size, training=training,
+                                 drop_remainder=drop_remainder)
+    if config.model.task == "masked_lm":
+        offset = 0 if input_context is None else input_context.input_pipeline_id
+        return masked_lm_batches(tokens, tokenizer, data.sequence_length, batch_size,
+                                 data.max_predictions_per_seq, mask_rate=data.mask_rate,
+                                 whole_word_masking=data.whole_word_masking,
+                                 sentence_pairs=data.sentence_pairs, seed=seed,
+                                 shuffle_buffer_size=data.shuffle_buffer_size, training=training,
+                                 drop_remainder=drop_remainder, seed_offset=offset)
+    raise ConfigError(
+        f"model.task={config.model.task!r}: make_dataset builds causal_lm and masked_lm batches."
+    )

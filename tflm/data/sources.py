@@ -41,20 +41,23 @@ def shard_for_worker(files, input_context):
     return list(files), True
 
 
-def count_replacement_chars(texts):
-    """Number of U+FFFD characters in each string (byte-level, works on any bytes)."""
-    texts = tf.convert_to_tensor(texts, tf.string)
-    parts = tf.strings.split(tf.reshape(texts, [-1]), sep=_REPLACEMENT)
-    return tf.reshape(tf.cast(parts.row_lengths() - 1, tf.int64), tf.shape(texts))
-
-
 def repair_utf8(texts):
-    """Replaces undecodable bytes with U+FFFD; returns `(repaired, replacements)` per string."""
-    repaired = tf.strings.unicode_transcode(
-        texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD,
-        replace_control_characters=False,
-    )
-    return repaired, count_replacement_chars(repaired) - count_replacement_chars(texts)
+    """Replaces undecodable bytes with U+FFFD; returns `(repaired, replacements)` per string.
+
+    The count is the byte difference between replacing (3 bytes per U+FFFD)
+    and dropping the bad bytes: no per-character work, and no copy of the
+    text kept beyond the repaired one.
+    """
+    def transcode(errors):
+        return tf.strings.unicode_transcode(
+            texts, "UTF-8", "UTF-8", errors=errors, replacement_char=0xFFFD,
+            replace_control_characters=False,
+        )
+
+    repaired = transcode("replace")
+    dropped_length = tf.strings.length(transcode("ignore"))
+    replacements = (tf.strings.length(repaired) - dropped_length) // len(_REPLACEMENT)
+    return repaired, tf.cast(replacements, tf.int64)
 
 
 def split_long_document(text, max_bytes, lookback=256):
@@ -69,9 +72,9 @@ def split_long_document(text, max_bytes, lookback=256):
     length = tf.strings.length(text)
     ends = tf.range(max_bytes, tf.maximum(length, max_bytes), max_bytes)
     num_cuts = tf.shape(ends)[0]
-    copies = tf.fill([num_cuts], text)
+    # substr broadcasts the scalar text over the positions: no copies of a long text.
     window = tf.io.decode_raw(
-        tf.strings.substr(copies, ends - lookback, tf.fill([num_cuts], lookback)), tf.uint8
+        tf.strings.substr(text, ends - lookback, tf.fill([num_cuts], lookback)), tf.uint8
     )
     window = tf.reshape(window, [-1, lookback])  # byte i is text[end - lookback + i]
     positions = tf.range(1, lookback + 1)  # cutting after byte i keeps i + 1 bytes of the window
@@ -84,7 +87,7 @@ def split_long_document(text, max_bytes, lookback=256):
     cuts = ends - lookback + keep
     begins = tf.concat([[0], cuts], axis=0)
     stops = tf.concat([cuts, [length]], axis=0)
-    return tf.strings.substr(tf.fill(tf.shape(begins), text), begins, stops - begins)
+    return tf.strings.substr(text, begins, stops - begins)
 
 
 def _keep_first_where_second(first, second):
@@ -100,17 +103,20 @@ def _split_file(text, document_split, delimiter):
     if document_split == "file":
         return text[tf.newaxis]
     if document_split == "line":
-        pattern = r"\r?\n"
-    elif document_split == "blank_line":
-        pattern = r"\r?\n[ \t\r]*\n(?:[ \t\r]*\n)*"
+        # A "\r" before "\n" stays with its line, as whitespace: no second copy of the text.
+        pieces = tf.strings.split(text, sep="\n")
     else:
-        # A line holding only the delimiter (e.g. "%") separates documents.
-        pattern = r"(?:^|\r?\n)[ \t]*" + re.escape(delimiter) + r"[ \t]*(?:\r?\n|$)"
-    # Byte-level split after marking boundaries: works on undecodable bytes too.
-    marked = tf.strings.regex_replace(text, pattern, _SEPARATOR) if document_split != "line" else None
-    if marked is None:
-        return tf.strings.split(tf.strings.regex_replace(text, r"\r\n", "\n"), sep="\n")
-    return tf.strings.split(marked, sep=_SEPARATOR)
+        if document_split == "blank_line":
+            pattern = r"\r?\n[ \t\r]*\n(?:[ \t\r]*\n)*"
+        else:
+            # A line holding only the delimiter (e.g. "%") separates documents.
+            pattern = r"(?:^|\r?\n)[ \t]*" + re.escape(delimiter) + r"[ \t]*(?:\r?\n|$)"
+        # Mark boundaries, then split on bytes: works on undecodable bytes too.
+        pieces = tf.strings.split(tf.strings.regex_replace(text, pattern, _SEPARATOR), sep=_SEPARATOR)
+    # The piece after a final separator (a file's last newline) is not a document;
+    # an empty file still yields one (empty, counted) document.
+    trailing = (tf.size(pieces) > 1) & tf.equal(tf.strings.length(pieces[-1]), 0)
+    return tf.cond(trailing, lambda: pieces[:-1], lambda: pieces)
 
 
 def read_documents(
@@ -185,7 +191,7 @@ def read_documents(
                 first = tf.argmax(tf.cast(bad, tf.int32))
                 message = tf.strings.join([
                     paths[first], ":", tf.strings.as_string(numbers[first]),
-                    f': no string field "{text_field}" in this JSON line',
+                    f": JSON line without a string value for the field {text_field}",
                 ])
                 tf.debugging.assert_equal(tf.reduce_any(bad), False, message=message)
             count("records_missing_field", tf.reduce_sum(tf.cast(~found & ~blank, tf.int64)))

@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tflm.config import load_experiment
+from tflm.data import ByteTokenizer, make_dataset, prepare_corpus, resolve_files
+
+CLS, SEP, MASK = 2, 3, 4
+SPECIAL = set(range(6))
+
+
+def _config(task="causal_lm", **data):
+    overrides = [f"data.{k}={v}" for k, v in data.items()]
+    config = load_experiment(
+        f"configs/{'tiny_gpt' if task == 'causal_lm' else 'tiny_bert'}.yaml",
+        ",".join(["data.sequence_length=32", "data.global_batch_size=8"] + overrides),
+    )
+    return config
+
+
+def _take(dataset, n):
+    return list(dataset.take(n).as_numpy_iterator())
+
+
+def test_causal_lm_from_config_has_static_shapes():
+    dataset = make_dataset(_config())
+    features, labels, weights = dataset.element_spec
+    assert features["token_ids"].shape == (8, 32)
+    assert labels.shape == weights.shape == (8, 32)
+
+
+def test_per_replica_batch_from_input_context():
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=4)
+    features, _, _ = make_dataset(_config(), input_context=context).element_spec
+    assert features["token_ids"].shape == (2, 32)
+
+
+def test_same_seed_same_batches():
+    a = _take(make_dataset(_config(task="masked_lm")), 3)
+    b = _take(make_dataset(_config(task="masked_lm")), 3)
+    for x, y in zip(a, b):
+        for key in x[0]:
+            np.testing.assert_array_equal(x[0][key], y[0][key])
+        np.testing.assert_array_equal(x[1], y[1])
+
+
+def test_prepared_shards_give_the_same_batches_as_raw_text(tmp_path):
+    config = _config()
+    out = str(tmp_path / "prepared")
+    prepare_corpus(resolve_files(config.data.input_path), out, ByteTokenizer(), num_shards=1)
+    prepared = _config(input_format="tfrecord", input_path=out)
+    for raw, shards in zip(_take(make_dataset(config), 5), _take(make_dataset(prepared), 5)):
+        np.testing.assert_array_equal(raw[0]["token_ids"], shards[0]["token_ids"])
+        np.testing.assert_array_equal(raw[1], shards[1])
+
+
+def test_masking_statistics_over_many_batches():
+    dataset = make_dataset(_config(task="masked_lm", max_predictions_per_seq=10,
+                                   sequence_length=64, global_batch_size=32))
+    chosen = masked = randomized = kept = maskable = 0
+    for features, labels, weights in _take(dataset, 40):
+        ids = features["token_ids"]
+        for row in range(len(ids)):
+            count = int(weights[row].sum())
+            positions = features["mask_positions"][row, :count]
+            originals = labels[row, :count]
+            now = ids[row, positions]
+            assert not SPECIAL & set(originals.tolist()), "special tokens are never masked"
+            chosen += count
+            masked += int((now == MASK).sum())
+            kept += int((now == originals).sum())
+            randomized += int(((now != MASK) & (now != originals)).sum())
+            maskable += int((~np.isin(ids[row], [CLS, SEP]) | (ids[row] == MASK)).sum())
+    rate = chosen / maskable
+    assert abs(rate - 0.15) < 0.01, rate
+    # A random replacement equal to the original counts as unchanged (1 in 256).
+    assert abs(masked / chosen - 0.8) < 0.02
+    assert abs(randomized / chosen - 0.1) < 0.02
+    assert abs(kept / chosen - 0.1) < 0.02
+
+
+def test_whole_word_masking_masks_whole_words():
+    tokenizer = ByteTokenizer()
+    dataset = make_dataset(_config(task="masked_lm", whole_word_masking=True,
+                                   sequence_length=64, max_predictions_per_seq=12))
+    for features, labels, weights in _take(dataset, 5):
+        for row in range(len(labels)):
+            count = int(weights[row].sum())
+            ordered = features["mask_positions"][row, :count]
+            positions = set(ordered.tolist())
+            original = features["token_ids"][row].copy()
+            original[ordered] = labels[row, :count]
+            starts = tokenizer.word_starts(tf.constant(original)).numpy()
+            word = np.cumsum(starts)
+            for position in positions:
+                same_word = np.flatnonzero(word == word[position])
+                assert set(same_word.tolist()) <= positions, "a word is masked whole"
+
+
+def test_sentence_pairs_have_segments_and_next_sentence_labels():
+    dataset = make_dataset(_config(task="masked_lm", sentence_pairs=True, sequence_length=48))
+    labels_seen = []
+    for features, _, _ in _take(dataset, 10):
+        for row in range(len(features["token_ids"])):
+            ids, segments = features["token_ids"][row], features["segment_ids"][row]
+            seps = np.flatnonzero(ids == SEP)
+            assert ids[0] == CLS and ids[-1] == SEP and len(seps) >= 2
+            first_sep = np.flatnonzero(segments == 1)[0] - 1
+            assert ids[first_sep] == SEP
+            np.testing.assert_array_equal(segments[: first_sep + 1], 0)
+            np.testing.assert_array_equal(segments[first_sep + 1 :], 1)
+        labels_seen.extend(features["next_sentence_labels"].tolist())
+    assert 0.3 < np.mean(labels_seen) < 0.7
+
+
+def test_vocabulary_too_large_for_model():
+    config = _config()
+    config.model.vocabulary_size = 100
+    with pytest.raises(ValueError, match="vocabulary_size=100"):
+        make_dataset(config)
+
+
+def test_classification_task_is_not_a_pretraining_dataset():
+    config = _config()
+    config.model.task = "classification"
+    with pytest.raises(ValueError, match="classification"):
+        make_dataset(config)

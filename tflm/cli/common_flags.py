@@ -1,0 +1,29 @@
+"""Flags shared by the tflm-* binaries (defined once, so binaries can be imported together)."""
+
+import sys
+
+from absl import flags
+
+flags.DEFINE_string("config_file", None, "Experiment YAML; defaults apply where it is silent.")
+flags.DEFINE_string(
+    "params_override",
+    "",
+    "Overrides of the experiment config, e.g. "
+    "trainer.train_steps=20,runtime.mixed_precision=mixed_bfloat16.",
+)
+
+
+def load_config_or_exit(program):
+    """The experiment from --config_file and --params_override, or one error line and exit 2."""
+    from tflm import config as config_lib
+
+    try:
+        return config_lib.load_experiment(flags.FLAGS.config_file, flags.FLAGS.params_override)
+    except config_lib.ConfigError as e:
+        exit_with_error(program, e)
+
+
+def exit_with_error(program, error):
+    """One line naming the key or file, not a traceback or the whole flag list."""
+    print(f"{program}: error: {error}", file=sys.stderr)
+    sys.exit(2)
