@@ -48,6 +48,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "tflm-train=tflm.cli.train:run",
+            "tflm-vocab=tflm.cli.vocab:run",
         ],
     },
     classifiers=[

@@ -23,8 +23,10 @@ PIP_NAMES = {
     "official": "tf-models-official",
     "orbit": "tf-models-official",
     "pytest": "pytest",
+    "sentencepiece": "sentencepiece",
     "tensorflow": "tensorflow",
     "tensorflow_text": "tensorflow-text",
+    "tokenizers": "tokenizers",
     "yaml": "pyyaml",
 }
 

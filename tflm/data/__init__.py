@@ -1,8 +1,15 @@
 """Data: tokenizers, masking and tf.data pipelines."""
 
+from tflm.data.byte_pair import BytePairTokenizer
 from tflm.data.byte_tokenizer import ByteTokenizer
 from tflm.data.corpus import default_corpus_path, resolve_files
 from tflm.data.masking import mask_tokens
+from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from tflm.data.text_cleaning import TextCleaner, replace_invalid_utf8
+from tflm.data.tokenizer import Tokenizer
+from tflm.data.tokenizers import load_tokenizer, make_tokenizer
+from tflm.data.vocab_training import train_vocabulary
+from tflm.data.wordpiece import WordPieceTokenizer
 from tflm.data.pipeline import (
     causal_lm_dataset,
     classification_dataset,
@@ -11,7 +18,16 @@ from tflm.data.pipeline import (
 )
 
 __all__ = [
+    "BytePairTokenizer",
     "ByteTokenizer",
+    "SentencePieceTokenizer",
+    "TextCleaner",
+    "Tokenizer",
+    "WordPieceTokenizer",
+    "load_tokenizer",
+    "make_tokenizer",
+    "replace_invalid_utf8",
+    "train_vocabulary",
     "causal_lm_dataset",
     "classification_dataset",
     "default_corpus_path",

@@ -1,0 +1,96 @@
+"""Tokenizer registry: build one by kind, or load what `Tokenizer.save` / `tflm-vocab` wrote.
+
+Kinds (the `kind` field of tokenizer.json, and `data.tokenizer` in a config):
+
+    byte           ByteTokenizer          no vocabulary
+    wordpiece      WordPieceTokenizer     vocab.txt
+    sentencepiece  SentencePieceTokenizer sentencepiece.model (unigram or BPE)
+    byte_bpe       BytePairTokenizer      vocab.json + merges.txt (GPT-2 formats)
+
+Example:
+>>> tokenizer = load_tokenizer("vocab/wordpiece")          # folder from tflm-vocab
+>>> tokenizer = make_tokenizer("byte")
+>>> tokenizer = make_tokenizer("wordpiece", "bert-base-uncased/vocab.txt")
+"""
+
+import os
+
+import tensorflow as tf
+
+from tflm.data import tokenizer_utils
+from tflm.data.byte_pair import MERGES_FILE, BytePairTokenizer
+from tflm.data.byte_tokenizer import ByteTokenizer
+from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
+from tflm.data.tokenizer import CONFIG_FILE
+from tflm.data.wordpiece import WordPieceTokenizer
+
+TOKENIZERS = {
+    ByteTokenizer.kind: ByteTokenizer,
+    WordPieceTokenizer.kind: WordPieceTokenizer,
+    SentencePieceTokenizer.kind: SentencePieceTokenizer,
+    BytePairTokenizer.kind: BytePairTokenizer,
+}
+# tflm-vocab's training kinds name the SentencePiece algorithm; the tokenizer is the same.
+ALIASES = {"sentencepiece_unigram": "sentencepiece", "sentencepiece_bpe": "sentencepiece"}
+
+
+def _class_for(kind, where):
+    kind = ALIASES.get(kind, kind)
+    if kind not in TOKENIZERS:
+        raise ValueError(f"{where}: unknown tokenizer kind {kind!r}; "
+                         f"expected one of {sorted(TOKENIZERS)}.")
+    return TOKENIZERS[kind]
+
+
+def load_tokenizer(directory):
+    """The tokenizer saved in `directory` (tokenizer.json + its vocabulary files).
+
+    Raises:
+        FileNotFoundError: naming the folder or file that is missing.
+        ValueError: naming tokenizer.json when it is malformed or names an unknown kind.
+    """
+    if not tf.io.gfile.isdir(directory):
+        raise FileNotFoundError(f"Tokenizer folder {directory!r} does not exist.")
+    path = os.path.join(directory, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path!r} does not exist: {directory!r} was not written by "
+                                "Tokenizer.save or tflm-vocab.")
+    config = tokenizer_utils.read_json_file(path, "tokenizer config")
+    if not isinstance(config, dict) or "kind" not in config:
+        raise ValueError(f"{path!r} must be a JSON object with a 'kind' field.")
+    cls = _class_for(config.pop("kind"), path)
+    try:
+        if cls is ByteTokenizer:
+            return ByteTokenizer(**config)
+        return cls.from_directory(directory, **config)
+    except TypeError as e:  # an option this version does not know
+        raise ValueError(f"{path!r}: {e}") from None
+
+
+def make_tokenizer(kind, vocab_path=""):
+    """A tokenizer of `kind` from a saved folder or a bare vocabulary file.
+
+    `vocab_path` is a folder written by `Tokenizer.save`/`tflm-vocab` (its
+    kind must match), or the vocabulary file itself: `vocab.txt` for
+    wordpiece (uncased BERT options), a `.model` for sentencepiece, a
+    `vocab.json` with `merges.txt` beside it for byte_bpe. "byte" takes none.
+    """
+    cls = _class_for(kind, "make_tokenizer")
+    if cls is ByteTokenizer:
+        if vocab_path:
+            raise ValueError(f"The byte tokenizer has no vocabulary file; got {vocab_path!r}.")
+        return ByteTokenizer()
+    if not vocab_path:
+        raise ValueError(f"The {cls.kind} tokenizer needs a vocabulary path (a folder written "
+                         "by tflm-vocab, or its vocabulary file).")
+    if tf.io.gfile.isdir(vocab_path) and tf.io.gfile.exists(os.path.join(vocab_path, CONFIG_FILE)):
+        tokenizer = load_tokenizer(vocab_path)
+        if tokenizer.kind != cls.kind:
+            raise ValueError(f"{vocab_path!r} holds a {tokenizer.kind} tokenizer, not {cls.kind}.")
+        return tokenizer
+    if not tf.io.gfile.exists(vocab_path):
+        raise FileNotFoundError(f"Vocabulary path {vocab_path!r} does not exist.")
+    if cls is BytePairTokenizer and not tf.io.gfile.isdir(vocab_path):
+        merges = os.path.join(os.path.dirname(vocab_path), MERGES_FILE)
+        return BytePairTokenizer(vocab_path, merges)
+    return cls.from_directory(vocab_path)
