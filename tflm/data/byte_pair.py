@@ -17,6 +17,9 @@ Face `tokenizers`' `ByteLevelBPETokenizer` (tests check both ways on real text):
    takes a few dozen steps; a single 100 KB word of varied letters takes
    seconds, as in GPT-2's own loop.
 
+Speed on one core (Austen, 19.4k vocabulary): 1.7 M tokens/s for the file as
+one string, 1.1 M/s in 1024-line batches; `tokenizers` with one thread: 0.55 M/s.
+
 keras-hub's `BytePairTokenizer` runs the same algorithm on TF ops, but in
 keras-hub 0.32 an eager call goes through the `tokenizers` library instead
 (Python, not a graph), it merges strings rather than ids, and it must be

@@ -11,6 +11,10 @@ punctuation or a control character; `max_bytes_per_word` counts UTF-8 bytes
 where `tokenizers` counts characters; literal special-token strings in the
 text (e.g. "[MASK]") are ordinary text here.
 
+Speed on one core (the 4 MB Austen text, 30k-asked vocabulary): 3.2 M tokens/s
+for the file as one string, 2.3 M/s in 1024-line batches, 1.4 M/s through a
+one-thread `tf.data` map; `tokenizers` with one thread: 0.5 M/s.
+
 Round trip: with no `[UNK]` in the output, `detokenize(tokenize(s))` is
 `normalize(s)` with exactly one space between neighbouring pre-tokens (words,
 punctuation characters, CJK characters). So it equals `normalize(s)` once the
