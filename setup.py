@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "keras-hub>=0.32,<0.33",
     "tf-models-official>=2.20,<2.21",
     "absl-py>=1.4",
+    "sentencepiece>=0.2",  # SentencePiece vocabulary training
+    "tokenizers>=0.20",  # WordPiece and byte-level BPE vocabulary training
     "numpy>=1.26",
     "pyyaml>=6.0",
 ]
@@ -49,6 +51,7 @@ setuptools.setup(
         "console_scripts": [
             "tflm-train=tflm.cli.train:run",
             "tflm-vocab=tflm.cli.vocab:run",
+            "tflm-prepare=tflm.cli.prepare:run",
         ],
     },
     classifiers=[

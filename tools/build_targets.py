@@ -102,7 +102,7 @@ def render():
         deps, pip = _imports(path, {})
         data = ["tflm/resources/pride_and_prejudice.txt"] if path.name == "corpus.py" else None
         blocks.append(_rule("py_library", _target(path), [str(path)], deps, pip, data))
-        if path.parent.name == "cli" and path.name != "__init__.py":
+        if path.parent.name == "cli" and "\ndef run(" in (ROOT / path).read_text():
             # The binary behind the tflm-<name> console script.
             blocks.append(_rule("py_binary", f"tflm-{path.stem}", [str(path)],
                                 [":" + _target(path)], [], extra=f'    main = "{path}",'))

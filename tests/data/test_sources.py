@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tflm.data import InputStats, read_documents, resolve_files
-from tflm.data.sources import repair_utf8, shard_for_worker, split_long_document
+from tflm.data.sources import shard_for_worker, split_long_document
+from tflm.data.text_cleaning import replace_invalid_utf8
 
 
 def _docs(dataset):
@@ -59,7 +60,7 @@ def test_undecodable_bytes_replaced_and_counted(tmp_path):
 
 
 def test_existing_replacement_characters_are_not_counted_as_repairs():
-    repaired, count = repair_utf8(tf.constant(["already \ufffd here".encode(), b"new \xff"]))
+    repaired, count = replace_invalid_utf8(tf.constant(["already \ufffd here".encode(), b"new \xff"]))
     assert list(count.numpy()) == [0, 1]
     assert repaired.numpy()[1].decode() == "new \ufffd"
 

@@ -12,6 +12,10 @@ flags.DEFINE_string(
     "trainer.train_steps=20,runtime.mixed_precision=mixed_bfloat16.",
 )
 
+flags.DEFINE_string(
+    "output_dir", None, "Where the binary writes its output (vocabulary files, prepared shards)."
+)
+
 
 def load_config_or_exit(program):
     """The experiment from --config_file and --params_override, or one error line and exit 2."""

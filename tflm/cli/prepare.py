@@ -18,7 +18,6 @@ from tflm.cli import common_flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("output_dir", None, "Where the shards and manifest.json go.")
 flags.DEFINE_integer("num_shards", 8, "Number of TFRecord shards (>= the number of workers).")
 
 

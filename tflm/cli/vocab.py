@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags
 
+from tflm.cli import common_flags  # noqa: F401  (defines --output_dir)
+
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("input", "", "Glob of text files (comma-separated globs allowed); "
@@ -22,9 +24,6 @@ flags.DEFINE_string("input", "", "Glob of text files (comma-separated globs allo
 flags.DEFINE_enum("kind", None, ["wordpiece", "sentencepiece_unigram", "sentencepiece_bpe",
                                  "byte_bpe"], "Which vocabulary to train.")
 flags.DEFINE_integer("vocab_size", 8000, "Vocabulary size, special tokens included.")
-# tflm-prepare has an --output_dir too; allow_override lets both binaries import together.
-flags.DEFINE_string("output_dir", None, "Folder for the vocabulary files and tokenizer.json.",
-                    allow_override=True)
 flags.DEFINE_boolean("lowercase", None, "Lower-case (and strip accents) before training and "
                      "tokenizing. Default: on for wordpiece (uncased BERT), off otherwise.")
 flags.DEFINE_boolean("nfkc", None, "Unicode NFKC first. Default: on, except byte_bpe (GPT-2 "

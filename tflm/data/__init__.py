@@ -13,9 +13,13 @@ from tflm.data.wordpiece import WordPieceTokenizer
 from tflm.data.pipeline import (
     causal_lm_dataset,
     classification_dataset,
+    make_dataset,
     masked_lm_dataset,
     pack_token_stream,
 )
+from tflm.data.prepared import prepare_corpus, read_prepared
+from tflm.data.sources import read_documents
+from tflm.data.stats import InputStats
 
 __all__ = [
     "BytePairTokenizer",
@@ -28,6 +32,11 @@ __all__ = [
     "make_tokenizer",
     "replace_invalid_utf8",
     "train_vocabulary",
+    "InputStats",
+    "make_dataset",
+    "prepare_corpus",
+    "read_documents",
+    "read_prepared",
     "causal_lm_dataset",
     "classification_dataset",
     "default_corpus_path",

@@ -18,11 +18,11 @@ import re
 import tensorflow as tf
 
 from tflm.data.jsonl import extract_string_field
+from tflm.data.text_cleaning import replace_invalid_utf8
 
 AUTOTUNE = tf.data.AUTOTUNE
 INPUT_FORMATS = ("text", "jsonl")
 DOCUMENT_SPLITS = ("file", "line", "blank_line", "delimiter")
-_REPLACEMENT = "\ufffd".encode("utf-8")
 _SEPARATOR = "\x1e"  # ASCII record separator: marks document boundaries inside a file
 
 
@@ -39,25 +39,6 @@ def shard_for_worker(files, input_context):
     if len(files) >= n:
         return list(files)[i::n], False
     return list(files), True
-
-
-def repair_utf8(texts):
-    """Replaces undecodable bytes with U+FFFD; returns `(repaired, replacements)` per string.
-
-    The count is the byte difference between replacing (3 bytes per U+FFFD)
-    and dropping the bad bytes: no per-character work, and no copy of the
-    text kept beyond the repaired one.
-    """
-    def transcode(errors):
-        return tf.strings.unicode_transcode(
-            texts, "UTF-8", "UTF-8", errors=errors, replacement_char=0xFFFD,
-            replace_control_characters=False,
-        )
-
-    repaired = transcode("replace")
-    dropped_length = tf.strings.length(transcode("ignore"))
-    replacements = (tf.strings.length(repaired) - dropped_length) // len(_REPLACEMENT)
-    return repaired, tf.cast(replacements, tf.int64)
 
 
 def split_long_document(text, max_bytes, lookback=256):
@@ -179,7 +160,7 @@ def read_documents(
 
         def parse(paths, numbers, lines):
             # Repair before extraction (the regexes need valid UTF-8); count it here.
-            lines, replacements = repair_utf8(lines)
+            lines, replacements = replace_invalid_utf8(lines)
             count("invalid_utf8_replacements", tf.reduce_sum(replacements))
             count("invalid_utf8_documents", tf.reduce_sum(tf.cast(replacements > 0, tf.int64)))
             texts, found = extract_string_field(lines, text_field)
@@ -212,7 +193,7 @@ def read_documents(
             )
 
     def clean(text):
-        repaired, replacements = repair_utf8(text)
+        repaired, replacements = replace_invalid_utf8(text)
         count("documents", 1)
         count("invalid_utf8_replacements", replacements)
         count("invalid_utf8_documents", tf.cast(replacements > 0, tf.int64))

@@ -56,24 +56,25 @@ def replace_invalid_utf8(texts):
     `num_replaced` (int32, same shape as `texts`) counts the U+FFFD the repair
     added, not those already in the text. Sequences are replaced as Python's
     `bytes.decode("utf-8", errors="replace")` does (one U+FFFD per maximal
-    invalid subpart).
+    invalid subpart). The count is the byte difference between replacing (3
+    bytes each) and dropping the bad sequences: no per-character work, and no
+    copy of a long text kept beyond the repaired one.
 
     >>> repaired, counts = replace_invalid_utf8([b"caf\\xc3", b"ok"])
     >>> counts.numpy()
     array([1, 0], dtype=int32)
     """
     texts = tf.convert_to_tensor(texts, tf.string)
-    repaired = tf.strings.unicode_transcode(
-        texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD
-    )
-    return repaired, _count_replacements(repaired) - _count_replacements(texts)
 
+    def transcode(errors):
+        return tf.strings.unicode_transcode(
+            texts, "UTF-8", "UTF-8", errors=errors, replacement_char=0xFFFD
+        )
 
-def _count_replacements(texts):
-    # A byte-level split: safe on invalid UTF-8, where a regex is not.
-    pieces = tf.strings.split(tf.reshape(texts, [-1]), sep=REPLACEMENT_CHARACTER.encode("utf-8"))
-    counts = tf.cast(pieces.row_lengths(), tf.int32) - 1
-    return tf.reshape(counts, tf.shape(texts))
+    repaired = transcode("replace")
+    dropped = tf.strings.length(transcode("ignore"))
+    replacement_bytes = len(REPLACEMENT_CHARACTER.encode("utf-8"))
+    return repaired, (tf.strings.length(repaired) - dropped) // replacement_bytes
 
 
 def nfkc(texts):
