@@ -180,7 +180,7 @@ def test_section_given_a_scalar():
         ("model.position_encoding=rope", "model.position_encoding", None),
         ("model.activation=gelu_tan", "model.activation", "gelu_tanh"),
         ("model.normalization=rmsnorm", "model.normalization", "rms_norm"),
-        ("runtime.mixed_precision=bfloat16", "runtime.mixed_precision", "mixed_bfloat16"),
+        ("runtime.mixed_precision=mixed_bf16", "runtime.mixed_precision", "mixed_bfloat16"),
         ("data.tokenizer=wordpeice", "data.tokenizer", "wordpiece"),
     ],
 )
@@ -243,3 +243,15 @@ def test_invalid_yaml_names_file(tmp_path):
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("alias, name", [("bfloat16", "mixed_bfloat16"), ("float16", "mixed_float16")])
+def test_precision_aliases_of_model_garden(alias, name):
+    assert load_experiment(TINY_GPT, f"runtime.mixed_precision={alias}").runtime.mixed_precision == name
+
+
+def test_later_config_files_override_earlier(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("trainer:\n  train_steps: 7\n")
+    config = load_experiment([TINY_GPT, str(extra)], "trainer.log_every=7")
+    assert config.trainer.train_steps == 7 and config.model.task == "causal_lm"

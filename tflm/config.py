@@ -90,25 +90,50 @@ class DataConfig:
     mask_rate: float = 0.15  # masked_lm only
     whole_word_masking: bool = False  # masked_lm only
     sentence_pairs: bool = False  # masked_lm only: [CLS] A [SEP] B [SEP] + next_sentence_labels
+    # Held-out text for evaluation: its own path, or every n-th document of the input.
+    eval_input_path: str = ""
+    eval_every_nth_document: int = 0  # 0: no documents held out
 
 
 @dataclasses.dataclass
 class TrainerConfig:
-    """Optimization and logging."""
+    """Optimization, checkpoints, evaluation and logging."""
 
     train_steps: int = 100
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.01
-    clipnorm: typing.Optional[float] = 1.0
+    steps_per_loop: int = 10  # steps per compiled call (fewer host round trips)
+    learning_rate: float = 1e-3  # peak, reached at the end of warmup
+    warmup_steps: int = 0  # linear warmup from 0
+    decay: str = "cosine"  # cosine | linear | polynomial | constant, after warmup
+    end_learning_rate_ratio: float = 0.1  # final learning rate / peak
+    decay_power: float = 2.0  # polynomial decay only
+    weight_decay: float = 0.01  # AdamW; never on biases and norm parameters
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-6
+    clipnorm: typing.Optional[float] = 1.0  # global-norm clipping of the whole gradient
+    gradient_accumulation_steps: int = 1  # micro-batches per update
+    label_smoothing: float = 0.0
+    jit_compile: bool = True  # XLA for the per-replica forward/backward
     log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # train_and_eval: steps between evaluations (0: at the end only)
+    eval_steps: int = 0  # batches per evaluation (0: the whole held-out split)
+    recover_on_nan: bool = False  # restore the last checkpoint and skip the bad batch
+    max_nan_recoveries: int = 3
 
 
 @dataclasses.dataclass
 class RuntimeConfig:
-    """Precision and reproducibility."""
+    """Devices, precision and reproducibility."""
 
-    mixed_precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16
+    distribution_strategy: str = "one_device"  # one_device | mirrored | multi_worker | tpu
+    mixed_precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (bfloat16, float16)
     seed: int = 0
+    tpu: str = ""  # TPU name or address for distribution_strategy=tpu ("" = local)
+    peak_tflops: float = 0.0  # per device, for MFU; 0: known accelerators, else no MFU
+    initial_loss_scale: float = 32768.0  # mixed_float16: dynamic loss scaling starts here
+    loss_scale_growth_interval: int = 2000  # finite steps before the loss scale doubles
 
 
 @dataclasses.dataclass
@@ -212,22 +237,33 @@ def parse_overrides(text):
     return nested
 
 
+# Model Garden spells precisions by their compute dtype.
+PRECISION_ALIASES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
 def load_experiment(config_file=None, params_override=None):
-    """Defaults, then the YAML file, then the overrides; validated."""
+    """Defaults, then the YAML file(s) in order, then the overrides; validated.
+
+    `config_file` is one path or a list of paths; later files override earlier ones.
+    """
     config = ExperimentConfig()
-    if config_file:
+    files = [config_file] if isinstance(config_file, str) else list(config_file or [])
+    for path in files:
         try:
-            with open(config_file) as f:
+            with open(path) as f:
                 values = _load_yaml(f) or {}
         except FileNotFoundError:
-            raise ConfigError(f"Config file not found: {config_file}") from None
+            raise ConfigError(f"Config file not found: {path}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{config_file}: invalid YAML: {e}") from None
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
         try:
             update_dataclass(config, values)
         except ConfigError as e:
-            raise ConfigError(f"{config_file}: {e}") from None
+            raise ConfigError(f"{path}: {e}") from None
     update_dataclass(config, parse_overrides(params_override))
+    config.runtime.mixed_precision = PRECISION_ALIASES.get(
+        config.runtime.mixed_precision, config.runtime.mixed_precision
+    )
     validate(config)
     return config
 
@@ -249,6 +285,11 @@ def validate(config):
             ("file", "line", "blank_line", "delimiter"),
         ),
         "data.on_bad_record": (config.data.on_bad_record, ("count", "error")),
+        "trainer.decay": (config.trainer.decay, ("cosine", "linear", "polynomial", "constant")),
+        "runtime.distribution_strategy": (
+            config.runtime.distribution_strategy,
+            ("one_device", "mirrored", "multi_worker", "tpu"),
+        ),
         "runtime.mixed_precision": (
             config.runtime.mixed_precision,
             ("float32", "mixed_bfloat16", "mixed_float16"),
@@ -293,11 +334,33 @@ def validate(config):
         raise ConfigError(
             f"data.sequence_length={config.data.sequence_length}: sentence pairs need at least 5."
         )
+    trainer = config.trainer
+    if not 0.0 <= trainer.label_smoothing < 1.0:
+        raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {trainer.label_smoothing}.")
+    if not 0 <= trainer.warmup_steps <= trainer.train_steps:
+        raise ConfigError(
+            f"trainer.warmup_steps={trainer.warmup_steps} must be in [0, trainer.train_steps="
+            f"{trainer.train_steps}]."
+        )
+    if not 0.0 <= trainer.end_learning_rate_ratio <= 1.0:
+        raise ConfigError(
+            "trainer.end_learning_rate_ratio must be in [0, 1], got "
+            f"{trainer.end_learning_rate_ratio}."
+        )
+    if trainer.clipnorm is not None and trainer.clipnorm <= 0:
+        raise ConfigError(f"trainer.clipnorm must be positive or null, got {trainer.clipnorm}.")
     if not 0.0 < config.data.mask_rate <= 1.0:
         raise ConfigError(f"data.mask_rate must be in (0, 1], got {config.data.mask_rate}.")
     for key, value in (
         ("data.max_predictions_per_seq", config.data.max_predictions_per_seq),
         ("data.max_document_bytes", config.data.max_document_bytes),
+        ("trainer.steps_per_loop", trainer.steps_per_loop),
+        ("trainer.gradient_accumulation_steps", trainer.gradient_accumulation_steps),
+        ("trainer.checkpoint_every", trainer.checkpoint_every),
+        ("trainer.keep_checkpoints", trainer.keep_checkpoints),
+        ("trainer.learning_rate", trainer.learning_rate),
+        ("runtime.initial_loss_scale", config.runtime.initial_loss_scale),
+        ("runtime.loss_scale_growth_interval", config.runtime.loss_scale_growth_interval),
         ("trainer.log_every", config.trainer.log_every),
         ("trainer.train_steps", config.trainer.train_steps),
         ("data.global_batch_size", config.data.global_batch_size),

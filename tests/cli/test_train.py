@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tflm.cli.train import train
+from tflm.cli.train import run_experiment
 from tflm.config import ConfigError, load_experiment
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -19,8 +19,9 @@ SMALL = (
 def _run_in_process(config_name, model_dir):
     config = load_experiment(str(REPO_ROOT / "configs" / config_name), SMALL)
     lines = []
-    model, records = train(config, str(model_dir), print_fn=lines.append)
-    return config, model, records, lines
+    trainer = run_experiment(config, str(model_dir), print_fn=lines.append)
+    assert trainer.status == "completed"
+    return config, trainer.model, trainer.history, lines
 
 
 def _check_run(config, model_dir, records, lines):
@@ -30,6 +31,7 @@ def _check_run(config, model_dir, records, lines):
     assert [r["step"] for r in records] == [3, 6]
     for record in records:
         assert record["tokens_per_second"] > 0
+        assert record["learning_rate"] > 0 and record["grad_norm"] > 0
         assert math.isfinite(record["loss"]) and record["loss"] > 0
         assert record["tflops"] > 0
     assert any("tokens/s" in line and "loss" in line for line in lines)
@@ -57,10 +59,10 @@ def test_train_tiny_bert(tmp_path):
 def test_train_rejects_bad_task_and_vocabulary(tmp_path):
     config = load_experiment(None, "model.task=classification")
     with pytest.raises(ConfigError, match="model.task"):
-        train(config, str(tmp_path / "a"), print_fn=lambda line: None)
+        run_experiment(config, str(tmp_path / "a"), print_fn=lambda line: None)
     config = load_experiment(None, "model.vocabulary_size=100")
     with pytest.raises(ConfigError, match="model.vocabulary_size=100"):
-        train(config, str(tmp_path / "b"), print_fn=lambda line: None)
+        run_experiment(config, str(tmp_path / "b"), print_fn=lambda line: None)
 
 
 def _cli(*args):
@@ -100,3 +102,61 @@ def test_console_entry_bad_override_fails_naming_key(tmp_path):
     output = result.stdout + result.stderr
     assert "trainer.train_step" in output and "train_steps" in output
     assert not (tmp_path / "bad").exists()
+
+
+def test_modes_train_and_eval_then_eval(tmp_path):
+    model_dir = tmp_path / "modes"
+    config = load_experiment(str(REPO_ROOT / "configs" / "tiny_gpt.yaml"),
+                             SMALL + ",data.eval_every_nth_document=4,trainer.eval_steps=3")
+    lines = []
+    trained = run_experiment(config, str(model_dir), mode="train_and_eval", print_fn=lines.append)
+    results = trained.eval_results
+    assert results["step"] == 6 and math.isclose(results["perplexity"], math.exp(results["loss"]))
+    assert 0 <= results["accuracy"] <= 1 and results["tokens"] == 3 * 4 * 32
+    assert (model_dir / "eval_results.json").is_file()
+    assert any(path.name.startswith("events") for path in (model_dir / "eval").iterdir())
+    evaluated = run_experiment(config, str(model_dir), mode="eval", print_fn=lines.append)
+    assert evaluated.status == "evaluated"
+    assert math.isclose(evaluated.eval_results["loss"], results["loss"], rel_tol=1e-5)
+
+
+def test_eval_without_checkpoint_is_an_error(tmp_path):
+    config = load_experiment(str(REPO_ROOT / "configs" / "tiny_gpt.yaml"),
+                             SMALL + ",data.eval_every_nth_document=4")
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        run_experiment(config, str(tmp_path / "empty"), mode="eval", print_fn=lambda line: None)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
+    import signal
+    import time
+
+    model_dir = tmp_path / "preempted"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tflm.cli.train", "--config_file=configs/tiny_gpt.yaml",
+         f"--model_dir={model_dir}",
+         "--params_override=trainer.train_steps=100000,trainer.log_every=5,"
+         "trainer.steps_per_loop=5,trainer.checkpoint_every=100000,data.global_batch_size=2,"
+         "data.sequence_length=16"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lines = []
+        for line in process.stdout:  # wait until training runs
+            lines.append(line)
+            if line.startswith("step 10/"):
+                break
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, "".join(lines) + output
+    assert "SIGTERM: saved" in output
+    checkpoints = sorted((model_dir / "checkpoints").glob("ckpt-*.index"))
+    assert len(checkpoints) == 1
+    saved_step = int(checkpoints[0].name.split("-")[1].split(".")[0])
+    assert 10 <= saved_step < 100000
+    assert (model_dir / "data" / "worker-0" / f"ckpt-{saved_step}.index").is_file()

@@ -4,7 +4,9 @@ import sys
 
 from absl import flags
 
-flags.DEFINE_string("config_file", None, "Experiment YAML; defaults apply where it is silent.")
+flags.DEFINE_multi_string(
+    "config_file", None, "Experiment YAML; repeat the flag to layer files (later ones win)."
+)
 flags.DEFINE_string(
     "params_override",
     "",
@@ -19,8 +21,12 @@ flags.DEFINE_string(
 
 def load_config_or_exit(program):
     """The experiment from --config_file and --params_override, or one error line and exit 2."""
+    from absl import logging
+
     from tflm import config as config_lib
 
+    # Progress lines are ours; TensorFlow's INFO chatter (checkpoint sharding, ...) is not.
+    logging.set_verbosity(logging.WARNING)
     try:
         return config_lib.load_experiment(flags.FLAGS.config_file, flags.FLAGS.params_override)
     except config_lib.ConfigError as e:

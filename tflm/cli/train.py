@@ -1,15 +1,22 @@
-"""tflm-train: trains a causal or masked LM from an experiment config.
+"""tflm-train: trains and evaluates a causal or masked LM from an experiment config.
 
-    tflm-train --config_file=configs/tiny_gpt.yaml --model_dir=/tmp/tiny_gpt \\
-        --params_override=trainer.train_steps=50
+    tflm-train --config_file=configs/tiny_gpt.yaml --model_dir=runs/tiny_gpt \\
+        --params_override=trainer.train_steps=50,runtime.mixed_precision=bfloat16 \\
+        --mode=train_and_eval
 
-Reads text (the embedded corpus unless `data.input_path` is set), trains
-with `model.fit`, prints loss and tokens/s, and writes `params.yaml` and
-`model.keras` to `--model_dir`.
+Modes: `train` (resumes from the latest checkpoint in --model_dir),
+`eval` (the latest checkpoint on the held-out split), `train_and_eval`
+(evaluates every `trainer.eval_every` steps and at the end). Writes the
+resolved config to `model_dir/params.yaml`, checkpoints to
+`model_dir/checkpoints`, TensorBoard logs to `model_dir/train` and
+`model_dir/eval`, and the final model to `model_dir/model.keras`. On SIGTERM
+it saves a checkpoint and exits with status 143, for the orchestrator to
+restart it; the restarted run continues at the exact step and batch.
 """
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
@@ -17,75 +24,72 @@ from tflm.cli import common_flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_dir", None, "Where params.yaml and the trained model go.")
-flags.DEFINE_enum("mode", "train", ["train"], "What to run.")
+flags.DEFINE_string("model_dir", None, "Where params.yaml, checkpoints and logs go.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval"], "What to run.")
 
 
-def train(config, model_dir, print_fn=print):
-    """Trains the experiment `config`; returns the model and the logged records."""
-    import keras
+def run_experiment(config, model_dir, mode="train", print_fn=print, strategy=None):
+    """Runs `mode` for the experiment `config` in `model_dir`; returns the `Trainer`.
 
+    `trainer.status` is "completed", "preempted" or "evaluated"; `trainer.eval_results`
+    holds the last evaluation.
+    """
     from tflm import config as config_lib
-    from tflm.data import InputStats, make_dataset
-    from tflm.models.factory import build_task
-    from tflm.training.callbacks import ThroughputLogger
-    from tflm.training.flops import training_flops_per_token
-    from tflm.training.optimizer import make_adamw
+    from tflm.training.trainer import Trainer
 
     if config.model.task not in ("causal_lm", "masked_lm"):
         raise config_lib.ConfigError(
             f"model.task={config.model.task!r}: tflm-train pretrains causal_lm or masked_lm."
         )
-    # Inputs, vocabulary and manifest are checked here, before anything is written.
-    stats = InputStats()
-    dataset = make_dataset(config, stats=stats)
-    os.makedirs(model_dir, exist_ok=True)
-    config_lib.save_experiment(config, os.path.join(model_dir, "params.yaml"))
-    keras.utils.set_random_seed(config.runtime.seed)
-    data = config.data
-
-    model = build_task(config.model, dtype=config.runtime.mixed_precision)
-    trainer = config.trainer
-    model.compile(
-        optimizer=make_adamw(
-            model,
-            learning_rate=trainer.learning_rate,
-            weight_decay=trainer.weight_decay,
-            clipnorm=trainer.clipnorm,
-        )
-    )
-    logger = ThroughputLogger(
-        tokens_per_step=data.global_batch_size * data.sequence_length,
-        log_every=min(trainer.log_every, trainer.train_steps),
-        flops_per_token=training_flops_per_token(model.backbone, data.sequence_length),
-        print_fn=print_fn,
-    )
+    # Inputs, vocabulary and manifest are checked while the trainer builds its
+    # dataset, before anything is written.
+    trainer = Trainer(config, model_dir, strategy=strategy, print_fn=print_fn)
+    if trainer.worker.is_chief:
+        os.makedirs(model_dir, exist_ok=True)
+        config_lib.save_experiment(config, os.path.join(model_dir, "params.yaml"))
+    trainer.eval_results = None
+    if mode == "eval":
+        restored = trainer.checkpoints.restore()
+        if restored is None:
+            raise config_lib.ConfigError(f"--mode=eval: no checkpoint in {model_dir}/checkpoints.")
+        print_fn(f"tflm-eval: {restored}")
+        trainer.eval_results = trainer.evaluate()
+        trainer.status = "evaluated"
+        return trainer
     print_fn(
-        f"tflm-train: {config.model.task}, {model.count_params():,} parameters, "
-        f"{data.tokenizer} tokens from {data.input_path or 'the embedded corpus'}, "
-        f"batch {data.global_batch_size} x {data.sequence_length}, "
-        f"{trainer.train_steps} steps, {config.runtime.mixed_precision}"
+        f"tflm-train: {config.model.task}, {trainer.model.count_params():,} parameters, "
+        f"{config.data.tokenizer} tokens from {config.data.input_path or 'the embedded corpus'}, "
+        f"batch {config.data.global_batch_size} x {config.data.sequence_length}"
+        f" x {config.trainer.gradient_accumulation_steps} micro-batches, "
+        f"{trainer.strategy.num_replicas_in_sync} replica(s), {config.runtime.mixed_precision}"
     )
-    model.fit(dataset, steps_per_epoch=trainer.train_steps, epochs=1, callbacks=[logger], verbose=0,
-              shuffle=False)
-    model.save(os.path.join(model_dir, "model.keras"))
-    summary = dict(logger.history[-1], model_dir=model_dir, input=stats.as_dict())
-    print_fn(json.dumps(summary))
-    return model, logger.history
+    trainer.status = trainer.train()
+    if trainer.status == "completed" and mode == "train_and_eval":
+        trainer.eval_results = trainer.evaluate()
+    summary = dict(trainer.history[-1] if trainer.history else {}, status=trainer.status,
+                   checkpoint=trainer.checkpoints.latest(), input=trainer.stats.as_dict())
+    print_fn("tflm-train: " + json.dumps(summary))
+    return trainer
 
 
 def main(argv):
     del argv
     from tflm import config as config_lib
     from tflm.data.prepared import ManifestError
+    from tflm.training.checkpoints import CheckpointError
+    from tflm.training.trainer import PREEMPTED_EXIT_CODE, TrainingError
 
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required.")
     config = common_flags.load_config_or_exit("tflm-train")
     try:
-        train(config, FLAGS.model_dir, print_fn=lambda line: print(line, flush=True))
-    except (config_lib.ConfigError, FileNotFoundError, ManifestError) as e:
+        trainer = run_experiment(config, FLAGS.model_dir, FLAGS.mode,
+                                 print_fn=lambda line: print(line, flush=True))
+    except (config_lib.ConfigError, FileNotFoundError, ManifestError, CheckpointError,
+            TrainingError) as e:
         common_flags.exit_with_error("tflm-train", e)
+    if trainer.status == "preempted":
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def run():

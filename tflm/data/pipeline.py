@@ -24,6 +24,7 @@ from tflm.data.sources import read_documents
 
 AUTOTUNE = tf.data.AUTOTUNE
 TOKENIZE_BATCH = 64  # documents tokenized per op call: amortizes per-op overhead
+PACK_BATCH = 64  # documents joined per step of the packing scan
 
 
 def tokenize_documents(documents, tokenizer, stats=None):
@@ -47,9 +48,16 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None):
     into the next row. With `pad_id`, the final partial row is kept, padded
     with `pad_id`; otherwise it is dropped. Nothing else is ever dropped.
     """
-    if separator_id is not None:
-        documents = documents.map(lambda ids: tf.concat([ids, [separator_id]], axis=0))
-    flagged = documents.map(lambda ids: (ids, False))
+    def join(batch):
+        # A batch of documents → one stretch of the stream, separators included.
+        if separator_id is not None:
+            separators = tf.fill([batch.nrows(), 1], tf.constant(separator_id, batch.dtype))
+            batch = tf.concat([batch, separators], axis=1)
+        return batch.flat_values
+
+    # The scan below then runs once per batch of documents, not once per document.
+    stretches = documents.ragged_batch(PACK_BATCH).map(join)
+    flagged = stretches.map(lambda ids: (ids, False))
     if pad_id is not None:
         # A final marker element lets the scan flush its remainder.
         flagged = flagged.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), True)))
@@ -256,7 +264,22 @@ def classification_dataset(
     return rows.map(encode, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
-def make_dataset(config, tokenizer=None, input_context=None, stats=None, training=True):
+def _held_out(documents, every_nth, keep_held_out):
+    """Every n-th document (by position in this pipeline's stream) is held out for evaluation."""
+
+    def selected(index, document):
+        del document
+        return tf.equal(index % every_nth, 0) == keep_held_out
+
+    def document_of(index, document):
+        del index
+        return document
+
+    return documents.enumerate().filter(selected).map(document_of)
+
+
+def make_dataset(config, tokenizer=None, input_context=None, stats=None, training=True,
+                 split="train"):
     """The batches an experiment config describes, for one input pipeline.
 
     Args:
@@ -270,6 +293,9 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
         stats: an `InputStats` counting skips and repairs.
         training: endless, shuffled, static-shape batches if True; one
             ordered pass (final row padded, final batch kept) if False.
+        split: `"train"` or `"eval"`. Evaluation reads `data.eval_input_path`,
+            or else every `data.eval_every_nth_document`-th document of the
+            input, which training then leaves out.
 
     Returns:
         A `tf.data.Dataset` of `(features, labels, sample_weight)`.
@@ -297,12 +323,23 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(data.global_batch_size)
     seed = config.runtime.seed
+    if split not in ("train", "eval"):
+        raise ValueError(f"split={split!r}; expected 'train' or 'eval'.")
+    input_path, holdout = data.input_path, data.eval_every_nth_document
+    if split == "eval":
+        if data.eval_input_path:
+            input_path, holdout = data.eval_input_path, 0
+        elif not holdout:
+            raise ConfigError("No held-out data to evaluate on: set data.eval_input_path or "
+                              "data.eval_every_nth_document.")
+    elif data.eval_input_path:
+        holdout = 0  # evaluation has its own files: train on all of the input
     if data.input_format == "tfrecord":
-        tokens = read_prepared(prepared_files(data.input_path, tokenizer), input_context,
+        tokens = read_prepared(prepared_files(input_path, tokenizer), input_context,
                                shuffle_seed=seed if training else None, repeat=training)
     else:
         documents = read_documents(
-            resolve_files(data.input_path),
+            resolve_files(input_path),
             input_format=data.input_format,
             document_split=data.document_split,
             delimiter=data.document_delimiter,
@@ -315,8 +352,17 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
             repeat=training,
         )
         tokens = tokenize_documents(documents, tokenizer, stats)
+    if holdout:
+        tokens = _held_out(tokens, holdout, keep_held_out=split == "eval")
 
     drop_remainder = training
+    if stats is not None:
+        # The counters are updated from inside the pipeline; the iterator's
+        # checkpoint (data position) leaves them out instead of failing on them.
+        options = tf.data.Options()
+        options.experimental_external_state_policy = (
+            tf.data.experimental.ExternalStatePolicy.IGNORE)
+        tokens = tokens.with_options(options)
     if config.model.task == "causal_lm":
         return causal_lm_batches(tokens, tokenizer, data.sequence_length, batch_size, seed=seed,
                                  shuffle_buffer_size=data.shuffle_buffer_size, training=training,

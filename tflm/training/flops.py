@@ -25,3 +25,30 @@ def training_flops_per_token(backbone, sequence_length):
         n += backbone.hidden_dim * backbone.vocabulary_size
     attention = 12 * backbone.num_layers * backbone.num_heads * backbone.head_dim * sequence_length
     return 6 * n + attention
+
+
+# Dense bf16/fp16 peak TFLOP/s per device, by the name TensorFlow reports.
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,  # SXM; the PCIe card peaks at 756
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10": 125.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
+
+
+def peak_flops_per_device(override_tflops=0.0):
+    """Peak FLOP/s of one device: the override, else a known GPU, else None (no MFU on CPU)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        name = tf.config.experimental.get_device_details(gpu).get("device_name", "")
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None

@@ -1,0 +1,93 @@
+"""AdamW for the distributed trainer, applied once per step in cross-replica context.
+
+The update is exactly `keras.optimizers.AdamW`'s (decoupled weight decay,
+then Adam with Keras' bias-corrected step size), so `model.fit` and the
+trainer optimize the same way. It is its own small class because the
+trainer must apply already summed, clipped gradients, and skip a step whose
+gradients overflowed; Keras' TensorFlow optimizer all-reduces and clips
+inside `apply` and needs a replica context there (tf.cond around it fails
+under tf.distribute, keras-team/keras#20582).
+"""
+
+import keras
+import tensorflow as tf
+
+
+class AdamW(tf.Module):
+    """Adam with decoupled weight decay over a fixed list of variables.
+
+    For each variable `w` with gradient `g`, at step `t` (from 1) and learning
+    rate `lr`:
+
+        w <- w - lr * weight_decay * w                 (unless excluded from decay)
+        m <- m + (g - m) * (1 - beta_1)
+        v <- v + (g^2 - v) * (1 - beta_2)
+        w <- w - lr * sqrt(1 - beta_2^t) / (1 - beta_1^t) * m / (sqrt(v) + epsilon)
+
+    Args:
+        variables: the trainable variables (Keras or TF variables).
+        learning_rate: a float or a schedule `step -> rate` (e.g. `WarmupDecay`).
+        weight_decay, beta_1, beta_2, epsilon: as in Keras' AdamW.
+        exclude_from_decay: variables never decayed (biases, norm scales).
+
+    Create it inside the strategy's scope (its slots are mirrored like the
+    weights); call `apply` in cross-replica context.
+
+    Example:
+    >>> with strategy.scope():
+    ...     optimizer = AdamW(model.trainable_variables, learning_rate=schedule,
+    ...                       exclude_from_decay=no_decay_variables(model))
+    >>> optimizer.apply(summed_gradients, strategy)
+    """
+
+    def __init__(self, variables, learning_rate, weight_decay=0.01, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-6, exclude_from_decay=(), name="adamw"):
+        super().__init__(name=name)
+        self.schedule = learning_rate
+        self.weight_decay = float(weight_decay or 0.0)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        excluded = {id(_tf_variable(v)) for v in exclude_from_decay}
+        self._targets = [_tf_variable(v) for v in variables]
+        self._decayed = [id(v) not in excluded for v in self._targets]
+        only_first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=only_first,
+                                      name="iterations")
+        self.momentums = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="m")
+                          for v in self._targets]
+        self.velocities = [tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="v")
+                           for v in self._targets]
+
+    @property
+    def learning_rate(self):
+        """The rate of the next update."""
+        if callable(self.schedule):
+            return tf.cast(self.schedule(self.iterations), tf.float32)
+        return tf.constant(self.schedule, tf.float32)
+
+    def apply(self, gradients, strategy=None):
+        """One update of every variable with `gradients` (summed over replicas already)."""
+        strategy = strategy or tf.distribute.get_strategy()
+        lr = self.learning_rate
+        t = tf.cast(self.iterations + 1, tf.float32)
+        step_size = lr * tf.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
+        decay = lr * self.weight_decay
+        for var, m, v, grad, decayed in zip(self._targets, self.momentums, self.velocities,
+                                            gradients, self._decayed):
+            strategy.extended.update(
+                var, self._update, args=(grad, m, v, step_size, decay if decayed else None),
+                group=False,
+            )
+        self.iterations.assign_add(1)
+
+    def _update(self, var, grad, m, v, step_size, decay):
+        grad = tf.cast(grad, var.dtype)
+        if decay is not None and self.weight_decay:
+            var.assign_sub(var * decay)
+        m.assign_add((grad - m) * (1.0 - self.beta_1))
+        v.assign_add((tf.square(grad) - v) * (1.0 - self.beta_2))
+        var.assign_sub(m * step_size / (tf.sqrt(v) + self.epsilon))
+
+
+def _tf_variable(variable):
+    """The tf.Variable under a Keras variable (a MirroredVariable under a strategy)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable

@@ -1,0 +1,75 @@
+"""Distribution strategies from `runtime.distribution_strategy`, and who this worker is."""
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from tflm.config import ConfigError
+
+
+def make_strategy(runtime):
+    """`one_device`, `mirrored`, `multi_worker` (reads TF_CONFIG) or `tpu`."""
+    kind = runtime.distribution_strategy
+    if kind == "one_device":
+        device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
+        return tf.distribute.OneDeviceStrategy(device)
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ConfigError(
+                "runtime.distribution_strategy=multi_worker reads the cluster from the TF_CONFIG "
+                "environment variable, which is not set (tools/launch_local_cluster.py sets it "
+                "for workers on this machine)."
+            )
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    if kind == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=runtime.tpu or None)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            return tf.distribute.TPUStrategy(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as e:
+            where = runtime.tpu or "the local machine"
+            raise ConfigError(
+                f"runtime.distribution_strategy=tpu: no TPU reachable at {where} ({e})."
+            ) from None
+    raise ConfigError(f"runtime.distribution_strategy={kind!r} is not a strategy.")
+
+
+@dataclasses.dataclass
+class WorkerInfo:
+    """Where this process sits in the cluster."""
+
+    num_workers: int
+    worker_index: int
+    is_chief: bool
+    num_local_replicas: int
+
+    def input_context(self):
+        """One input pipeline per worker; each builds the worker's share of the global batch."""
+        return tf.distribute.InputContext(
+            num_input_pipelines=self.num_workers,
+            input_pipeline_id=self.worker_index,
+            num_replicas_in_sync=self.num_workers,
+        )
+
+
+def worker_info(strategy):
+    """`WorkerInfo` of this process: from TF_CONFIG under multi-worker, else a single worker."""
+    local = len(strategy.extended.worker_devices)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return WorkerInfo(1, 0, True, local)
+    config = json.loads(os.environ["TF_CONFIG"])
+    cluster, task = config["cluster"], config["task"]
+    # Workers are numbered chief first (if any), then workers.
+    has_chief = "chief" in cluster
+    num_workers = len(cluster.get("worker", [])) + (1 if has_chief else 0)
+    if task["type"] == "chief":
+        index = 0
+    else:
+        index = int(task["index"]) + (1 if has_chief else 0)
+    return WorkerInfo(num_workers, index, index == 0, local)

@@ -1,0 +1,130 @@
+"""Starts N workers on this machine, each with its TF_CONFIG, for multi-worker training.
+
+    python tools/launch_local_cluster.py --num_workers=2 -- \\
+        tflm-train --config_file=configs/tiny_gpt.yaml --model_dir=runs/mw \\
+        --params_override=runtime.distribution_strategy=multi_worker
+
+Each worker's output is prefixed with `[worker i]`. If a worker fails, the
+others are stopped (they would wait for it forever in their collectives);
+a timeout stops all. Processes are tracked and killed by PID (their whole
+process group), so nothing is left running. The exit status is the first
+non-zero worker status, or 0.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+
+def free_ports(count):
+    """`count` TCP ports free on localhost right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("localhost", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def tf_configs(num_workers):
+    """One TF_CONFIG JSON per worker of a localhost cluster."""
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(num_workers)]}
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            for i in range(num_workers)]
+
+
+def _stream(process, prefix, sink):
+    for line in iter(process.stdout.readline, ""):
+        sink.write(f"{prefix}{line}")
+        sink.flush()
+
+
+def kill_group(process, sig=signal.SIGKILL):
+    """Signals the worker's whole process group (it runs in its own session)."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class LocalCluster:
+    """N worker processes of one command; `start`, then `wait` or `kill`.
+
+    Example:
+    >>> cluster = LocalCluster(["tflm-train", ...], num_workers=2).start()
+    >>> statuses = cluster.wait(timeout=600)
+    """
+
+    def __init__(self, command, num_workers, env=None, sink=sys.stdout):
+        self.command = list(command)
+        self.num_workers = num_workers
+        self.env = dict(os.environ if env is None else env)
+        self.sink = sink
+        self.processes = []
+
+    def start(self):
+        for index, tf_config in enumerate(tf_configs(self.num_workers)):
+            env = dict(self.env, TF_CONFIG=tf_config)
+            process = subprocess.Popen(
+                self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                text=True, start_new_session=True,
+            )
+            threading.Thread(target=_stream, args=(process, f"[worker {index}] ", self.sink),
+                             daemon=True).start()
+            self.processes.append(process)
+        return self
+
+    def kill(self, index=None, sig=signal.SIGKILL):
+        """Signals one worker (by index) or all of them."""
+        targets = self.processes if index is None else [self.processes[index]]
+        for process in targets:
+            kill_group(process, sig)
+
+    def wait(self, timeout=None):
+        """Waits for all workers; stops the rest when one fails or time runs out."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            statuses = [p.poll() for p in self.processes]
+            if all(s is not None for s in statuses):
+                return statuses
+            if any(s not in (None, 0) for s in statuses):
+                self.kill()
+            if deadline is not None and time.monotonic() > deadline:
+                self.kill()
+                for p in self.processes:
+                    p.wait()
+                return [p.returncode for p in self.processes]
+            time.sleep(0.1)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds before all are killed")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the worker command")
+    args = parser.parse_args()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the worker command after --")
+    cluster = LocalCluster(command, args.num_workers).start()
+    try:
+        statuses = cluster.wait(args.timeout)
+    except KeyboardInterrupt:
+        cluster.kill()
+        statuses = [p.wait() for p in cluster.processes]
+    print(f"launch_local_cluster: worker exit statuses {statuses}", flush=True)
+    return next((s for s in statuses if s), 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
