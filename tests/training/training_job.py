@@ -2,6 +2,9 @@
 
     python tests/training/training_job.py MODEL_DIR TRAIN_STEPS [DELAY_SECONDS]
 
+With TFLM_TEST_LOGICAL_CPUS=2 the CPU is split into two logical devices and
+the run uses MirroredStrategy over both (two replicas in one process).
+
 Every worker builds the same global batches (one pipeline, no sharding) and
 keeps its slice, so a run on W workers sees exactly the data of a one-worker
 run with the same global batch. Under TF_CONFIG it trains with
@@ -32,6 +35,12 @@ def main():
     model_dir, train_steps = sys.argv[1], int(sys.argv[2])
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     strategy = "multi_worker" if os.environ.get("TF_CONFIG") else "one_device"
+    logical_cpus = int(os.environ.get("TFLM_TEST_LOGICAL_CPUS", "1"))
+    if logical_cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+        strategy = "mirrored"
     config = load_experiment(
         "configs/tiny_gpt.yaml",
         f"{OVERRIDES},trainer.train_steps={train_steps},runtime.distribution_strategy={strategy}",
@@ -50,7 +59,13 @@ def main():
             return batch
 
         dataset = make_dataset(config).map(my_slice)
-        return dataset.map(slow) if delay else dataset
+        if not delay:
+            return dataset
+        # The sleep is stateless in effect: let the data position checkpoint skip it.
+        options = tf.data.Options()
+        options.experimental_external_state_policy = (
+            tf.data.experimental.ExternalStatePolicy.IGNORE)
+        return dataset.map(slow).with_options(options)
 
     trainer = Trainer(config, model_dir, dataset_fn=dataset_fn,
                       print_fn=lambda line: print(line, flush=True))

@@ -50,6 +50,8 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None):
     """
     def join(batch):
         # A batch of documents → one stretch of the stream, separators included.
+        if not isinstance(batch, tf.RaggedTensor):  # documents of one fixed length
+            batch = tf.RaggedTensor.from_tensor(batch)
         if separator_id is not None:
             separators = tf.fill([batch.nrows(), 1], tf.constant(separator_id, batch.dtype))
             batch = tf.concat([batch, separators], axis=1)

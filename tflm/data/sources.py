@@ -181,12 +181,19 @@ def read_documents(
         def split(path):
             return _split_file(tf.io.read_file(path), document_split, delimiter)
 
-        documents = file_names.map(split, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+        def slices(pieces):
+            starts = tf.data.Dataset.range(0, tf.size(pieces, tf.int64), _DOCUMENTS_PER_BATCH)
+            return starts.map(lambda start: pieces[start:start + _DOCUMENTS_PER_BATCH])
+
+        files_pieces = file_names.map(split, num_parallel_calls=AUTOTUNE, deterministic=True)
         if shard_records:
-            documents = documents.shard(
+            # Every n-th document of the whole stream, one at a time.
+            batches = files_pieces.unbatch().shard(
                 input_context.num_input_pipelines, input_context.input_pipeline_id
-            )
-        batches = documents.batch(_DOCUMENTS_PER_BATCH)
+            ).batch(1)
+        else:
+            # Slices of one file's documents: no batch waits for the next file (or epoch).
+            batches = files_pieces.flat_map(slices)
 
     def split_each(texts):
         # One document at a time: memory stays bounded by the longest document.

@@ -64,7 +64,15 @@ class TrainingCheckpoints:
         """Saves data position, then model state, at the current step; returns the path."""
         number = int(self.step.numpy())
         if self.data_checkpoint is not None:
-            self.data_manager.save(checkpoint_number=number)
+            try:
+                self.data_manager.save(checkpoint_number=number)
+            except tf.errors.FailedPreconditionError as e:
+                raise CheckpointError(
+                    f"{self.data_directory}: cannot save the input position: the dataset has a "
+                    f"stateful op ({_first_line(e)}). Make the pipeline stateless, or set "
+                    "tf.data.Options().experimental_external_state_policy to IGNORE if its "
+                    "state does not matter."
+                ) from None
         path = self.manager.save(checkpoint_number=number)
         if not self.worker.is_chief:
             shutil.rmtree(self._write_dir, ignore_errors=True)

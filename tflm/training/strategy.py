@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import socket
 
 import tensorflow as tf
 
@@ -27,6 +28,7 @@ def make_strategy(runtime):
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
     if kind == "tpu":
+        _check_tpu_address(runtime.tpu)
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=runtime.tpu or None)
             tf.config.experimental_connect_to_cluster(resolver)
@@ -38,6 +40,19 @@ def make_strategy(runtime):
                 f"runtime.distribution_strategy=tpu: no TPU reachable at {where} ({e})."
             ) from None
     raise ConfigError(f"runtime.distribution_strategy={kind!r} is not a strategy.")
+
+
+def _check_tpu_address(address, timeout=10.0):
+    """A `grpc://host:port` TPU must answer a TCP connect: TF would retry it forever."""
+    if not address.startswith("grpc://"):
+        return
+    host, _, port = address[len("grpc://"):].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"runtime.distribution_strategy=tpu: no TPU reachable at {address} ({e})."
+        ) from None
 
 
 @dataclasses.dataclass
