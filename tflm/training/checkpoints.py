@@ -99,7 +99,7 @@ class TrainingCheckpoints:
         try:
             status = self.checkpoint.restore(path)
             status.assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as e:
+        except Exception as e:  # any failure means this checkpoint cannot be used
             raise CheckpointError(
                 f"{path}: cannot restore this checkpoint into the configured model and optimizer "
                 f"(corrupt, or written by another architecture or config): {_first_line(e)}"

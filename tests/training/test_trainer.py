@@ -1,0 +1,131 @@
+"""The trainer in one process: accumulation, loss scaling, NaN guard, checkpoint errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tflm.config import load_experiment
+from tflm.data import make_dataset
+from tflm.training.checkpoints import CheckpointError
+from tflm.training.trainer import Trainer, TrainingError
+
+BASE = ("data.sequence_length=32,data.shuffle_buffer_size=50,trainer.log_every=4,"
+        "trainer.steps_per_loop=4,trainer.warmup_steps=1")
+
+
+def _config(extra=""):
+    return load_experiment("configs/tiny_gpt.yaml", ",".join(filter(None, [BASE, extra])))
+
+
+def _weights(trainer):
+    return np.concatenate([np.ravel(v.numpy()) for v in trainer.model.trainable_variables])
+
+
+def _quiet(line):
+    del line
+
+
+def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
+    """4 steps of 2 micro-batches of 4 rows == 4 steps of 8 rows (the same rows)."""
+    results = []
+    for accumulate, batch in ((1, 8), (2, 4)):
+        config = _config(f"trainer.train_steps=4,data.global_batch_size={batch},"
+                         f"trainer.gradient_accumulation_steps={accumulate}")
+        trainer = Trainer(config, str(tmp_path / f"acc{accumulate}"), print_fn=_quiet)
+        assert trainer.train() == "completed"
+        results.append((_weights(trainer), trainer.history[-1]["loss"]))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=2e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
+
+
+def test_float16_loss_scale_recovers_from_overflow(tmp_path):
+    config = _config("trainer.train_steps=16,data.global_batch_size=4,trainer.jit_compile=false,"
+                     "runtime.mixed_precision=mixed_float16,runtime.initial_loss_scale=1.0e9")
+    trainer = Trainer(config, str(tmp_path / "fp16"), print_fn=_quiet)
+    before = _weights(trainer)
+    assert trainer.train() == "completed"
+    scale = float(trainer.loss_scale.scale.numpy())
+    skipped = int(round(np.log2(1e9 / scale)))
+    assert skipped >= 1, "a scale of 1e9 overflows float16 gradients"
+    # Every overflowing step was skipped (halving the scale); the rest updated the weights.
+    assert int(trainer.optimizer.iterations.numpy()) == 16 - skipped > 0
+    after = _weights(trainer)
+    assert np.all(np.isfinite(after)) and not np.array_equal(before, after)
+    assert trainer.history[-1]["loss_scale"] == scale
+
+
+def _poisoned_dataset_fn(config, bad_index):
+    """The usual batches, with batch `bad_index` made to give a NaN loss (or dropped: None)."""
+
+    def dataset_fn(context):
+        dataset = make_dataset(config, input_context=context).enumerate()
+        if bad_index is None:
+            return dataset.map(lambda i, batch: batch)
+
+        def poison(i, batch):
+            features, labels, weights = batch
+            nan = tf.where(tf.equal(i, bad_index), np.nan, 1.0)
+            return features, labels, weights * nan
+
+        return dataset.map(poison)
+
+    return dataset_fn
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    config = _config("trainer.train_steps=12,data.global_batch_size=4,trainer.jit_compile=false")
+    trainer = Trainer(config, str(tmp_path / "nan"), dataset_fn=_poisoned_dataset_fn(config, 6),
+                      print_fn=_quiet)
+    with pytest.raises(TrainingError, match=r"loss is nan at step 7.*recover_on_nan"):
+        trainer.train()
+
+
+def test_recover_on_nan_skips_the_bad_batch(tmp_path):
+    """Recovering equals training on the data without that batch."""
+    extra = ("trainer.train_steps=12,data.global_batch_size=4,trainer.jit_compile=false,"
+             "trainer.checkpoint_every=5,trainer.steps_per_loop=1,trainer.recover_on_nan=true")
+    config = _config(extra)
+    lines = []
+    recovered = Trainer(config, str(tmp_path / "recover"),
+                        dataset_fn=_poisoned_dataset_fn(config, 7), print_fn=lines.append)
+    assert recovered.train() == "completed"
+    assert any("restored" in line and "step 8" in line for line in lines)
+    assert int(recovered.optimizer.iterations.numpy()) == 11  # one batch skipped
+
+    def without_batch_7(context):
+        dataset = make_dataset(config, input_context=context).enumerate()
+        return dataset.filter(lambda i, batch: tf.not_equal(i, 7)).map(lambda i, batch: batch)
+
+    reference = Trainer(config, str(tmp_path / "reference"), dataset_fn=without_batch_7,
+                        print_fn=_quiet)
+    reference.train(until_step=11)
+    np.testing.assert_allclose(_weights(recovered), _weights(reference), atol=1e-6)
+
+
+def test_corrupt_and_incompatible_checkpoints_are_clear_errors(tmp_path):
+    model_dir = tmp_path / "run"
+    config = _config("trainer.train_steps=2,data.global_batch_size=2,trainer.jit_compile=false")
+    Trainer(config, str(model_dir), print_fn=_quiet).train()
+
+    wider = _config("trainer.train_steps=4,data.global_batch_size=2,trainer.jit_compile=false,"
+                    "model.hidden_dim=64,model.num_heads=4")
+    with pytest.raises(CheckpointError, match=r"ckpt-2: cannot restore"):
+        Trainer(wider, str(model_dir), print_fn=_quiet).train()
+
+    data_file = next((model_dir / "checkpoints").glob("ckpt-2.data-*"))
+    data_file.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(CheckpointError, match=r"ckpt-2: cannot restore"):
+        Trainer(config, str(model_dir), print_fn=_quiet).train()
+
+
+def test_exact_resume_in_one_process(tmp_path):
+    config = _config("trainer.train_steps=10,data.global_batch_size=4,trainer.checkpoint_every=3,"
+                     "trainer.jit_compile=false")
+    straight = Trainer(config, str(tmp_path / "straight"), print_fn=_quiet)
+    straight.train()
+    first = Trainer(config, str(tmp_path / "pieces"), print_fn=_quiet)
+    assert first.train(until_step=5) == "stopped"
+    second = Trainer(config, str(tmp_path / "pieces"), print_fn=_quiet)
+    assert second.train() == "completed"
+    assert int(second.step.numpy()) == 10
+    np.testing.assert_allclose(_weights(second), _weights(straight), atol=1e-6)
