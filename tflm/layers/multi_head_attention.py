@@ -46,6 +46,8 @@ class MultiHeadAttention(keras.layers.Layer):
             values are written at `cache_update_index` and the layer returns
             `(outputs, updated_cache)`.
         cache_update_index: position of the first new token in the cache.
+        positions: optional `(batch, T)` positions of the tokens, for rotary
+            embedding with left-padded rows (default: their index).
         training: whether dropout is active.
 
     Example:
@@ -100,6 +102,7 @@ class MultiHeadAttention(keras.layers.Layer):
         use_causal_mask=False,
         cache=None,
         cache_update_index=None,
+        positions=None,
         training=None,
     ):
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
@@ -109,8 +112,8 @@ class MultiHeadAttention(keras.layers.Layer):
 
         start_index = 0 if cache is None else cache_update_index
         if self.rotary is not None:
-            query = self.rotary(query, start_index=start_index)
-            key = self.rotary(key, start_index=start_index)
+            query = self.rotary(query, start_index=start_index, positions=positions)
+            key = self.rotary(key, start_index=start_index, positions=positions)
 
         if cache is not None:
             if cache_update_index is None:

@@ -20,6 +20,8 @@ class PositionEmbedding(keras.layers.Layer):
     Call arguments:
         inputs: a tensor of shape `(batch, T, d)`.
         start_index: position of the first token, for decoding with a cache.
+        positions: optional `(batch, T)` int positions of each token (e.g. for
+            left-padded prompts); overrides `start_index`.
 
     Example:
     >>> embeddings = keras.random.normal((2, 16, 32))
@@ -44,12 +46,13 @@ class PositionEmbedding(keras.layers.Layer):
             trainable=True,
         )
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, positions=None):
         shape = ops.shape(inputs)
-        seq_len = shape[-2]
         table = ops.convert_to_tensor(self.position_embeddings)
-        positions = ops.slice(table, (start_index, 0), (seq_len, shape[-1]))
-        return ops.broadcast_to(ops.cast(positions, self.compute_dtype), shape)
+        if positions is not None:
+            return ops.cast(ops.take(table, ops.cast(positions, "int32"), axis=0), self.compute_dtype)
+        rows = ops.slice(table, (start_index, 0), (shape[-2], shape[-1]))
+        return ops.broadcast_to(ops.cast(rows, self.compute_dtype), shape)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -23,6 +23,7 @@ class RotaryEmbedding(keras.layers.Layer):
         inputs: a tensor of shape `(batch, T, num_heads, head_dim)`; `head_dim`
             must be even.
         start_index: position of the first token, for decoding with a cache.
+        positions: optional `(batch, T)` positions of each token; overrides `start_index`.
 
     Example:
     >>> query = keras.random.normal((2, 16, 4, 8))
@@ -35,7 +36,7 @@ class RotaryEmbedding(keras.layers.Layer):
         self.scaling_factor = scaling_factor
         self.built = True
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, positions=None):
         shape = ops.shape(inputs)
         seq_len, dim = shape[1], inputs.shape[-1]
         if dim % 2:
@@ -45,9 +46,11 @@ class RotaryEmbedding(keras.layers.Layer):
             float(self.max_wavelength),
             -ops.cast(ops.arange(0, dim, 2), "float32") / float(dim),
         )
-        positions = ops.cast(ops.arange(seq_len) + start_index, "float32")
-        angles = positions[:, None] * inverse_freq[None, :] / self.scaling_factor
-        angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]
+        if positions is None:
+            positions = (ops.arange(seq_len) + start_index)[None, :]
+        positions = ops.cast(positions, "float32")  # (batch or 1, T)
+        angles = ops.expand_dims(positions, -1) * inverse_freq / self.scaling_factor
+        angles = ops.concatenate([angles, angles], axis=-1)[:, :, None, :]
         cos, sin = ops.cos(angles), ops.sin(angles)
         x = ops.cast(inputs, "float32")
         first, second = ops.split(x, 2, axis=-1)

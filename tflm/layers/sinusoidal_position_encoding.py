@@ -20,6 +20,7 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
     Call arguments:
         inputs: a tensor of shape `(batch, sequence, d)` (the embeddings).
         start_index: position of the first token, for decoding with a cache.
+        positions: optional `(batch, T)` positions of each token; overrides `start_index`.
 
     Example:
     >>> embeddings = keras.random.normal((2, 16, 32))
@@ -32,18 +33,20 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         self.max_wavelength = max_wavelength
         self.built = True
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, positions=None):
         shape = ops.shape(inputs)
         seq_len, dim = shape[-2], shape[-1]
-        positions = ops.cast(ops.arange(seq_len) + start_index, "float32")
+        if positions is None:
+            positions = ops.arange(seq_len) + start_index
+        positions = ops.cast(positions, "float32")
         # Channel 2i and 2i+1 share the frequency 1 / max_wavelength^(2i / d).
         pair_index = ops.cast(ops.arange(dim) // 2, "float32")
         inverse_freq = ops.power(
             float(self.max_wavelength), -2.0 * pair_index / ops.cast(dim, "float32")
         )
-        angles = positions[:, None] * inverse_freq[None, :]
+        angles = ops.expand_dims(positions, -1) * inverse_freq
         is_even = ops.equal(ops.arange(dim) % 2, 0)
-        encoding = ops.where(is_even[None, :], ops.sin(angles), ops.cos(angles))
+        encoding = ops.where(is_even, ops.sin(angles), ops.cos(angles))
         return ops.broadcast_to(ops.cast(encoding, self.compute_dtype), shape)
 
     def compute_output_shape(self, input_shape):

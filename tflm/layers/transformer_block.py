@@ -40,8 +40,8 @@ class TransformerBlock(keras.layers.Layer):
     Call arguments:
         inputs: `(batch, T, d_model)`.
         padding_mask, attention_mask, use_causal_mask, cache,
-        cache_update_index: as in `MultiHeadAttention`; with a cache the
-            block returns `(outputs, updated_cache)`.
+        cache_update_index, positions: as in `MultiHeadAttention`; with a
+            cache the block returns `(outputs, updated_cache)`.
         training: whether dropout is active.
 
     Example:
@@ -130,6 +130,7 @@ class TransformerBlock(keras.layers.Layer):
         use_causal_mask=False,
         cache=None,
         cache_update_index=None,
+        positions=None,
         training=None,
     ):
         # Attention sub-layer.
@@ -142,6 +143,7 @@ class TransformerBlock(keras.layers.Layer):
             use_causal_mask=use_causal_mask,
             cache=cache,
             cache_update_index=cache_update_index,
+            positions=positions,
             training=training,
         )
         if cache is not None:

@@ -59,8 +59,9 @@ class TransformerBackbone(keras.Model):
         dtype: a dtype policy, e.g. `"mixed_bfloat16"`.
 
     Inputs: a dict with `"token_ids"` `(batch, T)` int, `"padding_mask"`
-    `(batch, T)` (1 at real tokens), and `"segment_ids"` when
-    `num_segments > 0` (zeros if absent).
+    `(batch, T)` (1 at real tokens), `"segment_ids"` when `num_segments > 0`
+    (zeros if absent), and optionally `"positions"` `(batch, T)` (default
+    `0..T-1`; left-padded rows start their real tokens at 0).
 
     Outputs: a dict with `"sequence_output"` `(batch, T, hidden_dim)` and,
     with a pooler, `"pooled_output"` `(batch, hidden_dim)`.
@@ -225,11 +226,11 @@ class TransformerBackbone(keras.Model):
             self.pooler_dense.build((None, self.hidden_dim))
         self.built = True
 
-    def embed(self, token_ids, segment_ids=None, start_index=0, training=None):
+    def embed(self, token_ids, segment_ids=None, start_index=0, positions=None, training=None):
         """Token + position (+ segment) embeddings, normalized and dropped out."""
         x = self.token_embedding(token_ids)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(x, start_index=start_index)
+            x = x + self.position_embedding(x, start_index=start_index, positions=positions)
         if self.segment_embedding is not None:
             if segment_ids is None:
                 segment_ids = ops.zeros_like(token_ids)
@@ -241,9 +242,11 @@ class TransformerBackbone(keras.Model):
     def call(self, inputs, training=None):
         token_ids = inputs["token_ids"]
         padding_mask = inputs.get("padding_mask")
-        x = self.embed(token_ids, inputs.get("segment_ids"), training=training)
+        positions = inputs.get("positions")  # optional, e.g. for left-padded rows
+        x = self.embed(token_ids, inputs.get("segment_ids"), positions=positions, training=training)
         for block in self.blocks:
-            x = block(x, padding_mask=padding_mask, use_causal_mask=self.causal, training=training)
+            x = block(x, padding_mask=padding_mask, use_causal_mask=self.causal,
+                      positions=positions, training=training)
         if self.final_norm_layer is not None:
             x = self.final_norm_layer(x)
         outputs = {"sequence_output": x}
@@ -258,7 +261,8 @@ class TransformerBackbone(keras.Model):
             dtype=self.compute_dtype,
         )
 
-    def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None):
+    def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None,
+                        positions=None):
         """Runs new tokens through a causal decoder, reading and writing the cache.
 
         Args:
@@ -268,6 +272,8 @@ class TransformerBackbone(keras.Model):
             cache_update_index: position of the first new token.
             padding_mask: `(batch, max_length)` over cache positions, nonzero at
                 real tokens (for left-padded prompts); `None` if all are real.
+            positions: `(batch, T)` positions of the new tokens (left-padded
+                rows start later); default `cache_update_index + arange(T)`.
 
         Returns:
             `(sequence_output, cache)`: hidden states of the new tokens `(batch,
@@ -275,7 +281,8 @@ class TransformerBackbone(keras.Model):
         """
         if not self.causal:
             raise ValueError("call_with_cache needs a causal backbone (causal=True).")
-        x = self.embed(token_ids, start_index=cache_update_index, training=False)
+        x = self.embed(token_ids, start_index=cache_update_index, positions=positions,
+                       training=False)
         new_caches = []
         for i, block in enumerate(self.blocks):
             x, layer_cache = block(
@@ -284,6 +291,7 @@ class TransformerBackbone(keras.Model):
                 use_causal_mask=True,
                 cache=cache[:, i],
                 cache_update_index=cache_update_index,
+                positions=positions,
                 training=False,
             )
             new_caches.append(layer_cache)
