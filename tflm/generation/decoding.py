@@ -1,0 +1,209 @@
+"""Decoding a causal LM over a key/value cache: sampling loop and beam search.
+
+Prompts of different lengths are left-padded to one length `P`; each row's
+real tokens keep their true positions (0, 1, ...) and the padding is masked
+out of attention, so a prompt decodes the same alone or in a batch. The
+prompt (all but its last token) fills the cache in one forward pass; then
+each new token costs one position:
+
+    cache <- backbone(prompt[:, :-1])                      # prefill
+    token <- prompt[:, -1]
+    for i in range(max_new_tokens):                        # one tf.while_loop
+        logits <- head(backbone(token, cache at P - 1 + i))
+        token  <- next_token(logits, i, temperature, top_k, top_p, seed)
+        stop a row at the end-of-text token; stop all when every row has
+
+All shapes are static inside the loop (the cache is allocated for
+`P + max_new_tokens` positions), so the loop compiles with XLA.
+"""
+
+import tensorflow as tf
+
+from tflm.generation.sampling import next_token
+
+
+def left_pad(prompts, pad_id):
+    """Ragged `(batch, None)` ids → `(ids, mask, positions)`, each `(batch, P)`, left-padded.
+
+    Empty prompts are not allowed here (callers start them with a token).
+    """
+    prompts = tf.cast(prompts, tf.int32)
+    reversed_ids = tf.reverse(prompts, axis=[1])
+    ids = tf.reverse(reversed_ids.to_tensor(default_value=pad_id), axis=[1])
+    mask = tf.reverse(tf.ones_like(reversed_ids).to_tensor(), axis=[1])
+    positions = tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
+    return ids, mask, positions
+
+
+class CausalDecoder(tf.Module):
+    """Sampling and beam-search decoding for a `CausalLM`.
+
+    Args:
+        model: a `CausalLM` (its backbone must be causal).
+        end_id: the end-of-text id: a row stops when it emits it.
+        pad_id: fills rows after they stop, and the left of short prompts.
+
+    Example:
+    >>> decoder = CausalDecoder(model, end_id=tokenizer.end_of_text_id, pad_id=0)
+    >>> tokens, lengths = decoder.sample(prompt_ids, max_new_tokens=20, temperature=0.8,
+    ...                                  top_p=0.9, seed=1)
+    """
+
+    def __init__(self, model, end_id, pad_id=0, name="causal_decoder"):
+        super().__init__(name=name)
+        self.model = model
+        self.backbone = model.backbone
+        self.end_id = int(end_id)
+        self.pad_id = int(pad_id)
+
+    def _logits(self, hidden):
+        return self.backbone.token_embedding(hidden, reverse=True)
+
+    def _prefill(self, ids, mask, positions, max_new_tokens):
+        """Cache filled with all but the last prompt token; the key mask over all positions."""
+        batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
+        total = width + max_new_tokens
+        cache = self.backbone.init_cache(batch, total)
+        key_mask = tf.concat([mask, tf.ones([batch, max_new_tokens], mask.dtype)], axis=1)
+        if ids.shape[1] is None or ids.shape[1] > 1:
+            _, cache = tf.cond(
+                width > 1,
+                lambda: self.backbone.call_with_cache(
+                    ids[:, :-1], cache, 0, padding_mask=key_mask, positions=positions[:, :-1]),
+                lambda: (tf.zeros([batch, 0, self.backbone.hidden_dim], self.backbone.compute_dtype),
+                         cache),
+            )
+        return cache, key_mask
+
+    def sample(self, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+        """Greedy or sampled continuations.
+
+        Args:
+            prompts: ragged `(batch, None)` token ids, each at least one token.
+            max_new_tokens: how many tokens to add at most.
+            temperature, top_k, top_p, seed: see `next_token`.
+
+        Returns:
+            `(tokens, lengths)`: `(batch, max_new_tokens)` new ids (padded with
+            `pad_id` after a row's end-of-text, which is included), and the
+            number of new tokens per row (end-of-text counted).
+        """
+        ids, mask, positions = left_pad(prompts, self.pad_id)
+        return self.sample_padded(ids, mask, positions, max_new_tokens, temperature, top_k, top_p,
+                                  seed)
+
+    def sample_padded(self, ids, mask, positions, max_new_tokens, temperature=0.0, top_k=0,
+                      top_p=1.0, seed=0):
+        """`sample` on `left_pad`'s output: dense tensors only, so it compiles with XLA."""
+        max_new_tokens = tf.cast(max_new_tokens, tf.int32)
+        batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
+        cache, key_mask = self._prefill(ids, mask, positions, max_new_tokens)
+        last_position = positions[:, -1]
+        output = tf.fill([batch, max_new_tokens], self.pad_id)
+
+        def step(i, token, cache, output, done):
+            hidden, cache = self.backbone.call_with_cache(
+                token[:, None], cache, width - 1 + i, padding_mask=key_mask,
+                positions=(last_position + i)[:, None])
+            chosen = next_token(self._logits(hidden)[:, 0], i, temperature, top_k, top_p, seed)
+            chosen = tf.where(done, self.pad_id, chosen)
+            output = tf.tensor_scatter_nd_update(
+                output, tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1), chosen)
+            return i + 1, chosen, cache, output, done | tf.equal(chosen, self.end_id)
+
+        def keep_going(i, token, cache, output, done):
+            del token, cache, output
+            return (i < max_new_tokens) & ~tf.reduce_all(done)
+
+        _, _, _, output, _ = tf.while_loop(
+            keep_going, step,
+            (tf.constant(0), ids[:, -1], cache, output, tf.zeros([batch], tf.bool)),
+            maximum_iterations=max_new_tokens,
+        )
+        return output, self._lengths(output)
+
+    def _lengths(self, output):
+        """New tokens per row: up to and including the first end-of-text."""
+        is_end = tf.equal(output, self.end_id)
+        first_end = tf.argmax(tf.cast(is_end, tf.int32), axis=1, output_type=tf.int32)
+        has_end = tf.reduce_any(is_end, axis=1)
+        return tf.where(has_end, first_end + 1, tf.shape(output)[1])
+
+    def beam_search(self, prompts, max_new_tokens, num_beams=4, length_penalty=0.6):
+        """The most likely continuation under GNMT length normalization.
+
+        `num_beams` hypotheses per prompt; each step keeps the `num_beams`
+        best extensions (by log-probability) of all hypotheses. A hypothesis
+        that chooses the end-of-text token is finished: it keeps its slot and
+        its log-probability. At the end, hypotheses are ranked by
+        `log p / ((5 + length) / 6) ** length_penalty`, so a larger
+        `length_penalty` favours longer outputs. With one beam this is exactly
+        greedy decoding. (`official.nlp.modeling.ops.beam_search` also ranks
+        end-of-text candidates outside the beam as finished hypotheses, so
+        its one-beam search is not greedy; and its sampling module draws
+        with stateful RNG, which a served model cannot reseed.)
+
+        `num_beams` is a Python integer (it fixes shapes).
+
+        Returns:
+            `(tokens, lengths)` of the best hypothesis, as `sample` returns them.
+        """
+        ids, mask, positions = left_pad(prompts, self.pad_id)
+        return self.beam_search_padded(ids, mask, positions, max_new_tokens, num_beams,
+                                       length_penalty)
+
+    def beam_search_padded(self, ids, mask, positions, max_new_tokens, num_beams=4,
+                           length_penalty=0.6):
+        """`beam_search` on `left_pad`'s output: dense tensors only, so it compiles with XLA."""
+        max_new_tokens = tf.cast(max_new_tokens, tf.int32)
+        length_penalty = tf.cast(length_penalty, tf.float32)
+        batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
+        beams, vocab = num_beams, self.backbone.vocabulary_size
+
+        def expand(t):  # (batch, ...) -> (batch * beams, ...), beams of a row adjacent
+            return tf.repeat(t, beams, axis=0)
+
+        ids, mask, positions = expand(ids), expand(mask), expand(positions)
+        cache, key_mask = self._prefill(ids, mask, positions, max_new_tokens)
+        last_position = positions[:, -1]
+        # Only the first beam is alive at the start: the others would duplicate it.
+        scores = tf.tile(tf.constant([[0.0] + [-1e9] * (beams - 1)]), [batch, 1])
+        tokens = tf.fill([batch, beams, max_new_tokens], self.pad_id)
+        finished = tf.zeros([batch, beams], tf.bool)
+        lengths = tf.fill([batch, beams], max_new_tokens)
+        # A finished hypothesis can only continue with padding, at no cost.
+        pad_only = tf.where(tf.range(vocab) == self.pad_id, 0.0, -1e9)
+
+        def step(i, token, cache, scores, tokens, finished, lengths):
+            hidden, cache = self.backbone.call_with_cache(
+                token[:, None], cache, width - 1 + i, padding_mask=key_mask,
+                positions=(last_position + i)[:, None])
+            log_probs = tf.nn.log_softmax(self._logits(hidden)[:, 0], axis=-1)
+            log_probs = tf.reshape(log_probs, [batch, beams, vocab])
+            log_probs = tf.where(finished[:, :, None], pad_only, log_probs)
+            candidates = tf.reshape(scores[:, :, None] + log_probs, [batch, beams * vocab])
+            scores, best = tf.math.top_k(candidates, k=beams)
+            origin, chosen = best // vocab, best % vocab
+            tokens = tf.gather(tokens, origin, batch_dims=1)
+            finished = tf.gather(finished, origin, batch_dims=1)
+            lengths = tf.gather(lengths, origin, batch_dims=1)
+            tokens = tf.where(tf.range(max_new_tokens) == i, chosen[:, :, None], tokens)
+            ends_now = ~finished & tf.equal(chosen, self.end_id)
+            lengths = tf.where(ends_now, i + 1, lengths)
+            finished = finished | ends_now
+            flat_origin = tf.reshape(origin + tf.range(batch)[:, None] * beams, [-1])
+            cache = tf.gather(cache, flat_origin)
+            return i + 1, tf.reshape(chosen, [-1]), cache, scores, tokens, finished, lengths
+
+        def keep_going(i, token, cache, scores, tokens, finished, lengths):
+            del token, cache, scores, tokens, lengths
+            return (i < max_new_tokens) & ~tf.reduce_all(finished)
+
+        _, _, _, scores, tokens, _, lengths = tf.while_loop(
+            keep_going, step,
+            (tf.constant(0), ids[:, -1], cache, scores, tokens, finished, lengths),
+            maximum_iterations=max_new_tokens,
+        )
+        normalizer = tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, length_penalty)
+        best = tf.argmax(scores / normalizer, axis=1, output_type=tf.int32)
+        return (tf.gather(tokens, best, batch_dims=1), tf.gather(lengths, best, batch_dims=1))

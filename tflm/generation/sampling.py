@@ -1,0 +1,51 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p, with a seed.
+
+Every choice is one branch-free function of tensors, so a single compiled
+decode loop serves any mix of settings, and a SavedModel takes them as
+inputs. Sampling is stateless: the draw at step `i` depends only on
+`(seed, i)`, so the same seed gives the same text.
+"""
+
+import tensorflow as tf
+
+
+def next_token(logits, step, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+    """`(batch,)` int32 next tokens from `(batch, vocab)` float32 logits.
+
+    Args:
+        logits: scores of the next token.
+        step: the decoding step (part of the random seed).
+        temperature: 0 (or less) chooses the most likely token (greedy);
+            otherwise logits are divided by it before sampling.
+        top_k: if > 0, sample only among the `top_k` most likely tokens.
+        top_p: if < 1, sample only among the smallest set of most likely
+            tokens whose probabilities add up to at least `top_p` (nucleus).
+        seed: an integer; with `step`, the stateless seed of the draw.
+    """
+    logits = tf.cast(logits, tf.float32)
+    temperature = tf.cast(temperature, tf.float32)
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    scaled = logits / tf.maximum(temperature, 1e-6)
+
+    # One descending sort gives both cut-offs.
+    ordered = tf.sort(scaled, axis=-1, direction="DESCENDING")
+    vocab = tf.shape(scaled)[-1]
+    k = tf.cast(top_k, tf.int32)
+    k = tf.where(k > 0, tf.minimum(k, vocab), vocab)
+    kth_best = tf.gather(ordered, k - 1, axis=-1)[:, None]
+    probs = tf.nn.softmax(ordered, axis=-1)
+    # Keep a token while the mass of the tokens before it is below top_p.
+    mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
+    keep = tf.reduce_sum(tf.cast(mass_before < tf.cast(top_p, tf.float32), tf.int32), axis=-1)
+    nucleus_cut = tf.gather(ordered, tf.maximum(keep, 1) - 1, axis=-1, batch_dims=1)[:, None]
+    threshold = tf.maximum(kth_best, nucleus_cut)
+    filtered = tf.where(scaled >= threshold, scaled, tf.float32.min)
+
+    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits); it
+    # compiles with XLA (StatelessMultinomial has no XLA kernel for int64 seeds).
+    seed_pair = tf.stack([tf.cast(seed % 2147483647, tf.int32), tf.cast(step, tf.int32)])
+    uniform = tf.random.stateless_uniform(tf.shape(filtered), seed=seed_pair,
+                                          minval=1e-20, maxval=1.0)
+    sampled = tf.argmax(filtered - tf.math.log(-tf.math.log(uniform)), axis=-1,
+                        output_type=tf.int32)
+    return tf.where(temperature > 0.0, sampled, greedy)
