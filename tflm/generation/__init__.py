@@ -1,6 +1,6 @@
 """Generation: KV-cached greedy, temperature, top-k, top-p sampling and beam search."""
 
 from tflm.generation.decoding import CausalDecoder, left_pad
-from tflm.generation.sampling import next_token
+from tflm.generation.sampling import next_token, prompt_keys
 
-__all__ = ["CausalDecoder", "left_pad", "next_token"]
+__all__ = ["CausalDecoder", "left_pad", "next_token", "prompt_keys"]

@@ -19,20 +19,21 @@ All shapes are static inside the loop (the cache is allocated for
 
 import tensorflow as tf
 
-from tflm.generation.sampling import next_token
+from tflm.generation.sampling import next_token, prompt_keys
 
 
 def left_pad(prompts, pad_id):
-    """Ragged `(batch, None)` ids → `(ids, mask, positions)`, each `(batch, P)`, left-padded.
+    """Ragged `(batch, None)` ids → `(ids, mask, positions, keys)`, left-padded to `(batch, P)`.
 
-    Empty prompts are not allowed here (callers start them with a token).
+    `keys` `(batch,)` identify each prompt for per-row sampling noise. Empty
+    prompts are not allowed here (callers start them with a token).
     """
     prompts = tf.cast(prompts, tf.int32)
     reversed_ids = tf.reverse(prompts, axis=[1])
     ids = tf.reverse(reversed_ids.to_tensor(default_value=pad_id), axis=[1])
     mask = tf.reverse(tf.ones_like(reversed_ids).to_tensor(), axis=[1])
     positions = tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
-    return ids, mask, positions
+    return ids, mask, positions, prompt_keys(prompts)
 
 
 class CausalDecoder(tf.Module):
@@ -88,11 +89,10 @@ class CausalDecoder(tf.Module):
             `pad_id` after a row's end-of-text, which is included), and the
             number of new tokens per row (end-of-text counted).
         """
-        ids, mask, positions = left_pad(prompts, self.pad_id)
-        return self.sample_padded(ids, mask, positions, max_new_tokens, temperature, top_k, top_p,
-                                  seed)
+        return self.sample_padded(*left_pad(prompts, self.pad_id), max_new_tokens, temperature,
+                                  top_k, top_p, seed)
 
-    def sample_padded(self, ids, mask, positions, max_new_tokens, temperature=0.0, top_k=0,
+    def sample_padded(self, ids, mask, positions, keys, max_new_tokens, temperature=0.0, top_k=0,
                       top_p=1.0, seed=0):
         """`sample` on `left_pad`'s output: dense tensors only, so it compiles with XLA."""
         max_new_tokens = tf.cast(max_new_tokens, tf.int32)
@@ -105,7 +105,8 @@ class CausalDecoder(tf.Module):
             hidden, cache = self.backbone.call_with_cache(
                 token[:, None], cache, width - 1 + i, padding_mask=key_mask,
                 positions=(last_position + i)[:, None])
-            chosen = next_token(self._logits(hidden)[:, 0], i, temperature, top_k, top_p, seed)
+            chosen = next_token(self._logits(hidden)[:, 0], i, temperature, top_k, top_p, seed,
+                                keys)
             chosen = tf.where(done, self.pad_id, chosen)
             output = tf.tensor_scatter_nd_update(
                 output, tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1), chosen)
@@ -148,13 +149,13 @@ class CausalDecoder(tf.Module):
         Returns:
             `(tokens, lengths)` of the best hypothesis, as `sample` returns them.
         """
-        ids, mask, positions = left_pad(prompts, self.pad_id)
-        return self.beam_search_padded(ids, mask, positions, max_new_tokens, num_beams,
-                                       length_penalty)
+        return self.beam_search_padded(*left_pad(prompts, self.pad_id), max_new_tokens,
+                                       num_beams, length_penalty)
 
-    def beam_search_padded(self, ids, mask, positions, max_new_tokens, num_beams=4,
+    def beam_search_padded(self, ids, mask, positions, keys, max_new_tokens, num_beams=4,
                            length_penalty=0.6):
         """`beam_search` on `left_pad`'s output: dense tensors only, so it compiles with XLA."""
+        del keys  # deterministic: no noise
         max_new_tokens = tf.cast(max_new_tokens, tf.int32)
         length_penalty = tf.cast(length_penalty, tf.float32)
         batch, width = tf.shape(ids)[0], tf.shape(ids)[1]

@@ -2,14 +2,38 @@
 
 Every choice is one branch-free function of tensors, so a single compiled
 decode loop serves any mix of settings, and a SavedModel takes them as
-inputs. Sampling is stateless: the draw at step `i` depends only on
-`(seed, i)`, so the same seed gives the same text.
+inputs. Sampling is stateless and per row: the draw for a row at step `i`
+depends only on `(seed, i, the row's prompt)`, so the same prompt and seed give
+the same text whatever else shares its batch (a server may batch requests).
 """
 
 import tensorflow as tf
 
 
-def next_token(logits, step, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+def _uniform(row_keys, width, seed, step):
+    """`(batch, width)` uniforms in (0, 1) from a SplitMix64 hash of (row key, column, seed, step).
+
+    A counter-based generator: each value depends on its coordinates only, so
+    a row's numbers do not change with the batch around it. Integer ops only:
+    compiles with XLA.
+    """
+    def const(value):
+        return tf.constant(value, tf.uint64)
+
+    shift = tf.bitwise.right_shift
+    xor = tf.bitwise.bitwise_xor
+    columns = tf.cast(tf.range(width, dtype=tf.int64), tf.uint64)[None, :]
+    x = tf.cast(row_keys, tf.uint64)[:, None] * const(0x9E3779B97F4A7C15) + columns
+    x = xor(x, tf.cast(seed, tf.uint64) * const(0xBF58476D1CE4E5B9)
+            + tf.cast(step, tf.uint64) * const(0x94D049BB133111EB))
+    x = xor(x, shift(x, const(30))) * const(0xBF58476D1CE4E5B9)
+    x = xor(x, shift(x, const(27))) * const(0x94D049BB133111EB)
+    x = xor(x, shift(x, const(31)))
+    # The top 24 bits, centred in their bin: never exactly 0 or 1.
+    return (tf.cast(shift(x, const(40)), tf.float32) + 0.5) / 16777216.0
+
+
+def next_token(logits, step, temperature=0.0, top_k=0, top_p=1.0, seed=0, row_keys=None):
     """`(batch,)` int32 next tokens from `(batch, vocab)` float32 logits.
 
     Args:
@@ -20,7 +44,9 @@ def next_token(logits, step, temperature=0.0, top_k=0, top_p=1.0, seed=0):
         top_k: if > 0, sample only among the `top_k` most likely tokens.
         top_p: if < 1, sample only among the smallest set of most likely
             tokens whose probabilities add up to at least `top_p` (nucleus).
-        seed: an integer; with `step`, the stateless seed of the draw.
+        seed: an integer seed of the draws.
+        row_keys: `(batch,)` int64 per-row keys (see `prompt_keys`); rows with
+            the same key and seed draw the same noise. Default: all zero.
     """
     logits = tf.cast(logits, tf.float32)
     temperature = tf.cast(temperature, tf.float32)
@@ -41,11 +67,16 @@ def next_token(logits, step, temperature=0.0, top_k=0, top_p=1.0, seed=0):
     threshold = tf.maximum(kth_best, nucleus_cut)
     filtered = tf.where(scaled >= threshold, scaled, tf.float32.min)
 
-    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits); it
-    # compiles with XLA (StatelessMultinomial has no XLA kernel for int64 seeds).
-    seed_pair = tf.stack([tf.cast(seed % 2147483647, tf.int32), tf.cast(step, tf.int32)])
-    uniform = tf.random.stateless_uniform(tf.shape(filtered), seed=seed_pair,
-                                          minval=1e-20, maxval=1.0)
+    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits).
+    if row_keys is None:
+        row_keys = tf.zeros(tf.shape(filtered)[:1], tf.int64)
+    uniform = _uniform(row_keys, vocab, seed, step)
     sampled = tf.argmax(filtered - tf.math.log(-tf.math.log(uniform)), axis=-1,
                         output_type=tf.int32)
     return tf.where(temperature > 0.0, sampled, greedy)
+
+
+def prompt_keys(prompts):
+    """`(batch,)` int64 keys of ragged prompt ids: equal prompts, equal keys."""
+    text = tf.strings.reduce_join(tf.strings.as_string(prompts), axis=1, separator=",")
+    return tf.strings.to_hash_bucket_fast(text, 2**62)

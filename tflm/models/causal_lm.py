@@ -80,22 +80,22 @@ class CausalLM(Task):
         if key not in cache:
             decoder = CausalDecoder(self, end_id=end_id, pad_id=pad_id)
             if num_beams > 1:
-                def decode(ids, mask, positions, max_new_tokens, temperature, top_k, top_p, seed,
-                           penalty):
+                def decode(ids, mask, positions, keys, max_new_tokens, temperature, top_k, top_p,
+                           seed, penalty):
                     del temperature, top_k, top_p, seed
-                    return decoder.beam_search_padded(ids, mask, positions, max_new_tokens,
+                    return decoder.beam_search_padded(ids, mask, positions, keys, max_new_tokens,
                                                       num_beams, penalty)
             else:
-                def decode(ids, mask, positions, max_new_tokens, temperature, top_k, top_p, seed,
-                           penalty):
+                def decode(ids, mask, positions, keys, max_new_tokens, temperature, top_k, top_p,
+                           seed, penalty):
                     del penalty
-                    return decoder.sample_padded(ids, mask, positions, max_new_tokens,
+                    return decoder.sample_padded(ids, mask, positions, keys, max_new_tokens,
                                                  temperature, top_k, top_p, seed)
             matrix = tf.TensorSpec([None, None], tf.int32)
             scalar = tf.TensorSpec([], tf.int32)
             real = tf.TensorSpec([], tf.float32)
             cache[key] = tf.function(decode, jit_compile=jit_compile, input_signature=[
-                matrix, matrix, matrix, scalar, real, scalar, real,
+                matrix, matrix, matrix, tf.TensorSpec([None], tf.int64), scalar, real, scalar, real,
                 tf.TensorSpec([], tf.int64), real])
         padded = left_pad(ids, pad_id)
         tokens, lengths = cache[key](*padded, tf.constant(max_new_tokens, tf.int32),

@@ -1,0 +1,139 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tflm.data import ByteTokenizer
+from tflm.generation import CausalDecoder, next_token
+from tflm.models import CausalLM, TransformerBackbone
+
+END = 5
+
+
+def _model(**overrides):
+    kwargs = dict(vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=16,
+                  intermediate_dim=32, max_sequence_length=64, causal=True, norm_first=True,
+                  dropout=0.0, attention_dropout=0.0)
+    kwargs.update(overrides)
+    keras.utils.set_random_seed(0)
+    model = CausalLM(TransformerBackbone(**kwargs))
+    # Sharpen the random model so greedy paths are clear-cut (no near ties).
+    embeddings = model.backbone.token_embedding.embeddings
+    embeddings.assign(embeddings * 20.0)
+    return model
+
+
+def _uncached_greedy(model, prompt, steps):
+    """Full forward pass over the whole sequence for every new token."""
+    sequence = list(prompt)
+    new = []
+    for _ in range(steps):
+        ids = tf.constant([sequence])
+        logits = model({"token_ids": ids, "padding_mask": tf.ones_like(ids)})[0, -1]
+        token = int(tf.argmax(logits))
+        new.append(token)
+        if token == END:
+            break
+        sequence.append(token)
+    return new
+
+
+PROMPTS = [[7, 8, 9], [10], [11, 12, 13, 14, 15, 16]]
+
+
+@pytest.mark.parametrize("variant", [{}, {"position_encoding": "rotary", "tie_embeddings": False,
+                                         "normalization": "rms_norm", "activation": "swiglu"}])
+def test_cached_greedy_equals_uncached_greedy(variant):
+    model = _model(**variant)
+    decoder = CausalDecoder(model, end_id=END)
+    tokens, lengths = decoder.sample(tf.ragged.constant(PROMPTS), 10)
+    for row, prompt in enumerate(PROMPTS):
+        expected = _uncached_greedy(model, prompt, 10)
+        assert tokens.numpy()[row, : lengths.numpy()[row]].tolist() == expected
+
+
+def test_a_prompt_decodes_the_same_alone_or_in_a_batch():
+    decoder = CausalDecoder(_model(), end_id=END)
+    batch, _ = decoder.sample(tf.ragged.constant(PROMPTS), 8, temperature=0.9, seed=4)
+    for row, prompt in enumerate(PROMPTS):
+        alone, _ = decoder.sample(tf.ragged.constant([prompt]), 8, temperature=0.9, seed=4)
+        np.testing.assert_array_equal(alone.numpy()[0], batch.numpy()[row])
+
+
+def test_beam_of_one_is_greedy():
+    decoder = CausalDecoder(_model(), end_id=END)
+    prompts = tf.ragged.constant(PROMPTS)
+    greedy, greedy_lengths = decoder.sample(prompts, 9)
+    beam, beam_lengths = decoder.beam_search(prompts, 9, num_beams=1)
+    np.testing.assert_array_equal(beam.numpy(), greedy.numpy())
+    np.testing.assert_array_equal(beam_lengths.numpy(), greedy_lengths.numpy())
+
+
+def test_higher_length_penalty_gives_longer_outputs():
+    model = _model()
+    prompts = tf.ragged.constant([[i, i + 1] for i in range(6, 40, 2)])
+    # Point the end-of-text embedding along the average hidden state: ending
+    # becomes likely, but not certain, after any prefix.
+    ids = prompts.to_tensor()
+    hidden = model.backbone({"token_ids": ids, "padding_mask": tf.ones_like(ids)})
+    hidden = hidden["sequence_output"].numpy().reshape(-1, 16)
+    embeddings = model.backbone.token_embedding.embeddings
+    table = embeddings.numpy()
+    direction = hidden.mean(0) / np.linalg.norm(hidden.mean(0))
+    table[END] = direction * np.abs(hidden @ table.T).max() / np.abs(hidden @ direction).mean()
+    embeddings.assign(table)
+    decoder = CausalDecoder(model, end_id=END)
+    lengths = {}
+    for penalty in (0.0, 3.0):
+        _, lengths[penalty] = decoder.beam_search(prompts, 8, num_beams=4, length_penalty=penalty)
+    short, long = lengths[0.0].numpy(), lengths[3.0].numpy()
+    assert long.mean() > short.mean() + 1.0, (short, long)
+
+
+def test_sampling_is_reproducible_with_a_seed():
+    decoder = CausalDecoder(_model(), end_id=END)
+    prompts = tf.ragged.constant(PROMPTS)
+    a, _ = decoder.sample(prompts, 12, temperature=1.5, top_k=20, top_p=0.95, seed=7)
+    b, _ = decoder.sample(prompts, 12, temperature=1.5, top_k=20, top_p=0.95, seed=7)
+    c, _ = decoder.sample(prompts, 12, temperature=1.5, top_k=20, top_p=0.95, seed=8)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(a.numpy(), c.numpy())
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    decoder = CausalDecoder(_model(), end_id=END)
+    prompts = tf.ragged.constant(PROMPTS)
+    greedy, _ = decoder.sample(prompts, 8)
+    for kwargs in ({"top_k": 1}, {"top_p": 1e-6}):
+        sampled, _ = decoder.sample(prompts, 8, temperature=2.0, seed=3, **kwargs)
+        np.testing.assert_array_equal(sampled.numpy(), greedy.numpy())
+
+
+def test_next_token_distribution():
+    logits = tf.constant([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    draws = np.array([int(next_token(logits, step, temperature=1.0, seed=11)[0])
+                      for step in range(4000)])
+    expected = tf.nn.softmax(logits)[0].numpy()
+    observed = np.bincount(draws, minlength=5) / len(draws)
+    np.testing.assert_allclose(observed, expected, atol=0.03)
+    top2 = {int(next_token(logits, s, temperature=1.0, top_k=2, seed=1)[0]) for s in range(300)}
+    assert top2 == {0, 1}
+    # Nucleus 0.8: softmax is [.57, .21, .13, ...]: the first two carry 0.78 < 0.8, so three.
+    nucleus = {int(next_token(logits, s, temperature=1.0, top_p=0.8, seed=1)[0])
+               for s in range(600)}
+    assert nucleus == {0, 1, 2}
+
+
+def test_generate_with_a_tokenizer_traces_once_and_xla_agrees():
+    tokenizer = ByteTokenizer()
+    model = _model(vocabulary_size=262)
+    texts = ["It is a truth", "", "Mr. Darcy"]
+    plain = model.generate(texts, max_new_tokens=6, tokenizer=tokenizer, jit_compile=False)
+    compiled = model.generate(texts, max_new_tokens=6, tokenizer=tokenizer, jit_compile=True)
+    assert plain == compiled and len(plain) == 3 and all(isinstance(t, str) for t in plain)
+    model.generate(["other prompts", "of other length"], max_new_tokens=9, tokenizer=tokenizer,
+                   jit_compile=False)
+    function = model._generate_functions[(tokenizer.end_of_text_id, 0, 1, False)]
+    assert function.experimental_get_tracing_count() == 1
+    beams = model.generate(texts, max_new_tokens=6, tokenizer=tokenizer, num_beams=1)
+    assert beams == plain
