@@ -14,6 +14,7 @@ from tflm.data import (
     pack_token_stream,
     resolve_files,
 )
+from tflm.data.pipeline import tokenize_documents
 
 PAD, CLS, SEP, MASK, EOT = 0, 2, 3, 4, 5
 
@@ -90,6 +91,25 @@ def test_pack_token_stream_drops_only_final_partial_row():
     rows = _rows(pack_token_stream(_documents([5, 5, 3]), 4))  # 13 tokens: 3 rows, 1 dropped
     np.testing.assert_array_equal(rows, np.arange(12).reshape(3, 4))
     assert not list(pack_token_stream(_documents([2, 1]), 4))
+
+
+@pytest.mark.parametrize("pad_id", [None, 0])
+def test_pack_token_stream_same_rows_from_documents_or_batches_of_them(pad_id):
+    lengths = [3, 10, 0, 1, 7, 16, 2, 33, 5] * 20  # several batches of PACK_BATCH documents
+    batches = _documents(lengths).ragged_batch(7)  # as tokenize_documents(..., batched=True)
+    expected = _rows(pack_token_stream(_documents(lengths), 9, separator_id=-1, pad_id=pad_id))
+    rows = _rows(pack_token_stream(batches, 9, separator_id=-1, pad_id=pad_id))
+    np.testing.assert_array_equal(rows, expected)
+    stream = sum(lengths) + len(lengths)  # tokens and separators
+    assert len(rows) == (-(-stream // 9) if pad_id == 0 else stream // 9)
+
+
+def test_tokenize_documents_batched_holds_the_same_documents(tokenizer):
+    documents = tf.data.Dataset.from_tensor_slices([f"document {i} " * (i % 7) for i in range(150)])
+    one_by_one = [list(t) for t in tokenize_documents(documents, tokenizer).as_numpy_iterator()]
+    batches = list(tokenize_documents(documents, tokenizer, batched=True))
+    assert [b.shape[0] for b in batches] == [64, 64, 22]
+    assert [list(t) for b in batches for t in b.to_list()] == one_by_one
 
 
 # causal_lm_dataset

@@ -27,8 +27,14 @@ TOKENIZE_BATCH = 64  # documents tokenized per op call: amortizes per-op overhea
 PACK_BATCH = 64  # documents joined per step of the packing scan
 
 
-def tokenize_documents(documents, tokenizer, stats=None):
-    """Dataset of document strings → dataset of 1-D int32 token tensors."""
+def tokenize_documents(documents, tokenizer, stats=None, batched=False):
+    """Dataset of document strings → dataset of 1-D int32 token tensors.
+
+    With `batched=True` the elements are the tokenizer's ragged `(n, None)`
+    batches of up to `TOKENIZE_BATCH` documents instead (same documents, same
+    order): `pack_token_stream` and the `*_lm_batches` functions take either,
+    and batches skip a per-document step (about 25 us a document).
+    """
 
     def tokenize(batch):
         ids = tokenizer.tokenize(batch)
@@ -36,13 +42,16 @@ def tokenize_documents(documents, tokenizer, stats=None):
             stats.add("tokens", tf.size(ids.flat_values))
         return ids
 
-    batched = documents.batch(TOKENIZE_BATCH)
-    return batched.map(tokenize, num_parallel_calls=AUTOTUNE, deterministic=True).unbatch()
+    tokens = documents.batch(TOKENIZE_BATCH).map(tokenize, num_parallel_calls=AUTOTUNE,
+                                                 deterministic=True)
+    return tokens if batched else tokens.unbatch()
 
 
 def pack_token_stream(documents, window, separator_id=None, pad_id=None):
     """Packs a dataset of 1-D token tensors into `(window,)` rows.
 
+    `documents` holds one document per element, or ragged `(n, None)`
+    batches of documents (`tokenize_documents(..., batched=True)`).
     Documents are concatenated in order (each followed by `separator_id` if
     given) and cut every `window` tokens; the tail of one document continues
     into the next row. With `pad_id`, the final partial row is kept, padded
@@ -58,7 +67,9 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None):
         return batch.flat_values
 
     # The scan below then runs once per batch of documents, not once per document.
-    stretches = documents.ragged_batch(PACK_BATCH).map(join)
+    if documents.element_spec.shape.rank != 2:
+        documents = documents.ragged_batch(PACK_BATCH)
+    stretches = documents.map(join)
     flagged = stretches.map(lambda ids: (ids, False))
     if pad_id is not None:
         # A final marker element lets the scan flush its remainder.
@@ -208,7 +219,7 @@ def causal_lm_dataset(files, tokenizer, sequence_length, batch_size, seed=0,
     final partial batch (evaluation sees every token).
     """
     documents = _documents(files, read_options, seed, repeat, input_context, stats)
-    tokens = tokenize_documents(documents, tokenizer, stats)
+    tokens = tokenize_documents(documents, tokenizer, stats, batched=True)
     return causal_lm_batches(tokens, tokenizer, sequence_length, batch_size, seed=seed,
                              shuffle_buffer_size=shuffle_buffer_size, training=repeat,
                              drop_remainder=repeat)
@@ -220,7 +231,7 @@ def masked_lm_dataset(files, tokenizer, sequence_length, batch_size, max_predict
                       input_context=None, **read_options):
     """Masked-LM batches from text files (see `masked_lm_batches`)."""
     documents = _documents(files, read_options, seed, repeat, input_context, stats)
-    tokens = tokenize_documents(documents, tokenizer, stats)
+    tokens = tokenize_documents(documents, tokenizer, stats, batched=True)
     offset = 0 if input_context is None else input_context.input_pipeline_id
     return masked_lm_batches(tokens, tokenizer, sequence_length, batch_size, max_predictions,
                              mask_rate=mask_rate, whole_word_masking=whole_word_masking,
@@ -353,7 +364,8 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
             shuffle_seed=seed if training else None,
             repeat=training,
         )
-        tokens = tokenize_documents(documents, tokenizer, stats)
+        # Batches of documents skip a per-document step; holding out needs documents.
+        tokens = tokenize_documents(documents, tokenizer, stats, batched=not holdout)
     if holdout:
         tokens = _held_out(tokens, holdout, keep_held_out=split == "eval")
 
