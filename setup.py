@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "absl-py>=1.4",
     "sentencepiece>=0.2",  # SentencePiece vocabulary training
     "tokenizers>=0.20",  # WordPiece and byte-level BPE vocabulary training
+    "tensorflow-serving-api>=2.20,<2.21",  # warmup requests and the gRPC client
     "numpy>=1.26",
     "pyyaml>=6.0",
 ]
@@ -43,7 +44,7 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(include=["tflm", "tflm.*"]),
-    package_data={"tflm": ["resources/*.txt", "resources/*.md"]},
+    package_data={"tflm": ["resources/*.txt", "resources/*.md", "export/serving_ops_*.txt"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -1,0 +1,220 @@
+"""Serving modules: text in, text out, with the tokenizer inside the graph.
+
+Each module is a `tf.Module` holding the model, its tokenizer and the
+functions that become SavedModel signatures. Every input is checked in the
+graph: out-of-range parameters fail with an `InvalidArgument` message naming
+the parameter (TF Serving returns it as the error text); inputs longer than
+the model's positions are truncated and an output says so; an empty text is
+a valid input.
+
+Signatures (all inputs and outputs batched along the first axis, except scalars):
+
+- CausalLM `generate` (also `serving_default`): prompts, max_new_tokens,
+  temperature, top_k, top_p, seed -> text, num_tokens, prompt_truncated.
+  `beam_search`: prompts, max_new_tokens, length_penalty -> the same.
+  `score`: text -> log_likelihood, perplexity, num_tokens, truncated.
+- MaskedLM `fill_mask`: text (with "[MASK]"), top_k -> tokens, scores, has_mask;
+  `encode`: text -> pooled_output, sequence_output, padding_mask, truncated.
+- SequenceClassifier `classify`: text -> label, label_id, probabilities, truncated.
+"""
+
+import tensorflow as tf
+
+from tflm.generation import CausalDecoder, left_pad
+
+STRINGS = tf.TensorSpec([None], tf.string)
+INT = tf.TensorSpec([], tf.int32)
+FLOAT = tf.TensorSpec([], tf.float32)
+
+
+def _truncate_rows(ids, limit, keep="start"):
+    """Cuts ragged rows to `limit` tokens; returns the rows and whether each was cut."""
+    ids = ids.with_row_splits_dtype(tf.int64)
+    truncated = ids.row_lengths() > tf.cast(limit, ids.row_splits.dtype)
+    if keep == "end":
+        start = tf.maximum(ids.row_lengths() - tf.cast(limit, ids.row_splits.dtype), 0)
+        positions = tf.ragged.range(start, ids.row_lengths())
+        return tf.gather(ids, positions, batch_dims=1), truncated
+    return ids[:, :limit], truncated
+
+
+def _check(condition, message):
+    tf.debugging.assert_equal(condition, True, message=message)
+
+
+class CausalLMServing(tf.Module):
+    """`generate`, `beam_search` and `score` for a `CausalLM` and its tokenizer."""
+
+    def __init__(self, model, tokenizer, num_beams=4, name="causal_lm_serving"):
+        super().__init__(name=name)
+        self.model = model
+        self.tokenizer = tokenizer
+        end_id = tokenizer.end_of_text_id
+        self.end_id = tokenizer.sep_id if end_id is None else end_id
+        self.pad_id = tokenizer.pad_id or 0
+        self.decoder = CausalDecoder(model, end_id=self.end_id, pad_id=self.pad_id)
+        self.max_length = int(model.backbone.max_sequence_length)
+        self.num_beams = int(num_beams)
+
+    def _prompts(self, prompts, max_new_tokens):
+        _check(max_new_tokens >= 1, "max_new_tokens must be at least 1")
+        _check(max_new_tokens < self.max_length,
+               f"max_new_tokens must be below the model's {self.max_length} positions")
+        ids = self.tokenizer.tokenize(prompts)
+        # An empty prompt starts from the end-of-text token, as GPT-2 does.
+        empty = tf.equal(ids.row_lengths(), 0)
+        starts = tf.RaggedTensor.from_row_lengths(
+            tf.fill([tf.reduce_sum(tf.cast(empty, tf.int32))], self.end_id),
+            tf.cast(empty, ids.row_splits.dtype))
+        ids = tf.concat([starts, ids], axis=1)
+        # Keep the end of a long prompt: the part next to what is generated.
+        return _truncate_rows(ids, self.max_length - max_new_tokens, keep="end")
+
+    def _finish(self, tokens, lengths, truncated):
+        rows = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
+        return {"text": self.tokenizer.detokenize(rows), "num_tokens": lengths,
+                "prompt_truncated": truncated}
+
+    @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, tf.TensorSpec([], tf.int64)])
+    def generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
+        """Continues each prompt (greedy at temperature 0; else sampled, reproducibly per seed)."""
+        _check(temperature >= 0.0, "temperature must be >= 0 (0 is greedy)")
+        _check(top_k >= 0, "top_k must be >= 0 (0 is no limit)")
+        _check((top_p > 0.0) & (top_p <= 1.0), "top_p must be in (0, 1]")
+        ids, truncated = self._prompts(prompts, max_new_tokens)
+        tokens, lengths = self.decoder.sample(ids, max_new_tokens, temperature, top_k, top_p, seed)
+        return self._finish(tokens, lengths, truncated)
+
+    @tf.function(input_signature=[STRINGS, INT, FLOAT])
+    def beam_search(self, prompts, max_new_tokens, length_penalty):
+        """The most likely continuation over `num_beams` beams (fixed at export)."""
+        _check(length_penalty >= 0.0, "length_penalty must be >= 0")
+        ids, truncated = self._prompts(prompts, max_new_tokens)
+        tokens, lengths = self.decoder.beam_search(ids, max_new_tokens, self.num_beams,
+                                                   length_penalty)
+        return self._finish(tokens, lengths, truncated)
+
+    @tf.function(input_signature=[STRINGS])
+    def score(self, text):
+        """Log-likelihood of each text (each token given the ones before, after end-of-text)."""
+        ids = self.tokenizer.tokenize(text)
+        ids, truncated = _truncate_rows(ids, self.max_length - 1)
+        batch = tf.cast(ids.nrows(), tf.int32)
+        ids = tf.concat([tf.fill([batch, 1], self.end_id), tf.cast(ids, tf.int32)], axis=1)
+        dense = ids.to_tensor(default_value=self.pad_id)
+        mask = tf.ones_like(ids).to_tensor()
+        logits = self.model({"token_ids": dense, "padding_mask": mask}, training=False)
+        log_probs = tf.nn.log_softmax(tf.cast(logits[:, :-1], tf.float32), axis=-1)
+        targets = dense[:, 1:]
+        token_log_probs = tf.gather(log_probs, targets, axis=-1, batch_dims=2)
+        weights = tf.cast(mask[:, 1:], tf.float32)
+        log_likelihood = tf.reduce_sum(token_log_probs * weights, axis=1)
+        count = tf.reduce_sum(weights, axis=1)
+        perplexity = tf.exp(-log_likelihood / tf.maximum(count, 1.0))
+        return {"log_likelihood": log_likelihood, "perplexity": perplexity,
+                "num_tokens": tf.cast(count, tf.int32), "truncated": truncated}
+
+    def signatures(self):
+        generate = self.generate.get_concrete_function()
+        return {"serving_default": generate, "generate": generate,
+                "beam_search": self.beam_search.get_concrete_function(),
+                "score": self.score.get_concrete_function()}
+
+
+def _encoder_inputs(tokenizer, ids, max_length):
+    """`[CLS] ids [SEP]`, truncated to `max_length`, right-padded: features and truncation."""
+    ids, truncated = _truncate_rows(tf.cast(ids, tf.int32), max_length - 2)
+    batch = tf.cast(ids.nrows(), tf.int32)
+    ids = tf.concat([tf.fill([batch, 1], tokenizer.cls_id), ids,
+                     tf.fill([batch, 1], tokenizer.sep_id)], axis=1)
+    features = {
+        "token_ids": ids.to_tensor(default_value=tokenizer.pad_id or 0),
+        "padding_mask": tf.ones_like(ids).to_tensor(),
+    }
+    features["segment_ids"] = tf.zeros_like(features["token_ids"])
+    return features, truncated
+
+
+class MaskedLMServing(tf.Module):
+    """`fill_mask` and `encode` for a `MaskedLM` and its tokenizer."""
+
+    def __init__(self, model, tokenizer, name="masked_lm_serving"):
+        super().__init__(name=name)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = int(model.backbone.max_sequence_length)
+
+    @tf.function(input_signature=[STRINGS, INT])
+    def fill_mask(self, text, top_k):
+        """The `top_k` likeliest tokens for the first "[MASK]" of each text, with probabilities."""
+        _check(top_k >= 1, "top_k must be at least 1")
+        _check(top_k <= self.model.backbone.vocabulary_size, "top_k exceeds the vocabulary")
+        # "[MASK]" in the text is the mask token, not characters to tokenize.
+        parts = tf.strings.split(text, "[MASK]")
+        pieces = self.tokenizer.tokenize(parts.flat_values)
+        mask_id = tf.constant([self.tokenizer.mask_id], tf.int32)
+        pieces = tf.concat([tf.cast(pieces, tf.int32),
+                            tf.RaggedTensor.from_row_lengths(
+                                tf.tile(mask_id, [tf.size(parts.flat_values)]),
+                                tf.ones_like(parts.flat_values, tf.int64))], axis=1)
+        ids = parts.with_flat_values(pieces).merge_dims(1, 2)
+        ids = ids[:, :-1]  # no mask after the last part
+        features, _ = _encoder_inputs(self.tokenizer, ids, self.max_length)
+        is_mask = tf.equal(features["token_ids"], self.tokenizer.mask_id)
+        has_mask = tf.reduce_any(is_mask, axis=1)
+        first = tf.argmax(tf.cast(is_mask, tf.int32), axis=1, output_type=tf.int32)
+        features["mask_positions"] = first[:, None]
+        logits = self.model(features, training=False)[:, 0]
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        scores, ids = tf.math.top_k(probabilities, k=top_k)
+        words = self.tokenizer.detokenize(tf.reshape(ids, [-1, 1]))
+        return {"tokens": tf.reshape(words, tf.shape(ids)), "scores": scores,
+                "has_mask": has_mask}
+
+    @tf.function(input_signature=[STRINGS])
+    def encode(self, text):
+        """Per-token and pooled embeddings of each text."""
+        features, truncated = _encoder_inputs(self.tokenizer, self.tokenizer.tokenize(text),
+                                              self.max_length)
+        outputs = self.model.backbone(features, training=False)
+        sequence = tf.cast(outputs["sequence_output"], tf.float32)
+        if "pooled_output" in outputs:
+            pooled = tf.cast(outputs["pooled_output"], tf.float32)
+        else:
+            mask = tf.cast(features["padding_mask"], tf.float32)[:, :, None]
+            pooled = tf.reduce_sum(sequence * mask, axis=1) / tf.reduce_sum(mask, axis=1)
+        return {"pooled_output": pooled, "sequence_output": sequence,
+                "padding_mask": features["padding_mask"], "truncated": truncated}
+
+    def signatures(self):
+        return {"serving_default": self.fill_mask.get_concrete_function(),
+                "fill_mask": self.fill_mask.get_concrete_function(),
+                "encode": self.encode.get_concrete_function()}
+
+
+class ClassifierServing(tf.Module):
+    """`classify` for a `SequenceClassifier`, its tokenizer and label names."""
+
+    def __init__(self, model, tokenizer, label_names=None, name="classifier_serving"):
+        super().__init__(name=name)
+        self.model = model
+        self.tokenizer = tokenizer
+        names = list(label_names or [str(i) for i in range(model.num_classes)])
+        if len(names) != model.num_classes:
+            raise ValueError(f"{len(names)} label names for {model.num_classes} classes.")
+        self.label_names = tf.constant(names)
+        self.max_length = int(model.backbone.max_sequence_length)
+
+    @tf.function(input_signature=[STRINGS])
+    def classify(self, text):
+        """The most likely label of each text, and every label's probability."""
+        features, truncated = _encoder_inputs(self.tokenizer, self.tokenizer.tokenize(text),
+                                              self.max_length)
+        probabilities = tf.nn.softmax(tf.cast(self.model(features, training=False), tf.float32))
+        label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {"label": tf.gather(self.label_names, label_id), "label_id": label_id,
+                "probabilities": probabilities, "truncated": truncated}
+
+    def signatures(self):
+        classify = self.classify.get_concrete_function()
+        return {"serving_default": classify, "classify": classify}
