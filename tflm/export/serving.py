@@ -38,6 +38,11 @@ def _truncate_rows(ids, limit, keep="start"):
     return ids[:, :limit], truncated
 
 
+def _valid_utf8(text):
+    """Text a REST (JSON) response can carry: a cut multi-byte character becomes U+FFFD."""
+    return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+
+
 def _check(condition, message):
     tf.debugging.assert_equal(condition, True, message=message)
 
@@ -72,7 +77,7 @@ class CausalLMServing(tf.Module):
 
     def _finish(self, tokens, lengths, truncated):
         rows = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
-        return {"text": self.tokenizer.detokenize(rows), "num_tokens": lengths,
+        return {"text": _valid_utf8(self.tokenizer.detokenize(rows)), "num_tokens": lengths,
                 "prompt_truncated": truncated}
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, tf.TensorSpec([], tf.int64)])
@@ -167,7 +172,7 @@ class MaskedLMServing(tf.Module):
         logits = self.model(features, training=False)[:, 0]
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         scores, ids = tf.math.top_k(probabilities, k=top_k)
-        words = self.tokenizer.detokenize(tf.reshape(ids, [-1, 1]))
+        words = _valid_utf8(self.tokenizer.detokenize(tf.reshape(ids, [-1, 1])))
         return {"tokens": tf.reshape(words, tf.shape(ids)), "scores": scores,
                 "has_mask": has_mask}
 
