@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tflm.cli.prepare import prepare
-from tflm.cli.train import train
+from tflm.cli.train import run_experiment
 from tflm.config import ConfigError, load_experiment
 
 
@@ -20,8 +20,8 @@ def test_prepare_then_train_from_shards(tmp_path):
         f"data.input_format=tfrecord,data.input_path={out},trainer.train_steps=4,"
         "trainer.log_every=2,data.global_batch_size=4,data.sequence_length=32",
     )
-    _, history = train(trained, str(tmp_path / "model"), print_fn=lambda s: None)
-    assert history[-1]["step"] == 4
+    trainer = run_experiment(trained, str(tmp_path / "model"), print_fn=lambda s: None)
+    assert trainer.status == "completed" and trainer.history[-1]["step"] == 4
 
 
 def test_prepare_refuses_prepared_input(tmp_path):

@@ -63,7 +63,8 @@ class ByteTokenizer(Tokenizer):
         # One decode of the joined batch, then rows by length: no per-byte strings.
         flat = tf.reshape(inputs, [-1])
         ids = tf.RaggedTensor.from_row_lengths(
-            self._bytes_to_ids(tf.strings.reduce_join(flat)), tf.strings.length(flat)
+            self._bytes_to_ids(tf.strings.reduce_join(flat)),
+            tf.cast(tf.strings.length(flat), tf.int64),
         )
         return ids if inputs.shape.rank == 1 else tf.RaggedTensor.from_uniform_row_length(
             ids, tf.shape(inputs)[-1]
