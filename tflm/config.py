@@ -337,11 +337,8 @@ def validate(config):
     trainer = config.trainer
     if not 0.0 <= trainer.label_smoothing < 1.0:
         raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {trainer.label_smoothing}.")
-    if not 0 <= trainer.warmup_steps <= trainer.train_steps:
-        raise ConfigError(
-            f"trainer.warmup_steps={trainer.warmup_steps} must be in [0, trainer.train_steps="
-            f"{trainer.train_steps}]."
-        )
+    if trainer.warmup_steps < 0:
+        raise ConfigError(f"trainer.warmup_steps must be >= 0, got {trainer.warmup_steps}.")
     if not 0.0 <= trainer.end_learning_rate_ratio <= 1.0:
         raise ConfigError(
             "trainer.end_learning_rate_ratio must be in [0, 1], got "
