@@ -141,3 +141,20 @@ def test_bad_arguments():
         TransformerBackbone(**dict(SMALL, position_encoding="alibi"))
     with pytest.raises(ValueError, match="divisible"):
         TransformerBackbone(**dict(SMALL, num_heads=3))
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_tensorflow_checkpoint_holds_every_weight(name, tmp_path):
+    """tf.train.Checkpoint (the trainer's format) saves and restores all weights, blocks included."""
+    import tensorflow as tf
+
+    source = TransformerBackbone(**VARIANTS[name])
+    for weight in source.weights:
+        weight.assign(np.random.default_rng(0).standard_normal(weight.shape).astype("float32"))
+    path = tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
+    saved = [n for n, _ in tf.train.list_variables(path) if n.startswith("model/")]
+    assert len(saved) == len(source.weights)
+    target = TransformerBackbone(**VARIANTS[name])
+    tf.train.Checkpoint(model=target).restore(path).assert_existing_objects_matched()
+    for a, b in zip(source.weights, target.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -172,8 +172,10 @@ class TransformerBackbone(keras.Model):
                 normalization, self.norm_epsilon, dtype=policy, name="embedding_norm"
             )
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy, name="embedding_dropout")
-        self.blocks = [
-            TransformerBlock(
+        # One attribute per block (block_0, block_1, ...), not a list: TensorFlow's
+        # checkpoints follow attributes, and do not see into Keras' tracked lists.
+        for i in range(self.num_layers):
+            setattr(self, f"block_{i}", TransformerBlock(
                 num_heads=self.num_heads,
                 intermediate_dim=self.intermediate_dim,
                 activation=activation,
@@ -189,9 +191,7 @@ class TransformerBackbone(keras.Model):
                 kernel_initializer=clone_initializer(initializer),
                 dtype=policy,
                 name=f"block_{i}",
-            )
-            for i in range(self.num_layers)
-        ]
+            ))
         self.final_norm_layer = None
         if self.final_norm:
             self.final_norm_layer = make_normalization(
@@ -207,6 +207,11 @@ class TransformerBackbone(keras.Model):
                 name="pooler",
             )
         self.build()
+
+    @property
+    def blocks(self):
+        """The transformer blocks, bottom to top."""
+        return [getattr(self, f"block_{i}") for i in range(self.num_layers)]
 
     def build(self, input_shape=None):
         # Weights exist right after construction (as in a functional model), so a
