@@ -53,6 +53,8 @@ setuptools.setup(
             "tflm-train=tflm.cli.train:run",
             "tflm-vocab=tflm.cli.vocab:run",
             "tflm-prepare=tflm.cli.prepare:run",
+            "tflm-export=tflm.cli.export:run",
+            "tflm-generate=tflm.cli.generate:run",
         ],
     },
     classifiers=[

@@ -19,14 +19,18 @@ flags.DEFINE_string(
 )
 
 
-def load_config_or_exit(program):
-    """The experiment from --config_file and --params_override, or one error line and exit 2."""
+def quiet_tensorflow_logs():
+    """Progress lines are ours; TensorFlow's INFO chatter (checkpoint sharding, ...) is not."""
     from absl import logging
 
+    logging.set_verbosity(logging.WARNING)
+
+
+def load_config_or_exit(program):
+    """The experiment from --config_file and --params_override, or one error line and exit 2."""
     from tflm import config as config_lib
 
-    # Progress lines are ours; TensorFlow's INFO chatter (checkpoint sharding, ...) is not.
-    logging.set_verbosity(logging.WARNING)
+    quiet_tensorflow_logs()
     try:
         return config_lib.load_experiment(flags.FLAGS.config_file, flags.FLAGS.params_override)
     except config_lib.ConfigError as e:

@@ -64,7 +64,7 @@ class CausalLMServing(tf.Module):
     def _prompts(self, prompts, max_new_tokens):
         _check(max_new_tokens >= 1, "max_new_tokens must be at least 1")
         _check(max_new_tokens < self.max_length,
-               f"max_new_tokens must be below the model's {self.max_length} positions")
+               f"max_new_tokens must be below the number of positions ({self.max_length})")
         ids = self.tokenizer.tokenize(prompts)
         # An empty prompt starts from the end-of-text token, as GPT-2 does.
         empty = tf.equal(ids.row_lengths(), 0)

@@ -1,0 +1,156 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tflm.data import ByteTokenizer
+from tflm.export import (
+    ExportError,
+    UnsupportedOpError,
+    check_ops,
+    export_saved_model,
+    load_trained,
+    serving_module,
+)
+from tflm.export import op_check
+from tflm.models import CausalLM, MaskedLM, SequenceClassifier, TransformerBackbone
+
+SMALL = dict(vocabulary_size=262, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
+             max_sequence_length=32, dropout=0.0, attention_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def causal_lm():
+    return CausalLM(TransformerBackbone(**SMALL, causal=True, norm_first=True))
+
+
+def _args(module, **overrides):
+    args = {"prompts": tf.constant(["It is a truth", ""]), "max_new_tokens": tf.constant(4),
+            "temperature": tf.constant(0.0), "top_k": tf.constant(0), "top_p": tf.constant(1.0),
+            "seed": tf.constant(0, tf.int64)}
+    args.update({k: tf.constant(v, args[k].dtype) for k, v in overrides.items()})
+    return args
+
+
+def test_versions_are_new_folders_and_never_overwritten(tmp_path, causal_lm):
+    first = export_saved_model(causal_lm, ByteTokenizer(), str(tmp_path), warmup=False)
+    second = export_saved_model(causal_lm, ByteTokenizer(), str(tmp_path), warmup=False)
+    assert (os.path.basename(first), os.path.basename(second)) == ("1", "2")
+    with pytest.raises(ExportError, match="never overwritten"):
+        export_saved_model(causal_lm, ByteTokenizer(), str(tmp_path), version=2)
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]  # no partial folder left
+    listed = (tmp_path / "1" / "assets.extra" / "ops.txt").read_text().split()
+    assert listed == check_ops(first) and "ReadVariableOp" in listed and len(listed) > 20
+
+
+def test_an_op_the_server_lacks_is_an_export_error_naming_it(tmp_path, causal_lm, monkeypatch):
+    from tflm.export import exporter
+
+    probe = export_saved_model(causal_lm, ByteTokenizer(), str(tmp_path / "probe"), warmup=False)
+    used = check_ops(probe)
+    lacking = sorted(used)[:2]  # pretend the server lacks two of the ops this export uses
+    allowed = op_check.serving_ops() - set(lacking)
+    monkeypatch.setattr(exporter, "check_ops",
+                        lambda path, release: op_check.check_ops(path, allowed=allowed))
+    with pytest.raises(UnsupportedOpError, match=", ".join(lacking)):
+        export_saved_model(causal_lm, ByteTokenizer(), str(tmp_path / "out"), warmup=False)
+    assert os.listdir(tmp_path / "out") == []  # the partial export is removed
+
+
+def test_unknown_release_is_a_clear_error():
+    with pytest.raises(ValueError, match="No op list for TF Serving 1.15"):
+        op_check.serving_ops("1.15")
+
+
+def test_generate_checks_its_parameters(causal_lm):
+    module = serving_module(causal_lm, ByteTokenizer())
+    for bad, message in (({"temperature": -1.0}, "temperature"), ({"top_p": 1.5}, "top_p"),
+                         ({"top_k": -2}, "top_k"), ({"max_new_tokens": 0}, "max_new_tokens"),
+                         ({"max_new_tokens": 40}, r"below the number of positions \(32\)")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            module.generate(**_args(module, **bad))
+
+
+def test_long_prompts_are_truncated_and_said_so(causal_lm):
+    module = serving_module(causal_lm, ByteTokenizer())
+    out = module.generate(**_args(module, prompts=["x" * 100, "short"], max_new_tokens=5))
+    assert out["prompt_truncated"].numpy().tolist() == [True, False]
+    scored = module.score(tf.constant(["y" * 100, "short", ""]))
+    assert scored["truncated"].numpy().tolist() == [True, False, False]
+    assert scored["num_tokens"].numpy().tolist() == [31, 5, 0]
+    # The empty text has no tokens to score: likelihood 1.
+    assert scored["log_likelihood"].numpy()[2] == 0.0
+
+
+def test_greedy_generate_matches_the_python_model(causal_lm):
+    tokenizer = ByteTokenizer()
+    module = serving_module(causal_lm, tokenizer)
+    served = module.generate(**_args(module, max_new_tokens=6))["text"].numpy()
+    expected = causal_lm.generate(["It is a truth", ""], max_new_tokens=6, tokenizer=tokenizer,
+                                  jit_compile=False)
+    assert [t.decode("utf-8") for t in served] == expected
+
+
+def test_score_is_the_sum_of_next_token_log_probabilities(causal_lm):
+    tokenizer = ByteTokenizer()
+    module = serving_module(causal_lm, tokenizer)
+    text = "a truth"
+    ids = [tokenizer.end_of_text_id] + tokenizer.tokenize(text).numpy().tolist()
+    logits = causal_lm({"token_ids": tf.constant([ids]), "padding_mask": tf.ones([1, len(ids)])})
+    log_probs = tf.nn.log_softmax(logits[0]).numpy()
+    expected = sum(log_probs[i, ids[i + 1]] for i in range(len(ids) - 1))
+    scored = module.score(tf.constant([text]))
+    np.testing.assert_allclose(scored["log_likelihood"].numpy()[0], expected, rtol=1e-5)
+    np.testing.assert_allclose(scored["perplexity"].numpy()[0], np.exp(-expected / 7), rtol=1e-5)
+
+
+def test_fill_mask_encode_and_classify():
+    tokenizer = ByteTokenizer()
+    backbone = TransformerBackbone(**SMALL, pooler=True, num_segments=2)
+    masked = serving_module(MaskedLM(backbone), tokenizer)
+    out = masked.fill_mask(tf.constant(["ab[MASK]d", "no mask"]), tf.constant(3))
+    assert out["tokens"].shape == (2, 3) and out["has_mask"].numpy().tolist() == [True, False]
+    assert np.all(np.diff(out["scores"].numpy(), axis=1) <= 0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="top_k"):
+        masked.fill_mask(tf.constant(["a"]), tf.constant(0))
+    encoded = masked.encode(tf.constant(["abc", "de"]))
+    assert encoded["sequence_output"].shape == (2, 5, 16)
+    assert encoded["padding_mask"].numpy().tolist() == [[1] * 5, [1] * 4 + [0]]
+    classifier = serving_module(SequenceClassifier(backbone, 3), tokenizer,
+                                label_names=["neg", "neu", "pos"])
+    result = classifier.classify(tf.constant(["good", "bad"]))
+    probabilities = result["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    assert [x.decode() for x in result["label"].numpy()] == [
+        ["neg", "neu", "pos"][i] for i in probabilities.argmax(axis=1)]
+    with pytest.raises(ValueError, match="2 label names for 3 classes"):
+        serving_module(SequenceClassifier(backbone, 3), tokenizer, label_names=["a", "b"])
+
+
+def test_export_and_generate_binaries_on_a_trained_model_dir(tmp_path, repo_root):
+    from tflm.cli.train import run_experiment
+    from tflm.config import load_experiment
+
+    model_dir = tmp_path / "run"
+    config = load_experiment("configs/tiny_gpt.yaml",
+                             "trainer.train_steps=2,data.global_batch_size=2,"
+                             "data.sequence_length=16,trainer.jit_compile=false")
+    trainer = run_experiment(config, str(model_dir), print_fn=lambda line: None)
+    model, tokenizer, _ = load_trained(str(model_dir))
+    for a, b in zip(model.weights, trainer.model.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, "-m", "tflm.cli.export", f"--model_dir={model_dir}",
+         f"--export_dir={tmp_path / 'export'}"],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith(str(tmp_path / "export" / "1"))
+    loaded = tf.saved_model.load(str(tmp_path / "export" / "1"))
+    served = loaded.signatures["generate"](**_args(None, max_new_tokens=5))["text"].numpy()
+    expected = model.generate(["It is a truth", ""], max_new_tokens=5, tokenizer=tokenizer)
+    assert [t.decode("utf-8") for t in served] == expected

@@ -1,0 +1,48 @@
+"""tflm-export: a trained model_dir → a versioned SavedModel for TF Serving.
+
+    tflm-export --model_dir=runs/tiny_gpt --export_dir=runs/export
+
+Writes `export_dir/<version>/` (next free version unless --version) with the
+tokenizer inside the graph, signatures for the model's task, warmup requests
+and the list of its ops, checked against the ops of --serving_release.
+"""
+
+from absl import app, flags
+
+from tflm.cli import common_flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("model_dir", None, "A tflm-train model_dir (params.yaml + checkpoints).")
+flags.DEFINE_string("export_dir", None, "Base folder of the versioned SavedModels.")
+flags.DEFINE_integer("version", None, "Version folder to write; default: the next free one.")
+flags.DEFINE_integer("num_beams", 4, "Beams of the causal LM's beam_search signature.")
+flags.DEFINE_string("serving_release", "2.20", "TF Serving release whose ops the export must use.")
+flags.DEFINE_list("label_names", None, "Classifier label names, in class-id order.")
+
+
+def main(argv):
+    del argv
+    from tflm.export import ExportError, UnsupportedOpError, export_saved_model, load_trained
+
+    common_flags.quiet_tensorflow_logs()
+    if not FLAGS.model_dir or not FLAGS.export_dir:
+        raise app.UsageError("--model_dir and --export_dir are required.")
+    try:
+        model, tokenizer, _ = load_trained(FLAGS.model_dir)
+        path = export_saved_model(
+            model, tokenizer, FLAGS.export_dir, version=FLAGS.version,
+            label_names=FLAGS.label_names, num_beams=FLAGS.num_beams,
+            serving_release=FLAGS.serving_release,
+        )
+    except (ExportError, UnsupportedOpError, FileNotFoundError, ValueError) as e:
+        common_flags.exit_with_error("tflm-export", e)
+    print(f"tflm-export: {path}", flush=True)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
