@@ -128,3 +128,15 @@ def test_classification_task_is_not_a_pretraining_dataset():
     config.model.task = "classification"
     with pytest.raises(ValueError, match="classification"):
         make_dataset(config)
+
+
+def test_masked_lm_needs_mask_tokens_in_the_vocabulary():
+    from tflm.data.pipeline import masked_lm_batches
+
+    class NoMask(ByteTokenizer):
+        @property
+        def mask_id(self):
+            return None
+
+    with pytest.raises(ValueError, match=r"\[MASK\]"):
+        masked_lm_batches(tf.data.Dataset.from_tensors(tf.constant([7, 8])), NoMask(), 16, 2, 4)

@@ -3,7 +3,7 @@
 from tflm.data.byte_pair import BytePairTokenizer
 from tflm.data.byte_tokenizer import ByteTokenizer
 from tflm.data.corpus import default_corpus_path, resolve_files
-from tflm.data.masking import mask_tokens
+from tflm.data.masking import mask_batch, mask_tokens
 from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from tflm.data.text_cleaning import TextCleaner, replace_invalid_utf8
 from tflm.data.tokenizer import Tokenizer
@@ -40,6 +40,7 @@ __all__ = [
     "causal_lm_dataset",
     "classification_dataset",
     "default_corpus_path",
+    "mask_batch",
     "mask_tokens",
     "masked_lm_dataset",
     "pack_token_stream",

@@ -19,7 +19,7 @@ token is dropped, only the tail of the whole (infinite) stream.
 
 import tensorflow as tf
 
-from tflm.data.masking import mask_tokens
+from tflm.data.masking import mask_batch
 from tflm.data.sources import read_documents
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -151,6 +151,13 @@ def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, m
     The masks of the `i`-th row drawn depend on `(seed, seed_offset, i)`
     only: deterministic, and redrawn every epoch (rows keep counting).
     """
+    missing = [name for name, value in (("[CLS]", tokenizer.cls_id), ("[SEP]", tokenizer.sep_id),
+                                        ("[MASK]", tokenizer.mask_id)) if value is None]
+    if missing:
+        raise ValueError(
+            f"Masked-LM batches need {', '.join(missing)} in the vocabulary; the "
+            f"{tokenizer.kind} tokenizer has only {list(tokenizer.special_tokens)}."
+        )
     pair = bool(sentence_pairs)
     body = sequence_length - (3 if pair else 2)
     if body < (2 if pair else 1):
@@ -166,47 +173,54 @@ def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, m
     rows = rows.enumerate()
     cls = tf.constant([tokenizer.cls_id], tf.int32)
     sep = tf.constant([tokenizer.sep_id], tf.int32)
+    stream_seed = tf.cast(seed, tf.int64) * 1_000_003 + seed_offset
 
-    def mask(index, element):
-        seed_pair = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + seed_offset, index])
+    def sentence_pair(index, element):
+        row, previous = element
+        draws = tf.random.stateless_uniform([2], seed=tf.stack([stream_seed, index]))
+        split_at = 1 + tf.cast(draws[0] * tf.cast(body - 1, tf.float32), tf.int32)
+        split_at = tf.minimum(split_at, body - 1)
+        # The first row of the stream has no previous row: it is always a continuation.
+        is_next = (draws[1] < 0.5) | tf.equal(index, 0)
+        second = tf.where(is_next, row[split_at:], previous[: body - split_at])
+        ids = tf.concat([cls, row[:split_at], sep, second, sep], axis=0)
+        segments = tf.concat(
+            [tf.zeros([split_at + 2], tf.int32), tf.ones([body - split_at + 1], tf.int32)], 0)
+        return index, ids, segments, tf.cast(is_next, tf.int32)
+
+    if pair:
+        rows = rows.map(sentence_pair, num_parallel_calls=AUTOTUNE, deterministic=True)
+    batches = rows.batch(batch_size, drop_remainder=drop_remainder)
+
+    def mask(index, *columns):
         features = {}
         if pair:
-            row, previous = element
-            draws = tf.random.stateless_uniform([2], seed=seed_pair + [0, 1 << 40])
-            split_at = 1 + tf.cast(draws[0] * tf.cast(body - 1, tf.float32), tf.int32)
-            split_at = tf.minimum(split_at, body - 1)
-            # The first row of the stream has no previous row: it is always a continuation.
-            is_next = (draws[1] < 0.5) | tf.equal(index, 0)
-            first = row[:split_at]
-            second = tf.where(is_next, row[split_at:], previous[: body - split_at])
-            ids = tf.concat([cls, first, sep, second, sep], axis=0)
-            segments = tf.concat(
-                [tf.zeros([split_at + 2], tf.int32), tf.ones([body - split_at + 1], tf.int32)], 0
-            )
-            features["next_sentence_labels"] = tf.cast(is_next, tf.int32)
+            ids, segments, is_next = columns
+            features["next_sentence_labels"] = is_next
         else:
-            ids = tf.concat([cls, element, sep], axis=0)
-            segments = tf.zeros([sequence_length], tf.int32)
-        word_starts = tokenizer.word_starts(ids) if whole_word_masking else None
-        masked = mask_tokens(
-            ids, seed=seed_pair, vocabulary_size=tokenizer.vocabulary_size,
+            (body_rows,) = columns
+            count = tf.shape(body_rows)[0]
+            ids = tf.concat([tf.tile(cls[None], [count, 1]), body_rows,
+                             tf.tile(sep[None], [count, 1])], axis=1)
+            segments = tf.zeros_like(ids)
+        # A whole batch at once: the masks of each row depend on (seed, its stream index).
+        masked = mask_batch(
+            ids, row_keys=index, seed=stream_seed, vocabulary_size=tokenizer.vocabulary_size,
             mask_id=tokenizer.mask_id, special_ids=tokenizer.special_ids,
-            max_predictions=max_predictions, mask_rate=mask_rate, word_starts=word_starts,
+            max_predictions=max_predictions, mask_rate=mask_rate,
+            word_starts=tokenizer.word_starts(ids) if whole_word_masking else None,
         )
         features.update({
-            "token_ids": tf.ensure_shape(masked["token_ids"], [sequence_length]),
-            "padding_mask": tf.ones([sequence_length], tf.int32),
-            "segment_ids": tf.ensure_shape(segments, [sequence_length]),
-            "mask_positions": tf.ensure_shape(masked["mask_positions"], [max_predictions]),
+            "token_ids": tf.ensure_shape(masked["token_ids"], [None, sequence_length]),
+            "padding_mask": tf.ones_like(masked["token_ids"]),
+            "segment_ids": tf.ensure_shape(segments, [None, sequence_length]),
+            "mask_positions": tf.ensure_shape(masked["mask_positions"], [None, max_predictions]),
         })
-        return (
-            features,
-            tf.ensure_shape(masked["mask_ids"], [max_predictions]),
-            tf.ensure_shape(masked["mask_weights"], [max_predictions]),
-        )
+        return (features, tf.ensure_shape(masked["mask_ids"], [None, max_predictions]),
+                tf.ensure_shape(masked["mask_weights"], [None, max_predictions]))
 
-    rows = rows.map(mask, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return rows.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    batches = batches.map(mask, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return batches.prefetch(AUTOTUNE)
 
 
 def causal_lm_dataset(files, tokenizer, sequence_length, batch_size, seed=0,

@@ -9,28 +9,7 @@ the same text whatever else shares its batch (a server may batch requests).
 
 import tensorflow as tf
 
-
-def _uniform(row_keys, width, seed, step):
-    """`(batch, width)` uniforms in (0, 1) from a SplitMix64 hash of (row key, column, seed, step).
-
-    A counter-based generator: each value depends on its coordinates only, so
-    a row's numbers do not change with the batch around it. Integer ops only:
-    compiles with XLA.
-    """
-    def const(value):
-        return tf.constant(value, tf.uint64)
-
-    shift = tf.bitwise.right_shift
-    xor = tf.bitwise.bitwise_xor
-    columns = tf.cast(tf.range(width, dtype=tf.int64), tf.uint64)[None, :]
-    x = tf.cast(row_keys, tf.uint64)[:, None] * const(0x9E3779B97F4A7C15) + columns
-    x = xor(x, tf.cast(seed, tf.uint64) * const(0xBF58476D1CE4E5B9)
-            + tf.cast(step, tf.uint64) * const(0x94D049BB133111EB))
-    x = xor(x, shift(x, const(30))) * const(0xBF58476D1CE4E5B9)
-    x = xor(x, shift(x, const(27))) * const(0x94D049BB133111EB)
-    x = xor(x, shift(x, const(31)))
-    # The top 24 bits, centred in their bin: never exactly 0 or 1.
-    return (tf.cast(shift(x, const(40)), tf.float32) + 0.5) / 16777216.0
+from tflm.random import uniform as counter_uniform
 
 
 def next_token(logits, step, temperature=0.0, top_k=0, top_p=1.0, seed=0, row_keys=None):
@@ -70,7 +49,7 @@ def next_token(logits, step, temperature=0.0, top_k=0, top_p=1.0, seed=0, row_ke
     # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits).
     if row_keys is None:
         row_keys = tf.zeros(tf.shape(filtered)[:1], tf.int64)
-    uniform = _uniform(row_keys, vocab, seed, step)
+    uniform = counter_uniform(row_keys, vocab, seed, step)
     sampled = tf.argmax(filtered - tf.math.log(-tf.math.log(uniform)), axis=-1,
                         output_type=tf.int32)
     return tf.where(temperature > 0.0, sampled, greedy)
