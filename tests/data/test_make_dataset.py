@@ -140,3 +140,29 @@ def test_masked_lm_needs_mask_tokens_in_the_vocabulary():
 
     with pytest.raises(ValueError, match=r"\[MASK\]"):
         masked_lm_batches(tf.data.Dataset.from_tensors(tf.constant([7, 8])), NoMask(), 16, 2, 4)
+
+
+def test_held_out_documents_are_the_same_batched_or_one_by_one():
+    from tflm.data import read_documents
+    from tflm.data.pipeline import _held_out, tokenize_documents
+
+    tokenizer = ByteTokenizer()
+    documents = read_documents(resolve_files(""), document_split="blank_line")
+    for keep in (True, False):
+        single = [tuple(t) for t in _held_out(tokenize_documents(documents, tokenizer), 7,
+                                              keep).as_numpy_iterator()]
+        batched = _held_out(tokenize_documents(documents, tokenizer, batched=True), 7, keep)
+        rows = [tuple(r) for b in batched for r in b.numpy()]
+        assert rows == single and len(rows) > 10
+
+
+def test_train_and_eval_splits_are_disjoint():
+    config = _config(eval_every_nth_document=5, shuffle_buffer_size=0)
+    train = make_dataset(config, training=False, split="train")
+    held = make_dataset(config, training=False, split="eval")
+
+    def rows(dataset):
+        return {tuple(r) for f, _, _ in dataset.as_numpy_iterator() for r in f["token_ids"]}
+
+    train_rows, eval_rows = rows(train), rows(held)
+    assert eval_rows and train_rows and not train_rows & eval_rows

@@ -292,7 +292,19 @@ def classification_dataset(
 
 
 def _held_out(documents, every_nth, keep_held_out):
-    """Every n-th document (by position in this pipeline's stream) is held out for evaluation."""
+    """Every n-th document (by position in this pipeline's stream) is held out for evaluation.
+
+    `documents` holds one token tensor per element, or ragged `(n, None)`
+    batches of them (`tokenize_documents(..., batched=True)`); the choice is
+    the same either way.
+    """
+    if documents.element_spec.shape.rank == 2:
+        def select(seen, batch):
+            count = batch.nrows(out_type=tf.int64)
+            chosen = tf.equal((seen + tf.range(count)) % every_nth, 0) == keep_held_out
+            return seen + count, tf.ragged.boolean_mask(batch, chosen)
+
+        return documents.scan(tf.constant(0, tf.int64), select)
 
     def selected(index, document):
         del document
@@ -379,7 +391,7 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
             repeat=training,
         )
         # Batches of documents skip a per-document step; holding out needs documents.
-        tokens = tokenize_documents(documents, tokenizer, stats, batched=not holdout)
+        tokens = tokenize_documents(documents, tokenizer, stats, batched=True)
     if holdout:
         tokens = _held_out(tokens, holdout, keep_held_out=split == "eval")
 
