@@ -75,3 +75,20 @@ def run_layer_test(
         for weight in mixed.weights:
             assert keras.backend.standardize_dtype(weight.dtype) == "float32", weight.path
     return layer
+
+
+def fit_and_measure(model, dataset, steps, held_out_skip):
+    """Held-out loss before and after `steps` of `model.fit` on `dataset`.
+
+    The held-out batch is the one `held_out_skip` batches into the dataset,
+    far past the batches the fit sees.
+    """
+    features, labels, weights = next(iter(dataset.skip(held_out_skip)))
+
+    def loss():
+        return model.evaluate(features, labels, sample_weight=weights, verbose=0,
+                              return_dict=True)["loss"]
+
+    before = loss()
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
+    return before, loss()

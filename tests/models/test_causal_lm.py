@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_test_case import fit_and_measure
 from tflm.data import ByteTokenizer, causal_lm_dataset, default_corpus_path
 from tflm.models import CausalLM, TransformerBackbone
 
@@ -13,12 +14,7 @@ TINY_GPT = dict(vocabulary_size=262, num_layers=2, num_heads=2, hidden_dim=32, i
 def _train_and_measure(path, steps=40):
     keras.utils.set_random_seed(0)
     dataset = causal_lm_dataset([path], ByteTokenizer(), sequence_length=48, batch_size=8, seed=0)
-    held_out = next(iter(dataset.skip(500)))
-    model = CausalLM(TransformerBackbone(**TINY_GPT))
-    before = model.evaluate(held_out[0], held_out[1], sample_weight=held_out[2], verbose=0, return_dict=True)["loss"]
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-    after = model.evaluate(held_out[0], held_out[1], sample_weight=held_out[2], verbose=0, return_dict=True)["loss"]
-    return before, after
+    return fit_and_measure(CausalLM(TransformerBackbone(**TINY_GPT)), dataset, steps, 500)
 
 
 def test_trains_on_embedded_corpus():

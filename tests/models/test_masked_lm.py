@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_test_case import fit_and_measure
 from tflm.data import ByteTokenizer, default_corpus_path, masked_lm_dataset
 from tflm.models import MaskedLM, TransformerBackbone
 
@@ -14,12 +15,7 @@ def _train_and_measure(path, steps=40):
     keras.utils.set_random_seed(0)
     dataset = masked_lm_dataset([path], ByteTokenizer(), sequence_length=48, batch_size=8,
                                 max_predictions=8, seed=0)
-    held_out = next(iter(dataset.skip(300)))
-    model = MaskedLM(TransformerBackbone(**TINY_BERT))
-    before = model.evaluate(held_out[0], held_out[1], sample_weight=held_out[2], verbose=0, return_dict=True)["loss"]
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-    after = model.evaluate(held_out[0], held_out[1], sample_weight=held_out[2], verbose=0, return_dict=True)["loss"]
-    return before, after
+    return fit_and_measure(MaskedLM(TransformerBackbone(**TINY_BERT)), dataset, steps, 300)
 
 
 def test_trains_on_embedded_corpus():
