@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Import name -> pip distribution.
 PIP_NAMES = {
     "absl": "absl-py",
+    "grpc": "grpcio",
     "keras": "keras",
     "keras_hub": "keras-hub",
     "numpy": "numpy",
@@ -25,6 +26,7 @@ PIP_NAMES = {
     "pytest": "pytest",
     "sentencepiece": "sentencepiece",
     "tensorflow": "tensorflow",
+    "tensorflow_serving": "tensorflow-serving-api",
     "tensorflow_text": "tensorflow-text",
     "tokenizers": "tokenizers",
     "yaml": "pyyaml",

@@ -154,3 +154,38 @@ def test_export_and_generate_binaries_on_a_trained_model_dir(tmp_path, repo_root
     served = loaded.signatures["generate"](**_args(None, max_new_tokens=5))["text"].numpy()
     expected = model.generate(["It is a truth", ""], max_new_tokens=5, tokenizer=tokenizer)
     assert [t.decode("utf-8") for t in served] == expected
+
+
+def test_empty_batches_give_empty_outputs(causal_lm):
+    tokenizer = ByteTokenizer()
+    empty = tf.constant([], tf.string)
+    module = serving_module(causal_lm, tokenizer)
+    assert module.generate(**_args(module, prompts=[]))["text"].shape == (0,)
+    assert module.beam_search(empty, tf.constant(4), tf.constant(0.6))["text"].shape == (0,)
+    assert module.score(empty)["perplexity"].shape == (0,)
+    backbone = TransformerBackbone(**SMALL, pooler=True, num_segments=2)
+    masked = serving_module(MaskedLM(backbone), tokenizer)
+    assert masked.fill_mask(empty, tf.constant(3))["tokens"].shape == (0, 3)
+    assert masked.encode(empty)["pooled_output"].shape == (0, 16)
+    classifier = serving_module(SequenceClassifier(backbone, 2), tokenizer)
+    assert classifier.classify(empty)["probabilities"].shape == (0, 2)
+
+
+def test_infinite_temperature_and_a_mask_lost_to_truncation(causal_lm):
+    module = serving_module(causal_lm, ByteTokenizer())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be finite"):
+        module.generate(**_args(module, temperature=float("inf")))
+    backbone = TransformerBackbone(**SMALL, pooler=True, num_segments=2)
+    masked = serving_module(MaskedLM(backbone), ByteTokenizer())
+    out = masked.fill_mask(tf.constant(["x" * 40 + "[MASK]", "a[MASK]"]), tf.constant(2))
+    assert out["has_mask"].numpy().tolist() == [False, True]
+    assert out["truncated"].numpy().tolist() == [True, False]
+
+
+def test_the_client_imports_without_tensorflow(repo_root):
+    code = ("import sys; import tflm.export.client; "
+            "print('tensorflow' in sys.modules, 'tflm.models' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]

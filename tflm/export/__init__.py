@@ -1,20 +1,25 @@
-"""Export: SavedModel signatures with the tokenizer in the graph, for TF Serving."""
+"""Export: SavedModel signatures with the tokenizer in the graph, for TF Serving.
 
-from tflm.export.exporter import (
-    ExportError,
-    export_saved_model,
-    load_trained,
-    next_version,
-    serving_module,
-)
-from tflm.export.op_check import UnsupportedOpError, check_ops
+Names load lazily, so `tflm.export.client` (a TF Serving client: standard
+library and NumPy for REST) can be imported without TensorFlow or the models.
+"""
 
-__all__ = [
-    "ExportError",
-    "UnsupportedOpError",
-    "check_ops",
-    "export_saved_model",
-    "load_trained",
-    "next_version",
-    "serving_module",
-]
+import importlib
+
+_NAMES = {
+    "ExportError": "tflm.export.exporter",
+    "export_saved_model": "tflm.export.exporter",
+    "load_trained": "tflm.export.exporter",
+    "next_version": "tflm.export.exporter",
+    "serving_module": "tflm.export.exporter",
+    "UnsupportedOpError": "tflm.export.op_check",
+    "check_ops": "tflm.export.op_check",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name):
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'tflm.export' has no attribute {name!r}")

@@ -56,7 +56,7 @@ SIGNATURES = {
     ),
     "fill_mask": (
         {"text": ("string", 1), "top_k": ("int32", 0)},
-        {"tokens": "string", "scores": "float32", "has_mask": "bool"},
+        {"tokens": "string", "scores": "float32", "has_mask": "bool", "truncated": "bool"},
     ),
     "encode": (
         {"text": ("string", 1)},
@@ -441,8 +441,9 @@ class ServingClient:
         first, "has_mask"}]; without a mask, `has_mask` is False and the candidates mean nothing."""
         out = self.predict("fill_mask", {"text": _texts(texts), "top_k": top_k}, protocol)
         return [{"candidates": [(_text(t), float(s)) for t, s in zip(tokens, scores)],
-                 "has_mask": bool(has)}
-                for tokens, scores, has in zip(out["tokens"], out["scores"], out["has_mask"])]
+                 "has_mask": bool(has), "truncated": bool(cut)}
+                for tokens, scores, has, cut in zip(out["tokens"], out["scores"], out["has_mask"],
+                                                    out["truncated"])]
 
     def encode(self, texts, protocol="rest"):
         """[{"pooled_output": (hidden,), "sequence_output": (tokens, hidden) without padding

@@ -5,7 +5,7 @@ functions that become SavedModel signatures. Every input is checked in the
 graph: out-of-range parameters fail with an `InvalidArgument` message naming
 the parameter (TF Serving returns it as the error text); inputs longer than
 the model's positions are truncated and an output says so; an empty text is
-a valid input.
+a valid input, and an empty batch gives empty outputs.
 
 Signatures (all inputs and outputs batched along the first axis, except scalars):
 
@@ -13,7 +13,7 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
   temperature, top_k, top_p, seed -> text, num_tokens, prompt_truncated.
   `beam_search`: prompts, max_new_tokens, length_penalty -> the same.
   `score`: text -> log_likelihood, perplexity, num_tokens, truncated.
-- MaskedLM `fill_mask`: text (with "[MASK]"), top_k -> tokens, scores, has_mask;
+- MaskedLM `fill_mask`: text (with "[MASK]"), top_k -> tokens, scores, has_mask, truncated;
   `encode`: text -> pooled_output, sequence_output, padding_mask, truncated.
 - SequenceClassifier `classify`: text -> label, label_id, probabilities, truncated.
 """
@@ -41,6 +41,11 @@ def _truncate_rows(ids, limit, keep="start"):
 def _valid_utf8(text):
     """Text a REST (JSON) response can carry: a cut multi-byte character becomes U+FFFD."""
     return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+
+
+def _unless_empty(count, compute, empty):
+    """`compute()`, or `empty()` (the same outputs with no rows) when the batch has no rows."""
+    return tf.cond(count > 0, compute, empty)
 
 
 def _check(condition, message):
@@ -75,6 +80,11 @@ class CausalLMServing(tf.Module):
         # Keep the end of a long prompt: the part next to what is generated.
         return _truncate_rows(ids, self.max_length - max_new_tokens, keep="end")
 
+    @staticmethod
+    def _no_rows():
+        return {"text": tf.zeros([0], tf.string), "num_tokens": tf.zeros([0], tf.int32),
+                "prompt_truncated": tf.zeros([0], tf.bool)}
+
     def _finish(self, tokens, lengths, truncated):
         rows = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
         return {"text": _valid_utf8(self.tokenizer.detokenize(rows)), "num_tokens": lengths,
@@ -83,21 +93,32 @@ class CausalLMServing(tf.Module):
     @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, tf.TensorSpec([], tf.int64)])
     def generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
         """Continues each prompt (greedy at temperature 0; else sampled, reproducibly per seed)."""
-        _check(temperature >= 0.0, "temperature must be >= 0 (0 is greedy)")
+        _check((temperature >= 0.0) & tf.math.is_finite(temperature),
+               "temperature must be finite and >= 0 (0 is greedy)")
         _check(top_k >= 0, "top_k must be >= 0 (0 is no limit)")
         _check((top_p > 0.0) & (top_p <= 1.0), "top_p must be in (0, 1]")
         ids, truncated = self._prompts(prompts, max_new_tokens)
-        tokens, lengths = self.decoder.sample(ids, max_new_tokens, temperature, top_k, top_p, seed)
-        return self._finish(tokens, lengths, truncated)
+
+        def decode():
+            tokens, lengths = self.decoder.sample(ids, max_new_tokens, temperature, top_k, top_p,
+                                                  seed)
+            return self._finish(tokens, lengths, truncated)
+
+        return _unless_empty(tf.size(prompts), decode, self._no_rows)
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT])
     def beam_search(self, prompts, max_new_tokens, length_penalty):
         """The most likely continuation over `num_beams` beams (fixed at export)."""
-        _check(length_penalty >= 0.0, "length_penalty must be >= 0")
+        _check((length_penalty >= 0.0) & tf.math.is_finite(length_penalty),
+               "length_penalty must be finite and >= 0")
         ids, truncated = self._prompts(prompts, max_new_tokens)
-        tokens, lengths = self.decoder.beam_search(ids, max_new_tokens, self.num_beams,
-                                                   length_penalty)
-        return self._finish(tokens, lengths, truncated)
+
+        def decode():
+            tokens, lengths = self.decoder.beam_search(ids, max_new_tokens, self.num_beams,
+                                                       length_penalty)
+            return self._finish(tokens, lengths, truncated)
+
+        return _unless_empty(tf.size(prompts), decode, self._no_rows)
 
     @tf.function(input_signature=[STRINGS])
     def score(self, text):
@@ -164,30 +185,45 @@ class MaskedLMServing(tf.Module):
                                 tf.ones_like(parts.flat_values, tf.int64))], axis=1)
         ids = parts.with_flat_values(pieces).merge_dims(1, 2)
         ids = ids[:, :-1]  # no mask after the last part
-        features, _ = _encoder_inputs(self.tokenizer, ids, self.max_length)
+        features, truncated = _encoder_inputs(self.tokenizer, ids, self.max_length)
         is_mask = tf.equal(features["token_ids"], self.tokenizer.mask_id)
         has_mask = tf.reduce_any(is_mask, axis=1)
-        first = tf.argmax(tf.cast(is_mask, tf.int32), axis=1, output_type=tf.int32)
-        features["mask_positions"] = first[:, None]
-        logits = self.model(features, training=False)[:, 0]
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        scores, ids = tf.math.top_k(probabilities, k=top_k)
-        words = _valid_utf8(self.tokenizer.detokenize(tf.reshape(ids, [-1, 1])))
-        return {"tokens": tf.reshape(words, tf.shape(ids)), "scores": scores,
-                "has_mask": has_mask}
+
+        def predict():
+            first = tf.argmax(tf.cast(is_mask, tf.int32), axis=1, output_type=tf.int32)
+            logits = self.model(dict(features, mask_positions=first[:, None]), training=False)
+            logits = logits[:, 0]
+            probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+            scores, ids = tf.math.top_k(probabilities, k=top_k)
+            words = _valid_utf8(self.tokenizer.detokenize(tf.reshape(ids, [-1, 1])))
+            return tf.reshape(words, tf.shape(ids)), scores
+
+        def nothing():
+            return tf.zeros([0, top_k], tf.string), tf.zeros([0, top_k], tf.float32)
+
+        words, scores = _unless_empty(tf.size(text), predict, nothing)
+        # has_mask is False also when truncation cut the text before its first "[MASK]".
+        return {"tokens": words, "scores": scores, "has_mask": has_mask, "truncated": truncated}
 
     @tf.function(input_signature=[STRINGS])
     def encode(self, text):
         """Per-token and pooled embeddings of each text."""
         features, truncated = _encoder_inputs(self.tokenizer, self.tokenizer.tokenize(text),
                                               self.max_length)
-        outputs = self.model.backbone(features, training=False)
-        sequence = tf.cast(outputs["sequence_output"], tf.float32)
-        if "pooled_output" in outputs:
-            pooled = tf.cast(outputs["pooled_output"], tf.float32)
-        else:
+        width = self.model.backbone.hidden_dim
+
+        def embed():
+            outputs = self.model.backbone(features, training=False)
+            sequence = tf.cast(outputs["sequence_output"], tf.float32)
+            if "pooled_output" in outputs:
+                return tf.cast(outputs["pooled_output"], tf.float32), sequence
             mask = tf.cast(features["padding_mask"], tf.float32)[:, :, None]
-            pooled = tf.reduce_sum(sequence * mask, axis=1) / tf.reduce_sum(mask, axis=1)
+            return tf.reduce_sum(sequence * mask, axis=1) / tf.reduce_sum(mask, axis=1), sequence
+
+        def nothing():
+            return tf.zeros([0, width]), tf.zeros([0, tf.shape(features["token_ids"])[1], width])
+
+        pooled, sequence = _unless_empty(tf.size(text), embed, nothing)
         return {"pooled_output": pooled, "sequence_output": sequence,
                 "padding_mask": features["padding_mask"], "truncated": truncated}
 
@@ -215,7 +251,11 @@ class ClassifierServing(tf.Module):
         """The most likely label of each text, and every label's probability."""
         features, truncated = _encoder_inputs(self.tokenizer, self.tokenizer.tokenize(text),
                                               self.max_length)
-        probabilities = tf.nn.softmax(tf.cast(self.model(features, training=False), tf.float32))
+        classes = self.model.num_classes
+        probabilities = _unless_empty(
+            tf.size(text),
+            lambda: tf.nn.softmax(tf.cast(self.model(features, training=False), tf.float32)),
+            lambda: tf.zeros([0, classes]))
         label_id = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"label": tf.gather(self.label_names, label_id), "label_id": label_id,
                 "probabilities": probabilities, "truncated": truncated}
