@@ -6,7 +6,7 @@ it was found, using only TF string ops (no Python per record), so JSONL reads
 in parallel inside `tf.data`.
 
 The value is matched as a JSON string literal (`"..."` with backslash
-escapes) and decoded: `\\" \\\\ \\/ \\b \\f \\n \\r \\t` and `\\uXXXX`,
+escapes) and decoded: `\\" \\\\ \\/ \\b \\f \\n \\r \\t` and `\\uHHHH` (four hex digits),
 surrogate pairs included. A key that only appears inside another string
 value cannot match, because there its quotes are escaped. Non-string values
 (numbers, null, objects) count as not found.
@@ -35,7 +35,7 @@ def _unescape(raw):
     pieces = tf_text.regex_split(raw, _ESCAPE, keep_delim_regex_pattern=_ESCAPE)
     flat = pieces.flat_values
     is_unicode = tf.strings.regex_full_match(flat, r"\\u[0-9a-fA-F]{4}")
-    # \uXXXX: code units, with surrogate pairs combined into one code point.
+    # \uHHHH: code units, with surrogate pairs combined into one code point.
     hex4 = tf.strings.substr(tf.where(is_unicode, flat, "\\u0000"), 2, 4)
     units = tf.where(is_unicode, _hex_values(hex4), -1)
     next_units = tf.concat([units[1:], [-1]], axis=0)
