@@ -21,7 +21,7 @@ import time
 
 import tensorflow as tf
 
-from tflm.data.sources import read_documents
+from tflm.data.sources import read_documents, worker_files
 from tflm.data.stats import InputStats
 from tflm.version import __version__
 
@@ -172,14 +172,8 @@ def read_prepared(files, input_context=None, shuffle_seed=None, repeat=False):
     Shards are split between input pipelines by file when there are enough,
     by record otherwise, as `read_documents` does.
     """
-    from tflm.data.sources import shard_for_worker
 
-    files, shard_records = shard_for_worker(files, input_context)
-    names = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
-    if shuffle_seed is not None and len(files) > 1:
-        names = names.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    if repeat:
-        names = names.repeat()
+    names, shard_records = worker_files(files, input_context, shuffle_seed, repeat)
     records = names.interleave(tf.data.TFRecordDataset, cycle_length=1)
     if shard_records:
         records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)

@@ -74,6 +74,21 @@ def split_long_document(text, max_bytes, lookback=256):
     return tf.strings.substr(text, begins, stops - begins)
 
 
+def worker_files(files, input_context=None, shuffle_seed=None, repeat=False):
+    """This pipeline's files as a dataset of names, and whether records must be sharded too.
+
+    Files are shuffled with `shuffle_seed` anew each epoch (if set) and read
+    over and over with `repeat`; see `shard_for_worker` for the sharding.
+    """
+    files, shard_records = shard_for_worker(files, input_context)
+    names = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
+    if shuffle_seed is not None and len(files) > 1:
+        names = names.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        names = names.repeat()
+    return names, shard_records
+
+
 def _split_file(text, document_split, delimiter):
     """One file's contents → its documents (before cleaning)."""
     if document_split == "file":
@@ -133,12 +148,7 @@ def read_documents(
         raise ValueError('document_split="delimiter" needs a non-empty delimiter.')
     if on_bad_record not in ("count", "error"):
         raise ValueError(f"on_bad_record={on_bad_record!r}; expected 'count' or 'error'.")
-    files, shard_records = shard_for_worker(files, input_context)
-    file_names = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
-    if shuffle_seed is not None and len(files) > 1:
-        file_names = file_names.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    if repeat:
-        file_names = file_names.repeat()
+    file_names, shard_records = worker_files(files, input_context, shuffle_seed, repeat)
 
     def count(key, value):
         if stats is not None:

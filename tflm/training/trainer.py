@@ -157,7 +157,10 @@ class Trainer:
 
     def _next_batch(self):
         """This worker's next batch, split between its local replicas."""
-        batch = next(self.iterator)
+        return self._split_for_replicas(next(self.iterator))
+
+    def _split_for_replicas(self, batch):
+        """A worker's batch as one equal slice per local replica (unchanged for one replica)."""
         replicas = self.worker.num_local_replicas
         if replicas == 1:
             return batch
@@ -365,12 +368,7 @@ class Trainer:
             dataset = dataset.take(num_steps)
         totals = np.zeros(3)
         for batch in dataset:
-            if self.worker.num_local_replicas > 1:
-                batch = self.strategy.experimental_distribute_values_from_function(
-                    lambda ctx, b=batch: tf.nest.map_structure(
-                        lambda t: tf.split(t, self.worker.num_local_replicas)[
-                            ctx.replica_id_in_sync_group % self.worker.num_local_replicas], b))
-            totals += self._eval_step(batch).numpy()
+            totals += self._eval_step(self._split_for_replicas(batch)).numpy()
         loss_sum, weight, correct = totals
         if weight == 0:
             raise TrainingError("The evaluation split is empty.")
