@@ -172,7 +172,6 @@ def read_prepared(files, input_context=None, shuffle_seed=None, repeat=False):
     Shards are split between input pipelines by file when there are enough,
     by record otherwise, as `read_documents` does.
     """
-
     names, shard_records = worker_files(files, input_context, shuffle_seed, repeat)
     records = names.interleave(tf.data.TFRecordDataset, cycle_length=1)
     if shard_records:
