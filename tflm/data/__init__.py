@@ -10,9 +10,13 @@ from tflm.data.tokenizer import Tokenizer
 from tflm.data.tokenizers import load_tokenizer, make_tokenizer
 from tflm.data.vocab_training import train_vocabulary
 from tflm.data.wordpiece import WordPieceTokenizer
+from tflm.data.classification import (
+    classification_dataset,
+    encode_classification,
+    read_labelled,
+)
 from tflm.data.pipeline import (
     causal_lm_dataset,
-    classification_dataset,
     make_dataset,
     masked_lm_dataset,
     pack_token_stream,
@@ -39,6 +43,8 @@ __all__ = [
     "read_prepared",
     "causal_lm_dataset",
     "classification_dataset",
+    "encode_classification",
+    "read_labelled",
     "default_corpus_path",
     "mask_batch",
     "mask_tokens",

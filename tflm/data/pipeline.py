@@ -254,43 +254,6 @@ def masked_lm_dataset(files, tokenizer, sequence_length, batch_size, max_predict
                              drop_remainder=repeat, seed_offset=offset)
 
 
-def classification_dataset(
-    texts,
-    labels,
-    tokenizer,
-    sequence_length,
-    batch_size,
-    seed=0,
-    shuffle_buffer_size=0,
-    repeat=False,
-    drop_remainder=False,
-):
-    """`[CLS] text [SEP]` rows, truncated and padded to `sequence_length`, with labels."""
-    rows = tf.data.Dataset.from_tensor_slices((list(texts), list(labels)))
-    if shuffle_buffer_size and shuffle_buffer_size > 1:
-        rows = rows.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        rows = rows.repeat()
-
-    def encode(text_batch, label_batch):
-        ids = tokenizer.tokenize(text_batch)[:, : sequence_length - 2]
-        batch = tf.shape(text_batch)[0]
-        cls = tf.fill([batch, 1], tokenizer.cls_id)
-        sep = tf.fill([batch, 1], tokenizer.sep_id)
-        ids = tf.concat([cls, ids, sep], axis=1)
-        token_ids = ids.to_tensor(default_value=tokenizer.pad_id, shape=[None, sequence_length])
-        padding_mask = tf.ones_like(ids).to_tensor(shape=[None, sequence_length])
-        features = {
-            "token_ids": token_ids,
-            "padding_mask": padding_mask,
-            "segment_ids": tf.zeros_like(token_ids),
-        }
-        return features, label_batch
-
-    rows = rows.batch(batch_size, drop_remainder=drop_remainder)
-    return rows.map(encode, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
-
-
 def _held_out(documents, every_nth, keep_held_out):
     """Every n-th document (by position in this pipeline's stream) is held out for evaluation.
 
@@ -317,6 +280,25 @@ def _held_out(documents, every_nth, keep_held_out):
     return documents.enumerate().filter(selected).map(document_of)
 
 
+def split_source(data, split):
+    """`(input_path, every_nth_held_out)` of a split: evaluation reads `data.eval_input_path`,
+    or else every `data.eval_every_nth_document`-th document of the input, which training
+    then leaves out."""
+    from tflm.config import ConfigError
+
+    if split not in ("train", "eval"):
+        raise ValueError(f"split={split!r}; expected 'train' or 'eval'.")
+    if split == "eval":
+        if data.eval_input_path:
+            return data.eval_input_path, 0
+        if not data.eval_every_nth_document:
+            raise ConfigError("No held-out data to evaluate on: set data.eval_input_path or "
+                              "data.eval_every_nth_document.")
+    elif data.eval_input_path:
+        return data.input_path, 0  # evaluation has its own files: train on all of the input
+    return data.input_path, data.eval_every_nth_document
+
+
 def make_dataset(config, tokenizer=None, input_context=None, stats=None, training=True,
                  split="train"):
     """The batches an experiment config describes, for one input pipeline.
@@ -337,14 +319,16 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
             input, which training then leaves out.
 
     Returns:
-        A `tf.data.Dataset` of `(features, labels, sample_weight)`.
+        A `tf.data.Dataset` of `(features, labels, sample_weight)`: packed
+        causal-LM rows, masked-LM rows, or labelled classification rows
+        (`tflm.data.classification`), as `model.task` says.
 
     Example:
     >>> config = tflm.config.load_experiment("configs/tiny_gpt.yaml")
     >>> dataset = strategy.distribute_datasets_from_function(
     ...     lambda context: make_dataset(config, input_context=context))
     """
-    from tflm.config import ConfigError
+    from tflm.config import ConfigError, text_on_bad_record
     from tflm.data.corpus import resolve_files
     from tflm.data.prepared import prepared_files, read_prepared
 
@@ -362,17 +346,12 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(data.global_batch_size)
     seed = config.runtime.seed
-    if split not in ("train", "eval"):
-        raise ValueError(f"split={split!r}; expected 'train' or 'eval'.")
-    input_path, holdout = data.input_path, data.eval_every_nth_document
-    if split == "eval":
-        if data.eval_input_path:
-            input_path, holdout = data.eval_input_path, 0
-        elif not holdout:
-            raise ConfigError("No held-out data to evaluate on: set data.eval_input_path or "
-                              "data.eval_every_nth_document.")
-    elif data.eval_input_path:
-        holdout = 0  # evaluation has its own files: train on all of the input
+    input_path, holdout = split_source(data, split)
+    if config.model.task == "classification":
+        from tflm.data.classification import make_classification_dataset
+
+        return make_classification_dataset(config, tokenizer, input_context=input_context,
+                                           stats=stats, training=training, split=split)
     if data.input_format == "tfrecord":
         tokens = read_prepared(prepared_files(input_path, tokenizer), input_context,
                                shuffle_seed=seed if training else None, repeat=training)
@@ -386,7 +365,7 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
             stats=stats,
             input_context=input_context,
             max_document_bytes=data.max_document_bytes,
-            on_bad_record=data.on_bad_record,
+            on_bad_record=text_on_bad_record(data),
             shuffle_seed=seed if training else None,
             repeat=training,
         )
@@ -415,6 +394,5 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
                                  sentence_pairs=data.sentence_pairs, seed=seed,
                                  shuffle_buffer_size=data.shuffle_buffer_size, training=training,
                                  drop_remainder=drop_remainder, seed_offset=offset)
-    raise ConfigError(
-        f"model.task={config.model.task!r}: make_dataset builds causal_lm and masked_lm batches."
-    )
+    raise ConfigError(f"model.task={config.model.task!r}: make_dataset builds causal_lm, "
+                      "masked_lm and classification batches.")

@@ -26,20 +26,24 @@ class ExportError(ValueError):
     """The model cannot be exported as asked; the message says why."""
 
 
-def serving_module(model, tokenizer, label_names=None, num_beams=4):
-    """The serving module for the model's task."""
+def serving_module(model, tokenizer, label_names=None, num_beams=4, text_pair=False,
+                   sequence_length=None):
+    """The serving module for the model's task (`text_pair`, `sequence_length`: classifiers)."""
     if isinstance(model, CausalLM):
         return CausalLMServing(model, tokenizer, num_beams=num_beams)
     if isinstance(model, MaskedLM):
         return MaskedLMServing(model, tokenizer)
     if isinstance(model, SequenceClassifier):
-        return ClassifierServing(model, tokenizer, label_names)
+        return ClassifierServing(model, tokenizer, label_names, text_pair=text_pair,
+                                 sequence_length=sequence_length)
     raise ExportError(f"Cannot export a {type(model).__name__}: expected a tflm task model.")
 
 
 def warmup_inputs(module):
     """One small, valid request per signature, as `(signature, {input: value})`."""
     text = np.array([b"It is a truth universally acknowledged", b""])
+    if isinstance(module, ClassifierServing) and module.text_pair:
+        return [("classify", {"text": text, "text_pair": np.array([b"It is.", b""])})]
     if isinstance(module, CausalLMServing):
         return [
             ("generate", {"prompts": text, "max_new_tokens": np.int32(4),
@@ -66,14 +70,18 @@ def next_version(export_dir):
 
 
 def export_saved_model(model, tokenizer, export_dir, version=None, label_names=None, num_beams=4,
-                       serving_release=DEFAULT_RELEASE, warmup=True):
+                       serving_release=DEFAULT_RELEASE, warmup=True, text_pair=False,
+                       sequence_length=None):
     """Writes `export_dir/<version>/`; returns its path.
+
+    `label_names` default to the classifier's own; `text_pair` and
+    `sequence_length` shape the `classify` signature as the model was trained.
 
     Raises:
         ExportError: the version exists already.
         UnsupportedOpError: the graph has an op the target TF Serving lacks.
     """
-    module = serving_module(model, tokenizer, label_names, num_beams)
+    module = serving_module(model, tokenizer, label_names, num_beams, text_pair, sequence_length)
     version = int(version) if version is not None else next_version(export_dir)
     path = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(path):
@@ -101,26 +109,14 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
 
 
 def load_trained(model_dir):
-    """`(model, tokenizer, config)` of a `tflm-train` run: params.yaml, then model.keras or the
-    latest checkpoint, and the configured tokenizer."""
-    import keras
+    """`(model, tokenizer, config)` of a tflm model_dir (a `tflm-train` run or a converted
+    checkpoint): params.yaml, the latest checkpoint or model.keras, and its tokenizer."""
+    from tflm.config import ConfigError
+    from tflm.models.huggingface import CheckpointError
+    from tflm.models.pretrained import load_model_dir, load_tokenizer_of
 
-    from tflm.config import load_experiment
-    from tflm.data.tokenizers import make_tokenizer
-    from tflm.models.factory import build_task
-
-    params = os.path.join(model_dir, "params.yaml")
-    if not tf.io.gfile.exists(params):
-        raise ExportError(f"{model_dir}: no params.yaml; not a tflm-train model_dir.")
-    config = load_experiment(params)
-    tokenizer = make_tokenizer(config.data.tokenizer, config.data.vocab_path)
-    saved = os.path.join(model_dir, "model.keras")
-    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if latest is not None:
-        model = build_task(config.model)
-        tf.train.Checkpoint(model=model).restore(latest).expect_partial()
-    elif tf.io.gfile.exists(saved):
-        model = keras.saving.load_model(saved)
-    else:
-        raise ExportError(f"{model_dir}: neither checkpoints/ nor model.keras to export.")
-    return model, tokenizer, config
+    try:
+        model, config = load_model_dir(model_dir)
+    except (ConfigError, CheckpointError) as e:
+        raise ExportError(str(e)) from None
+    return model, load_tokenizer_of(model_dir, config), config

@@ -15,11 +15,14 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
   `score`: text -> log_likelihood, perplexity, num_tokens, truncated.
 - MaskedLM `fill_mask`: text (with "[MASK]"), top_k -> tokens, scores, has_mask, truncated;
   `encode`: text -> pooled_output, sequence_output, padding_mask, truncated.
-- SequenceClassifier `classify`: text -> label, label_id, probabilities, truncated.
+- SequenceClassifier `classify`: text (and text_pair, for a model fine-tuned on
+  pairs) -> label, label_id, probabilities, truncated. Rows are built by
+  `tflm.data.classification.encode_classification`, as in training.
 """
 
 import tensorflow as tf
 
+from tflm.data.classification import encode_classification
 from tflm.generation import CausalDecoder, left_pad
 
 STRINGS = tf.TensorSpec([None], tf.string)
@@ -234,23 +237,34 @@ class MaskedLMServing(tf.Module):
 
 
 class ClassifierServing(tf.Module):
-    """`classify` for a `SequenceClassifier`, its tokenizer and label names."""
+    """`classify` for a `SequenceClassifier`, its tokenizer and label names.
 
-    def __init__(self, model, tokenizer, label_names=None, name="classifier_serving"):
+    Args:
+        model: the classifier.
+        tokenizer: its tokenizer.
+        label_names: names in class-id order; default the model's own, else "0", "1", ...
+        text_pair: whether `classify` takes a second text (a model fine-tuned on pairs).
+        sequence_length: the longest row (as in training); default the model's positions.
+    """
+
+    def __init__(self, model, tokenizer, label_names=None, text_pair=False, sequence_length=None,
+                 name="classifier_serving"):
         super().__init__(name=name)
         self.model = model
         self.tokenizer = tokenizer
-        names = list(label_names or [str(i) for i in range(model.num_classes)])
+        names = list(label_names or model.label_names or
+                     [str(i) for i in range(model.num_classes)])
         if len(names) != model.num_classes:
             raise ValueError(f"{len(names)} label names for {model.num_classes} classes.")
         self.label_names = tf.constant(names)
-        self.max_length = int(model.backbone.max_sequence_length)
+        self.text_pair = bool(text_pair)
+        self.causal = bool(model.backbone.causal)
+        self.max_length = int(sequence_length or model.backbone.max_sequence_length)
 
-    @tf.function(input_signature=[STRINGS])
-    def classify(self, text):
-        """The most likely label of each text, and every label's probability."""
-        features, truncated = _encoder_inputs(self.tokenizer, self.tokenizer.tokenize(text),
-                                              self.max_length)
+    def _classify(self, text, text_pair):
+        features, truncated = encode_classification(self.tokenizer, text, text_pair,
+                                                    self.max_length, self.causal,
+                                                    pad_to_length=False)
         classes = self.model.num_classes
         probabilities = _unless_empty(
             tf.size(text),
@@ -260,6 +274,18 @@ class ClassifierServing(tf.Module):
         return {"label": tf.gather(self.label_names, label_id), "label_id": label_id,
                 "probabilities": probabilities, "truncated": truncated}
 
+    @tf.function(input_signature=[STRINGS])
+    def classify(self, text):
+        """The most likely label of each text, and every label's probability."""
+        return self._classify(text, None)
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def classify_pairs(self, text, text_pair):
+        """The same for pairs of texts (`[CLS] text [SEP] text_pair [SEP]`)."""
+        _check(tf.equal(tf.size(text), tf.size(text_pair)),
+               "text and text_pair must have the same number of rows")
+        return self._classify(text, text_pair)
+
     def signatures(self):
-        classify = self.classify.get_concrete_function()
+        classify = (self.classify_pairs if self.text_pair else self.classify).get_concrete_function()
         return {"serving_default": classify, "classify": classify}

@@ -1,5 +1,6 @@
 """Keras layers of tflm: position information, attention, feed-forward, blocks."""
 
+from tflm.layers.adapter import Adapter
 from tflm.layers.feed_forward import FeedForward
 from tflm.layers.masks import causal_mask, merge_attention_masks
 from tflm.layers.multi_head_attention import MultiHeadAttention
@@ -11,6 +12,7 @@ from tflm.layers.token_embedding import TokenEmbedding
 from tflm.layers.transformer_block import TransformerBlock
 
 __all__ = [
+    "Adapter",
     "FeedForward",
     "MultiHeadAttention",
     "PositionEmbedding",

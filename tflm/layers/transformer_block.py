@@ -2,6 +2,7 @@
 
 import keras
 
+from tflm.layers.adapter import Adapter
 from tflm.layers.feed_forward import FeedForward
 from tflm.layers.layer_utils import clone_initializer
 from tflm.layers.multi_head_attention import MultiHeadAttention
@@ -16,6 +17,9 @@ class TransformerBlock(keras.layers.Layer):
 
         x = norm1(x + dropout(attention(x)))
         x = norm2(x + dropout(ffn(x)))
+
+    With `adapter_dim > 0`, an `Adapter` follows each sub-layer's dropout
+    (`x + adapter(dropout(attention(...)))`, likewise for the feed-forward).
 
     Pre-LN (`norm_first=True`)::
 
@@ -35,6 +39,7 @@ class TransformerBlock(keras.layers.Layer):
         use_bias: whether the projections have biases.
         rotary_max_wavelength: if set, rotary position embedding in attention.
         kernel_initializer: initializer of the projection kernels.
+        adapter_dim: bottleneck width of the adapters; 0 for none.
         **kwargs: other keyword arguments of `keras.layers.Layer`.
 
     Call arguments:
@@ -63,9 +68,11 @@ class TransformerBlock(keras.layers.Layer):
         use_bias=True,
         rotary_max_wavelength=None,
         kernel_initializer="glorot_uniform",
+        adapter_dim=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.adapter_dim = int(adapter_dim)
         self.num_heads = int(num_heads)
         self.intermediate_dim = int(intermediate_dim)
         self.head_dim = head_dim
@@ -121,6 +128,16 @@ class TransformerBlock(keras.layers.Layer):
         self.feed_forward_dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy
         )
+        self.attention_adapter = self.feed_forward_adapter = None
+        if self.adapter_dim:
+            for name in ("attention_adapter", "feed_forward_adapter"):
+                adapter = Adapter(self.adapter_dim, kernel_initializer=clone_initializer(
+                    self.kernel_initializer), dtype=self.dtype_policy, name=name)
+                adapter.build(input_shape)
+                setattr(self, name, adapter)
+
+    def _adapt(self, adapter, x):
+        return x if adapter is None else adapter(x)
 
     def call(
         self,
@@ -148,7 +165,8 @@ class TransformerBlock(keras.layers.Layer):
         )
         if cache is not None:
             x, cache = x
-        x = residual + self.attention_dropout_layer(x, training=training)
+        x = residual + self._adapt(self.attention_adapter,
+                                   self.attention_dropout_layer(x, training=training))
         if not self.norm_first:
             x = self.attention_norm(x)
 
@@ -156,7 +174,9 @@ class TransformerBlock(keras.layers.Layer):
         residual = x
         if self.norm_first:
             x = self.feed_forward_norm(x)
-        x = residual + self.feed_forward_dropout_layer(self.feed_forward(x), training=training)
+        x = residual + self._adapt(
+            self.feed_forward_adapter,
+            self.feed_forward_dropout_layer(self.feed_forward(x), training=training))
         if not self.norm_first:
             x = self.feed_forward_norm(x)
 
@@ -183,6 +203,7 @@ class TransformerBlock(keras.layers.Layer):
                 "use_bias": self.use_bias,
                 "rotary_max_wavelength": self.rotary_max_wavelength,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "adapter_dim": self.adapter_dim,
             }
         )
         return config

@@ -56,6 +56,8 @@ class TransformerBackbone(keras.Model):
         tie_embeddings: whether the output projection reuses the token embeddings.
         rotary_max_wavelength: base of the rotary frequencies.
         initializer_range: stddev of the truncated normal weight initializer.
+        adapter_dim: bottleneck width of an `Adapter` after each sub-layer of
+            every block (adapter fine-tuning); 0 for none.
         dtype: a dtype policy, e.g. `"mixed_bfloat16"`.
 
     Inputs: a dict with `"token_ids"` `(batch, T)` int, `"padding_mask"`
@@ -98,6 +100,7 @@ class TransformerBackbone(keras.Model):
         tie_embeddings=True,
         rotary_max_wavelength=10000,
         initializer_range=0.02,
+        adapter_dim=0,
         dtype=None,
         **kwargs,
     ):
@@ -129,6 +132,7 @@ class TransformerBackbone(keras.Model):
         self.tie_embeddings = bool(tie_embeddings)
         self.rotary_max_wavelength = rotary_max_wavelength
         self.initializer_range = float(initializer_range)
+        self.adapter_dim = int(adapter_dim)
         if self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}."
@@ -189,6 +193,7 @@ class TransformerBackbone(keras.Model):
                     rotary_max_wavelength if position_encoding == "rotary" else None
                 ),
                 kernel_initializer=clone_initializer(initializer),
+                adapter_dim=self.adapter_dim,
                 dtype=policy,
                 name=f"block_{i}",
             ))
@@ -330,6 +335,7 @@ class TransformerBackbone(keras.Model):
                 "tie_embeddings": self.tie_embeddings,
                 "rotary_max_wavelength": self.rotary_max_wavelength,
                 "initializer_range": self.initializer_range,
+                "adapter_dim": self.adapter_dim,
             }
         )
         return config

@@ -1,16 +1,29 @@
-"""Hugging Face BERT and GPT-2 parameters → tflm backbones, exactly.
+"""Hugging Face BERT and GPT-2 checkpoints → tflm models and tokenizers, exactly.
 
-Takes a Hugging Face `config.json` as a dict and the checkpoint's tensors as
-a dict of NumPy arrays (names as in `model.safetensors`), and builds a
-`TransformerBackbone` that computes the same function. Every expected tensor
-must be present with the expected shape; anything else is an error naming
-the tensor.
+Two levels:
+
+- `load_bert` / `load_gpt2` take a Hugging Face `config.json` as a dict and
+  the checkpoint's tensors as a dict of NumPy arrays (names as in
+  `model.safetensors`), and build a `TransformerBackbone` that computes the
+  same function. Every expected tensor must be present with the expected
+  shape; a missing or mis-shaped one is an error naming the tensor.
+- `load_huggingface(folder)` reads a checkpoint folder as `transformers`
+  writes it: `config.json`, `model.safetensors` (or shards with an index),
+  and the tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT,
+  `vocab.json` + `merges.txt` for GPT-2), and returns the task model
+  (`MaskedLM` for BERT, `CausalLM` for GPT-2) with its tokenizer. The layouts
+  of `bert-base-uncased`, of sentence-transformers BERT models (no `bert.`
+  prefix, maybe no pooler) and of `gpt2` all load.
 
 torch `Linear` weights are `(out, in)` and are transposed; GPT-2 `Conv1D`
 weights are already `(in, out)`. BERT's separate query/key/value become the
 fused `[Q | K | V]` kernel of `MultiHeadAttention`; GPT-2's `c_attn` already
 has that layout.
 """
+
+import dataclasses
+import json
+import os
 
 import numpy as np
 
@@ -50,8 +63,11 @@ class _Reader:
         return value
 
 
-def bert_backbone_kwargs(hf_config):
-    """`TransformerBackbone` arguments that express a Hugging Face BERT config."""
+def bert_backbone_kwargs(hf_config, pooler=True):
+    """`TransformerBackbone` arguments that express a Hugging Face BERT config.
+
+    `pooler=False` for checkpoints saved without the pooler (`add_pooling_layer=False`).
+    """
     if hf_config.get("hidden_act", "gelu") != "gelu":
         raise CheckpointError(f"hidden_act={hf_config['hidden_act']!r}: only erf 'gelu' is supported.")
     if hf_config.get("position_embedding_type", "absolute") != "absolute":
@@ -72,7 +88,7 @@ def bert_backbone_kwargs(hf_config):
         norm_epsilon=hf_config.get("layer_norm_eps", 1e-12),
         embedding_norm=True,
         final_norm=False,
-        pooler=True,
+        pooler=pooler,
         dropout=hf_config.get("hidden_dropout_prob", 0.1),
         attention_dropout=hf_config.get("attention_probs_dropout_prob", 0.1),
         tie_embeddings=True,
@@ -121,8 +137,10 @@ def _set_dense(dense, reader, name, in_dim, out_dim, transpose):
     dense.bias.assign(reader.get(name + ".bias", (out_dim,)))
 
 
-def load_bert(hf_config, params, source="BERT checkpoint", dtype=None):
+def load_bert(hf_config, params, source="BERT checkpoint", dtype=None, used=None):
     """A `TransformerBackbone` with a Hugging Face BERT's weights.
+
+    `used`, a set, receives the names of the tensors that were read.
 
     Returns:
         `(backbone, head)`: `head` holds the masked-LM head tensors
@@ -130,7 +148,8 @@ def load_bert(hf_config, params, source="BERT checkpoint", dtype=None):
         `output_bias`) when the checkpoint has them (`BertForMaskedLM`), else `None`.
     """
     params = _strip_prefix(params, ("bert.",))
-    backbone = TransformerBackbone(**bert_backbone_kwargs(hf_config), dtype=dtype)
+    pooler = "pooler.dense.weight" in params
+    backbone = TransformerBackbone(**bert_backbone_kwargs(hf_config, pooler), dtype=dtype)
     reader = _Reader(params, source)
     h, inter = backbone.hidden_dim, backbone.intermediate_dim
     backbone.token_embedding.embeddings.assign(
@@ -155,7 +174,8 @@ def load_bert(hf_config, params, source="BERT checkpoint", dtype=None):
         _set_dense(ffn.intermediate_dense, reader, pre + "intermediate.dense", h, inter, True)
         _set_dense(ffn.output_dense, reader, pre + "output.dense", inter, h, True)
         _set_norm(block.feed_forward_norm, reader, pre + "output.LayerNorm", h)
-    _set_dense(backbone.pooler_dense, reader, "pooler.dense", h, h, True)
+    if pooler:
+        _set_dense(backbone.pooler_dense, reader, "pooler.dense", h, h, True)
 
     head = None
     if "cls.predictions.bias" in params:
@@ -166,7 +186,21 @@ def load_bert(hf_config, params, source="BERT checkpoint", dtype=None):
             "norm_beta": reader.get("cls.predictions.transform.LayerNorm.bias", (h,)),
             "output_bias": reader.get("cls.predictions.bias", (backbone.vocabulary_size,)),
         }
+        # The decoder is tied to the word embeddings; a saved copy must be that copy.
+        _check_tied(reader, "cls.predictions.decoder.weight", "embeddings.word_embeddings.weight")
+        _check_tied(reader, "cls.predictions.decoder.bias", "cls.predictions.bias")
+    if used is not None:
+        used.update(reader.used)
     return backbone, head
+
+
+def _check_tied(reader, name, tied_to):
+    """A saved copy of a tied tensor must equal it (else the model is not what tflm computes)."""
+    if name in reader.params:
+        value = reader.get(name, reader.params[tied_to].shape)
+        if not np.array_equal(value, reader.get(tied_to, value.shape)):
+            raise CheckpointError(f"{reader.source}: tensor {name!r} differs from {tied_to!r}: "
+                                  "an untied output projection, which tflm does not import.")
 
 
 def set_masked_lm_head(masked_lm, head):
@@ -178,8 +212,11 @@ def set_masked_lm_head(masked_lm, head):
     masked_lm.head_bias.assign(head["output_bias"])
 
 
-def load_gpt2(hf_config, params, source="GPT-2 checkpoint", dtype=None):
-    """A causal `TransformerBackbone` with a Hugging Face GPT-2's weights (tied output)."""
+def load_gpt2(hf_config, params, source="GPT-2 checkpoint", dtype=None, used=None):
+    """A causal `TransformerBackbone` with a Hugging Face GPT-2's weights (tied output).
+
+    `used`, a set, receives the names of the tensors that were read.
+    """
     params = _strip_prefix(params, ("transformer.",))
     backbone = TransformerBackbone(**gpt2_backbone_kwargs(hf_config), dtype=dtype)
     reader = _Reader(params, source)
@@ -197,4 +234,169 @@ def load_gpt2(hf_config, params, source="GPT-2 checkpoint", dtype=None):
         _set_dense(block.feed_forward.intermediate_dense, reader, pre + "mlp.c_fc", h, inter, False)
         _set_dense(block.feed_forward.output_dense, reader, pre + "mlp.c_proj", inter, h, False)
     _set_norm(backbone.final_norm_layer, reader, "ln_f", h)
+    _check_tied(reader, "lm_head.weight", "wte.weight")
+    if used is not None:
+        used.update(reader.used)
     return backbone
+
+
+# -- Checkpoint folders. ----------------------------------------------------------------------
+CONFIG_FILE = "config.json"
+KINDS = ("bert", "gpt2")
+# Buffers that old `transformers` versions saved next to the weights; not parameters.
+_BUFFERS = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")
+# A tensor that only one of the two architectures has: names the other in errors.
+_MARKERS = {"bert": "encoder.layer.0.attention.self.query.weight", "gpt2": "h.0.attn.c_attn.weight"}
+
+
+@dataclasses.dataclass
+class ImportedCheckpoint:
+    """What `load_huggingface` read.
+
+    Attributes:
+        model: `MaskedLM` (BERT) or `CausalLM` (GPT-2) with the checkpoint's weights.
+        tokenizer: the tflm tokenizer built from the checkpoint's vocabulary files.
+        kind: "bert" or "gpt2".
+        backbone_config: the `TransformerBackbone` arguments (ModelConfig fields).
+        head_loaded: whether the task head came from the checkpoint (BERT's masked-LM
+            head; GPT-2's output projection is the tied embedding, always loaded).
+        unused_tensors: tensors of the checkpoint that are not part of the model
+            (e.g. a `BertForSequenceClassification` classifier, or NSP weights).
+    """
+
+    model: object
+    tokenizer: object
+    kind: str
+    backbone_config: dict
+    head_loaded: bool
+    unused_tensors: list
+
+
+def checkpoint_kind(hf_config, source=CONFIG_FILE):
+    """"bert" or "gpt2" from `model_type` (or `architectures`); else a `CheckpointError`."""
+    model_type = hf_config.get("model_type")
+    if model_type in KINDS:
+        return model_type
+    for architecture in hf_config.get("architectures") or []:
+        for kind, prefix in (("bert", "Bert"), ("gpt2", "GPT2")):
+            if str(architecture).startswith(prefix):
+                return kind
+    raise CheckpointError(f"{source}: model_type={model_type!r}; tflm imports "
+                          f"{' and '.join(KINDS)} checkpoints.")
+
+
+def read_huggingface(directory):
+    """`(hf_config, kind, tensors)` of a Hugging Face checkpoint folder."""
+    from tflm.models.safetensors_file import read_checkpoint_weights
+
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Checkpoint folder {directory!r} does not exist.")
+    config_path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; not a Hugging Face checkpoint.")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            hf_config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e}).") from None
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object.")
+    return hf_config, checkpoint_kind(hf_config, config_path), read_checkpoint_weights(directory)
+
+
+def _read_json_if_present(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: not valid JSON ({e}).") from None
+
+
+def bert_tokenizer_options(directory):
+    """`WordPieceTokenizer` options that reproduce the checkpoint's BERT tokenizer.
+
+    From `tokenizer.json`'s `BertNormalizer` when present (the fast tokenizer
+    `transformers` uses), else `tokenizer_config.json`; Hugging Face's BERT
+    tokenizer applies no NFKC.
+    """
+    normalizer = _read_json_if_present(os.path.join(directory, "tokenizer.json")).get("normalizer")
+    if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer":
+        lowercase = bool(normalizer.get("lowercase", True))
+        split_cjk = bool(normalizer.get("handle_chinese_chars", True))
+        strip_accents = normalizer.get("strip_accents")
+    else:
+        config = _read_json_if_present(os.path.join(directory, "tokenizer_config.json"))
+        lowercase = bool(config.get("do_lower_case", True))
+        split_cjk = bool(config.get("tokenize_chinese_chars", True))
+        strip_accents = config.get("strip_accents")
+    return dict(lowercase=lowercase, nfkc=False, split_cjk=split_cjk,
+                strip_accents=None if strip_accents is None else bool(strip_accents))
+
+
+def huggingface_tokenizer(directory, kind):
+    """The tflm tokenizer of a checkpoint folder: WordPiece (BERT) or byte-level BPE (GPT-2)."""
+    from tflm.data.byte_pair import MERGES_FILE, VOCAB_FILE, BytePairTokenizer
+    from tflm.data.wordpiece import VOCAB_FILE as WORDPIECE_VOCAB
+    from tflm.data.wordpiece import WordPieceTokenizer
+
+    if kind == "bert":
+        path = os.path.join(directory, WORDPIECE_VOCAB)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{directory}: no {WORDPIECE_VOCAB} (the BERT vocabulary).")
+        return WordPieceTokenizer(path, **bert_tokenizer_options(directory))
+    for name in (VOCAB_FILE, MERGES_FILE):
+        if not os.path.exists(os.path.join(directory, name)):
+            raise FileNotFoundError(f"{directory}: no {name} (the GPT-2 vocabulary is "
+                                    f"{VOCAB_FILE} + {MERGES_FILE}).")
+    return BytePairTokenizer(os.path.join(directory, VOCAB_FILE),
+                             os.path.join(directory, MERGES_FILE))
+
+
+def load_huggingface(directory, dtype=None):
+    """Reads a Hugging Face BERT or GPT-2 checkpoint folder; returns an `ImportedCheckpoint`.
+
+    Raises:
+        FileNotFoundError: the folder, config.json, weights or vocabulary files are missing.
+        CheckpointError: an unsupported architecture, or a tensor missing, mis-shaped or
+            of the other architecture (named).
+    """
+    from tflm.models.causal_lm import CausalLM
+    from tflm.models.masked_lm import MaskedLM
+
+    hf_config, kind, params = read_huggingface(directory)
+    source = os.path.join(directory, "model.safetensors")
+    used = set()
+    try:
+        if kind == "bert":
+            backbone, head = load_bert(hf_config, params, source, dtype=dtype, used=used)
+        else:
+            backbone, head = load_gpt2(hf_config, params, source, dtype=dtype, used=used), None
+    except CheckpointError as e:
+        other = "gpt2" if kind == "bert" else "bert"
+        if any(name.endswith(_MARKERS[other]) for name in params) and "is missing" in str(e):
+            raise CheckpointError(f"{e} config.json says {kind!r}, but the weights are those of "
+                                  f"a {other!r} model ({_MARKERS[other]!r}).") from None
+        raise
+    tokenizer = huggingface_tokenizer(directory, kind)
+    if tokenizer.vocabulary_size > backbone.vocabulary_size:
+        raise CheckpointError(f"{directory}: the tokenizer has {tokenizer.vocabulary_size} ids, "
+                              f"the embeddings only {backbone.vocabulary_size}.")
+    if kind == "bert":
+        model = MaskedLM(backbone)
+        if head is not None:
+            set_masked_lm_head(model, head)
+    else:
+        model = CausalLM(backbone)
+    prefixes = ("bert.", "transformer.")
+    unused = sorted(
+        name for name in params
+        if not any(name.startswith(p) and name[len(p):] in used for p in prefixes)
+        and name not in used and not any(name.endswith(b) for b in _BUFFERS))
+    backbone_config = dict(bert_backbone_kwargs(hf_config, backbone.pooler) if kind == "bert"
+                           else gpt2_backbone_kwargs(hf_config))
+    return ImportedCheckpoint(model=model, tokenizer=tokenizer, kind=kind,
+                              backbone_config=backbone_config,
+                              head_loaded=kind == "gpt2" or head is not None,
+                              unused_tensors=unused)

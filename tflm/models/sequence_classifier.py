@@ -30,6 +30,11 @@ class SequenceClassifier(Task):
         num_classes: number of labels.
         pooling: see above.
         dropout: dropout rate before the classification layer.
+        label_names: the name of each class, in id order (saved with the model;
+            the exported `classify` signature returns them).
+
+    With a frozen backbone (`backbone.trainable = False`, feature extraction)
+    the backbone runs in inference mode (no dropout) also while training.
 
     Example:
     >>> backbone = TransformerBackbone(vocabulary_size=100, num_layers=2, num_heads=2,
@@ -41,8 +46,14 @@ class SequenceClassifier(Task):
 
     default_learning_rate = 5e-5
 
-    def __init__(self, backbone, num_classes, pooling=None, dropout=0.1, **kwargs):
+    def __init__(self, backbone, num_classes, pooling=None, dropout=0.1, label_names=None,
+                 **kwargs):
         super().__init__(backbone, **kwargs)
+        if label_names is not None:
+            label_names = [str(name) for name in label_names]
+            if len(label_names) != int(num_classes):
+                raise ValueError(f"{len(label_names)} label names for {num_classes} classes.")
+        self.label_names = label_names
         if pooling is None:
             pooling = "pooled" if backbone.pooler else ("last" if backbone.causal else "first")
         if pooling not in POOLINGS:
@@ -79,7 +90,8 @@ class SequenceClassifier(Task):
         return ops.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0, :]
 
     def call(self, inputs, training=None):
-        outputs = self.backbone(inputs, training=training)
+        backbone_training = training if self.backbone.trainable else False
+        outputs = self.backbone(inputs, training=backbone_training)
         padding_mask = inputs.get("padding_mask")
         if padding_mask is None:
             padding_mask = ops.ones_like(inputs["token_ids"])
@@ -89,6 +101,7 @@ class SequenceClassifier(Task):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"num_classes": self.num_classes, "pooling": self.pooling, "dropout": self.dropout}
+            {"num_classes": self.num_classes, "pooling": self.pooling, "dropout": self.dropout,
+             "label_names": self.label_names}
         )
         return config

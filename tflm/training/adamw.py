@@ -29,6 +29,8 @@ class AdamW(tf.Module):
         learning_rate: a float or a schedule `step -> rate` (e.g. `WarmupDecay`).
         weight_decay, beta_1, beta_2, epsilon: as in Keras' AdamW.
         exclude_from_decay: variables never decayed (biases, norm scales).
+        lr_multipliers: one factor per variable scaling its learning rate (and
+            so its decay), for discriminative learning rates; default all 1.
 
     Create it inside the strategy's scope (its slots are mirrored like the
     weights); call `apply` in cross-replica context.
@@ -41,7 +43,7 @@ class AdamW(tf.Module):
     """
 
     def __init__(self, variables, learning_rate, weight_decay=0.01, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-6, exclude_from_decay=(), name="adamw"):
+                 epsilon=1e-6, exclude_from_decay=(), lr_multipliers=None, name="adamw"):
         super().__init__(name=name)
         self.schedule = learning_rate
         self.weight_decay = float(weight_decay or 0.0)
@@ -49,6 +51,11 @@ class AdamW(tf.Module):
         excluded = {id(_tf_variable(v)) for v in exclude_from_decay}
         self._targets = [_tf_variable(v) for v in variables]
         self._decayed = [id(v) not in excluded for v in self._targets]
+        self._multipliers = [1.0] * len(self._targets) if lr_multipliers is None else \
+            [float(m) for m in lr_multipliers]
+        if len(self._multipliers) != len(self._targets):
+            raise ValueError(f"{len(self._multipliers)} learning-rate multipliers for "
+                             f"{len(self._targets)} variables.")
         only_first = tf.VariableAggregation.ONLY_FIRST_REPLICA
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=only_first,
                                       name="iterations")
@@ -71,11 +78,14 @@ class AdamW(tf.Module):
         t = tf.cast(self.iterations + 1, tf.float32)
         step_size = lr * tf.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
         decay = lr * self.weight_decay
-        for var, m, v, grad, decayed in zip(self._targets, self.momentums, self.velocities,
-                                            gradients, self._decayed):
+        for var, m, v, grad, decayed, factor in zip(self._targets, self.momentums,
+                                                    self.velocities, gradients, self._decayed,
+                                                    self._multipliers):
+            scaled_step = step_size if factor == 1.0 else step_size * factor
+            scaled_decay = decay if factor == 1.0 else decay * factor
             strategy.extended.update(
-                var, self._update, args=(grad, m, v, step_size, decay if decayed else None),
-                group=False,
+                var, self._update,
+                args=(grad, m, v, scaled_step, scaled_decay if decayed else None), group=False,
             )
         self.iterations.assign_add(1)
 

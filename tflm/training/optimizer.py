@@ -61,9 +61,15 @@ def make_optimizer(trainer_config, model, clip=True):
 
 
 def make_trainer_optimizer(trainer_config, model):
-    """The trainer's `AdamW` (same update as Keras'), with the configured schedule."""
+    """The trainer's `AdamW` (same update as Keras'), with the configured schedule and,
+    with `trainer.layer_decay < 1`, layer-wise learning rates."""
     from tflm.training.adamw import AdamW
 
+    multipliers = None
+    if trainer_config.layer_decay != 1.0:
+        from tflm.models.finetuning import layer_lr_multipliers
+
+        multipliers = layer_lr_multipliers(model, trainer_config.layer_decay)
     return AdamW(
         model.trainable_variables,
         learning_rate=make_schedule(trainer_config),
@@ -72,4 +78,5 @@ def make_trainer_optimizer(trainer_config, model):
         beta_2=trainer_config.beta_2,
         epsilon=trainer_config.epsilon,
         exclude_from_decay=no_decay_variables(model),
+        lr_multipliers=multipliers,
     )

@@ -35,11 +35,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tflm.config import ConfigError
 from tflm.data import InputStats, make_dataset
+from tflm.data.tokenizers import make_tokenizer
 from tflm.models.factory import build_task
+from tflm.models.finetuning import apply_finetuning
+from tflm.models.pretrained import copy_pretrained_weights, load_model_dir
 from tflm.training.checkpoints import CheckpointError, TrainingCheckpoints
 from tflm.training.flops import peak_flops_per_device, training_flops_per_token
 from tflm.training.losses import weighted_correct, weighted_cross_entropy
+from tflm.training.metrics import classification_report
 from tflm.training.optimizer import make_trainer_optimizer
 from tflm.training.precision import DynamicLossScale
 from tflm.training.strategy import make_strategy, worker_info
@@ -62,6 +67,7 @@ class Trainer:
             each global batch; default `make_dataset(config, ...)`.
         eval_dataset_fn: the same for evaluation batches.
         print_fn: where progress lines go.
+        for_training: False to only evaluate (no training input pipeline is built).
 
     Example:
     >>> config = tflm.config.load_experiment("configs/tiny_gpt.yaml")
@@ -71,7 +77,7 @@ class Trainer:
     """
 
     def __init__(self, config, model_dir, strategy=None, dataset_fn=None, eval_dataset_fn=None,
-                 print_fn=print):
+                 print_fn=print, for_training=True):
         self.config = config
         self.model_dir = model_dir
         self.print_fn = print_fn
@@ -79,9 +85,30 @@ class Trainer:
         self.worker = worker_info(self.strategy)
         trainer = config.trainer
         keras.utils.set_random_seed(config.runtime.seed)
+        self.tokenizer = make_tokenizer(config.data.tokenizer, config.data.vocab_path)
+        self.label_names = None
+        if config.model.task == "classification":
+            self.label_names = self._resolve_label_names()
+        # A fresh run starts from model.init_checkpoint; a resumed one from its own checkpoint.
+        source = None
+        fresh_run = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) is None
+        if config.model.init_checkpoint and fresh_run and for_training:
+            if not os.path.isdir(config.model.init_checkpoint):
+                raise ConfigError(f"model.init_checkpoint={config.model.init_checkpoint!r} does "
+                                  "not exist.")
+            source, _ = load_model_dir(config.model.init_checkpoint)
 
         with self.strategy.scope():
-            self.model = build_task(config.model, dtype=config.runtime.mixed_precision)
+            self.model = build_task(config.model, dtype=config.runtime.mixed_precision,
+                                    label_names=self.label_names)
+            if source is not None:
+                fresh = copy_pretrained_weights(
+                    source, self.model, where=f"model.init_checkpoint="
+                                              f"{config.model.init_checkpoint!r}")
+                print_fn(f"tflm-train: initialized from {config.model.init_checkpoint}: "
+                         f"{len(self.model.weights) - len(fresh)} tensors copied, "
+                         f"{len(fresh)} new")
+            apply_finetuning(self.model, config.model.finetune, config.model.freeze_bottom_layers)
             self.optimizer = make_trainer_optimizer(trainer, self.model)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -93,10 +120,12 @@ class Trainer:
         self.stats = InputStats()
         if dataset_fn is None:
             def dataset_fn(context):
-                return make_dataset(config, input_context=context, stats=self.stats, split="train")
+                return make_dataset(config, tokenizer=self.tokenizer, input_context=context,
+                                    stats=self.stats, split="train")
         self._eval_dataset_fn = eval_dataset_fn
-        self.dataset = dataset_fn(self.worker.input_context())
-        self.iterator = iter(self.dataset)
+        # Evaluation alone needs no training data (nor its position in checkpoints).
+        self.dataset = dataset_fn(self.worker.input_context()) if for_training else None
+        self.iterator = iter(self.dataset) if for_training else None
         self.checkpoints = TrainingCheckpoints(
             model_dir, self.worker,
             dict(model=self.model, optimizer=self.optimizer, step=self.step,
@@ -119,6 +148,20 @@ class Trainer:
         self._stop_requested = False
         self._writer = None
         self.history = []
+
+    def _resolve_label_names(self):
+        """`data.label_names`, else the training labels (written into the config, so that
+        params.yaml and the saved model carry them)."""
+        from tflm.data.classification import resolve_label_names
+
+        config = self.config
+        names = resolve_label_names(config)
+        if config.model.num_classes and config.model.num_classes != len(names):
+            raise ConfigError(f"model.num_classes={config.model.num_classes}, but the labels are "
+                              f"{names}: set model.num_classes={len(names)} (or 0), or list "
+                              "data.label_names.")
+        config.data.label_names = list(names)
+        return names
 
     # -- The compiled step. ---------------------------------------------------------------
     def _forward_backward_fn(self, features, labels, weights, denominator):
@@ -339,21 +382,32 @@ class Trainer:
         return bool(self._eval_dataset_fn or data.eval_input_path or data.eval_every_nth_document)
 
     def _eval_step_fn(self, batch):
+        classes = self.model.num_classes if self.label_names else 0
+
         def replica(features, labels, weights):
             logits = self.model(features, training=False)
             loss_sum, weight_sum = weighted_cross_entropy(labels, logits, weights)
             correct = weighted_correct(labels, logits, weights)
+            sums = [tf.stack([loss_sum, weight_sum, correct])]
+            if classes:
+                predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+                confusion = tf.math.confusion_matrix(
+                    tf.cast(labels, tf.int32), predicted, num_classes=classes,
+                    weights=tf.cast(weights, tf.float32), dtype=tf.float32)
+                sums.append(tf.reshape(confusion, [-1]))
             context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                      tf.stack([loss_sum, weight_sum, correct]))
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat(sums, axis=0))
 
         return self._local(self.strategy.run(replica, args=batch))
 
     def evaluate(self, num_steps=None):
-        """Loss, perplexity and accuracy (masked tokens for MLM) on the held-out split.
+        """Metrics of the task on the held-out split.
 
-        Results go to the log, to TensorBoard under `model_dir/eval`, and to
-        `model_dir/eval_results.json`.
+        causal_lm: loss, perplexity and next-token accuracy; masked_lm: loss,
+        perplexity and masked-token accuracy; classification: loss, accuracy,
+        macro-F1, per-class precision/recall/F1 and the confusion matrix (with
+        the label names). Results go to the log, to TensorBoard under
+        `model_dir/eval` (the scalars), and to `model_dir/eval_results.json`.
         """
         num_steps = num_steps or self.config.trainer.eval_steps
         if self.worker.num_workers > 1 and not num_steps:
@@ -362,21 +416,32 @@ class Trainer:
         if self._eval_dataset_fn is not None:
             dataset = self._eval_dataset_fn(self.worker.input_context())
         else:
-            dataset = make_dataset(self.config, input_context=self.worker.input_context(),
+            dataset = make_dataset(self.config, tokenizer=self.tokenizer,
+                                   input_context=self.worker.input_context(),
                                    training=self.worker.num_workers > 1, split="eval")
         if num_steps:
             dataset = dataset.take(num_steps)
-        totals = np.zeros(3)
+        totals = None
         for batch in dataset:
-            totals += self._eval_step(self._split_for_replicas(batch)).numpy()
-        loss_sum, weight, correct = totals
-        if weight == 0:
+            sums = self._eval_step(self._split_for_replicas(batch)).numpy().astype(np.float64)
+            totals = sums if totals is None else totals + sums
+        if totals is None or totals[1] == 0:
             raise TrainingError("The evaluation split is empty.")
+        loss_sum, weight, correct = totals[:3]
         loss = loss_sum / weight
-        results = {"step": int(self.step.numpy()), "loss": loss,
-                   "perplexity": math.exp(min(loss, 700.0)), "accuracy": correct / weight,
-                   "tokens": int(weight)}
-        self.print_fn("tflm-eval: " + json.dumps(results))
+        results = {"step": int(self.step.numpy()), "loss": loss}
+        task = self.config.model.task
+        if task == "classification":
+            classes = self.model.num_classes
+            report = classification_report(totals[3:].reshape(classes, classes), self.label_names)
+            results.update(report)
+        else:
+            results.update({"perplexity": math.exp(min(loss, 700.0)),
+                            "accuracy": correct / weight, "tokens": int(weight)})
+            if task == "masked_lm":
+                results["masked_accuracy"] = results["accuracy"]
+        line = {k: v for k, v in results.items() if k not in ("per_class", "confusion_matrix")}
+        self.print_fn("tflm-eval: " + json.dumps(line))
         self._write_scalars("eval", results["step"], results)
         if self.worker.is_chief:
             with tf.io.gfile.GFile(os.path.join(self.model_dir, "eval_results.json"), "w") as f:

@@ -1,0 +1,96 @@
+"""Small Hugging Face checkpoint folders, made here, for the import tests.
+
+Each folder has the files and tensor names `transformers` writes, with
+random weights from `numpy_reference` (so `numpy_reference.bert_forward` /
+`gpt2_forward` are the ground truth) and vocabularies trained by Hugging
+Face `tokenizers` on the embedded corpus. The weights are written by the
+`safetensors` library itself, not by tflm's own writer.
+"""
+
+import json
+import os
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from numpy_reference import random_bert_params, random_gpt2_params
+from tflm.data import default_corpus_path
+
+BERT_CONFIG = {
+    "architectures": ["BertForMaskedLM"], "model_type": "bert", "hidden_size": 32,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+    "max_position_embeddings": 64, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+    "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+    "position_embedding_type": "absolute", "pad_token_id": 0,
+}
+GPT2_CONFIG = {
+    "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 32, "n_layer": 2,
+    "n_head": 4, "n_positions": 64, "layer_norm_epsilon": 1e-5,
+    "activation_function": "gelu_new", "resid_pdrop": 0.1, "attn_pdrop": 0.1,
+}
+
+
+def _corpus_lines():
+    with open(default_corpus_path(), encoding="utf-8") as f:
+        return [line for line in f.read().splitlines() if line.strip()]
+
+
+def write_bert_folder(folder, vocab_size=800, seed=0, prefix="bert.", head=True):
+    """A `BertForMaskedLM` checkpoint (uncased WordPiece); returns `(config, params)` with the
+    params named as `numpy_reference` takes them (no prefix)."""
+    from tokenizers import BertWordPieceTokenizer
+
+    os.makedirs(folder, exist_ok=True)
+    tokenizer = BertWordPieceTokenizer(lowercase=True)
+    tokenizer.train_from_iterator(_corpus_lines(), vocab_size=vocab_size, min_frequency=2,
+                                  show_progress=False)
+    tokenizer.save_model(folder)
+    tokenizer.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"do_lower_case": True, "tokenize_chinese_chars": True, "strip_accents": None,
+                   "tokenizer_class": "BertTokenizer"}, f)
+    config = dict(BERT_CONFIG, vocab_size=tokenizer.get_vocab_size())
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    params = random_bert_params(config, seed=seed)
+    saved = {}
+    for name, value in params.items():
+        if name.startswith("cls."):
+            if head:
+                saved[name] = value
+        else:
+            saved[prefix + name] = value
+    # What old transformers versions also saved: a buffer, and the NSP head.
+    saved[prefix + "embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
+    saved["cls.seq_relationship.weight"] = np.zeros((2, 32), np.float32)
+    save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    return config, params
+
+
+def write_gpt2_folder(folder, vocab_size=600, seed=0, shards=1):
+    """A `GPT2LMHeadModel` checkpoint (byte-level BPE), in `shards` files with an index when
+    more than one; returns `(config, params)`."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    os.makedirs(folder, exist_ok=True)
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(_corpus_lines(), vocab_size=vocab_size, min_frequency=2,
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer.save_model(folder)
+    config = dict(GPT2_CONFIG, vocab_size=tokenizer.get_vocab_size())
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    params = random_gpt2_params(config, seed=seed)
+    names = sorted(params)
+    if shards == 1:
+        save_file(params, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i in range(shards):
+            file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            part = {n: params[n] for n in names[i::shards]}
+            save_file(part, os.path.join(folder, file), metadata={"format": "pt"})
+            weight_map.update({n: file for n in part})
+        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    return config, params

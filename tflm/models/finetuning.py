@@ -1,0 +1,86 @@
+"""What a fine-tuning run trains: full, frozen bottom layers, feature extraction, adapters.
+
+`apply_finetuning(model, mode)` sets `trainable` on the parts of a task's
+backbone; the task head (classifier, masked-LM head) always trains:
+
+    full                 everything (optionally not the embeddings and the lowest N blocks)
+    feature_extraction   the head only; the backbone is frozen and runs in inference
+                         mode (no dropout), as Keras' transfer-learning guide does
+    adapters             the head and the `Adapter`s inside every block (the backbone
+                         must be built with `adapter_dim > 0`); dropout stays on
+
+Call it before `compile`/`fit` (or before the trainer builds its optimizer):
+the optimizer keeps slots for the variables that are trainable then.
+
+`layer_lr_multipliers(model, decay)` gives discriminative learning rates
+(layer-wise decay as in ELECTRA): the head and the backbone's final norm and
+pooler 1, block `i` of `L` `decay^(L - i)`, the embeddings `decay^(L + 1)`;
+adapters train at the full rate, being new.
+
+Example:
+>>> model = SequenceClassifier(backbone, num_classes=3)
+>>> apply_finetuning(model, "full", freeze_bottom_layers=4)
+>>> model.compile()
+"""
+
+FINETUNE_MODES = ("full", "feature_extraction", "adapters")
+
+
+def embedding_layers(backbone):
+    """The layers that turn ids into the first hidden states."""
+    return [layer for layer in (backbone.token_embedding, backbone.position_embedding,
+                                backbone.segment_embedding, backbone.embedding_norm_layer)
+            if layer is not None]
+
+
+def _adapters(block):
+    return [a for a in (block.attention_adapter, block.feed_forward_adapter) if a is not None]
+
+
+def apply_finetuning(model, mode="full", freeze_bottom_layers=0):
+    """Sets which parts of `model` (a task with `.backbone`) train; returns `model`."""
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"Unknown fine-tuning mode {mode!r}; expected one of {FINETUNE_MODES}.")
+    backbone = model.backbone
+    blocks = backbone.blocks
+    if not 0 <= freeze_bottom_layers <= len(blocks):
+        raise ValueError(f"freeze_bottom_layers={freeze_bottom_layers} must be in "
+                         f"[0, {len(blocks)}] (the backbone's blocks).")
+    if freeze_bottom_layers and mode != "full":
+        raise ValueError(f"freeze_bottom_layers is for mode='full', not {mode!r}.")
+    backbone.trainable = True  # sets every sublayer; the modes below turn parts off
+    if mode == "feature_extraction":
+        backbone.trainable = False
+    elif mode == "adapters":
+        if not backbone.adapter_dim:
+            raise ValueError("mode='adapters' needs a backbone built with adapter_dim > 0 "
+                             "(model.finetune=adapters in a config does that).")
+        frozen = embedding_layers(backbone) + [
+            layer for layer in (backbone.final_norm_layer, backbone.pooler_dense)
+            if layer is not None]
+        for block in blocks:
+            frozen += [block.attention, block.attention_norm, block.feed_forward,
+                       block.feed_forward_norm]
+        for layer in frozen:
+            layer.trainable = False
+    else:
+        for layer in embedding_layers(backbone) + blocks[:freeze_bottom_layers]:
+            layer.trainable = False
+    return model
+
+
+def layer_lr_multipliers(model, decay):
+    """Learning-rate multipliers for `model.trainable_variables`, in that order."""
+    backbone = model.backbone
+    num_layers = len(backbone.blocks)
+    depth = {}
+    for layer in embedding_layers(backbone):
+        for v in layer.weights:
+            depth[id(v)] = 0
+    for i, block in enumerate(backbone.blocks):
+        adapter_weights = {id(v) for a in _adapters(block) for v in a.weights}
+        for v in block.weights:
+            if id(v) not in adapter_weights:
+                depth[id(v)] = i + 1
+    return [float(decay) ** (num_layers + 1 - depth.get(id(v), num_layers + 1))
+            for v in model.trainable_variables]

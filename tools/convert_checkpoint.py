@@ -1,0 +1,45 @@
+"""Converts a Hugging Face BERT or GPT-2 checkpoint folder into a tflm model_dir.
+
+    python tools/convert_checkpoint.py --input_dir=bert-base-uncased --output_dir=runs/bert
+
+The input is a folder as `transformers` saves it: `config.json`,
+`model.safetensors` (or shards and `model.safetensors.index.json`) and the
+tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT, `vocab.json` +
+`merges.txt` for GPT-2); sentence-transformers BERT folders load too. The
+output holds `params.yaml`, `tokenizer/`, `model.keras` and `conversion.json`:
+fine-tune from it with `model.init_checkpoint=<output_dir>`, evaluate it with
+`tflm-eval`, export it with `tflm-export`. The same as the library call
+`tflm.models.pretrained.convert_checkpoint(input_dir, output_dir)`.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--input_dir", required=True, help="The Hugging Face checkpoint folder.")
+    parser.add_argument("--output_dir", required=True, help="The tflm model_dir to write (new).")
+    parser.add_argument("--dtype", default=None,
+                        help="Dtype policy of the converted model, e.g. mixed_bfloat16.")
+    args = parser.parse_args(argv)
+
+    from tflm.models.huggingface import CheckpointError
+    from tflm.models.pretrained import convert_checkpoint
+    from tflm.models.safetensors_file import SafetensorsError
+
+    try:
+        convert_checkpoint(args.input_dir, args.output_dir, dtype=args.dtype)
+    except (CheckpointError, SafetensorsError, FileNotFoundError, FileExistsError,
+            ValueError) as e:
+        print(f"convert_checkpoint: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
