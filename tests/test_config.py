@@ -255,3 +255,68 @@ def test_later_config_files_override_earlier(tmp_path):
     extra.write_text("trainer:\n  train_steps: 7\n")
     config = load_experiment([TINY_GPT, str(extra)], "trainer.log_every=7")
     assert config.trainer.train_steps == 7 and config.model.task == "causal_lm"
+
+
+# Fine-tuning keys
+
+CLASSIFY = "model.task=classification,data.input_format=jsonl,data.input_path=labels.jsonl"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.task=classification", "classification reads labelled 'jsonl' or 'csv'"),
+    ("model.task=classification,data.input_format=jsonl", "needs data.input_path"),
+    ("data.input_format=csv", "for labelled data"),
+    (CLASSIFY + ",model.freeze_bottom_layers=3", r"freeze_bottom_layers=3 must be in \[0, "),
+    (CLASSIFY + ",model.finetune=adapters,model.freeze_bottom_layers=1", "is for model.finetune"),
+    (CLASSIFY + ",model.finetune=adapters,model.adapter_dim=0", "adapter_dim must be positive"),
+    (CLASSIFY + ",model.finetune=lora", "model.finetune: 'lora' is not one of"),
+    (CLASSIFY + ",trainer.layer_decay=0", r"layer_decay must be in \(0, 1\]"),
+    (CLASSIFY + ",data.label_names=[a,a]", "repeats a name"),
+    (CLASSIFY + ",data.label_names=[a,b],model.num_classes=3", "num_classes=3, but"),
+    (CLASSIFY + ",data.label_names=a", "expected a list of names"),
+    (CLASSIFY + ",model.pooling=pooled", "needs model.pooler=true"),
+])
+def test_fine_tuning_checks_name_keys(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(TINY_GPT, override)
+
+
+def test_label_names_are_a_list_of_strings():
+    config = load_experiment(TINY_GPT, CLASSIFY + ",data.label_names=[neg, 1, pos]")
+    assert config.data.label_names == ["neg", "1", "pos"]
+
+
+def _pretrained_dir(tmp_path, **model):
+    """A model_dir as tflm-train or the converter leaves it (only what the config reads)."""
+    folder = tmp_path / "pretrained"
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "tokenizer" / "tokenizer.json").write_text('{"kind": "wordpiece"}')
+    source = load_experiment(str(REPO_ROOT / "configs" / "tiny_bert.yaml"),
+                             ",".join(f"model.{k}={v}" for k, v in model.items()))
+    save_experiment(source, str(folder / "params.yaml"))
+    return folder
+
+
+def test_init_checkpoint_fills_the_architecture_and_tokenizer(tmp_path):
+    folder = _pretrained_dir(tmp_path, num_layers=3, hidden_dim=64, norm_epsilon=1e-7)
+    config = load_experiment(None, f"{CLASSIFY},model.init_checkpoint={folder}")
+    assert (config.model.num_layers, config.model.hidden_dim) == (3, 64)
+    assert config.model.norm_epsilon == 1e-7 and config.model.causal is False
+    assert config.model.norm_first is False and config.model.pooler is True  # not the defaults
+    assert (config.data.tokenizer, config.data.vocab_path) == ("wordpiece",
+                                                               str(folder / "tokenizer"))
+    # A key the experiment sets must agree with the checkpoint.
+    with pytest.raises(ConfigError, match=r"model.num_layers=2, but model.init_checkpoint=.* has 3"):
+        load_experiment(None, f"{CLASSIFY},model.init_checkpoint={folder},model.num_layers=2")
+    same = load_experiment(None, f"{CLASSIFY},model.init_checkpoint={folder},model.num_layers=3")
+    assert same.model.num_layers == 3
+
+
+def test_init_checkpoint_must_be_a_tflm_model_dir(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is a Hugging Face checkpoint: convert it first"):
+        load_experiment(TINY_GPT, f"{CLASSIFY},model.init_checkpoint={hf}")
+    with pytest.raises(ConfigError, match="has no params.yaml"):
+        load_experiment(TINY_GPT, f"{CLASSIFY},model.init_checkpoint={tmp_path}")

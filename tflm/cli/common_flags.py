@@ -15,6 +15,12 @@ flags.DEFINE_string(
 )
 
 flags.DEFINE_string(
+    "model_dir", None,
+    "The run's folder: params.yaml, checkpoints, logs and the tokenizer (tflm-train writes it; "
+    "tflm-eval, tflm-export and tflm-generate read it, as a converted checkpoint).",
+)
+
+flags.DEFINE_string(
     "output_dir", None, "Where the binary writes its output (vocabulary files, prepared shards)."
 )
 

@@ -20,7 +20,6 @@ from tflm.cli import common_flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_dir", None, "The tflm model_dir to evaluate.")
 
 
 def load_model_dir_config(model_dir, config_files=(), params_override=""):

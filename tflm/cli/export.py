@@ -13,8 +13,6 @@ from tflm.cli import common_flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_dir", None, "A tflm model_dir (a tflm-train run or a converted "
-                    "checkpoint: params.yaml + checkpoints/ or model.keras).")
 flags.DEFINE_string("export_dir", None, "Base folder of the versioned SavedModels.")
 flags.DEFINE_integer("version", None, "Version folder to write; default: the next free one.")
 flags.DEFINE_integer("num_beams", 4, "Beams of the causal LM's beam_search signature.")

@@ -10,7 +10,6 @@ from tflm.cli import common_flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_dir", None, "A tflm-train model_dir of a causal LM.")
 flags.DEFINE_multi_string("prompt", None, "A prompt; repeat the flag for several.")
 flags.DEFINE_integer("max_new_tokens", 64, "Most tokens added to each prompt.")
 flags.DEFINE_float("temperature", 0.0, "0: greedy; else sampling temperature.")

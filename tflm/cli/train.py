@@ -29,7 +29,6 @@ from tflm.cli import common_flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model_dir", None, "Where params.yaml, checkpoints and logs go.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "train_and_eval"], "What to run.")
 
 

@@ -281,9 +281,11 @@ def classification_batches(texts, labels, tokenizer, sequence_length, batch_size
 
     Training: endless, reshuffled every epoch over the whole set (labelled
     files are often sorted by label, so a bounded shuffle buffer would give
-    one-label batches), static shapes. Evaluation: one pass in order; the
-    final batch is padded to `batch_size` with weight-0 rows, so shapes stay
-    static and split evenly between replicas.
+    one-label batches), static shapes. Evaluation: one pass, in an order
+    fixed by `seed` (so that the first batches, when evaluation stops early,
+    are a fair sample of a file sorted by label); the final batch is padded
+    to `batch_size` with weight-0 rows, so shapes stay static and split
+    evenly between replicas.
 
     Records are split between input pipelines (`input_context`) by index.
     The shuffle runs over indices, so a checkpointed iterator stores integers,
@@ -293,7 +295,11 @@ def classification_batches(texts, labels, tokenizer, sequence_length, batch_size
     labels = tf.constant(np.asarray(labels, np.int32))
     pair_values = None if pairs is None else tf.constant(list(pairs), tf.string)
     count = int(texts.shape[0])
-    indices = tf.data.Dataset.range(count)
+    if training:
+        indices = tf.data.Dataset.range(count)
+    else:
+        order = np.random.default_rng(seed).permutation(count)
+        indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
     if input_context is not None and input_context.num_input_pipelines > 1:
         indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:

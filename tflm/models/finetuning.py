@@ -63,7 +63,7 @@ def apply_finetuning(model, mode="full", freeze_bottom_layers=0):
                        block.feed_forward_norm]
         for layer in frozen:
             layer.trainable = False
-    else:
+    elif freeze_bottom_layers:
         for layer in embedding_layers(backbone) + blocks[:freeze_bottom_layers]:
             layer.trainable = False
     return model
