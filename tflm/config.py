@@ -378,7 +378,7 @@ def resolve_init_checkpoint(config, explicit=()):
         folder = os.path.join(path, TOKENIZER_DIR)
         if os.path.isdir(folder):
             config.data.tokenizer = _saved_tokenizer_kind(folder)
-            config.data.vocab_path = folder
+            config.data.vocab_path = "" if config.data.tokenizer == "byte" else folder
         else:
             config.data.tokenizer = source.data.tokenizer
             config.data.vocab_path = source.data.vocab_path

@@ -189,3 +189,25 @@ def test_the_client_imports_without_tensorflow(repo_root):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_classify_takes_pairs_and_the_models_label_names(tmp_path):
+    from tflm.data.classification import encode_classification
+
+    tokenizer = ByteTokenizer()
+    backbone = TransformerBackbone(**SMALL, pooler=True, num_segments=2)
+    model = SequenceClassifier(backbone, 2, label_names=["contradiction", "entailment"])
+    path = export_saved_model(model, tokenizer, str(tmp_path), text_pair=True,
+                              sequence_length=24)
+    served = tf.saved_model.load(path).signatures["classify"]
+    assert sorted(served.structured_input_signature[1]) == ["text", "text_pair"]
+    texts, pairs = ["A man sleeps." * 3, "It rains."], ["Someone rests.", ""]
+    output = served(text=tf.constant(texts), text_pair=tf.constant(pairs))
+    features, truncated = encode_classification(tokenizer, tf.constant(texts), tf.constant(pairs),
+                                                24, pad_to_length=False)
+    expected = tf.nn.softmax(model(features)).numpy()
+    np.testing.assert_allclose(output["probabilities"].numpy(), expected, atol=1e-5)
+    assert output["truncated"].numpy().tolist() == [True, False]
+    assert set(x.decode() for x in output["label"].numpy()) <= {"contradiction", "entailment"}
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same number of rows"):
+        served(text=tf.constant(["a", "b"]), text_pair=tf.constant(["c"]))

@@ -322,7 +322,12 @@ def classification_batches(texts, labels, tokenizer, sequence_length, batch_size
             return features, row_labels, tf.ensure_shape(weights, [batch_size])
         return features, row_labels
 
-    return batches.map(encode, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+    batches = batches.map(encode, num_parallel_calls=AUTOTUNE, deterministic=True)
+    # Tokenizer tables (e.g. byte-level BPE merges) are resources whose contents never
+    # change: a checkpointed iterator (the data position) need not, and cannot, save them.
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return batches.with_options(options).prefetch(AUTOTUNE)
 
 
 def classification_dataset(texts, labels, tokenizer, sequence_length, batch_size, seed=0,
