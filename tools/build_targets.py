@@ -20,10 +20,14 @@ PIP_NAMES = {
     "grpc": "grpcio",
     "keras": "keras",
     "keras_hub": "keras-hub",
+    "ml_dtypes": "ml-dtypes",
+    "nbclient": "nbclient",
+    "nbformat": "nbformat",
     "numpy": "numpy",
     "official": "tf-models-official",
     "orbit": "tf-models-official",
     "pytest": "pytest",
+    "safetensors": "safetensors",
     "sentencepiece": "sentencepiece",
     "tensorflow": "tensorflow",
     "tensorflow_serving": "tensorflow-serving-api",
@@ -111,7 +115,10 @@ def render():
     for path in test_files:
         deps, pip = _imports(path, helpers)
         if path.name.startswith("test_"):
-            blocks.append(_rule("py_test", _target(path), [str(path)], deps, pip,
+            data = None
+            if path.parent.name == "examples":  # the notebooks under examples/ it runs
+                data = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "examples").glob("*.ipynb"))]
+            blocks.append(_rule("py_test", _target(path), [str(path)], deps, pip, data,
                                 extra='    size = "medium",'))
         else:
             blocks.append(_rule("py_library", _target(path), [str(path)], deps, pip,

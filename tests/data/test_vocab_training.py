@@ -69,6 +69,20 @@ def test_cleaned_lines_counts_and_skips_empty_lines(tmp_path):
     assert stats == {"lines": 4, "characters": 6, "repaired": 1}
 
 
+def test_jsonl_inputs_train_on_their_text_field(tmp_path):
+    path = tmp_path / "reviews.jsonl"
+    path.write_bytes('{"label": "pos", "text": "Good \\u00e9t\u00e9!"}\n\n{"label": "neg"}\n'
+                     .encode("utf-8") + b'{"text": "bad \xff"}\n')
+    stats = {}
+    lines = list(cleaned_lines([str(path)], TextCleaner(lowercase=True), stats, text_field="text"))
+    assert lines == ["good ete!", "bad"]
+    assert stats == {"lines": 4, "characters": 12, "repaired": 1, "missing_field": 1}
+    path.write_bytes(b'{"label": "positive", "text": "good good good"}\n' * 3)
+    vocabulary = train_vocabulary("wordpiece", str(path), 60, str(tmp_path / "wp"),
+                                  text_field="text").get_vocabulary()
+    assert "good" in vocabulary and not {"label", "positive", '"'} & set(vocabulary)
+
+
 def test_empty_glob_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_dir/\\*.txt"):
         train_vocabulary("wordpiece", str(tmp_path / "no_such_dir" / "*.txt"), 500, str(tmp_path))

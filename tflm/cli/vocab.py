@@ -3,6 +3,7 @@
     tflm-vocab --kind=wordpiece --input='corpus/*.txt' --vocab_size=30000 --output_dir=vocab/wp
     tflm-vocab --kind=sentencepiece_unigram --input=zh.txt --vocab_size=8000 --output_dir=vocab/zh
     tflm-vocab --kind=byte_bpe --vocab_size=8000 --output_dir=vocab/bpe   # the embedded corpus
+    tflm-vocab --kind=wordpiece --input=reviews.jsonl --text_field=text --output_dir=vocab/zh
 
 Writes the readable vocabulary (vocab.txt; sentencepiece.model + .vocab;
 vocab.json + merges.txt) and tokenizer.json to --output_dir, then prints one
@@ -31,12 +32,14 @@ flags.DEFINE_boolean("nfkc", None, "Unicode NFKC first. Default: on, except byte
 flags.DEFINE_integer("min_frequency", 2, "wordpiece, byte_bpe: least count of a merged piece.")
 flags.DEFINE_float("character_coverage", 0.9995, "sentencepiece: share of characters that get "
                    "pieces; the rest fall back to bytes. 1.0 for small alphabets.")
+flags.DEFINE_string("text_field", "", "Read the inputs as JSON Lines and train on this field "
+                    "of each line (e.g. text); empty: plain text lines.")
 flags.DEFINE_integer("max_sentences", 0, "sentencepiece: sample this many lines (0: all).")
 
 
 def options_from_flags():
     """The trainer keyword arguments the flags ask for."""
-    options = {}
+    options = {"text_field": FLAGS.text_field}
     if FLAGS.nfkc is not None:
         options["nfkc"] = FLAGS.nfkc
     if FLAGS.kind in ("wordpiece", "byte_bpe"):

@@ -162,6 +162,8 @@ def read_labelled(files, input_format="jsonl", text_field="text", label_field="l
                     bad(path, number, f"the label field {label_field!r} is "
                                       f"{'missing' if label in (None, '') else 'not a scalar'}")
                     continue
+                if stats is not None:
+                    stats.add("documents", 1)
                 texts.append(values[0])
                 if text_pair_field:
                     pairs.append(values[1])

@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from tflm.data import byte_pair, sentencepiece_tokenizer, wordpiece
 from tflm.data.corpus import resolve_files
-from tflm.data.text_cleaning import TextCleaner
+from tflm.data.text_cleaning import TextCleaner, replace_invalid_utf8
 
 KINDS = ("wordpiece", "sentencepiece_unigram", "sentencepiece_bpe", "byte_bpe")
 SENTENCEPIECE_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|endoftext|>")
@@ -71,23 +71,45 @@ def input_files(inputs):
     return files
 
 
-def cleaned_lines(files, cleaner, stats, keep_empty=False):
+def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):
     """Yields each input line, cleaned by `cleaner`, as str; counts into `stats`.
 
-    `stats` gets `lines` (read), `characters` (yielded) and `repaired`
-    (invalid UTF-8 sequences replaced by U+FFFD).
+    With `text_field` the files are JSON Lines and each line's string value of
+    that field is the text (lines without it are counted in `missing_field`).
+    `stats` gets `lines` (read), `characters` (yielded) and
+    `repaired` (invalid UTF-8 sequences replaced by U+FFFD).
     """
     stats.update(lines=0, characters=0, repaired=0)
+    if text_field:
+        from tflm.data.jsonl import extract_string_field
+
+        stats["missing_field"] = 0
+
+    def prepare(lines):
+        # Repair first: the JSON field's regexes need valid UTF-8.
+        texts, repaired = replace_invalid_utf8(lines)
+        missing = tf.constant(0, tf.int64)
+        if text_field:
+            blank = tf.equal(tf.strings.length(tf.strings.strip(texts)), 0)
+            texts, found = extract_string_field(texts, text_field)
+            missing = tf.reduce_sum(tf.cast(~found & ~blank, tf.int64))
+            texts = tf.boolean_mask(texts, found)
+        cleaned, _ = cleaner.clean_and_count(texts)
+        return cleaned, repaired, missing, tf.size(lines)
+
     dataset = tf.data.TextLineDataset(files).batch(_LINES_PER_BATCH)
-    dataset = dataset.map(cleaner.clean_and_count, num_parallel_calls=tf.data.AUTOTUNE)
-    for batch, repaired in dataset.prefetch(2).as_numpy_iterator():
-        stats["lines"] += len(batch)
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    for batch, repaired, missing, read in dataset.prefetch(2).as_numpy_iterator():
+        stats["lines"] += int(read)
         stats["repaired"] += int(repaired.sum())
+        if text_field:
+            stats["missing_field"] += int(missing)
         for line in batch:
             if line or keep_empty:
                 text = line.decode("utf-8")
                 stats["characters"] += len(text)
                 yield text
+
 
 
 def _check_vocab_size(vocab_size, minimum, why):
@@ -103,7 +125,7 @@ def _require_text(stats, files):
 
 def train_wordpiece(inputs, vocab_size, output_dir, lowercase=True, nfkc=True, split_cjk=True,
                     strip_accents=None, min_frequency=2, special_tokens=wordpiece.SPECIAL_TOKENS,
-                    stats=None):
+                    stats=None, text_field=""):
     """Trains a BERT WordPiece vocabulary; writes vocab.txt + tokenizer.json.
 
     Special tokens take ids 0.. in the order given (`[PAD]` = 0).
@@ -127,7 +149,8 @@ def train_wordpiece(inputs, vocab_size, output_dir, lowercase=True, nfkc=True, s
         limit_alphabet=vocab_size - len(special_tokens), continuing_subword_prefix="##",
         show_progress=False,
     )
-    learner.train_from_iterator(cleaned_lines(files, cleaner, stats), trainer=trainer)
+    learner.train_from_iterator(cleaned_lines(files, cleaner, stats, text_field=text_field),
+                                trainer=trainer)
     _require_text(stats, files)
     vocabulary = sorted(learner.get_vocab().items(), key=lambda item: item[1])
     tokenizer = wordpiece.WordPieceTokenizer(
@@ -139,7 +162,7 @@ def train_wordpiece(inputs, vocab_size, output_dir, lowercase=True, nfkc=True, s
 
 def train_sentencepiece(inputs, vocab_size, output_dir, model_type="unigram", lowercase=False,
                         nfkc=True, character_coverage=0.9995, byte_fallback=True, max_sentences=0,
-                        special_tokens=SENTENCEPIECE_SPECIAL_TOKENS, stats=None):
+                        special_tokens=SENTENCEPIECE_SPECIAL_TOKENS, stats=None, text_field=""):
     """Trains a SentencePiece model; writes sentencepiece.model/.vocab + tokenizer.json.
 
     Args:
@@ -169,7 +192,8 @@ def train_sentencepiece(inputs, vocab_size, output_dir, model_type="unigram", lo
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=cleaned_lines(files, cleaner, stats), model_writer=model,
+            sentence_iterator=cleaned_lines(files, cleaner, stats, text_field=text_field),
+            model_writer=model,
             vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
             byte_fallback=byte_fallback, normalization_rule_name="identity",
             pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
@@ -191,7 +215,7 @@ def train_sentencepiece(inputs, vocab_size, output_dir, model_type="unigram", lo
 
 
 def train_byte_bpe(inputs, vocab_size, output_dir, lowercase=False, nfkc=False, min_frequency=2,
-                   special_tokens=(byte_pair.END_OF_TEXT,), stats=None):
+                   special_tokens=(byte_pair.END_OF_TEXT,), stats=None, text_field=""):
     """Trains GPT-2 style byte-level BPE; writes vocab.json + merges.txt + tokenizer.json.
 
     Lines keep their newline, so newlines and indentation get tokens as in
@@ -209,7 +233,8 @@ def train_byte_bpe(inputs, vocab_size, output_dir, lowercase=False, nfkc=False, 
     cleaner = TextCleaner(nfkc=nfkc, lowercase=lowercase, strip_accents=False,
                           remove_control=False, collapse_whitespace=False)
     learner = ByteLevelBPETokenizer(add_prefix_space=False)
-    lines = (line + "\n" for line in cleaned_lines(files, cleaner, stats, keep_empty=True))
+    lines = (line + "\n" for line in cleaned_lines(files, cleaner, stats, keep_empty=True,
+                                                   text_field=text_field))
     learner.train_from_iterator(lines, vocab_size=vocab_size, min_frequency=min_frequency,
                                 special_tokens=special_tokens, show_progress=False)
     _require_text(stats, files)
