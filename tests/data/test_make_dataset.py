@@ -123,10 +123,11 @@ def test_vocabulary_too_large_for_model():
         make_dataset(config)
 
 
-def test_classification_task_is_not_a_pretraining_dataset():
+def test_classification_needs_labelled_files():
+    """Pretraining text has no labels: a classifier's dataset says which formats it reads."""
     config = _config()
     config.model.task = "classification"
-    with pytest.raises(ValueError, match="classification"):
+    with pytest.raises(ValueError, match="labelled data is read from jsonl or csv files"):
         make_dataset(config)
 
 
