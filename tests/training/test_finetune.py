@@ -226,3 +226,56 @@ def test_a_published_checkpoint_fine_tunes_on_real_tweets(tmp_path, shared_data,
                                         pad_to_length=False)
     expected = tf.nn.softmax(model(features, training=False)).numpy()
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
+
+
+def _event_tags(folder):
+    import tensorflow as tf
+
+    tags = set()
+    for path in folder.iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_sentence_pairs_from_csv_train_evaluate_and_serve(tmp_path, pretrained):
+    """Pairs of paragraphs: does the second follow the first? CSV with two text columns."""
+    import csv
+
+    import tensorflow as tf
+
+    from labelled_fixtures import paragraphs
+    from tflm.data.classification import encode_classification
+    from tflm.export import export_saved_model, load_trained
+
+    parts = paragraphs(200)
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["first", "second", "relation"])
+        for i in range(0, len(parts) - 2, 2):
+            follows = i % 4 == 0
+            writer.writerow([parts[i][:80], parts[i + 1 if follows else (i * 7) % len(parts)][:80],
+                             "next" if follows else "random"])
+    config = _finetune_config(path, pretrained, "data.input_format=csv,data.text_field=first,"
+                                                "data.text_pair_field=second,data.label_field=relation")
+    trainer = run_experiment(config, str(tmp_path / "run"), mode="train_and_eval", **QUIET)
+    assert trainer.eval_results["label_names"] == ["next", "random"]
+    assert {"loss", "accuracy", "macro_f1"} <= _event_tags(tmp_path / "run" / "eval")
+
+    model, tokenizer, trained = load_trained(str(tmp_path / "run"))
+    export = export_saved_model(model, tokenizer, str(tmp_path / "export"), warmup=True,
+                                text_pair=True, sequence_length=trained.data.sequence_length)
+    served = tf.saved_model.load(export).signatures["classify"]
+    first, second = tf.constant(parts[:2]), tf.constant(parts[1:3])
+    output = served(text=first, text_pair=second)
+    features, _ = encode_classification(tokenizer, first, second, 48, pad_to_length=False)
+    np.testing.assert_allclose(output["probabilities"].numpy(),
+                               tf.nn.softmax(model(features)).numpy(), atol=1e-5)
+
+
+def test_masked_lm_evaluation_reports_masked_token_accuracy(pretrained):
+    config = load_experiment(str(pretrained / "params.yaml"), "trainer.eval_steps=2")
+    results = run_experiment(config, str(pretrained), mode="eval", **QUIET).eval_results
+    assert results["masked_accuracy"] == results["accuracy"] and 0 <= results["accuracy"] <= 1
+    assert results["tokens"] > 0 and np.isfinite(results["perplexity"])
