@@ -38,8 +38,11 @@ def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
 
 
-def test_float16_loss_scale_recovers_from_overflow(tmp_path):
-    config = _config("trainer.train_steps=16,data.global_batch_size=4,trainer.jit_compile=false,"
+# jit_compile=true on one device: the fused step (one XLA computation), whose guard against a
+# non-finite step is a select; false: the update in cross-replica context behind a tf.cond.
+@pytest.mark.parametrize("jit", ["false", "true"])
+def test_float16_loss_scale_recovers_from_overflow(tmp_path, jit):
+    config = _config(f"trainer.train_steps=16,data.global_batch_size=4,trainer.jit_compile={jit},"
                      "runtime.mixed_precision=mixed_float16,runtime.initial_loss_scale=1.0e9")
     trainer = Trainer(config, str(tmp_path / "fp16"), print_fn=_quiet)
     before = _weights(trainer)
@@ -80,9 +83,10 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
         trainer.train()
 
 
-def test_recover_on_nan_skips_the_bad_batch(tmp_path):
+@pytest.mark.parametrize("jit", ["false", "true"])
+def test_recover_on_nan_skips_the_bad_batch(tmp_path, jit):
     """Recovering equals training on the data without that batch."""
-    extra = ("trainer.train_steps=12,data.global_batch_size=4,trainer.jit_compile=false,"
+    extra = (f"trainer.train_steps=12,data.global_batch_size=4,trainer.jit_compile={jit},"
              "trainer.checkpoint_every=5,trainer.steps_per_loop=1,trainer.recover_on_nan=true")
     config = _config(extra)
     lines = []
@@ -129,3 +133,15 @@ def test_exact_resume_in_one_process(tmp_path):
     assert second.train() == "completed"
     assert int(second.step.numpy()) == 10
     np.testing.assert_allclose(_weights(second), _weights(straight), atol=1e-6)
+
+
+def test_fused_one_device_step_equals_the_distributed_one(tmp_path):
+    """One XLA computation per step (one device) == forward/backward in XLA + update outside."""
+    weights = {}
+    for jit in ("false", "true"):
+        config = _config(f"trainer.train_steps=6,data.global_batch_size=4,trainer.jit_compile={jit}")
+        trainer = Trainer(config, str(tmp_path / jit), print_fn=_quiet)
+        assert trainer._fused == (jit == "true")
+        trainer.train()
+        weights[jit] = _weights(trainer)
+    np.testing.assert_allclose(weights["true"], weights["false"], atol=2e-5)

@@ -89,6 +89,33 @@ class AdamW(tf.Module):
             )
         self.iterations.assign_add(1)
 
+    def apply_where(self, gradients, apply):
+        """`apply(gradients)` if the bool tensor `apply` is true, else nothing changes.
+
+        For one device, where the whole step is one XLA computation: the update
+        is computed and selected with `tf.where` (no cross-replica context or
+        conditional needed), with the same arithmetic as `apply`.
+        """
+        lr = self.learning_rate
+        t = tf.cast(self.iterations + 1, tf.float32)
+        step_size = lr * tf.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
+        decay = lr * self.weight_decay
+        for var, m, v, grad, decayed, factor in zip(self._targets, self.momentums,
+                                                    self.velocities, gradients, self._decayed,
+                                                    self._multipliers):
+            grad = tf.cast(grad, var.dtype)
+            value = var.read_value()
+            if decayed and self.weight_decay:
+                value = value - value * (decay * factor if factor != 1.0 else decay)
+            new_m = m + (grad - m) * (1.0 - self.beta_1)
+            new_v = v + (tf.square(grad) - v) * (1.0 - self.beta_2)
+            scaled_step = step_size * factor if factor != 1.0 else step_size
+            value = value - new_m * scaled_step / (tf.sqrt(new_v) + self.epsilon)
+            m.assign(tf.where(apply, new_m, m))
+            v.assign(tf.where(apply, new_v, v))
+            var.assign(tf.where(apply, value, var))
+        self.iterations.assign_add(tf.cast(apply, tf.int64))
+
     def _update(self, var, grad, m, v, step_size, decay):
         grad = tf.cast(grad, var.dtype)
         if decay is not None and self.weight_decay:

@@ -136,6 +136,11 @@ class Trainer:
         self._variables = self.model.trainable_variables
         self._forward_backward = tf.function(self._forward_backward_fn,
                                              jit_compile=trainer.jit_compile)
+        # On one device the whole step (forward, backward, clipping, update) is one XLA
+        # computation: no cross-replica update, and no per-variable ops outside XLA.
+        self._fused = trainer.jit_compile and isinstance(self.strategy,
+                                                         tf.distribute.OneDeviceStrategy)
+        self._fused_step = tf.function(self._fused_step_fn, jit_compile=True)
         self._train_loop = tf.function(self._train_loop_fn)
         self._eval_step = tf.function(self._eval_step_fn)
         self.tokens_per_step = (config.data.global_batch_size * config.data.sequence_length
@@ -198,6 +203,14 @@ class Trainer:
             grads, _ = tf.clip_by_global_norm(grads, clipnorm, use_norm=norm)
         return grads, loss, norm, finite
 
+    def _fused_step_fn(self, micro_batches):
+        grads, loss, norm, finite = self._replica_step(micro_batches)
+        # A non-finite step (float16 overflow, or a NaN loss) never touches the weights.
+        self.optimizer.apply_where(grads, finite & tf.math.is_finite(loss))
+        self.loss_scale.update(finite)
+        self.step.assign_add(1)
+        return loss, norm
+
     def _next_batch(self):
         """This worker's next batch, split between its local replicas."""
         return self._split_for_replicas(next(self.iterator))
@@ -220,6 +233,8 @@ class Trainer:
     def _train_step(self):
         """One optimizer step (all micro-batches); returns the loss and the gradient norm."""
         micro = [self._next_batch() for _ in range(self.config.trainer.gradient_accumulation_steps)]
+        if self._fused:
+            return self.strategy.run(self._fused_step, args=(micro,))
         grads, loss, norm, finite = self.strategy.run(self._replica_step, args=(micro,))
         finite, loss = self._local(finite), self._local(loss)
 

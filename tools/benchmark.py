@@ -1,0 +1,373 @@
+"""tflm beside keras-hub on the same model shape, data and machine: training, generation, input.
+
+    python tools/benchmark.py train                       # tiny and mid-size shapes, CLM and MLM
+    python tools/benchmark.py train --shapes=gpt2_small,bert_base   # on a GPU: MFU, peak memory
+    python tools/benchmark.py generate --shapes=tiny_gpt  # exported SavedModel vs keras-hub
+    python tools/benchmark.py pipeline --shapes=tiny_gpt  # share of step time waiting for data
+
+Every measurement runs in a process of its own (a fresh TensorFlow: no compiled function or
+allocator state carried over), tflm and keras-hub alternating for `--repeats` rounds. Each run
+prints one JSON line; each shape then a summary line with the medians and the ratio
+tflm / keras-hub. Nothing is timed while it compiles: the first window of steps (or the first
+call) is a warm-up.
+
+- train: tflm's `Trainer` (what `tflm-train` runs) against keras-hub's `GPT2CausalLM` on a
+  `GPT2Backbone`, or `BertMaskedLM` on a `BertBackbone`, of the same shape, trained with
+  `model.fit` on the same batches (tflm's `make_dataset` pipeline: the embedded corpus, the
+  configured sequence length and global batch), the same precision, AdamW with the same
+  schedule and clipping, XLA on (`jit_compile=True`), `steps_per_execution` equal to the
+  trainer's steps per loop, no training metrics on either side. Tokens/s count every position
+  of every row (`batch x sequence_length` a step). On a GPU with a known peak, MFU uses the
+  same FLOPs per token for both (`tflm.training.flops`), and peak memory is the allocator's.
+- generate: greedy continuation of real prompts (the corpus's text), batch 1 and 16. tflm: the
+  `generate` signature of a SavedModel written by `export_saved_model` and loaded back; also
+  `CausalLM.generate` in process (XLA). keras-hub: `GPT2CausalLM.generate` (XLA, its default)
+  with the same weights' shape; tokens/s counts the tokens each side produced.
+- pipeline: the trainer with its real input pipeline, and with the first batch cached and
+  repeated; the share of step time spent on input is `1 - cached/real` of the step times.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+_MID = ("model.num_layers=6,model.num_heads=8,model.hidden_dim=512,model.intermediate_dim=2048,"
+        "model.max_sequence_length=256,data.sequence_length=256,data.global_batch_size=8")
+# name -> (config file, overrides): the model shape and the data.
+SHAPES = {
+    "tiny_gpt": ("configs/tiny_gpt.yaml", ""),
+    "tiny_bert": ("configs/tiny_bert.yaml", ""),
+    "mid_gpt": ("configs/tiny_gpt.yaml", _MID),
+    "mid_bert": ("configs/tiny_bert.yaml", _MID + ",data.max_predictions_per_seq=40"),
+    "gpt2_small": ("configs/gpt2_small.yaml", "data.global_batch_size=16"),
+    "bert_base": ("configs/bert_base.yaml", "data.global_batch_size=64"),
+}
+CPU_SHAPES = "tiny_gpt,tiny_bert,mid_gpt,mid_bert"
+GPU_SHAPES = "gpt2_small,bert_base"
+
+
+def machine():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"{len(gpus)}x {details.get('device_name', 'GPU')}"
+    model = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    return f"{os.cpu_count()}-core CPU ({model})"
+
+
+def _config(shape, precision, extra, steps, window):
+    from tflm.config import load_experiment
+
+    config_file, overrides = SHAPES[shape]
+    schedule = (f"trainer.train_steps={steps},trainer.log_every={window},"
+                f"trainer.steps_per_loop={window},trainer.checkpoint_every={steps},"
+                "trainer.eval_every=0,trainer.warmup_steps=1")
+    precision = f"runtime.mixed_precision={precision}" if precision else ""
+    return load_experiment(os.path.join(ROOT, config_file),
+                           ",".join(filter(None, [overrides, schedule, precision, extra])))
+
+
+def _peak_memory():
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        return None
+    return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+
+
+def _steady(times, tokens_per_window):
+    """Tokens/s after the first (compiling) window, from the window end times."""
+    spans = [b - a for a, b in zip(times, times[1:])]
+    if not spans:
+        return None, []
+    return tokens_per_window * len(spans) / sum(spans), [tokens_per_window / s for s in spans]
+
+
+# -- One measurement (a child process). -----------------------------------------------------
+def train_tflm(config, dataset_fn=None):
+    from tflm.training.trainer import Trainer
+
+    times = []
+    with tempfile.TemporaryDirectory() as model_dir:
+        trainer = Trainer(config, model_dir, dataset_fn=dataset_fn,
+                          print_fn=lambda line: times.append(time.perf_counter()))
+        start = time.perf_counter()
+        trainer.train()
+    tokens = config.trainer.log_every * trainer.tokens_per_step
+    steady, windows = _steady([t for t in times], tokens)
+    return {"tokens_per_second": steady, "windows": windows, "seconds": times[-1] - start,
+            "parameters": trainer.model.count_params(), "peak_memory_bytes": _peak_memory()}
+
+
+def keras_hub_task(config):
+    """keras-hub's GPT2CausalLM / BertMaskedLM with the shape and precision of `config`."""
+    import keras_hub
+
+    model = config.model
+    kwargs = dict(vocabulary_size=model.vocabulary_size, num_layers=model.num_layers,
+                  num_heads=model.num_heads, hidden_dim=model.hidden_dim,
+                  intermediate_dim=model.intermediate_dim, dropout=model.dropout,
+                  max_sequence_length=model.max_sequence_length,
+                  dtype=config.runtime.mixed_precision)
+    if model.task == "causal_lm":
+        return keras_hub.models.GPT2CausalLM(keras_hub.models.GPT2Backbone(**kwargs),
+                                             preprocessor=None)
+    return keras_hub.models.BertMaskedLM(
+        keras_hub.models.BertBackbone(num_segments=model.num_segments, **kwargs),
+        preprocessor=None)
+
+
+def train_keras_hub(config):
+    import keras
+
+    from tflm.data import make_dataset
+    from tflm.training.flops import training_flops_per_token  # noqa: F401  (same FLOPs)
+    from tflm.training.optimizer import make_schedule
+
+    keras.utils.set_random_seed(config.runtime.seed)
+    trainer = config.trainer
+    task = keras_hub_task(config)
+    task.compile(
+        optimizer=keras.optimizers.AdamW(
+            learning_rate=make_schedule(trainer), weight_decay=trainer.weight_decay,
+            beta_1=trainer.beta_1, beta_2=trainer.beta_2, epsilon=trainer.epsilon,
+            global_clipnorm=trainer.clipnorm),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        weighted_metrics=[], jit_compile=trainer.jit_compile,
+        steps_per_execution=trainer.steps_per_loop)
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            float(logs["loss"])  # wait for the window to finish, as the trainer's log line does
+            times.append(time.perf_counter())
+
+    data = make_dataset(config)
+    start = time.perf_counter()
+    task.fit(data, steps_per_epoch=trainer.train_steps, epochs=1, verbose=0, callbacks=[Timer()])
+    tokens = trainer.steps_per_loop * config.data.global_batch_size * config.data.sequence_length
+    steady, windows = _steady(times, tokens)
+    return {"tokens_per_second": steady, "windows": windows, "seconds": times[-1] - start,
+            "parameters": task.count_params(), "peak_memory_bytes": _peak_memory()}
+
+
+def _prompts(batch, length):
+    """`batch` prompts of real text, `length` bytes each, from the embedded corpus."""
+    from tflm.data import default_corpus_path
+
+    with open(default_corpus_path(), "rb") as f:
+        text = f.read()[20000:]
+    return [text[i * 997:i * 997 + length].decode("utf-8", "ignore") for i in range(batch)]
+
+
+def generate_tflm(config, batch, prompt_length, new_tokens, calls):
+    import numpy as np
+    import tensorflow as tf
+
+    from tflm.data import ByteTokenizer
+    from tflm.export import export_saved_model
+    from tflm.models.factory import build_task
+
+    model = build_task(config.model)
+    tokenizer = ByteTokenizer()
+    prompts = _prompts(batch, prompt_length)
+    result = {}
+    with tempfile.TemporaryDirectory() as export_dir:
+        generate = tf.saved_model.load(
+            export_saved_model(model, tokenizer, export_dir, warmup=False)).signatures["generate"]
+        args = dict(prompts=tf.constant(prompts), max_new_tokens=tf.constant(new_tokens),
+                    temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
+                    seed=tf.constant(0, tf.int64))
+        generate(**args)
+        seconds, tokens = [], 0
+        for _ in range(calls):
+            start = time.perf_counter()
+            output = generate(**args)
+            tokens += int(np.sum(output["num_tokens"].numpy()))
+            seconds.append(time.perf_counter() - start)
+    result["tokens_per_second"] = tokens / sum(seconds)
+    result["seconds_per_call"] = statistics.median(seconds)
+    ids = [list(p.encode("utf-8")) for p in prompts]
+    ids = [[i + 6 for i in row] for row in ids]  # ByteTokenizer ids
+    model.generate(ids, max_new_tokens=new_tokens, end_id=tokenizer.end_of_text_id)
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = model.generate(ids, max_new_tokens=new_tokens, end_id=tokenizer.end_of_text_id)
+    result["in_process_xla_tokens_per_second"] = (
+        sum(len(row) for row in out) * calls / (time.perf_counter() - start))
+    return result
+
+
+def generate_keras_hub(config, batch, prompt_length, new_tokens, calls):
+    import numpy as np
+
+    task = keras_hub_task(config)
+    task.compile(sampler="greedy")
+    prompts = [[b + 6 for b in p.encode("utf-8")] for p in _prompts(batch, prompt_length)]
+    width = max(map(len, prompts)) + new_tokens
+    token_ids = np.zeros((batch, width), "int32")
+    padding_mask = np.zeros((batch, width), bool)
+    for i, row in enumerate(prompts):
+        token_ids[i, :len(row)] = row
+        padding_mask[i, :len(row)] = True
+    inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+    task.generate(inputs, stop_token_ids=None)
+    seconds = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        task.generate(inputs, stop_token_ids=None)
+        seconds.append(time.perf_counter() - start)
+    tokens = sum(width - len(row) for row in prompts) * calls
+    return {"tokens_per_second": tokens / sum(seconds),
+            "seconds_per_call": statistics.median(seconds)}
+
+
+def pipeline_wait(config):
+    from tflm.data import make_dataset
+
+    real = train_tflm(config)
+    cached = train_tflm(config, dataset_fn=lambda context: make_dataset(
+        config, input_context=context).take(1).cache().repeat())
+    return {"tokens_per_second": real["tokens_per_second"],
+            "cached_tokens_per_second": cached["tokens_per_second"],
+            "input_wait_fraction": max(0.0, 1.0 - real["tokens_per_second"]
+                                       / cached["tokens_per_second"])}
+
+
+def run_one(args):
+    """The child process: one side of one measurement; prints its JSON line."""
+    import tensorflow as tf
+
+    from tflm.training.flops import peak_flops_per_device, training_flops_per_token
+    from tflm.models.factory import build_backbone
+
+    tf.get_logger().setLevel("ERROR")
+    config = _config(args.shape, args.precision, args.params_override, args.steps, args.window)
+    record = {"benchmark": args.measure, "side": args.side, "shape": args.shape,
+              "precision": config.runtime.mixed_precision,
+              "sequence_length": config.data.sequence_length,
+              "global_batch_size": config.data.global_batch_size, "machine": machine()}
+    if args.measure == "train":
+        record.update(train_tflm(config) if args.side == "tflm" else train_keras_hub(config))
+        flops = training_flops_per_token(build_backbone(config.model), config.data.sequence_length)
+        record["flops_per_token"] = flops
+        record["tflops"] = record["tokens_per_second"] * flops / 1e12
+        peak = peak_flops_per_device(config.runtime.peak_tflops)
+        if peak:
+            record["mfu"] = record["tokens_per_second"] * flops / peak
+    elif args.measure == "generate":
+        run = generate_tflm if args.side == "tflm" else generate_keras_hub
+        record.update(batch=args.batch, prompt_length=args.prompt_length,
+                      new_tokens=args.new_tokens,
+                      **run(config, args.batch, args.prompt_length, args.new_tokens, args.calls))
+    else:
+        record.update(pipeline_wait(config))
+    print(json.dumps(record), flush=True)
+
+
+# -- The parent: alternate sides, summarize. -------------------------------------------------
+def _child(args, what, side, shape, extra=()):
+    command = [sys.executable, os.path.abspath(__file__), "_run", f"--measure={what}",
+               f"--side={side}", f"--shape={shape}", f"--steps={args.steps}",
+               f"--window={args.window}", f"--params_override={args.params_override}",
+               f"--precision={args.precision}", *extra]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                            timeout=args.timeout)
+    if result.returncode:
+        raise RuntimeError(f"{what} {side} {shape} failed:\n{result.stderr[-3000:]}")
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def compare(args, what, shape, extra=(), key="tokens_per_second"):
+    sides = ("tflm", "keras_hub")
+    runs = {side: [] for side in sides}
+    for round_index in range(args.repeats):
+        for side in sides if round_index % 2 == 0 else sides[::-1]:
+            runs[side].append(_child(args, what, side, shape, extra))
+    medians = {side: statistics.median(r[key] for r in runs[side]) for side in sides}
+    summary = {"benchmark": what, "summary": True, "shape": shape, "runs": args.repeats,
+               "tflm_" + key: medians["tflm"], "keras_hub_" + key: medians["keras_hub"],
+               "ratio": medians["tflm"] / medians["keras_hub"],
+               "machine": runs["tflm"][0]["machine"]}
+    for extra_key in ("mfu", "peak_memory_bytes", "in_process_xla_tokens_per_second"):
+        for side in sides:
+            values = [r[extra_key] for r in runs[side] if r.get(extra_key) is not None]
+            if values:
+                summary[f"{side}_{extra_key}"] = statistics.median(values)
+    for r in runs["tflm"]:
+        summary.setdefault("precision", r["precision"])
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["train", "generate", "pipeline", "_run"])
+    parser.add_argument("--shapes", default=None, help=f"comma-separated, of {sorted(SHAPES)}; "
+                        f"default {CPU_SHAPES} on a CPU, {GPU_SHAPES} on a GPU")
+    parser.add_argument("--steps", type=int, default=60, help="training steps per run")
+    parser.add_argument("--window", type=int, default=10, help="steps per timed window "
+                        "(= steps per compiled call on both sides)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; sides alternate")
+    parser.add_argument("--precision", default="", help="runtime.mixed_precision; default "
+                        "the shape's config")
+    parser.add_argument("--params_override", default="", help="more config overrides")
+    parser.add_argument("--batches", default="1,16", help="generate: batch sizes")
+    parser.add_argument("--prompt_length", type=int, default=16)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--calls", type=int, default=5, help="generate: timed calls per run")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
+    # The child's own arguments.
+    parser.add_argument("--measure", choices=["train", "generate", "pipeline"])
+    parser.add_argument("--side", choices=["tflm", "keras_hub"])
+    parser.add_argument("--shape")
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.what == "_run":
+        return run_one(args)
+    if args.shapes is None:
+        import tensorflow as tf
+
+        args.shapes = GPU_SHAPES if tf.config.list_physical_devices("GPU") else CPU_SHAPES
+        if not args.precision and not tf.config.list_physical_devices("GPU"):
+            args.precision = "float32"  # this CPU has no fast bf16: benchmark it in float32
+    for shape in args.shapes.split(","):
+        if shape not in SHAPES:
+            parser.error(f"unknown shape {shape!r}; known: {sorted(SHAPES)}")
+        if args.what == "train":
+            compare(args, "train", shape)
+        elif args.what == "generate":
+            for batch in args.batches.split(","):
+                compare(args, "generate", shape,
+                        [f"--batch={batch}", f"--prompt_length={args.prompt_length}",
+                         f"--new_tokens={args.new_tokens}", f"--calls={args.calls}"])
+        else:
+            runs = [_child(args, "pipeline", "tflm", shape) for _ in range(args.repeats)]
+            print(json.dumps({
+                "benchmark": "pipeline", "summary": True, "shape": shape, "runs": args.repeats,
+                "input_wait_fraction": statistics.median(r["input_wait_fraction"] for r in runs),
+                "tokens_per_second": statistics.median(r["tokens_per_second"] for r in runs),
+                "machine": runs[0]["machine"]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
