@@ -20,7 +20,8 @@ call) is a warm-up.
   of every row (`batch x sequence_length` a step). On a GPU with a known peak, MFU uses the
   same FLOPs per token for both (`tflm.training.flops`), and peak memory is the allocator's.
 - generate: greedy continuation of real prompts (the corpus's text), batch 1 and 16. tflm: the
-  `generate` signature of a SavedModel written by `export_saved_model` and loaded back; also
+  `generate` signature of a SavedModel written by `export_saved_model` and loaded back, as
+  exported by default (portable: no XLA) and with `jit_compile=True` (XLA decode); also
   `CausalLM.generate` in process (XLA). keras-hub: `GPT2CausalLM.generate` (XLA, its default)
   with the same weights' shape; tokens/s counts the tokens each side produced.
 - pipeline: the trainer with its real input pipeline, and with the first batch cached and
@@ -30,7 +31,6 @@ call) is a warm-up.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,6 +40,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchmark_train import machine  # noqa: E402  (the same machine line in every tool)
 
 _MID = ("model.num_layers=6,model.num_heads=8,model.hidden_dim=512,model.intermediate_dim=2048,"
         "model.max_sequence_length=256,data.sequence_length=256,data.global_batch_size=8")
@@ -54,21 +57,6 @@ SHAPES = {
 }
 CPU_SHAPES = "tiny_gpt,tiny_bert,mid_gpt,mid_bert"
 GPU_SHAPES = "gpt2_small,bert_base"
-
-
-def machine():
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"{len(gpus)}x {details.get('device_name', 'GPU')}"
-    model = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), model)
-    return f"{os.cpu_count()}-core CPU ({model})"
 
 
 def _config(shape, precision, extra, steps, window):
@@ -188,21 +176,22 @@ def generate_tflm(config, batch, prompt_length, new_tokens, calls):
     tokenizer = ByteTokenizer()
     prompts = _prompts(batch, prompt_length)
     result = {}
-    with tempfile.TemporaryDirectory() as export_dir:
-        generate = tf.saved_model.load(
-            export_saved_model(model, tokenizer, export_dir, warmup=False)).signatures["generate"]
-        args = dict(prompts=tf.constant(prompts), max_new_tokens=tf.constant(new_tokens),
-                    temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
-                    seed=tf.constant(0, tf.int64))
-        generate(**args)
-        seconds, tokens = [], 0
-        for _ in range(calls):
-            start = time.perf_counter()
-            output = generate(**args)
-            tokens += int(np.sum(output["num_tokens"].numpy()))
-            seconds.append(time.perf_counter() - start)
-    result["tokens_per_second"] = tokens / sum(seconds)
-    result["seconds_per_call"] = statistics.median(seconds)
+    args = dict(prompts=tf.constant(prompts), max_new_tokens=tf.constant(new_tokens),
+                temperature=tf.constant(0.0), top_k=tf.constant(0), top_p=tf.constant(1.0),
+                seed=tf.constant(0, tf.int64))
+    for key, jit in (("", False), ("xla_export_", True)):
+        with tempfile.TemporaryDirectory() as export_dir:
+            path = export_saved_model(model, tokenizer, export_dir, warmup=False, jit_compile=jit)
+            generate = tf.saved_model.load(path).signatures["generate"]
+            generate(**args)
+            seconds, tokens = [], 0
+            for _ in range(calls):
+                start = time.perf_counter()
+                output = generate(**args)
+                tokens += int(np.sum(output["num_tokens"].numpy()))
+                seconds.append(time.perf_counter() - start)
+        result[key + "tokens_per_second"] = tokens / sum(seconds)
+        result[key + "seconds_per_call"] = statistics.median(seconds)
     ids = [list(p.encode("utf-8")) for p in prompts]
     ids = [[i + 6 for i in row] for row in ids]  # ByteTokenizer ids
     model.generate(ids, max_new_tokens=new_tokens, end_id=tokenizer.end_of_text_id)
@@ -307,7 +296,11 @@ def compare(args, what, shape, extra=(), key="tokens_per_second"):
                "tflm_" + key: medians["tflm"], "keras_hub_" + key: medians["keras_hub"],
                "ratio": medians["tflm"] / medians["keras_hub"],
                "machine": runs["tflm"][0]["machine"]}
-    for extra_key in ("mfu", "peak_memory_bytes", "in_process_xla_tokens_per_second"):
+    if what == "generate":
+        summary["xla_export_ratio"] = statistics.median(
+            r["xla_export_tokens_per_second"] for r in runs["tflm"]) / medians["keras_hub"]
+    for extra_key in ("mfu", "peak_memory_bytes", "in_process_xla_tokens_per_second",
+                      "xla_export_tokens_per_second"):
         for side in sides:
             values = [r[extra_key] for r in runs[side] if r.get(extra_key) is not None]
             if values:

@@ -211,3 +211,27 @@ def test_classify_takes_pairs_and_the_models_label_names(tmp_path):
     assert set(x.decode() for x in output["label"].numpy()) <= {"contradiction", "entailment"}
     with pytest.raises(tf.errors.InvalidArgumentError, match="same number of rows"):
         served(text=tf.constant(["a", "b"]), text_pair=tf.constant(["c"]))
+
+
+def test_an_xla_decode_answers_as_the_plain_one(tmp_path, causal_lm):
+    """jit_compile=True: the same text from generate and beam_search, for prompts on both sides
+    of a prompt bucket (the XLA decode pads them further on the left)."""
+    tokenizer = ByteTokenizer()
+    plain = tf.saved_model.load(export_saved_model(causal_lm, tokenizer, str(tmp_path / "a"),
+                                                   warmup=False))
+    xla = tf.saved_model.load(export_saved_model(causal_lm, tokenizer, str(tmp_path / "b"),
+                                                 warmup=True, jit_compile=True))
+    prompts = ["It is", "a truth universally acknowledged, that a single man", ""]
+    for max_new_tokens in (3, 6):
+        args = _args(None, prompts=prompts, max_new_tokens=max_new_tokens)
+        expected = plain.signatures["generate"](**args)
+        got = xla.signatures["generate"](**args)
+        for key in ("text", "num_tokens", "prompt_truncated"):
+            np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
+        beams = {"prompts": tf.constant(prompts), "max_new_tokens": tf.constant(max_new_tokens),
+                 "length_penalty": tf.constant(0.6)}
+        np.testing.assert_array_equal(xla.signatures["beam_search"](**beams)["text"].numpy(),
+                                      plain.signatures["beam_search"](**beams)["text"].numpy())
+    sampled = _args(None, prompts=prompts, temperature=0.9, top_k=20, top_p=0.9, seed=3)
+    np.testing.assert_array_equal(xla.signatures["generate"](**sampled)["text"].numpy(),
+                                  plain.signatures["generate"](**sampled)["text"].numpy())

@@ -17,6 +17,9 @@ flags.DEFINE_string("export_dir", None, "Base folder of the versioned SavedModel
 flags.DEFINE_integer("version", None, "Version folder to write; default: the next free one.")
 flags.DEFINE_integer("num_beams", 4, "Beams of the causal LM's beam_search signature.")
 flags.DEFINE_string("serving_release", "2.20", "TF Serving release whose ops the export must use.")
+flags.DEFINE_boolean("jit_compile", False,
+                     "Compile a causal LM's decoding loops with XLA (several times faster; TF "
+                     "Serving then needs --xla_cpu_compilation_enabled on a CPU).")
 flags.DEFINE_list("label_names", None,
                   "Classifier label names, in class-id order; default: the model's own.")
 
@@ -35,7 +38,7 @@ def main(argv):
             label_names=FLAGS.label_names, num_beams=FLAGS.num_beams,
             serving_release=FLAGS.serving_release,
             text_pair=bool(config.data.text_pair_field),
-            sequence_length=config.data.sequence_length,
+            sequence_length=config.data.sequence_length, jit_compile=FLAGS.jit_compile,
         )
     except (ExportError, UnsupportedOpError, FileNotFoundError, ValueError) as e:
         common_flags.exit_with_error("tflm-export", e)

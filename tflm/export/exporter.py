@@ -27,10 +27,11 @@ class ExportError(ValueError):
 
 
 def serving_module(model, tokenizer, label_names=None, num_beams=4, text_pair=False,
-                   sequence_length=None):
-    """The serving module for the model's task (`text_pair`, `sequence_length`: classifiers)."""
+                   sequence_length=None, jit_compile=False):
+    """The serving module for the model's task (`text_pair`, `sequence_length`: classifiers;
+    `num_beams`, `jit_compile`: causal LMs)."""
     if isinstance(model, CausalLM):
-        return CausalLMServing(model, tokenizer, num_beams=num_beams)
+        return CausalLMServing(model, tokenizer, num_beams=num_beams, jit_compile=jit_compile)
     if isinstance(model, MaskedLM):
         return MaskedLMServing(model, tokenizer)
     if isinstance(model, SequenceClassifier):
@@ -71,17 +72,20 @@ def next_version(export_dir):
 
 def export_saved_model(model, tokenizer, export_dir, version=None, label_names=None, num_beams=4,
                        serving_release=DEFAULT_RELEASE, warmup=True, text_pair=False,
-                       sequence_length=None):
+                       sequence_length=None, jit_compile=False):
     """Writes `export_dir/<version>/`; returns its path.
 
     `label_names` default to the classifier's own; `text_pair` and
-    `sequence_length` shape the `classify` signature as the model was trained.
+    `sequence_length` shape the `classify` signature as the model was trained;
+    `jit_compile` makes a causal LM's decoding loops XLA programs (see
+    `CausalLMServing`).
 
     Raises:
         ExportError: the version exists already.
         UnsupportedOpError: the graph has an op the target TF Serving lacks.
     """
-    module = serving_module(model, tokenizer, label_names, num_beams, text_pair, sequence_length)
+    module = serving_module(model, tokenizer, label_names, num_beams, text_pair, sequence_length,
+                            jit_compile)
     version = int(version) if version is not None else next_version(export_dir)
     path = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(path):

@@ -1,0 +1,44 @@
+"""tools/benchmark.py runs end to end on a CPU, small: every side and measurement prints its
+JSON line and each shape a summary with the ratio (the numbers themselves are benchmarks,
+not tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def _run(repo_root, *args):
+    result = subprocess.run(
+        [sys.executable, "tools/benchmark.py", *args, "--repeats=1"], cwd=repo_root,
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+                 PYTHONPATH=str(repo_root)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_training_side_by_side_on_the_gpu_shape_shrunk(repo_root):
+    records = _run(repo_root, "train", "--shapes=bert_base", "--steps=4", "--window=2",
+                   "--precision=float32", "--params_override=model.num_layers=1,"
+                   "data.sequence_length=32,data.global_batch_size=2")
+    sides = {r["side"]: r for r in records if not r.get("summary")}
+    assert set(sides) == {"tflm", "keras_hub"}
+    # The same model shape on both sides.
+    assert sides["tflm"]["parameters"] == sides["keras_hub"]["parameters"]
+    for record in sides.values():
+        assert record["tokens_per_second"] > 0 and record["flops_per_token"] > 0
+    summary = records[-1]
+    assert summary["summary"] and summary["ratio"] > 0 and "CPU" in summary["machine"]
+
+
+def test_generation_and_input_wait(repo_root):
+    records = _run(repo_root, "generate", "--shapes=tiny_gpt", "--batches=2", "--new_tokens=4",
+                   "--calls=1")
+    summary = records[-1]
+    assert summary["summary"] and summary["ratio"] > 0 and summary["xla_export_ratio"] > 0
+    tflm = next(r for r in records if r.get("side") == "tflm")
+    assert tflm["batch"] == 2 and tflm["in_process_xla_tokens_per_second"] > 0
+    records = _run(repo_root, "pipeline", "--shapes=tiny_gpt", "--steps=4", "--window=2",
+                   "--params_override=data.sequence_length=32,data.global_batch_size=4")
+    assert 0.0 <= records[-1]["input_wait_fraction"] <= 1.0
