@@ -74,19 +74,9 @@ class AdamW(tf.Module):
     def apply(self, gradients, strategy=None):
         """One update of every variable with `gradients` (summed over replicas already)."""
         strategy = strategy or tf.distribute.get_strategy()
-        lr = self.learning_rate
-        t = tf.cast(self.iterations + 1, tf.float32)
-        step_size = lr * tf.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
-        decay = lr * self.weight_decay
-        for var, m, v, grad, decayed, factor in zip(self._targets, self.momentums,
-                                                    self.velocities, gradients, self._decayed,
-                                                    self._multipliers):
-            scaled_step = step_size if factor == 1.0 else step_size * factor
-            scaled_decay = decay if factor == 1.0 else decay * factor
-            strategy.extended.update(
-                var, self._update,
-                args=(grad, m, v, scaled_step, scaled_decay if decayed else None), group=False,
-            )
+        for var, m, v, grad, step_size, decay in self._per_variable(gradients):
+            strategy.extended.update(var, self._update, args=(grad, m, v, step_size, decay),
+                                     group=False)
         self.iterations.assign_add(1)
 
     def apply_where(self, gradients, apply):
@@ -96,6 +86,16 @@ class AdamW(tf.Module):
         is computed and selected with `tf.where` (no cross-replica context or
         conditional needed), with the same arithmetic as `apply`.
         """
+        for var, m, v, grad, step_size, decay in self._per_variable(gradients):
+            value, new_m, new_v = self._new_values(var, grad, m, v, step_size, decay)
+            m.assign(tf.where(apply, new_m, m))
+            v.assign(tf.where(apply, new_v, v))
+            var.assign(tf.where(apply, value, var))
+        self.iterations.assign_add(tf.cast(apply, tf.int64))
+
+    def _per_variable(self, gradients):
+        """`(var, m, v, grad, step size, decay or None)` of each variable for the next update,
+        its learning-rate multiplier applied."""
         lr = self.learning_rate
         t = tf.cast(self.iterations + 1, tf.float32)
         step_size = lr * tf.sqrt(1.0 - self.beta_2**t) / (1.0 - self.beta_1**t)
@@ -103,26 +103,26 @@ class AdamW(tf.Module):
         for var, m, v, grad, decayed, factor in zip(self._targets, self.momentums,
                                                     self.velocities, gradients, self._decayed,
                                                     self._multipliers):
-            grad = tf.cast(grad, var.dtype)
-            value = var.read_value()
-            if decayed and self.weight_decay:
-                value = value - value * (decay * factor if factor != 1.0 else decay)
-            new_m = m + (grad - m) * (1.0 - self.beta_1)
-            new_v = v + (tf.square(grad) - v) * (1.0 - self.beta_2)
-            scaled_step = step_size * factor if factor != 1.0 else step_size
-            value = value - new_m * scaled_step / (tf.sqrt(new_v) + self.epsilon)
-            m.assign(tf.where(apply, new_m, m))
-            v.assign(tf.where(apply, new_v, v))
-            var.assign(tf.where(apply, value, var))
-        self.iterations.assign_add(tf.cast(apply, tf.int64))
+            if factor != 1.0:
+                yield var, m, v, grad, step_size * factor, (decay * factor if decayed else None)
+            else:
+                yield var, m, v, grad, step_size, (decay if decayed else None)
+
+    def _new_values(self, var, grad, m, v, step_size, decay):
+        """The updated `(variable, m, v)`, by the formulas above."""
+        grad = tf.cast(grad, var.dtype)
+        value = tf.convert_to_tensor(var)
+        if decay is not None and self.weight_decay:
+            value = value - value * decay
+        new_m = m + (grad - m) * (1.0 - self.beta_1)
+        new_v = v + (tf.square(grad) - v) * (1.0 - self.beta_2)
+        return value - new_m * step_size / (tf.sqrt(new_v) + self.epsilon), new_m, new_v
 
     def _update(self, var, grad, m, v, step_size, decay):
-        grad = tf.cast(grad, var.dtype)
-        if decay is not None and self.weight_decay:
-            var.assign_sub(var * decay)
-        m.assign_add((grad - m) * (1.0 - self.beta_1))
-        v.assign_add((tf.square(grad) - v) * (1.0 - self.beta_2))
-        var.assign_sub(m * step_size / (tf.sqrt(v) + self.epsilon))
+        value, new_m, new_v = self._new_values(var, grad, m, v, step_size, decay)
+        m.assign(new_m)
+        v.assign(new_v)
+        var.assign(value)
 
 
 def _tf_variable(variable):
