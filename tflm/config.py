@@ -265,6 +265,10 @@ def parse_overrides(text):
     return nested
 
 
+# tflm-vocab's training kinds name the SentencePiece algorithm; the tokenizer is the same.
+TOKENIZER_ALIASES = {"sentencepiece_unigram": "sentencepiece",
+                     "sentencepiece_bpe": "sentencepiece"}
+
 # Model Garden spells precisions by their compute dtype.
 PRECISION_ALIASES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -394,8 +398,17 @@ def _saved_tokenizer_kind(folder):
             kind = json.load(f)["kind"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{folder}: no readable tokenizer.json ({e}).") from None
-    return {"sentencepiece_unigram": "sentencepiece",
-            "sentencepiece_bpe": "sentencepiece"}.get(kind, kind)
+    return TOKENIZER_ALIASES.get(kind, kind)
+
+
+def load_model_dir_config(model_dir, config_files=(), params_override=""):
+    """The params.yaml of a tflm model_dir, with more files and overrides on top."""
+    import os
+
+    params = os.path.join(model_dir, PARAMS_FILE)
+    if not os.path.exists(params):
+        raise ConfigError(f"{model_dir}: no {PARAMS_FILE}; not a tflm model_dir.")
+    return load_experiment([params, *(config_files or [])], params_override)
 
 
 def validate(config):

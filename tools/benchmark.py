@@ -98,7 +98,7 @@ def train_tflm(config, dataset_fn=None):
         start = time.perf_counter()
         trainer.train()
     tokens = config.trainer.log_every * trainer.tokens_per_step
-    steady, windows = _steady([t for t in times], tokens)
+    steady, windows = _steady(times, tokens)
     return {"tokens_per_second": steady, "windows": windows, "seconds": times[-1] - start,
             "parameters": trainer.model.count_params(), "peak_memory_bytes": _peak_memory()}
 
@@ -125,7 +125,6 @@ def train_keras_hub(config):
     import keras
 
     from tflm.data import make_dataset
-    from tflm.training.flops import training_flops_per_token  # noqa: F401  (same FLOPs)
     from tflm.training.optimizer import make_schedule
 
     keras.utils.set_random_seed(config.runtime.seed)
@@ -192,8 +191,7 @@ def generate_tflm(config, batch, prompt_length, new_tokens, calls):
                 seconds.append(time.perf_counter() - start)
         result[key + "tokens_per_second"] = tokens / sum(seconds)
         result[key + "seconds_per_call"] = statistics.median(seconds)
-    ids = [list(p.encode("utf-8")) for p in prompts]
-    ids = [[i + 6 for i in row] for row in ids]  # ByteTokenizer ids
+    ids = tokenizer.tokenize(prompts).to_list()
     model.generate(ids, max_new_tokens=new_tokens, end_id=tokenizer.end_of_text_id)
     start = time.perf_counter()
     for _ in range(calls):
@@ -206,9 +204,11 @@ def generate_tflm(config, batch, prompt_length, new_tokens, calls):
 def generate_keras_hub(config, batch, prompt_length, new_tokens, calls):
     import numpy as np
 
+    from tflm.data import ByteTokenizer
+
     task = keras_hub_task(config)
     task.compile(sampler="greedy")
-    prompts = [[b + 6 for b in p.encode("utf-8")] for p in _prompts(batch, prompt_length)]
+    prompts = ByteTokenizer().tokenize(_prompts(batch, prompt_length)).to_list()
     width = max(map(len, prompts)) + new_tokens
     token_ids = np.zeros((batch, width), "int32")
     padding_mask = np.zeros((batch, width), bool)

@@ -37,8 +37,8 @@ def test_convert_reports_and_refuses_bad_input(repo_root, tmp_path):
 def test_a_converted_checkpoint_evaluates_as_it_is(tmp_path):
     """tflm-eval's path on a converted GPT-2 (model.keras, no checkpoints/): perplexity on
     held-out paragraphs of the embedded corpus."""
-    from tflm.cli.eval import load_model_dir_config
     from tflm.cli.train import run_experiment
+    from tflm.config import load_model_dir_config
     from tflm.models.pretrained import convert_checkpoint
 
     write_gpt2_folder(str(tmp_path / "hf"))

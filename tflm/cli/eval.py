@@ -12,25 +12,11 @@ Results go to `model_dir/eval_results.json` and TensorBoard (`model_dir/eval`).
 The same as `tflm-train --mode=eval`, without restating the config.
 """
 
-import os
-
 from absl import app, flags
 
 from tflm.cli import common_flags
 
 FLAGS = flags.FLAGS
-
-
-
-def load_model_dir_config(model_dir, config_files=(), params_override=""):
-    """params.yaml of `model_dir`, with more files and overrides on top."""
-    from tflm import config as config_lib
-
-    params = os.path.join(model_dir, config_lib.PARAMS_FILE)
-    if not os.path.exists(params):
-        raise config_lib.ConfigError(f"{model_dir}: no {config_lib.PARAMS_FILE}; not a tflm "
-                                     "model_dir.")
-    return config_lib.load_experiment([params, *(config_files or [])], params_override)
 
 
 def main(argv):
@@ -46,7 +32,8 @@ def main(argv):
     if not FLAGS.model_dir:
         raise app.UsageError("--model_dir is required.")
     try:
-        config = load_model_dir_config(FLAGS.model_dir, FLAGS.config_file, FLAGS.params_override)
+        config = config_lib.load_model_dir_config(FLAGS.model_dir, FLAGS.config_file,
+                                                  FLAGS.params_override)
         run_experiment(config, FLAGS.model_dir, "eval",
                        print_fn=lambda line: print(line, flush=True))
     except (config_lib.ConfigError, FileNotFoundError, CheckpointError, PretrainedError,

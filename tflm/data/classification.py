@@ -233,19 +233,27 @@ def encode_classification(tokenizer, texts, pairs=None, sequence_length=128, cau
         `(features, truncated)`: `{"token_ids", "padding_mask", "segment_ids"}`
         `(batch, length)` int32, and whether each row lost tokens.
     """
+    second = None if pairs is None else tokenizer.tokenize(pairs)
+    return encode_token_ids(tokenizer, tokenizer.tokenize(texts), second, sequence_length,
+                            causal, pad_to_length)
+
+
+def encode_token_ids(tokenizer, first, second=None, sequence_length=128, causal=False,
+                     pad_to_length=True):
+    """`encode_classification` of already tokenized rows (ragged `(batch, None)` ids)."""
     start, separator = row_tokens(tokenizer, causal)
-    specials = (0 if start is None else 1) + (1 if pairs is None else 2)
+    specials = (0 if start is None else 1) + (1 if second is None else 2)
     budget = sequence_length - specials
-    if budget < (1 if pairs is None else 2):
+    if budget < (1 if second is None else 2):
         raise ValueError(f"sequence_length={sequence_length} leaves no room for text.")
-    first = tf.cast(tokenizer.tokenize(texts), tf.int32).with_row_splits_dtype(tf.int64)
+    first = tf.cast(first, tf.int32).with_row_splits_dtype(tf.int64)
     batch = first.nrows()
     length_a = first.row_lengths()
-    if pairs is None:
+    if second is None:
         keep_a = tf.minimum(length_a, budget)
         truncated = length_a > budget
     else:
-        second = tf.cast(tokenizer.tokenize(pairs), tf.int32).with_row_splits_dtype(tf.int64)
+        second = tf.cast(second, tf.int32).with_row_splits_dtype(tf.int64)
         length_b = second.row_lengths()
         # Longest-first, the second text losing ties (BERT's _truncate_seq_pair, closed form).
         keep_a = tf.minimum(length_a, tf.maximum(budget - length_b, (budget + 1) // 2))
@@ -261,7 +269,7 @@ def encode_classification(tokenizer, texts, pairs=None, sequence_length=128, cau
     pieces += [first, column(separator)]
     zeros = tf.zeros_like(tf.concat(pieces, axis=1))
     segments = [zeros]
-    if pairs is not None:
+    if second is not None:
         pieces += [second, column(separator)]
         segments.append(tf.ones_like(tf.concat([second, column(separator)], axis=1)))
     ids = tf.concat(pieces, axis=1)

@@ -345,13 +345,13 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
     batch_size = data.global_batch_size
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(data.global_batch_size)
-    seed = config.runtime.seed
-    input_path, holdout = split_source(data, split)
-    if config.model.task == "classification":
+    if config.model.task == "classification":  # labelled records: their own reader
         from tflm.data.classification import make_classification_dataset
 
         return make_classification_dataset(config, tokenizer, input_context=input_context,
                                            stats=stats, training=training, split=split)
+    seed = config.runtime.seed
+    input_path, holdout = split_source(data, split)
     if data.input_format == "tfrecord":
         tokens = read_prepared(prepared_files(input_path, tokenizer), input_context,
                                shuffle_seed=seed if training else None, repeat=training)

@@ -17,6 +17,7 @@ import os
 
 import tensorflow as tf
 
+from tflm.config import TOKENIZER_ALIASES
 from tflm.data import tokenizer_utils
 from tflm.data.byte_pair import MERGES_FILE, BytePairTokenizer
 from tflm.data.byte_tokenizer import ByteTokenizer
@@ -30,12 +31,10 @@ TOKENIZERS = {
     SentencePieceTokenizer.kind: SentencePieceTokenizer,
     BytePairTokenizer.kind: BytePairTokenizer,
 }
-# tflm-vocab's training kinds name the SentencePiece algorithm; the tokenizer is the same.
-ALIASES = {"sentencepiece_unigram": "sentencepiece", "sentencepiece_bpe": "sentencepiece"}
 
 
 def _class_for(kind, where):
-    kind = ALIASES.get(kind, kind)
+    kind = TOKENIZER_ALIASES.get(kind, kind)
     if kind not in TOKENIZERS:
         raise ValueError(f"{where}: unknown tokenizer kind {kind!r}; "
                          f"expected one of {sorted(TOKENIZERS)}.")

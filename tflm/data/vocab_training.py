@@ -86,16 +86,16 @@ def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):
         stats["missing_field"] = 0
 
     def prepare(lines):
-        # Repair first: the JSON field's regexes need valid UTF-8.
-        texts, repaired = replace_invalid_utf8(lines)
         missing = tf.constant(0, tf.int64)
-        if text_field:
-            blank = tf.equal(tf.strings.length(tf.strings.strip(texts)), 0)
-            texts, found = extract_string_field(texts, text_field)
-            missing = tf.reduce_sum(tf.cast(~found & ~blank, tf.int64))
-            texts = tf.boolean_mask(texts, found)
-        cleaned, _ = cleaner.clean_and_count(texts)
-        return cleaned, repaired, missing, tf.size(lines)
+        if not text_field:
+            cleaned, repaired = cleaner.clean_and_count(lines)
+            return cleaned, repaired, missing, tf.size(lines)
+        # Repair first (counted): the JSON field's regexes need valid UTF-8.
+        texts, repaired = replace_invalid_utf8(lines)
+        blank = tf.equal(tf.strings.length(tf.strings.strip(texts)), 0)
+        texts, found = extract_string_field(texts, text_field)
+        missing = tf.reduce_sum(tf.cast(~found & ~blank, tf.int64))
+        return cleaner(tf.boolean_mask(texts, found)), repaired, missing, tf.size(lines)
 
     dataset = tf.data.TextLineDataset(files).batch(_LINES_PER_BATCH)
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
@@ -109,7 +109,6 @@ def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):
                 text = line.decode("utf-8")
                 stats["characters"] += len(text)
                 yield text
-
 
 
 def _check_vocab_size(vocab_size, minimum, why):

@@ -22,7 +22,7 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
 
 import tensorflow as tf
 
-from tflm.data.classification import encode_classification
+from tflm.data.classification import encode_classification, encode_token_ids
 from tflm.generation import CausalDecoder, left_pad
 
 STRINGS = tf.TensorSpec([None], tf.string)
@@ -184,20 +184,6 @@ class CausalLMServing(tf.Module):
                 "score": self.score.get_concrete_function()}
 
 
-def _encoder_inputs(tokenizer, ids, max_length):
-    """`[CLS] ids [SEP]`, truncated to `max_length`, right-padded: features and truncation."""
-    ids, truncated = _truncate_rows(tf.cast(ids, tf.int32), max_length - 2)
-    batch = tf.cast(ids.nrows(), tf.int32)
-    ids = tf.concat([tf.fill([batch, 1], tokenizer.cls_id), ids,
-                     tf.fill([batch, 1], tokenizer.sep_id)], axis=1)
-    features = {
-        "token_ids": ids.to_tensor(default_value=tokenizer.pad_id or 0),
-        "padding_mask": tf.ones_like(ids).to_tensor(),
-    }
-    features["segment_ids"] = tf.zeros_like(features["token_ids"])
-    return features, truncated
-
-
 class MaskedLMServing(tf.Module):
     """`fill_mask` and `encode` for a `MaskedLM` and its tokenizer."""
 
@@ -222,7 +208,8 @@ class MaskedLMServing(tf.Module):
                                 tf.ones_like(parts.flat_values, tf.int64))], axis=1)
         ids = parts.with_flat_values(pieces).merge_dims(1, 2)
         ids = ids[:, :-1]  # no mask after the last part
-        features, truncated = _encoder_inputs(self.tokenizer, ids, self.max_length)
+        features, truncated = encode_token_ids(self.tokenizer, ids, None, self.max_length,
+                                               pad_to_length=False)
         is_mask = tf.equal(features["token_ids"], self.tokenizer.mask_id)
         has_mask = tf.reduce_any(is_mask, axis=1)
 
@@ -245,8 +232,8 @@ class MaskedLMServing(tf.Module):
     @tf.function(input_signature=[STRINGS])
     def encode(self, text):
         """Per-token and pooled embeddings of each text."""
-        features, truncated = _encoder_inputs(self.tokenizer, self.tokenizer.tokenize(text),
-                                              self.max_length)
+        features, truncated = encode_classification(self.tokenizer, text, None, self.max_length,
+                                                    pad_to_length=False)
         width = self.model.backbone.hidden_dim
 
         def embed():

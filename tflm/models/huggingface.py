@@ -22,7 +22,6 @@ has that layout.
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -257,7 +256,6 @@ class ImportedCheckpoint:
         model: `MaskedLM` (BERT) or `CausalLM` (GPT-2) with the checkpoint's weights.
         tokenizer: the tflm tokenizer built from the checkpoint's vocabulary files.
         kind: "bert" or "gpt2".
-        backbone_config: the `TransformerBackbone` arguments (ModelConfig fields).
         head_loaded: whether the task head came from the checkpoint (BERT's masked-LM
             head; GPT-2's output projection is the tied embedding, always loaded).
         unused_tensors: tensors of the checkpoint that are not part of the model
@@ -267,7 +265,6 @@ class ImportedCheckpoint:
     model: object
     tokenizer: object
     kind: str
-    backbone_config: dict
     head_loaded: bool
     unused_tensors: list
 
@@ -294,24 +291,23 @@ def read_huggingface(directory):
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; not a Hugging Face checkpoint.")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            hf_config = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e}).") from None
+    hf_config = _read_json(config_path)
     if not isinstance(hf_config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object.")
     return hf_config, checkpoint_kind(hf_config, config_path), read_checkpoint_weights(directory)
 
 
+def _read_json(path):
+    from tflm.data.tokenizer_utils import read_json_file
+
+    try:
+        return read_json_file(path, "checkpoint file")
+    except ValueError as e:  # not UTF-8 or not JSON
+        raise CheckpointError(str(e)) from None
+
+
 def _read_json_if_present(path):
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e}).") from None
+    return _read_json(path) if os.path.exists(path) else {}
 
 
 def bert_tokenizer_options(directory):
@@ -394,9 +390,6 @@ def load_huggingface(directory, dtype=None):
         name for name in params
         if not any(name.startswith(p) and name[len(p):] in used for p in prefixes)
         and name not in used and not any(name.endswith(b) for b in _BUFFERS))
-    backbone_config = dict(bert_backbone_kwargs(hf_config, backbone.pooler) if kind == "bert"
-                           else gpt2_backbone_kwargs(hf_config))
     return ImportedCheckpoint(model=model, tokenizer=tokenizer, kind=kind,
-                              backbone_config=backbone_config,
                               head_loaded=kind == "gpt2" or head is not None,
                               unused_tensors=unused)

@@ -120,13 +120,10 @@ def load_model_dir(model_dir, dtype=None):
     """`(model, config)` of a tflm model_dir: the latest checkpoint, else model.keras."""
     import tensorflow as tf
 
-    from tflm.config import PARAMS_FILE, ConfigError, load_experiment
+    from tflm.config import load_model_dir_config
     from tflm.models.factory import build_task
 
-    params = os.path.join(model_dir, PARAMS_FILE)
-    if not tf.io.gfile.exists(params):
-        raise ConfigError(f"{model_dir}: no {PARAMS_FILE}; not a tflm model_dir.")
-    config = load_experiment(params)
+    config = load_model_dir_config(model_dir)
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     saved = os.path.join(model_dir, MODEL_FILE)
     if latest is not None:
@@ -135,7 +132,7 @@ def load_model_dir(model_dir, dtype=None):
             tf.train.Checkpoint(model=model).restore(latest).expect_partial() \
                 .assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise CheckpointError(f"{latest}: does not fit the model of {params}: "
+            raise CheckpointError(f"{latest}: does not fit the model of {model_dir}/params.yaml: "
                                   f"{str(e).strip().splitlines()[0]}") from None
     elif tf.io.gfile.exists(saved):
         model = load_saved_model(saved)
@@ -167,15 +164,23 @@ def load_tokenizer_of(model_dir, config):
     return make_tokenizer(config.data.tokenizer, config.data.vocab_path)
 
 
-def load_pretrained(path, dtype=None):
-    """`(model, tokenizer, config)` from a tflm model_dir or a Hugging Face checkpoint folder."""
-    from tflm import config as config_lib
-    from tflm.models.huggingface import CONFIG_FILE, load_huggingface
+def _is_huggingface_folder(path):
+    """A Hugging Face checkpoint folder (config.json), not a tflm model_dir (params.yaml)."""
+    from tflm.config import PARAMS_FILE
+    from tflm.models.huggingface import CONFIG_FILE
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"Pretrained model folder {path!r} does not exist.")
-    if not os.path.exists(os.path.join(path, config_lib.PARAMS_FILE)) and \
-            os.path.exists(os.path.join(path, CONFIG_FILE)):
+    return (not os.path.exists(os.path.join(path, PARAMS_FILE))
+            and os.path.exists(os.path.join(path, CONFIG_FILE)))
+
+
+def load_pretrained(path, dtype=None):
+    """`(model, tokenizer, config)` from a tflm model_dir or a Hugging Face checkpoint folder."""
+    from tflm import config as config_lib
+    from tflm.models.huggingface import load_huggingface
+
+    if _is_huggingface_folder(path):
         imported = load_huggingface(path, dtype=dtype)
         config = config_lib.ExperimentConfig()
         config.model = model_config_of(imported.model.backbone, _task_name(imported.model))
@@ -183,6 +188,15 @@ def load_pretrained(path, dtype=None):
         return imported.model, imported.tokenizer, config
     model, config = load_model_dir(path, dtype=dtype)
     return model, load_tokenizer_of(path, config), config
+
+
+def load_pretrained_model(path):
+    """The model alone of `load_pretrained` (no tokenizer is built)."""
+    from tflm.models.huggingface import load_huggingface
+
+    if _is_huggingface_folder(path):
+        return load_huggingface(path).model
+    return load_model_dir(path)[0]
 
 
 def _relative(variable):
@@ -239,18 +253,14 @@ def copy_pretrained_weights(source, model, where="the checkpoint"):
     return [v.path for v in model.weights if id(v) not in copied]
 
 
-def init_from_pretrained(model, path, print_fn=None):
+def init_from_pretrained(model, path, print_fn=None, source=None):
     """Initializes `model` from the pretrained model at `path` (model_dir or Hugging Face
-    folder); returns the paths of the variables left at their initial values."""
-    from tflm.config import PARAMS_FILE
-    from tflm.models.huggingface import load_huggingface
+    folder); returns the paths of the variables left at their initial values.
 
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"Pretrained model folder {path!r} does not exist.")
-    if os.path.exists(os.path.join(path, PARAMS_FILE)):
-        source, _ = load_model_dir(path)
-    else:
-        source = load_huggingface(path).model
+    `source`: the model `load_pretrained_model(path)` returns, when already loaded (the
+    trainer loads it outside its strategy's scope).
+    """
+    source = load_pretrained_model(path) if source is None else source
     fresh = copy_pretrained_weights(source, model, where=f"model.init_checkpoint={path!r}")
     if print_fn is not None:
         print_fn(f"tflm-train: initialized from {path}: {len(model.weights) - len(fresh)} "

@@ -50,7 +50,7 @@ from tflm.data import InputStats, make_dataset
 from tflm.data.tokenizers import make_tokenizer
 from tflm.models.factory import build_task
 from tflm.models.finetuning import apply_finetuning
-from tflm.models.pretrained import copy_pretrained_weights, load_model_dir
+from tflm.models.pretrained import init_from_pretrained, load_pretrained_model
 from tflm.training.checkpoints import CheckpointError, TrainingCheckpoints
 from tflm.training.flops import peak_flops_per_device, training_flops_per_token
 from tflm.training.losses import weighted_correct, weighted_cross_entropy
@@ -106,18 +106,14 @@ class Trainer:
             if not os.path.isdir(config.model.init_checkpoint):
                 raise ConfigError(f"model.init_checkpoint={config.model.init_checkpoint!r} does "
                                   "not exist.")
-            source, _ = load_model_dir(config.model.init_checkpoint)
+            source = load_pretrained_model(config.model.init_checkpoint)
 
         with self.strategy.scope():
             self.model = build_task(config.model, dtype=config.runtime.mixed_precision,
                                     label_names=self.label_names)
             if source is not None:
-                fresh = copy_pretrained_weights(
-                    source, self.model, where=f"model.init_checkpoint="
-                                              f"{config.model.init_checkpoint!r}")
-                print_fn(f"tflm-train: initialized from {config.model.init_checkpoint}: "
-                         f"{len(self.model.weights) - len(fresh)} tensors copied, "
-                         f"{len(fresh)} new")
+                init_from_pretrained(self.model, config.model.init_checkpoint, print_fn,
+                                     source=source)
             apply_finetuning(self.model, config.model.finetune, config.model.freeze_bottom_layers)
             self.optimizer = make_trainer_optimizer(trainer, self.model)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
