@@ -413,8 +413,11 @@ def make_classification_dataset(config, tokenizer, input_context=None, stats=Non
     from tflm.config import architecture_value
 
     data = config.data
-    names = resolve_label_names(config)
     records = labelled_records(config, split, stats)
+    if not data.label_names and split == "train":  # the names are these records' labels
+        names = label_names_of(records.labels)
+    else:
+        names = resolve_label_names(config)
     batch_size = data.global_batch_size
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(data.global_batch_size)
