@@ -136,7 +136,8 @@ class TrainerConfig:
     # Discriminative learning rates: block i of L gets decay^(L - i), the embeddings
     # decay^(L + 1), the head 1 (layer-wise decay as in ELECTRA); 1.0: off.
     layer_decay: float = 1.0
-    jit_compile: bool = True  # XLA for the per-replica forward/backward
+    # XLA for the training step; None: on, except mixed_bfloat16 on CPUs (faster without)
+    jit_compile: typing.Optional[bool] = None
     log_every: int = 10
     checkpoint_every: int = 100
     keep_checkpoints: int = 3

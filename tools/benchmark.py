@@ -15,8 +15,11 @@ call) is a warm-up.
   `GPT2Backbone`, or `BertMaskedLM` on a `BertBackbone`, of the same shape, trained with
   `model.fit` on the same batches (tflm's `make_dataset` pipeline: the embedded corpus, the
   configured sequence length and global batch), the same precision, AdamW with the same
-  schedule and clipping, XLA on (`jit_compile=True`), `steps_per_execution` equal to the
-  trainer's steps per loop, no training metrics on either side. Tokens/s count every position
+  schedule and clipping, `steps_per_execution` equal to the trainer's steps per loop, no
+  training metrics on either side. Each side runs in its own default execution mode unless
+  `--params_override=trainer.jit_compile=true|false` sets both: tflm XLA except for
+  mixed_bfloat16 on a CPU; keras-hub Keras' `jit_compile="auto"`, which is XLA on a machine
+  with an accelerator and never on one without. Each record says which (`jit_compile`). Tokens/s count every position
   of every row (`batch x sequence_length` a step). On a GPU with a known peak, MFU uses the
   same FLOPs per token for both (`tflm.training.flops`), and peak memory is the allocator's.
 - generate: greedy continuation of real prompts (the corpus's text), batch 1 and 16. tflm: the
@@ -100,7 +103,8 @@ def train_tflm(config, dataset_fn=None):
     tokens = config.trainer.log_every * trainer.tokens_per_step
     steady, windows = _steady(times, tokens)
     return {"tokens_per_second": steady, "windows": windows, "seconds": times[-1] - start,
-            "parameters": trainer.model.count_params(), "peak_memory_bytes": _peak_memory()}
+            "parameters": trainer.model.count_params(), "peak_memory_bytes": _peak_memory(),
+            "jit_compile": trainer.jit_compile}
 
 
 def keras_hub_task(config):
@@ -136,7 +140,8 @@ def train_keras_hub(config):
             beta_1=trainer.beta_1, beta_2=trainer.beta_2, epsilon=trainer.epsilon,
             global_clipnorm=trainer.clipnorm),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        weighted_metrics=[], jit_compile=trainer.jit_compile,
+        weighted_metrics=[],
+        jit_compile="auto" if trainer.jit_compile is None else trainer.jit_compile,
         steps_per_execution=trainer.steps_per_loop)
     times = []
 
@@ -151,7 +156,8 @@ def train_keras_hub(config):
     tokens = trainer.steps_per_loop * config.data.global_batch_size * config.data.sequence_length
     steady, windows = _steady(times, tokens)
     return {"tokens_per_second": steady, "windows": windows, "seconds": times[-1] - start,
-            "parameters": task.count_params(), "peak_memory_bytes": _peak_memory()}
+            "parameters": task.count_params(), "peak_memory_bytes": _peak_memory(),
+            "jit_compile": bool(task.jit_compile)}
 
 
 def _prompts(batch, length):
@@ -305,6 +311,9 @@ def compare(args, what, shape, extra=(), key="tokens_per_second"):
             values = [r[extra_key] for r in runs[side] if r.get(extra_key) is not None]
             if values:
                 summary[f"{side}_{extra_key}"] = statistics.median(values)
+    for side in sides:
+        if "jit_compile" in runs[side][0]:
+            summary[f"{side}_jit_compile"] = runs[side][0]["jit_compile"]
     for r in runs["tflm"]:
         summary.setdefault("precision", r["precision"])
     print(json.dumps(summary), flush=True)
@@ -341,7 +350,7 @@ def main(argv=None):
 
         args.shapes = GPU_SHAPES if tf.config.list_physical_devices("GPU") else CPU_SHAPES
         if not args.precision and not tf.config.list_physical_devices("GPU"):
-            args.precision = "float32"  # this CPU has no fast bf16: benchmark it in float32
+            args.precision = "float32"  # the CPU default; --precision=mixed_bfloat16 for bf16
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             parser.error(f"unknown shape {shape!r}; known: {sorted(SHAPES)}")

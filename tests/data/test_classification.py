@@ -178,10 +178,14 @@ def test_make_dataset_holds_out_every_nth_record(tmp_path):
     records = [{"text": f"r{i}", "label": ["neg", "pos"][i % 2]} for i in range(9)]
     config = _config(tmp_path, records)
     assert resolve_label_names(config) == ["neg", "pos"]
-    evaluation = list(make_dataset(config, training=False, split="eval"))
+    stats = InputStats()
+    evaluation = list(make_dataset(config, training=False, split="eval", stats=stats))
     texts = [t.decode() for f, _, w in evaluation
              for t, keep in zip(ByteTokenizer().detokenize(f["token_ids"]).numpy(), w) if keep]
     assert sorted(texts) == ["r0", "r3", "r6"]
+    # Tokens of the real rows: [CLS] r N [SEP]; not the padding, nor the weight-0 final row.
+    assert stats.as_dict()["tokens"] == 3 * 4
+    assert stats.as_dict()["documents"] == 9
     train = make_dataset(config, split="train")
     trained = {t.decode() for f, _, _ in train.take(6)
                for t in ByteTokenizer().detokenize(f["token_ids"]).numpy()}

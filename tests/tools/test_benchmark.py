@@ -20,7 +20,7 @@ def _run(repo_root, *args):
 
 def test_training_side_by_side_on_the_gpu_shape_shrunk(repo_root):
     records = _run(repo_root, "train", "--shapes=bert_base", "--steps=4", "--window=2",
-                   "--precision=float32", "--params_override=model.num_layers=1,"
+                   "--precision=mixed_bfloat16", "--params_override=model.num_layers=1,"
                    "data.sequence_length=32,data.global_batch_size=2")
     sides = {r["side"]: r for r in records if not r.get("summary")}
     assert set(sides) == {"tflm", "keras_hub"}
@@ -30,6 +30,9 @@ def test_training_side_by_side_on_the_gpu_shape_shrunk(repo_root):
         assert record["tokens_per_second"] > 0 and record["flops_per_token"] > 0
     summary = records[-1]
     assert summary["summary"] and summary["ratio"] > 0 and "CPU" in summary["machine"]
+    # Each side in its default mode, and the record says which: without XLA for bfloat16 on
+    # a CPU in tflm; Keras' "auto" turns XLA off on any machine without an accelerator.
+    assert summary["tflm_jit_compile"] is False and summary["keras_hub_jit_compile"] is False
 
 
 def test_generation_and_input_wait(repo_root):

@@ -1,8 +1,10 @@
+from types import SimpleNamespace
+
 import pytest
 import tensorflow as tf
 
 from tflm.config import ConfigError, load_experiment
-from tflm.training.strategy import make_strategy, worker_info
+from tflm.training.strategy import make_strategy, step_jit_compile, worker_info
 
 
 def _runtime(kind, **extra):
@@ -45,3 +47,17 @@ def test_worker_info_reads_tf_config(monkeypatch):
     info = worker_info(strategy)
     assert (info.num_workers, info.worker_index, info.is_chief) == (3, 2, False)
     assert info.input_context().input_pipeline_id == 2
+
+
+def test_step_jit_compile_default_is_xla_except_bfloat16_on_cpu():
+    cpu = tf.distribute.OneDeviceStrategy("/cpu:0")
+    gpu = SimpleNamespace(extended=SimpleNamespace(
+        worker_devices=("/job:worker/replica:0/task:0/device:GPU:0",
+                        "/job:worker/replica:0/task:0/device:GPU:1")))
+    assert step_jit_compile(None, "float32", cpu) is True
+    assert step_jit_compile(None, "mixed_float16", cpu) is True
+    assert step_jit_compile(None, "mixed_bfloat16", cpu) is False
+    assert step_jit_compile(None, "mixed_bfloat16", gpu) is True
+    # An explicit choice always wins.
+    assert step_jit_compile(True, "mixed_bfloat16", cpu) is True
+    assert step_jit_compile(False, "float32", gpu) is False

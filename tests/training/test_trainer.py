@@ -38,11 +38,19 @@ def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
 
 
-# jit_compile=true on one device: the fused step (one XLA computation), whose guard against a
-# non-finite step is a select; false: the update in cross-replica context behind a tf.cond.
-@pytest.mark.parametrize("jit", ["false", "true"])
-def test_float16_loss_scale_recovers_from_overflow(tmp_path, jit):
-    config = _config(f"trainer.train_steps=16,data.global_batch_size=4,trainer.jit_compile={jit},"
+# The three step paths. One device: the fused step, one function; with jit_compile one XLA
+# computation whose guard against a non-finite step is a select, without it a tf.cond. A
+# mirrored strategy (here of one device): the update in cross-replica context behind a tf.cond.
+STEP_PATHS = {
+    "fused_xla": "trainer.jit_compile=true",
+    "fused": "trainer.jit_compile=false",
+    "distributed": "trainer.jit_compile=false,runtime.distribution_strategy=mirrored",
+}
+
+
+@pytest.mark.parametrize("path", sorted(STEP_PATHS))
+def test_float16_loss_scale_recovers_from_overflow(tmp_path, path):
+    config = _config(f"trainer.train_steps=16,data.global_batch_size=4,{STEP_PATHS[path]},"
                      "runtime.mixed_precision=mixed_float16,runtime.initial_loss_scale=1.0e9")
     trainer = Trainer(config, str(tmp_path / "fp16"), print_fn=_quiet)
     before = _weights(trainer)
@@ -83,10 +91,10 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
         trainer.train()
 
 
-@pytest.mark.parametrize("jit", ["false", "true"])
-def test_recover_on_nan_skips_the_bad_batch(tmp_path, jit):
+@pytest.mark.parametrize("path", sorted(STEP_PATHS))
+def test_recover_on_nan_skips_the_bad_batch(tmp_path, path):
     """Recovering equals training on the data without that batch."""
-    extra = (f"trainer.train_steps=12,data.global_batch_size=4,trainer.jit_compile={jit},"
+    extra = (f"trainer.train_steps=12,data.global_batch_size=4,{STEP_PATHS[path]},"
              "trainer.checkpoint_every=5,trainer.steps_per_loop=1,trainer.recover_on_nan=true")
     config = _config(extra)
     lines = []
@@ -136,12 +144,13 @@ def test_exact_resume_in_one_process(tmp_path):
 
 
 def test_fused_one_device_step_equals_the_distributed_one(tmp_path):
-    """One XLA computation per step (one device) == forward/backward in XLA + update outside."""
+    """The fused step, in XLA or not, == forward/backward then the cross-replica update."""
     weights = {}
-    for jit in ("false", "true"):
-        config = _config(f"trainer.train_steps=6,data.global_batch_size=4,trainer.jit_compile={jit}")
-        trainer = Trainer(config, str(tmp_path / jit), print_fn=_quiet)
-        assert trainer._fused == (jit == "true")
+    for path, extra in STEP_PATHS.items():
+        config = _config(f"trainer.train_steps=6,data.global_batch_size=4,{extra}")
+        trainer = Trainer(config, str(tmp_path / path), print_fn=_quiet)
+        assert trainer._fused == path.startswith("fused")
         trainer.train()
-        weights[jit] = _weights(trainer)
-    np.testing.assert_allclose(weights["true"], weights["false"], atol=2e-5)
+        weights[path] = _weights(trainer)
+    np.testing.assert_allclose(weights["fused"], weights["distributed"], atol=2e-6)
+    np.testing.assert_allclose(weights["fused_xla"], weights["distributed"], atol=2e-5)

@@ -286,7 +286,7 @@ def encode_token_ids(tokenizer, first, second=None, sequence_length=128, causal=
 
 def classification_batches(texts, labels, tokenizer, sequence_length, batch_size, pairs=None,
                            causal=False, training=True, seed=0, input_context=None,
-                           with_weights=True):
+                           with_weights=True, stats=None):
     """Batches of `(features, label ids, weights)` from in-memory texts and label ids.
 
     Training: endless, reshuffled every epoch over the whole set (labelled
@@ -299,7 +299,8 @@ def classification_batches(texts, labels, tokenizer, sequence_length, batch_size
 
     Records are split between input pipelines (`input_context`) by index.
     The shuffle runs over indices, so a checkpointed iterator stores integers,
-    not texts.
+    not texts. `stats` (an `InputStats`) counts the tokens of the real rows
+    (special tokens included, padding and the weight-0 rows not).
     """
     texts = tf.constant(list(texts), tf.string)
     labels = tf.constant(np.asarray(labels, np.int32))
@@ -328,6 +329,9 @@ def classification_batches(texts, labels, tokenizer, sequence_length, batch_size
         features = {k: tf.ensure_shape(v, [batch_size, sequence_length])
                     for k, v in features.items()}
         row_labels = tf.ensure_shape(tf.gather(labels, index), [batch_size])
+        if stats is not None:
+            real_rows = tf.cast(features["padding_mask"], tf.int64)[:real]
+            stats.add("tokens", tf.reduce_sum(real_rows))
         if with_weights:
             return features, row_labels, tf.ensure_shape(weights, [batch_size])
         return features, row_labels
@@ -424,4 +428,4 @@ def make_classification_dataset(config, tokenizer, input_context=None, stats=Non
     return classification_batches(
         records.texts, label_ids(records, names), tokenizer, data.sequence_length, batch_size,
         pairs=records.pairs, causal=architecture_value(config.model, "causal"),
-        training=training, seed=config.runtime.seed, input_context=input_context)
+        training=training, seed=config.runtime.seed, input_context=input_context, stats=stats)

@@ -93,6 +93,17 @@ class AdamW(tf.Module):
             var.assign(tf.where(apply, value, var))
         self.iterations.assign_add(tf.cast(apply, tf.int64))
 
+    def apply_if(self, gradients, apply):
+        """`apply(gradients)` behind a conditional, on one device (no cross-replica context)."""
+
+        def update():
+            for var, m, v, grad, step_size, decay in self._per_variable(gradients):
+                self._update(var, grad, m, v, step_size, decay)
+            self.iterations.assign_add(1)
+            return tf.constant(True)
+
+        tf.cond(apply, update, lambda: tf.constant(False))
+
     def _per_variable(self, gradients):
         """`(var, m, v, grad, step size, decay or None)` of each variable for the next update,
         its learning-rate multiplier applied."""

@@ -10,6 +10,18 @@ import tensorflow as tf
 from tflm.config import ConfigError
 
 
+def step_jit_compile(requested, mixed_precision, strategy):
+    """Whether the training step is compiled with XLA: `requested` when set (a bool); for
+    `None`, yes, except for mixed_bfloat16 on CPUs, where TensorFlow's own (oneDNN) kernels
+    use the CPU's bfloat16 instructions and XLA's do not (a bfloat16 matmul at twice
+    float32's rate, against XLA's at float32's; benchmarks/RESULTS.md)."""
+    if requested is not None:
+        return bool(requested)
+    on_cpu = all(tf.DeviceSpec.from_string(d).device_type == "CPU"
+                 for d in strategy.extended.worker_devices)
+    return not (on_cpu and mixed_precision == "mixed_bfloat16")
+
+
 def make_strategy(runtime):
     """`one_device`, `mirrored`, `multi_worker` (reads TF_CONFIG) or `tpu`."""
     kind = runtime.distribution_strategy

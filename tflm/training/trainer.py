@@ -15,10 +15,11 @@ bottom:
             if finite: optimizer.apply(gradients)       # once, in cross-replica context
         host: log, checkpoint, evaluate, NaN guard, preemption
 
-On one device (OneDeviceStrategy) with XLA, the per-replica part and the
-update are one XLA computation per step (the update selected by `finite`):
-no per-variable ops run outside XLA, which on a small model is a quarter of
-the step.
+On one device (OneDeviceStrategy) the per-replica part and the update are
+one function per step: with XLA (`trainer.jit_compile`, on by default except
+for mixed_bfloat16 on CPUs) one XLA computation, the update selected by
+`finite`, so no per-variable ops run outside XLA (on a small model a quarter
+of the step); without XLA the update sits behind a conditional.
 
 The same loop fine-tunes: `model.task: classification` starts from
 `model.init_checkpoint` (a fresh run only; a resumed one restores its own
@@ -57,7 +58,7 @@ from tflm.training.losses import weighted_correct, weighted_cross_entropy
 from tflm.training.metrics import classification_report
 from tflm.training.optimizer import make_trainer_optimizer
 from tflm.training.precision import DynamicLossScale
-from tflm.training.strategy import make_strategy, worker_info
+from tflm.training.strategy import make_strategy, step_jit_compile, worker_info
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the orchestrator sees a kill and restarts the job
 
@@ -140,13 +141,14 @@ class Trainer:
         )
 
         self._variables = self.model.trainable_variables
+        self.jit_compile = step_jit_compile(trainer.jit_compile, config.runtime.mixed_precision,
+                                            self.strategy)
         self._forward_backward = tf.function(self._forward_backward_fn,
-                                             jit_compile=trainer.jit_compile)
-        # On one device the whole step (forward, backward, clipping, update) is one XLA
-        # computation: no cross-replica update, and no per-variable ops outside XLA.
-        self._fused = trainer.jit_compile and isinstance(self.strategy,
-                                                         tf.distribute.OneDeviceStrategy)
-        self._fused_step = tf.function(self._fused_step_fn, jit_compile=True)
+                                             jit_compile=self.jit_compile)
+        # On one device the whole step (forward, backward, clipping, update) is one function
+        # (one XLA computation with jit_compile): no cross-replica update.
+        self._fused = isinstance(self.strategy, tf.distribute.OneDeviceStrategy)
+        self._fused_step = tf.function(self._fused_step_fn, jit_compile=self.jit_compile)
         self._train_loop = tf.function(self._train_loop_fn)
         self._eval_step = tf.function(self._eval_step_fn)
         self.tokens_per_step = (config.data.global_batch_size * config.data.sequence_length
@@ -211,8 +213,13 @@ class Trainer:
 
     def _fused_step_fn(self, micro_batches):
         grads, loss, norm, finite = self._replica_step(micro_batches)
-        # A non-finite step (float16 overflow, or a NaN loss) never touches the weights.
-        self.optimizer.apply_where(grads, finite & tf.math.is_finite(loss))
+        # A non-finite step (float16 overflow, or a NaN loss) never touches the weights. In XLA
+        # a select costs nothing; outside it a conditional skips three passes over the weights.
+        ok = finite & tf.math.is_finite(loss)
+        if self.jit_compile:
+            self.optimizer.apply_where(grads, ok)
+        else:
+            self.optimizer.apply_if(grads, ok)
         self.loss_scale.update(finite)
         self.step.assign_add(1)
         return loss, norm
