@@ -2,6 +2,7 @@
 
     python tools/benchmark.py train                       # tiny and mid-size shapes, CLM and MLM
     python tools/benchmark.py train --shapes=gpt2_small,bert_base   # on a GPU: MFU, peak memory
+    python tools/benchmark.py steps --repeats=7           # both trainers' steps in one process
     python tools/benchmark.py generate --shapes=tiny_gpt  # exported SavedModel vs keras-hub
     python tools/benchmark.py pipeline --shapes=tiny_gpt  # share of step time waiting for data
 
@@ -22,6 +23,9 @@ call) is a warm-up.
   with an accelerator and never on one without. Each record says which (`jit_compile`). Tokens/s count every position
   of every row (`batch x sequence_length` a step). On a GPU with a known peak, MFU uses the
   same FLOPs per token for both (`tflm.training.flops`), and peak memory is the allocator's.
+- steps: the two training steps alone, in one process on one cached batch, alternating
+  (`--repeats` timed calls of `--window` steps each side; medians): steadier than `train` on a
+  loaded machine. Its record carries ms per step for each side and the ratio.
 - generate: greedy continuation of real prompts (the corpus's text), batch 1 and 16. tflm: the
   `generate` signature of a SavedModel written by `export_saved_model` and loaded back, as
   exported by default (portable: no XLA) and with `jit_compile=True` (XLA decode); also
@@ -125,10 +129,11 @@ def keras_hub_task(config):
         preprocessor=None)
 
 
-def train_keras_hub(config):
+def compiled_keras_hub_task(config):
+    """`keras_hub_task(config)` compiled as the trainer trains: AdamW with the same schedule
+    and clipping, `steps_per_execution` = steps per loop, the configured or Keras' own XLA."""
     import keras
 
-    from tflm.data import make_dataset
     from tflm.training.optimizer import make_schedule
 
     keras.utils.set_random_seed(config.runtime.seed)
@@ -143,6 +148,16 @@ def train_keras_hub(config):
         weighted_metrics=[],
         jit_compile="auto" if trainer.jit_compile is None else trainer.jit_compile,
         steps_per_execution=trainer.steps_per_loop)
+    return task
+
+
+def train_keras_hub(config):
+    import keras
+
+    from tflm.data import make_dataset
+
+    trainer = config.trainer
+    task = compiled_keras_hub_task(config)
     times = []
 
     class Timer(keras.callbacks.Callback):
@@ -158,6 +173,42 @@ def train_keras_hub(config):
     return {"tokens_per_second": steady, "windows": windows, "seconds": times[-1] - start,
             "parameters": task.count_params(), "peak_memory_bytes": _peak_memory(),
             "jit_compile": bool(task.jit_compile)}
+
+
+def steps_in_process(config, rounds):
+    """Both sides in this one process on one cached batch, alternating: `rounds` timed calls
+    of `steps_per_loop` steps each (the trainer's `train_loop`, keras-hub's
+    `train_function`), after one untimed call each. Steadier than separate processes on a
+    loaded machine; no input pipeline on either side."""
+    from tflm.data import make_dataset
+    from tflm.training.trainer import Trainer
+
+    import tensorflow as tf
+
+    steps = config.trainer.steps_per_loop
+
+    def cached(context=None):
+        return make_dataset(config, input_context=context).take(1).cache().repeat()
+
+    with tempfile.TemporaryDirectory() as model_dir:
+        trainer = Trainer(config, model_dir, dataset_fn=cached, print_fn=lambda line: None)
+        task = compiled_keras_hub_task(config)
+        task.fit(cached(), steps_per_epoch=steps, epochs=1, verbose=0)  # builds train_function
+        batches = iter(cached())
+        calls = {"tflm": lambda: float(trainer._train_loop(tf.constant(steps, tf.int32))[0][-1]),
+                 "keras_hub": lambda: float(task.train_function(batches)["loss"])}
+        times = {side: [] for side in calls}
+        for side in calls:
+            calls[side]()
+        for _ in range(rounds):
+            for side, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[side].append((time.perf_counter() - start) / steps)
+    step = {side: statistics.median(t) for side, t in times.items()}
+    return {"tflm_ms_per_step": 1e3 * step["tflm"], "keras_hub_ms_per_step": 1e3 * step["keras_hub"],
+            "ratio": step["keras_hub"] / step["tflm"], "rounds": rounds,
+            "tflm_jit_compile": trainer.jit_compile, "keras_hub_jit_compile": bool(task.jit_compile)}
 
 
 def _prompts(batch, length):
@@ -266,6 +317,8 @@ def run_one(args):
         peak = peak_flops_per_device(config.runtime.peak_tflops)
         if peak:
             record["mfu"] = record["tokens_per_second"] * flops / peak
+    elif args.measure == "steps":
+        record.update(summary=True, **steps_in_process(config, args.repeats))
     elif args.measure == "generate":
         run = generate_tflm if args.side == "tflm" else generate_keras_hub
         record.update(batch=args.batch, prompt_length=args.prompt_length,
@@ -322,7 +375,7 @@ def compare(args, what, shape, extra=(), key="tokens_per_second"):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["train", "generate", "pipeline", "_run"])
+    parser.add_argument("what", choices=["train", "steps", "generate", "pipeline", "_run"])
     parser.add_argument("--shapes", default=None, help=f"comma-separated, of {sorted(SHAPES)}; "
                         f"default {CPU_SHAPES} on a CPU, {GPU_SHAPES} on a GPU")
     parser.add_argument("--steps", type=int, default=60, help="training steps per run")
@@ -338,8 +391,8 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=5, help="generate: timed calls per run")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     # The child's own arguments.
-    parser.add_argument("--measure", choices=["train", "generate", "pipeline"])
-    parser.add_argument("--side", choices=["tflm", "keras_hub"])
+    parser.add_argument("--measure", choices=["train", "steps", "generate", "pipeline"])
+    parser.add_argument("--side", choices=["tflm", "keras_hub", "both"])
     parser.add_argument("--shape")
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args(argv)
@@ -356,6 +409,8 @@ def main(argv=None):
             parser.error(f"unknown shape {shape!r}; known: {sorted(SHAPES)}")
         if args.what == "train":
             compare(args, "train", shape)
+        elif args.what == "steps":  # one process, both sides: its record is the summary
+            _child(args, "steps", "both", shape, [f"--repeats={args.repeats}"])
         elif args.what == "generate":
             for batch in args.batches.split(","):
                 compare(args, "generate", shape,

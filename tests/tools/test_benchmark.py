@@ -45,3 +45,13 @@ def test_generation_and_input_wait(repo_root):
     records = _run(repo_root, "pipeline", "--shapes=tiny_gpt", "--steps=4", "--window=2",
                    "--params_override=data.sequence_length=32,data.global_batch_size=4")
     assert 0.0 <= records[-1]["input_wait_fraction"] <= 1.0
+
+
+def test_steps_of_both_sides_in_one_process(repo_root):
+    records = _run(repo_root, "steps", "--shapes=tiny_bert", "--window=2",
+                   "--params_override=data.sequence_length=32,data.global_batch_size=4")
+    record = records[-1]
+    assert record["summary"] and record["benchmark"] == "steps" and record["rounds"] == 1
+    assert record["tflm_ms_per_step"] > 0 and record["keras_hub_ms_per_step"] > 0
+    assert record["ratio"] == record["keras_hub_ms_per_step"] / record["tflm_ms_per_step"]
+    assert record["tflm_jit_compile"] is True and record["keras_hub_jit_compile"] is False
