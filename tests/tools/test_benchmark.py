@@ -40,6 +40,8 @@ def test_generation_and_input_wait(repo_root):
                    "--calls=1")
     summary = records[-1]
     assert summary["summary"] and summary["ratio"] > 0 and summary["xla_export_ratio"] > 0
+    assert summary["xla_export_ratio_to_keras_hub_xla"] > 0
+    assert summary["keras_hub_xla_tokens_per_second"] > 0
     tflm = next(r for r in records if r.get("side") == "tflm")
     assert tflm["batch"] == 2 and tflm["in_process_xla_tokens_per_second"] > 0
     records = _run(repo_root, "pipeline", "--shapes=tiny_gpt", "--steps=4", "--window=2",
