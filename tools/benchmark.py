@@ -20,9 +20,10 @@ call) is a warm-up.
   training metrics on either side. Each side runs in its own default execution mode unless
   `--params_override=trainer.jit_compile=true|false` sets both: tflm XLA except for
   mixed_bfloat16 on a CPU; keras-hub Keras' `jit_compile="auto"`, which is XLA on a machine
-  with an accelerator and never on one without. Each record says which (`jit_compile`). Tokens/s count every position
-  of every row (`batch x sequence_length` a step). On a GPU with a known peak, MFU uses the
-  same FLOPs per token for both (`tflm.training.flops`), and peak memory is the allocator's.
+  with an accelerator and never on one without. Each record says which (`jit_compile`).
+  Tokens/s count every position of every row (`batch x sequence_length` a step). On a GPU
+  with a known peak, MFU uses the same FLOPs per token for both (`tflm.training.flops`), and
+  peak memory is the allocator's.
 - steps: the two training steps alone, in one process on one cached batch, alternating
   (`--repeats` timed calls of `--window` steps each side; medians): steadier than `train` on a
   loaded machine. Its record carries ms per step for each side and the ratio.
@@ -208,9 +209,11 @@ def steps_in_process(config, rounds):
                 call()
                 times[side].append((time.perf_counter() - start) / steps)
     step = {side: statistics.median(t) for side, t in times.items()}
-    return {"tflm_ms_per_step": 1e3 * step["tflm"], "keras_hub_ms_per_step": 1e3 * step["keras_hub"],
+    return {"tflm_ms_per_step": 1e3 * step["tflm"],
+            "keras_hub_ms_per_step": 1e3 * step["keras_hub"],
             "ratio": step["keras_hub"] / step["tflm"], "rounds": rounds,
-            "tflm_jit_compile": trainer.jit_compile, "keras_hub_jit_compile": bool(task.jit_compile)}
+            "tflm_jit_compile": trainer.jit_compile,
+            "keras_hub_jit_compile": bool(task.jit_compile)}
 
 
 def _prompts(batch, length):

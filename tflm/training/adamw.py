@@ -93,10 +93,15 @@ class AdamW(tf.Module):
             var.assign(tf.where(apply, value, var))
         self.iterations.assign_add(tf.cast(apply, tf.int64))
 
-    def apply_if(self, gradients, apply):
-        """`apply(gradients)` behind a conditional, on one device (no cross-replica context)."""
+    def apply_if(self, gradients, apply, strategy=None):
+        """`apply(gradients)` behind a conditional on the bool tensor `apply`. With `strategy`,
+        in its cross-replica context, as `apply`; without, on one device inside the replica
+        function, each variable assigned directly (no cross-replica context there)."""
 
         def update():
+            if strategy is not None:
+                self.apply(gradients, strategy)
+                return tf.constant(True)
             for var, m, v, grad, step_size, decay in self._per_variable(gradients):
                 self._update(var, grad, m, v, step_size, decay)
             self.iterations.assign_add(1)

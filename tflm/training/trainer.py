@@ -250,14 +250,9 @@ class Trainer:
             return self.strategy.run(self._fused_step, args=(micro,))
         grads, loss, norm, finite = self.strategy.run(self._replica_step, args=(micro,))
         finite, loss = self._local(finite), self._local(loss)
-
-        def apply():
-            # Cross-replica context: one update with the summed, clipped gradients.
-            self.optimizer.apply(grads, self.strategy)
-            return tf.constant(True)
-
-        # A non-finite step (float16 overflow, or a NaN loss) never touches the weights.
-        tf.cond(finite & tf.math.is_finite(loss), apply, lambda: tf.constant(False))
+        # Cross-replica context: one update with the summed, clipped gradients. A non-finite
+        # step (float16 overflow, or a NaN loss) never touches the weights.
+        self.optimizer.apply_if(grads, finite & tf.math.is_finite(loss), self.strategy)
         self.loss_scale.update(finite)
         self.step.assign_add(1)
         return loss, self._local(norm)
