@@ -82,7 +82,11 @@ def test_killed_worker_resumes_from_checkpoint_to_the_same_weights(tmp_path, sin
         cluster = _start_cluster(model_dir, 20, sink, delay=0.15)
         try:
             deadline = time.monotonic() + 180
-            while not (model_dir / "checkpoints" / "ckpt-10.index").exists():
+            # Kill once checkpoint 10 is whole: the chief's state and both input positions
+            # (each worker writes its own; a kill between the two writes is another case).
+            whole = [model_dir / "checkpoints" / "ckpt-10.index"] + [
+                model_dir / "data" / f"worker-{i}" / "ckpt-10.index" for i in (0, 1)]
+            while not all(path.exists() for path in whole):
                 assert time.monotonic() < deadline, log.read_text()[-4000:]
                 assert all(p.poll() is None for p in cluster.processes), log.read_text()[-4000:]
                 time.sleep(0.05)
