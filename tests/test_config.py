@@ -4,7 +4,8 @@ import pathlib
 import pytest
 
 from tflm import config as config_lib
-from tflm.config import ConfigError, load_experiment, parse_overrides, save_experiment
+from tflm.config import ConfigError, parse_overrides, save_experiment
+from tflm.experiment import load_experiment
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))

@@ -15,13 +15,16 @@ closest valid one.
 
 import dataclasses
 import difflib
+import functools
 import re
 import typing
 
 import yaml
 
+from tflm.errors import TflmError
 
-class ConfigError(ValueError):
+
+class ConfigError(TflmError, ValueError):
     """A config key or value is invalid; the message names it."""
 
 
@@ -44,7 +47,7 @@ def _load_yaml(text_or_stream):
 class ModelConfig:
     """Architecture (see `TransformerBackbone`) and task."""
 
-    task: str = "causal_lm"  # causal_lm | masked_lm | classification
+    task: str = "causal_lm"  # a registered task: tflm.tasks.task_names()
     vocabulary_size: int = 262
     num_layers: int = 2
     num_heads: int = 4
@@ -82,7 +85,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DataConfig:
-    """Input text and batching (see `tflm.data.make_dataset`)."""
+    """Input text and batching (see `tflm.tasks.make_dataset`)."""
 
     # Where text comes from: a glob (comma-separated globs allowed) of text or
     # JSONL files, or a folder written by tflm-prepare; empty: the embedded corpus.
@@ -285,36 +288,88 @@ def _dotted_keys(values, prefix=""):
     return keys
 
 
-def load_experiment(config_file=None, params_override=None):
-    """Defaults, then the YAML file(s) in order, then the overrides; validated.
+def _read_yaml_file(path):
+    try:
+        with open(path) as f:
+            values = _load_yaml(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"Config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {values!r}.")
+    return values
 
-    `config_file` is one path or a list of paths; later files override earlier ones.
-    With `model.init_checkpoint`, the architecture keys that no file or override
-    sets come from the checkpoint (see `resolve_init_checkpoint`).
+
+def experiment_config_class(extensions=None):
+    """`ExperimentConfig`, with each section extended by the keys of `extensions`.
+
+    `extensions` maps a section name ("model", "data", "trainer", "runtime") to a
+    dataclass whose fields (all with defaults) are added to that section: a task's own
+    keys (`tflm.tasks.Task.config_keys`). The same extensions give the same class, so
+    configs of one task compare equal.
     """
-    config = ExperimentConfig()
-    explicit = set()
+    if not extensions:
+        return ExperimentConfig
+    return _extended_class(tuple(sorted(extensions.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _extended_class(extensions):
+    extensions = dict(extensions)
+    sections = []
+    for field in dataclasses.fields(ExperimentConfig):
+        base = field.default_factory
+        extra = extensions.get(field.name)
+        if extra is not None:
+            base = dataclasses.make_dataclass(base.__name__, [], bases=(base, extra))
+        sections.append((field.name, base, dataclasses.field(default_factory=base)))
+    unknown = set(extensions) - {name for name, _, _ in sections}
+    if unknown:
+        raise ValueError(f"No config section {sorted(unknown)}.")
+    return dataclasses.make_dataclass("ExperimentConfig", sections)
+
+
+def read_experiment(config_file=None, params_override=None, extensions_of=None):
+    """Defaults, then the YAML file(s) in order, then the overrides; not yet validated.
+
+    `extensions_of(task_name)`: the config keys of the task that `model.task` names
+    (see `experiment_config_class`), so that a task's own keys are known keys.
+
+    Returns `(config, explicit)`: `explicit` holds the dotted keys that a file or an
+    override set (`model.num_layers`, ...), which fine-tuning from `model.init_checkpoint`
+    needs (see `tflm.experiment.load_experiment`).
+    """
     files = [config_file] if isinstance(config_file, str) else list(config_file or [])
-    for path in files:
-        try:
-            with open(path) as f:
-                values = _load_yaml(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"Config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    layers = [(path, _read_yaml_file(path)) for path in files]
+    layers.append((None, parse_overrides(params_override)))
+    task = ModelConfig.task
+    for _, values in layers:
+        model = values.get("model")
+        if isinstance(model, dict) and isinstance(model.get("task"), str):
+            task = model["task"]
+    config = experiment_config_class(extensions_of(task) if extensions_of else None)()
+    explicit = set()
+    for path, values in layers:
         try:
             update_dataclass(config, values)
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise ConfigError(f"{path}: {e}" if path else str(e)) from None
         explicit |= _dotted_keys(values)
-    overrides = parse_overrides(params_override)
-    update_dataclass(config, overrides)
-    explicit |= _dotted_keys(overrides)
     config.runtime.mixed_precision = PRECISION_ALIASES.get(
         config.runtime.mixed_precision, config.runtime.mixed_precision
     )
-    resolve_init_checkpoint(config, explicit)
+    return config, explicit
+
+
+def load_experiment(config_file=None, params_override=None, extensions_of=None):
+    """Defaults, then the YAML file(s) in order, then the overrides; validated.
+
+    `config_file` is one path or a list of paths; later files override earlier ones.
+    This checks what every experiment shares; `tflm.experiment.load_experiment` also
+    checks the task's own keys and fills the architecture from `model.init_checkpoint`.
+    """
+    config, _ = read_experiment(config_file, params_override, extensions_of)
     validate(config)
     return config
 
@@ -327,95 +382,11 @@ ARCHITECTURE_KEYS = (
     "norm_first", "norm_epsilon", "embedding_norm", "final_norm", "pooler", "use_bias",
     "tie_embeddings", "causal",
 )
-PARAMS_FILE = "params.yaml"
-TOKENIZER_DIR = "tokenizer"
-
-
-def architecture_value(model, key):
-    """`model.<key>` with the defaults that depend on other keys filled in."""
-    if key == "causal":
-        return model.task == "causal_lm" if model.causal is None else model.causal
-    if key == "final_norm":
-        return model.norm_first if model.final_norm is None else model.final_norm
-    return getattr(model, key)
-
-
-def resolve_init_checkpoint(config, explicit=()):
-    """Fills the architecture (and tokenizer) from `model.init_checkpoint`, a tflm model_dir.
-
-    A key of `ARCHITECTURE_KEYS` that is in `explicit` (set by a file or an
-    override) must agree with the checkpoint, else a `ConfigError` names it;
-    the others take the checkpoint's values. `data.tokenizer` and
-    `data.vocab_path`, unless set, become the checkpoint's tokenizer. A path
-    that does not exist is left for the trainer to report (a run resuming
-    from its own checkpoints does not need it).
-    """
-    import os
-
-    path = config.model.init_checkpoint
-    if not path or not os.path.exists(path):
-        return
-    params = os.path.join(path, PARAMS_FILE)
-    if not os.path.exists(params):
-        if os.path.exists(os.path.join(path, "config.json")):
-            raise ConfigError(
-                f"model.init_checkpoint={path!r} is a Hugging Face checkpoint: convert it first "
-                f"(python tools/convert_checkpoint.py --input_dir={path} --output_dir=...) and "
-                "point model.init_checkpoint at the output.")
-        raise ConfigError(f"model.init_checkpoint={path!r} has no {PARAMS_FILE}: not a tflm "
-                          "model_dir (a tflm-train run or a converted checkpoint).")
-    try:
-        source = load_experiment(params)
-    except ConfigError as e:
-        raise ConfigError(f"model.init_checkpoint: {e}") from None
-    for key in ARCHITECTURE_KEYS:
-        theirs = architecture_value(source.model, key)
-        if f"model.{key}" in explicit:
-            mine = architecture_value(config.model, key)
-            if mine != theirs:
-                raise ConfigError(
-                    f"model.{key}={mine!r}, but model.init_checkpoint={path!r} has {theirs!r}: "
-                    "remove the key to take the checkpoint's value, or start from another "
-                    "checkpoint.")
-        else:
-            setattr(config.model, key, theirs)
-    if not {"data.tokenizer", "data.vocab_path"} & set(explicit):
-        folder = os.path.join(path, TOKENIZER_DIR)
-        if os.path.isdir(folder):
-            config.data.tokenizer = _saved_tokenizer_kind(folder)
-            config.data.vocab_path = "" if config.data.tokenizer == "byte" else folder
-        else:
-            config.data.tokenizer = source.data.tokenizer
-            config.data.vocab_path = source.data.vocab_path
-
-
-def _saved_tokenizer_kind(folder):
-    """The `data.tokenizer` name of a tokenizer folder (its tokenizer.json `kind`)."""
-    import json
-    import os
-
-    try:
-        with open(os.path.join(folder, "tokenizer.json"), encoding="utf-8") as f:
-            kind = json.load(f)["kind"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{folder}: no readable tokenizer.json ({e}).") from None
-    return TOKENIZER_ALIASES.get(kind, kind)
-
-
-def load_model_dir_config(model_dir, config_files=(), params_override=""):
-    """The params.yaml of a tflm model_dir, with more files and overrides on top."""
-    import os
-
-    params = os.path.join(model_dir, PARAMS_FILE)
-    if not os.path.exists(params):
-        raise ConfigError(f"{model_dir}: no {PARAMS_FILE}; not a tflm model_dir.")
-    return load_experiment([params, *(config_files or [])], params_override)
 
 
 def validate(config):
     """Checks values that the types alone do not."""
     choices = {
-        "model.task": (config.model.task, ("causal_lm", "masked_lm", "classification")),
         "model.position_encoding": (
             config.model.position_encoding,
             ("learned", "sinusoidal", "rotary"),
@@ -456,11 +427,6 @@ def validate(config):
             f"data.sequence_length={config.data.sequence_length} exceeds "
             f"model.max_sequence_length={config.model.max_sequence_length}."
         )
-    if config.model.task == "masked_lm" and config.data.sequence_length < 3:
-        raise ConfigError(
-            f"data.sequence_length={config.data.sequence_length}: a masked_lm row needs "
-            "[CLS], at least one token and [SEP]."
-        )
     _validate_finetuning(config)
     for key, value in (
         ("model.dropout", config.model.dropout),
@@ -478,10 +444,6 @@ def validate(config):
         )
     if config.data.input_format == "tfrecord" and not config.data.input_path:
         raise ConfigError('data.input_format="tfrecord" needs data.input_path (a tflm-prepare folder).')
-    if config.model.task == "masked_lm" and config.data.sentence_pairs and config.data.sequence_length < 5:
-        raise ConfigError(
-            f"data.sequence_length={config.data.sequence_length}: sentence pairs need at least 5."
-        )
     trainer = config.trainer
     if not 0.0 <= trainer.label_smoothing < 1.0:
         raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {trainer.label_smoothing}.")
@@ -516,28 +478,7 @@ def validate(config):
 
 
 def _validate_finetuning(config):
-    model, data = config.model, config.data
-    if model.task == "classification":
-        if data.input_format not in ("jsonl", "csv"):
-            raise ConfigError(f"data.input_format={data.input_format!r}: classification reads "
-                              "labelled 'jsonl' or 'csv' files.")
-        if not data.input_path:
-            raise ConfigError("model.task='classification' needs data.input_path (labelled "
-                              "JSONL or CSV files).")
-        least = 5 if data.text_pair_field else 3
-        if data.sequence_length < least:
-            raise ConfigError(f"data.sequence_length={data.sequence_length}: a classification "
-                              f"row needs at least {least}.")
-        if len(set(data.label_names)) != len(data.label_names):
-            raise ConfigError(f"data.label_names={data.label_names} repeats a name.")
-        if data.label_names and model.num_classes and model.num_classes != len(data.label_names):
-            raise ConfigError(f"model.num_classes={model.num_classes}, but data.label_names has "
-                              f"{len(data.label_names)} names.")
-        if model.pooling == "pooled" and not model.pooler:
-            raise ConfigError("model.pooling='pooled' needs model.pooler=true.")
-    elif data.input_format == "csv":
-        raise ConfigError("data.input_format='csv' is for labelled data (model.task="
-                          "'classification').")
+    model = config.model
     if model.num_classes < 0:
         raise ConfigError(f"model.num_classes must be >= 0, got {model.num_classes}.")
     if not 0 <= model.freeze_bottom_layers <= model.num_layers:

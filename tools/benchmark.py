@@ -30,7 +30,7 @@ call) is a warm-up.
 - generate: greedy continuation of real prompts (the corpus's text), batch 1 and 16. tflm: the
   `generate` signature of a SavedModel written by `export_saved_model` and loaded back, as
   exported by default (portable: no XLA) and with `jit_compile=True` (XLA decode); also
-  `CausalLM.generate` in process (XLA). keras-hub: `GPT2CausalLM.generate` with the same
+  `tflm.generation.generate` in process (XLA). keras-hub: `GPT2CausalLM.generate` with the same
   weights' shape, in its default mode (Keras' "auto": no XLA on a machine without an
   accelerator) and compiled with `jit_compile=True`; tokens/s counts the tokens each side
   produced.
@@ -70,7 +70,7 @@ GPU_SHAPES = "gpt2_small,bert_base"
 
 
 def _config(shape, precision, extra, steps, window):
-    from tflm.config import load_experiment
+    from tflm.experiment import load_experiment
 
     config_file, overrides = SHAPES[shape]
     schedule = (f"trainer.train_steps={steps},trainer.log_every={window},"
@@ -100,10 +100,11 @@ def _steady(times, tokens_per_window):
 # -- One measurement (a child process). -----------------------------------------------------
 def train_tflm(config, dataset_fn=None):
     from tflm.training.trainer import Trainer
+    from tflm.tasks import get_task
 
     times = []
     with tempfile.TemporaryDirectory() as model_dir:
-        trainer = Trainer(config, model_dir, dataset_fn=dataset_fn,
+        trainer = Trainer(get_task(config), model_dir, dataset_fn=dataset_fn,
                           print_fn=lambda line: times.append(time.perf_counter()))
         start = time.perf_counter()
         trainer.train()
@@ -157,7 +158,7 @@ def compiled_keras_hub_task(config):
 def train_keras_hub(config):
     import keras
 
-    from tflm.data import make_dataset
+    from tflm.tasks import make_dataset
 
     trainer = config.trainer
     task = compiled_keras_hub_task(config)
@@ -183,10 +184,10 @@ def steps_in_process(config, rounds):
     of `steps_per_loop` steps each (the trainer's `train_loop`, keras-hub's
     `train_function`), after one untimed call each. Steadier than separate processes on a
     loaded machine; no input pipeline on either side."""
-    from tflm.data import make_dataset
-    from tflm.training.trainer import Trainer
-
     import tensorflow as tf
+
+    from tflm.tasks import get_task, make_dataset
+    from tflm.training.trainer import Trainer
 
     steps = config.trainer.steps_per_loop
 
@@ -194,7 +195,7 @@ def steps_in_process(config, rounds):
         return make_dataset(config, input_context=context).take(1).cache().repeat()
 
     with tempfile.TemporaryDirectory() as model_dir:
-        trainer = Trainer(config, model_dir, dataset_fn=cached, print_fn=lambda line: None)
+        trainer = Trainer(get_task(config), model_dir, dataset_fn=cached, print_fn=lambda line: None)
         task = compiled_keras_hub_task(config)
         task.fit(cached(), steps_per_epoch=steps, epochs=1, verbose=0)  # builds train_function
         batches = iter(cached())
@@ -230,8 +231,9 @@ def generate_tflm(config, batch, prompt_length, new_tokens, calls):
     import tensorflow as tf
 
     from tflm.data import ByteTokenizer
-    from tflm.export import export_saved_model
-    from tflm.models.factory import build_task
+    from tflm.experiment import export_saved_model
+    from tflm.generation import generate as tflm_generate
+    from tflm.tasks import build_task
 
     model = build_task(config.model)
     tokenizer = ByteTokenizer()
@@ -254,10 +256,10 @@ def generate_tflm(config, batch, prompt_length, new_tokens, calls):
         result[key + "tokens_per_second"] = tokens / sum(seconds)
         result[key + "seconds_per_call"] = statistics.median(seconds)
     ids = tokenizer.tokenize(prompts).to_list()
-    model.generate(ids, max_new_tokens=new_tokens, end_id=tokenizer.end_of_text_id)
+    tflm_generate(model, ids, max_new_tokens=new_tokens, end_id=tokenizer.end_of_text_id)
     start = time.perf_counter()
     for _ in range(calls):
-        out = model.generate(ids, max_new_tokens=new_tokens, end_id=tokenizer.end_of_text_id)
+        out = tflm_generate(model, ids, max_new_tokens=new_tokens, end_id=tokenizer.end_of_text_id)
     result["in_process_xla_tokens_per_second"] = (
         sum(len(row) for row in out) * calls / (time.perf_counter() - start))
     return result
@@ -299,7 +301,7 @@ def generate_keras_hub(config, batch, prompt_length, new_tokens, calls):
 
 
 def pipeline_wait(config):
-    from tflm.data import make_dataset
+    from tflm.tasks import make_dataset
 
     real = train_tflm(config)
     cached = train_tflm(config, dataset_fn=lambda context: make_dataset(

@@ -35,8 +35,9 @@ def machine():
 
 
 def benchmark(config_files, params_override, steps, window):
-    from tflm.config import load_experiment
+    from tflm.experiment import load_experiment
     from tflm.training.trainer import Trainer
+    from tflm.tasks import get_task
 
     overrides = ",".join(filter(None, [
         params_override, f"trainer.train_steps={steps}", f"trainer.log_every={window}",
@@ -45,7 +46,7 @@ def benchmark(config_files, params_override, steps, window):
     ]))
     config = load_experiment(config_files, overrides)
     with tempfile.TemporaryDirectory() as model_dir:
-        trainer = Trainer(config, model_dir, print_fn=lambda line: print(line, file=sys.stderr))
+        trainer = Trainer(get_task(config), model_dir, print_fn=lambda line: print(line, file=sys.stderr))
         trainer.train()
     steady = [r["tokens_per_second"] for r in trainer.history[1:]] or [
         trainer.history[-1]["tokens_per_second"]]

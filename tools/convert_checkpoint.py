@@ -29,7 +29,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from tflm.models.huggingface import CheckpointError
-    from tflm.models.pretrained import convert_checkpoint
+    from tflm.tasks import convert_checkpoint
     from tflm.models.safetensors_file import SafetensorsError
 
     try:

@@ -6,8 +6,9 @@ import sys
 import pytest
 
 from tflm.cli.prepare import prepare
-from tflm.cli.train import run_experiment
-from tflm.config import ConfigError, load_experiment
+from tflm.experiment import run_experiment
+from tflm.config import ConfigError
+from tflm.experiment import load_experiment
 
 
 def test_prepare_then_train_from_shards(tmp_path):

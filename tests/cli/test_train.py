@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from tflm.cli.train import run_experiment
-from tflm.config import ConfigError, load_experiment
+from tflm.experiment import run_experiment
+from tflm.config import ConfigError
+from tflm.experiment import load_experiment
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMALL = (

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflm.config import load_experiment
-from tflm.data import ByteTokenizer, InputStats, make_dataset
+from tflm.experiment import load_experiment
+from tflm.data import ByteTokenizer, InputStats
+from tflm.tasks import make_dataset
 from tflm.data.classification import (
     LabelledDataError,
     classification_batches,

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflm.config import load_experiment
-from tflm.data import ByteTokenizer, make_dataset, prepare_corpus, resolve_files
+from tflm.experiment import load_experiment
+from tflm.data import ByteTokenizer, prepare_corpus, resolve_files
+from tflm.tasks import make_dataset
 
 CLS, SEP, MASK = 2, 3, 4
 SPECIAL = set(range(6))

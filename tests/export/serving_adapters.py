@@ -452,7 +452,7 @@ def tiny_models(seed=0):
 def export_tiny_models(directory, seed=0):
     """Exports `tiny_models(seed)` under `directory/<kind>/1`, with each model's weights in
     `directory/<kind>.npz`; returns `{kind: export base path}`."""
-    from tflm.export import export_saved_model
+    from tflm.experiment import export_saved_model
 
     bases = {}
     tokenizers = tiny_tokenizers()

@@ -7,15 +7,9 @@ import pytest
 import tensorflow as tf
 
 from tflm.data import ByteTokenizer
-from tflm.export import (
-    ExportError,
-    UnsupportedOpError,
-    check_ops,
-    export_saved_model,
-    load_trained,
-    serving_module,
-)
-from tflm.export import op_check
+from tflm.experiment import export_saved_model, load_trained, serving_module
+from tflm.export import ExportError, UnsupportedOpError, check_ops, op_check
+from tflm.generation import generate
 from tflm.models import CausalLM, MaskedLM, SequenceClassifier, TransformerBackbone
 
 SMALL = dict(vocabulary_size=262, num_layers=1, num_heads=2, hidden_dim=16, intermediate_dim=32,
@@ -89,7 +83,7 @@ def test_greedy_generate_matches_the_python_model(causal_lm):
     tokenizer = ByteTokenizer()
     module = serving_module(causal_lm, tokenizer)
     served = module.generate(**_args(module, max_new_tokens=6))["text"].numpy()
-    expected = causal_lm.generate(["It is a truth", ""], max_new_tokens=6, tokenizer=tokenizer,
+    expected = generate(causal_lm, ["It is a truth", ""], max_new_tokens=6, tokenizer=tokenizer,
                                   jit_compile=False)
     assert [t.decode("utf-8") for t in served] == expected
 
@@ -131,8 +125,8 @@ def test_fill_mask_encode_and_classify():
 
 
 def test_export_and_generate_binaries_on_a_trained_model_dir(tmp_path, repo_root):
-    from tflm.cli.train import run_experiment
-    from tflm.config import load_experiment
+    from tflm.experiment import run_experiment
+    from tflm.experiment import load_experiment
 
     model_dir = tmp_path / "run"
     config = load_experiment("configs/tiny_gpt.yaml",
@@ -152,7 +146,7 @@ def test_export_and_generate_binaries_on_a_trained_model_dir(tmp_path, repo_root
     assert result.stdout.strip().endswith(str(tmp_path / "export" / "1"))
     loaded = tf.saved_model.load(str(tmp_path / "export" / "1"))
     served = loaded.signatures["generate"](**_args(None, max_new_tokens=5))["text"].numpy()
-    expected = model.generate(["It is a truth", ""], max_new_tokens=5, tokenizer=tokenizer)
+    expected = generate(model, ["It is a truth", ""], max_new_tokens=5, tokenizer=tokenizer)
     assert [t.decode("utf-8") for t in served] == expected
 
 

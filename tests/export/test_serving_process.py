@@ -30,6 +30,7 @@ from serving_adapters import (
 
 from tflm.data import ByteTokenizer
 from tflm.export.client import SIGNATURES
+from tflm.generation import generate
 
 # Runs in the fresh process: argv[1] the requests (JSON), argv[2] where to write the answers.
 RUNNER = r'''
@@ -229,8 +230,8 @@ def test_fresh_process_has_no_tflm(runs):
 def test_generate_gives_the_python_models_tokens(runs, signature, index, kwargs):
     max_new_tokens = 5 if signature == "beam_search" else 6
     ids = _prompt_ids(max_new_tokens)
-    new = runs["models"]["causal"].generate(ids, max_new_tokens=max_new_tokens, end_id=END,
-                                            jit_compile=False, **kwargs)
+    new = generate(runs["models"]["causal"], ids, max_new_tokens=max_new_tokens, end_id=END,
+                   jit_compile=False, **kwargs)
     answer = _answer(runs, "causal", signature, index)
     assert answer["num_tokens"].tolist() == [len(row) for row in new]
     assert answer["text"].tolist() == _texts(new)

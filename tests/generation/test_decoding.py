@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.data import ByteTokenizer
-from tflm.generation import CausalDecoder, next_token
+from tflm.generation import CausalDecoder, generate, next_token
 from tflm.models import CausalLM, TransformerBackbone
 
 END = 5
@@ -128,12 +128,12 @@ def test_generate_with_a_tokenizer_traces_once_and_xla_agrees():
     tokenizer = ByteTokenizer()
     model = _model(vocabulary_size=262)
     texts = ["It is a truth", "", "Mr. Darcy"]
-    plain = model.generate(texts, max_new_tokens=6, tokenizer=tokenizer, jit_compile=False)
-    compiled = model.generate(texts, max_new_tokens=6, tokenizer=tokenizer, jit_compile=True)
+    plain = generate(model, texts, max_new_tokens=6, tokenizer=tokenizer, jit_compile=False)
+    compiled = generate(model, texts, max_new_tokens=6, tokenizer=tokenizer, jit_compile=True)
     assert plain == compiled and len(plain) == 3 and all(isinstance(t, str) for t in plain)
-    model.generate(["other prompts", "of other length"], max_new_tokens=9, tokenizer=tokenizer,
+    generate(model, ["other prompts", "of other length"], max_new_tokens=9, tokenizer=tokenizer,
                    jit_compile=False)
     function = model._generate_functions[(tokenizer.end_of_text_id, 0, 1, False)]
     assert function.experimental_get_tracing_count() == 1
-    beams = model.generate(texts, max_new_tokens=6, tokenizer=tokenizer, num_beams=1)
+    beams = generate(model, texts, max_new_tokens=6, tokenizer=tokenizer, num_beams=1)
     assert beams == plain

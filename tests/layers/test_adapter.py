@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 
 from keras_test_case import run_layer_test
@@ -15,6 +16,7 @@ def test_layer_contract():
 
 def test_starts_as_the_identity_then_matches_numpy():
     x = np.random.default_rng(1).standard_normal((2, 5, 16)).astype("float32")
+    keras.utils.set_random_seed(1)  # the initial down-projection
     adapter = Adapter(bottleneck_dim=4)
     np.testing.assert_array_equal(np.asarray(adapter(x)), x)
     rng = np.random.default_rng(2)
@@ -29,6 +31,7 @@ def test_starts_as_the_identity_then_matches_numpy():
 
 def test_a_block_with_fresh_adapters_computes_the_same():
     x = np.random.default_rng(3).standard_normal((2, 6, 16)).astype("float32")
+    keras.utils.set_random_seed(3)  # the blocks' initial weights
     for norm_first in (False, True):
         plain = TransformerBlock(num_heads=2, intermediate_dim=32, norm_first=norm_first)
         adapted = TransformerBlock(num_heads=2, intermediate_dim=32, norm_first=norm_first,

@@ -1,6 +1,8 @@
 import keras
+import ml_dtypes
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_test_case import run_layer_test
 from numpy_reference import multi_head_attention
@@ -106,6 +108,7 @@ def test_explicit_attention_mask_combines_with_padding_and_causal():
 def test_causal_no_leak():
     rng = np.random.default_rng(6)
     x = rng.standard_normal((1, 10, 16)).astype("float32")
+    keras.utils.set_random_seed(6)  # the layer's initial weights
     layer = MultiHeadAttention(num_heads=2, head_dim=8)
     base = np.asarray(layer(x, use_causal_mask=True))
     for t in range(9):
@@ -119,6 +122,7 @@ def test_causal_no_leak():
 def test_padding_invariance():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 6, 16)).astype("float32")
+    keras.utils.set_random_seed(7)  # the layer's initial weights
     layer = MultiHeadAttention(num_heads=4, head_dim=4)
     short = np.asarray(layer(x, padding_mask=np.ones((2, 6))))
     padded_x = np.concatenate([x, rng.standard_normal((2, 5, 16)).astype("float32")], axis=1)
@@ -131,6 +135,7 @@ def test_padding_invariance():
 
 def test_fully_masked_row_is_finite():
     x = np.random.default_rng(8).standard_normal((1, 4, 8)).astype("float32")
+    keras.utils.set_random_seed(8)  # the layer's initial weights
     out = MultiHeadAttention(num_heads=2, head_dim=4)(x, padding_mask=np.zeros((1, 4)))
     assert np.all(np.isfinite(np.asarray(out)))
 
@@ -138,6 +143,7 @@ def test_fully_masked_row_is_finite():
 def test_cache_decoding_matches_full_pass():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((2, 8, 16)).astype("float32")
+    keras.utils.set_random_seed(9)  # the layers' initial weights
     for rotary in (None, 10000):
         layer = MultiHeadAttention(num_heads=2, head_dim=8, rotary_max_wavelength=rotary)
         full = np.asarray(layer(x, use_causal_mask=True))
@@ -160,28 +166,109 @@ def test_cache_requires_index():
         layer(np.zeros((1, 1, 8), "float32"), cache=np.zeros((1, 2, 4, 2, 4), "float32"))
 
 
-def test_softmax_in_float32_under_mixed_precision():
-    # Probabilities from a float16 softmax of large scores would saturate;
-    # the float32 softmax matches the float32 layer closely.
+# Unit roundoff u of the half types: the largest relative error of a rounding to
+# nearest, half the gap above 1 (bfloat16 has 8 significant bits, u = 2**-8; float16
+# 11, u = 2**-11). Below the normal range the error is at most half the subnormal gap.
+_HALF_TYPES = {"mixed_bfloat16": ml_dtypes.bfloat16, "mixed_float16": np.float16}
+_U32 = 2.0**-24  # float32's unit roundoff
+
+
+def _probability_readout(scores):
+    """A layer input and weights under which the layer's output is its attention probabilities.
+
+    `scores` is `(batch, T, T)`. Two heads of size `T` on a model of width `2 T`:
+    token `t` of a row is `[one_hot(t), scores[row, t]]`. Head 0's query is the
+    score half (head 1's its negation), every key `s` is `sqrt(head_dim) * one_hot(s)`
+    and every value `one_hot(s)`: so head 0's score of key `s` for query `t` is
+    `scores[row, t, s]`, its output is its row of probabilities, and the identity
+    output projection gives `[probabilities of head 0 | probabilities of head 1]`.
+    """
+    batch, length, _ = scores.shape
+    eye = np.eye(length, dtype="float32")
+    x = np.concatenate([np.broadcast_to(eye, (batch, length, length)), scores], axis=-1)
+    w_qkv = np.zeros((2 * length, 6 * length), "float32")
+    w_qkv[length:, :length] = eye  # queries of head 0
+    w_qkv[length:, length : 2 * length] = -eye  # queries of head 1
+    w_qkv[:length, 2 * length : 4 * length] = np.sqrt(length) * np.tile(eye, 2)  # keys
+    w_qkv[:length, 4 * length :] = np.tile(eye, 2)  # values
+    weights = [
+        w_qkv,
+        np.zeros(6 * length, "float32"),
+        np.eye(2 * length, dtype="float32"),
+        np.zeros(2 * length, "float32"),
+    ]
+    return x.astype("float32"), weights
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("policy", sorted(_HALF_TYPES))
+def test_softmax_in_float32_under_mixed_precision(policy, jit_compile):
+    # The probabilities of a half-precision softmax of large scores lose their
+    # precision (and in float16 the -1e9 of masked keys is -inf: a row with every key
+    # masked gives NaN); the layer's float32 softmax gives probabilities within one
+    # half-type rounding of the exact ones. The layer's output here is its
+    # probabilities (see `_probability_readout`), checked against a float64 reference
+    # with a bound derived from the roundings.
+    #
+    # Measured: the largest error is 0.93 of the bound in bfloat16 (0.0020 at most,
+    # absolute) and 0.997 in float16 (0.00024), eager and under XLA alike. With the
+    # softmax in the half type instead (no float32 cast of the scores), bfloat16 under
+    # XLA is off by 34 times the bound (the score minus the row's max is rounded to
+    # bfloat16), and float16 gives NaN in the fully masked rows, eager and under XLA
+    # (under XLA also 1.6 times the bound elsewhere).
+    # (Eager TensorFlow on CPU computes a half softmax in float32 internally, bit for
+    # bit like the cast, so only the XLA case can see the bfloat16 softmax.)
+    length = 16
     rng = np.random.default_rng(10)
-    x = (rng.standard_normal((2, 16, 32)) * 3).astype("float32")
-    full = MultiHeadAttention(num_heads=4, head_dim=8)
-    reference = np.asarray(full(x, use_causal_mask=True))
-    for policy in ("mixed_float16", "mixed_bfloat16"):
-        mixed = MultiHeadAttention(num_heads=4, head_dim=8, dtype=policy)
-        mixed(x)
-        for src, dst in zip(full.weights, mixed.weights):
-            dst.assign(src)
-        out = mixed(x, use_causal_mask=True)
-        assert keras.backend.standardize_dtype(out.dtype) == keras.DTypePolicy(policy).compute_dtype
-        tolerance = 0.02 if policy == "mixed_float16" else 0.1
-        np.testing.assert_allclose(
-            np.asarray(keras.ops.cast(out, "float32")), reference, atol=tolerance
-        )
+    # Large scores (sd 8), multiples of 1/32 rounded to bfloat16: exactly
+    # representable in both half types, and a quarter of each is still a normal float16.
+    scores = np.round(rng.standard_normal((2, length, length)) * 8 * 32) / 32
+    scores = scores.astype(ml_dtypes.bfloat16).astype("float32")
+    x, weights = _probability_readout(scores)
+    padding = np.ones((2, length), "int32")
+    padding[1, :3] = 0  # left padding: row 1's first three queries see no key at all
+    mask = padding.astype(bool)[:, None, :] & np.tril(np.ones((length, length), bool))[None]
+    expected = multi_head_attention(x.astype(np.float64), *weights, num_heads=2, mask=mask)
+
+    half = _HALF_TYPES[policy]
+    # Everything before the softmax is exact in the half type: the inputs and weights
+    # are representable, and so are the projections and scores (each output a single
+    # product of an input by 0, 1, -1, 4 or the query scale 1/4).
+    for values in (x, x / np.sqrt(length), *weights):
+        np.testing.assert_array_equal(values.astype(half).astype("float32"), values)
+    layer = MultiHeadAttention(num_heads=2, head_dim=length, dtype=policy)
+    layer(x)
+    for variable, value in zip(layer.weights, weights):
+        variable.assign(value)
+
+    def call(inputs):
+        return layer(inputs, padding_mask=padding, use_causal_mask=True)
+
+    if jit_compile:
+        call = tf.function(call, jit_compile=True)
+    out = call(x)
+    assert keras.backend.standardize_dtype(out.dtype) == keras.DTypePolicy(policy).compute_dtype
+    actual = np.asarray(keras.ops.cast(out, "float32"), np.float64)
+
+    # The output is the probabilities p, and the only inexact steps are the float32
+    # softmax and the rounding of its result to the half type: the value and output
+    # products then multiply by 1 and add zeros. A float32 softmax of n scores is within
+    # (n + 4) u32 p of p (the differences to the max are exact, exp is good to a few
+    # ulp, then n - 1 additions and a division), and the rounding adds u p, or half the
+    # subnormal gap below the normal range.
+    u = float(ml_dtypes.finfo(half).eps) / 2
+    subnormal_error = float(ml_dtypes.finfo(half).smallest_subnormal) / 2
+    bound = (u + (length + 4) * _U32 * (1 + u)) * np.abs(expected) + subnormal_error
+    error = np.abs(actual - expected)
+    assert np.all(error <= bound), (
+        f"{policy}: error up to {np.nanmax(error):.3g}, {np.nanmax(error / bound):.3g} times "
+        f"the bound ({np.isnan(error).sum()} NaN)"
+    )
 
 
 def test_dropout_only_in_training():
     x = np.random.default_rng(11).standard_normal((2, 6, 16)).astype("float32")
+    keras.utils.set_random_seed(11)  # the initial weights and the dropout masks
     layer = MultiHeadAttention(num_heads=2, head_dim=8, dropout=0.5)
     a = np.asarray(layer(x, training=False))
     np.testing.assert_array_equal(a, np.asarray(layer(x, training=False)))

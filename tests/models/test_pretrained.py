@@ -8,9 +8,10 @@ import pytest
 from hf_fixtures import write_bert_folder, write_gpt2_folder
 from tflm.config import ModelConfig
 from tflm.models import CausalLM, MaskedLM, SequenceClassifier
-from tflm.models.factory import build_backbone, build_task
+from tflm.models.factory import build_backbone
+from tflm.tasks import build_task
 from tflm.models.huggingface import CheckpointError, load_huggingface
-from tflm.models.pretrained import (
+from tflm.tasks.pretrained import (
     convert_checkpoint,
     copy_pretrained_weights,
     init_from_pretrained,

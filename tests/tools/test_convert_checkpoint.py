@@ -37,9 +37,9 @@ def test_convert_reports_and_refuses_bad_input(repo_root, tmp_path):
 def test_a_converted_checkpoint_evaluates_as_it_is(tmp_path):
     """tflm-eval's path on a converted GPT-2 (model.keras, no checkpoints/): perplexity on
     held-out paragraphs of the embedded corpus."""
-    from tflm.cli.train import run_experiment
-    from tflm.config import load_model_dir_config
-    from tflm.models.pretrained import convert_checkpoint
+    from tflm.experiment import run_experiment
+    from tflm.experiment import load_model_dir_config
+    from tflm.tasks import convert_checkpoint
 
     write_gpt2_folder(str(tmp_path / "hf"))
     convert_checkpoint(str(tmp_path / "hf"), str(tmp_path / "gpt2"), print_fn=lambda line: None)
@@ -99,7 +99,7 @@ def test_gpt2_checkpoint_to_a_served_classifier_with_the_binaries(repo_root, tmp
         [a, b] for a in ("dialogue", "narration") for b in ("dialogue", "narration"))
 
     from tflm.data.classification import encode_classification
-    from tflm.export import load_trained
+    from tflm.experiment import load_trained
 
     model, tokenizer, config = load_trained(str(run))
     features, _ = encode_classification(tokenizer, tf.constant(texts), None,

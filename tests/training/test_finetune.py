@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from labelled_fixtures import write_labelled_paragraphs
-from tflm.cli.train import run_experiment
-from tflm.config import ConfigError, load_experiment
+from tflm.experiment import run_experiment
+from tflm.config import ConfigError
+from tflm.experiment import load_experiment
 from tflm.data.classification import LabelledDataError
-from tflm.models.pretrained import load_model_dir
+from tflm.tasks import load_model_dir
 
 QUIET = dict(print_fn=lambda line: None)
 FAST = ("trainer.log_every=4,trainer.steps_per_loop=4,trainer.checkpoint_every=100,"
@@ -182,12 +183,13 @@ def test_a_restarted_fine_tuning_run_ends_where_an_uninterrupted_one_does(tmp_pa
                                                                           pretrained):
     """The classification input position is part of the checkpoint: 4 + 4 steps == 8."""
     from tflm.training.trainer import Trainer
+    from tflm.tasks import get_task
 
     config = _finetune_config(labelled, pretrained, "model.dropout=0.0,model.classifier_dropout=0.0")
-    straight = Trainer(config, str(tmp_path / "straight"), **QUIET)
+    straight = Trainer(get_task(config), str(tmp_path / "straight"), **QUIET)
     straight.train()
-    Trainer(config, str(tmp_path / "pieces"), **QUIET).train(until_step=4)
-    resumed = Trainer(config, str(tmp_path / "pieces"), **QUIET)
+    Trainer(get_task(config), str(tmp_path / "pieces"), **QUIET).train(until_step=4)
+    resumed = Trainer(get_task(config), str(tmp_path / "pieces"), **QUIET)
     assert resumed.train() == "completed"
     for a, b in zip(straight.model.weights, resumed.model.weights):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6, err_msg=a.path)
@@ -199,8 +201,8 @@ def test_a_published_checkpoint_fine_tunes_on_real_tweets(tmp_path, shared_data,
     import tensorflow as tf
 
     from tflm.data.classification import encode_classification
-    from tflm.export import export_saved_model, load_trained
-    from tflm.models.pretrained import convert_checkpoint
+    from tflm.experiment import export_saved_model, load_trained
+    from tflm.tasks import convert_checkpoint
 
     convert_checkpoint(str(real_bert_dir), str(tmp_path / "minilm"), **QUIET)
     config = load_experiment(None, (
@@ -246,7 +248,7 @@ def test_sentence_pairs_from_csv_train_evaluate_and_serve(tmp_path, pretrained):
 
     from labelled_fixtures import paragraphs
     from tflm.data.classification import encode_classification
-    from tflm.export import export_saved_model, load_trained
+    from tflm.experiment import export_saved_model, load_trained
 
     parts = paragraphs(200)
     path = tmp_path / "pairs.csv"

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflm.config import load_experiment
-from tflm.data import make_dataset
-from tflm.models.factory import build_task
+from tflm.experiment import load_experiment
+from tflm.tasks import make_dataset
+from tflm.tasks import build_task
 from tflm.training.optimizer import make_optimizer
 
 SMALL = "data.sequence_length=32,data.global_batch_size=4,trainer.train_steps=6"

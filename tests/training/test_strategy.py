@@ -3,7 +3,8 @@ from types import SimpleNamespace
 import pytest
 import tensorflow as tf
 
-from tflm.config import ConfigError, load_experiment
+from tflm.config import ConfigError
+from tflm.experiment import load_experiment
 from tflm.training.strategy import make_strategy, step_jit_compile, worker_info
 
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflm.config import load_experiment
-from tflm.data import make_dataset
+from tflm.experiment import load_experiment
+from tflm.tasks import make_dataset
 from tflm.training.checkpoints import CheckpointError
 from tflm.training.trainer import Trainer, TrainingError
+from tflm.tasks import get_task
 
 BASE = ("data.sequence_length=32,data.shuffle_buffer_size=50,trainer.log_every=4,"
         "trainer.steps_per_loop=4,trainer.warmup_steps=1")
@@ -31,7 +32,7 @@ def test_gradient_accumulation_equals_one_larger_batch(tmp_path):
     for accumulate, batch in ((1, 8), (2, 4)):
         config = _config(f"trainer.train_steps=4,data.global_batch_size={batch},"
                          f"trainer.gradient_accumulation_steps={accumulate}")
-        trainer = Trainer(config, str(tmp_path / f"acc{accumulate}"), print_fn=_quiet)
+        trainer = Trainer(get_task(config), str(tmp_path / f"acc{accumulate}"), print_fn=_quiet)
         assert trainer.train() == "completed"
         results.append((_weights(trainer), trainer.history[-1]["loss"]))
     np.testing.assert_allclose(results[0][0], results[1][0], atol=2e-6)
@@ -52,7 +53,7 @@ STEP_PATHS = {
 def test_float16_loss_scale_recovers_from_overflow(tmp_path, path):
     config = _config(f"trainer.train_steps=16,data.global_batch_size=4,{STEP_PATHS[path]},"
                      "runtime.mixed_precision=mixed_float16,runtime.initial_loss_scale=1.0e9")
-    trainer = Trainer(config, str(tmp_path / "fp16"), print_fn=_quiet)
+    trainer = Trainer(get_task(config), str(tmp_path / "fp16"), print_fn=_quiet)
     before = _weights(trainer)
     assert trainer.train() == "completed"
     scale = float(trainer.loss_scale.scale.numpy())
@@ -85,7 +86,7 @@ def _poisoned_dataset_fn(config, bad_index):
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
     config = _config("trainer.train_steps=12,data.global_batch_size=4,trainer.jit_compile=false")
-    trainer = Trainer(config, str(tmp_path / "nan"), dataset_fn=_poisoned_dataset_fn(config, 6),
+    trainer = Trainer(get_task(config), str(tmp_path / "nan"), dataset_fn=_poisoned_dataset_fn(config, 6),
                       print_fn=_quiet)
     with pytest.raises(TrainingError, match=r"loss is nan at step 7.*recover_on_nan"):
         trainer.train()
@@ -98,7 +99,7 @@ def test_recover_on_nan_skips_the_bad_batch(tmp_path, path):
              "trainer.checkpoint_every=5,trainer.steps_per_loop=1,trainer.recover_on_nan=true")
     config = _config(extra)
     lines = []
-    recovered = Trainer(config, str(tmp_path / "recover"),
+    recovered = Trainer(get_task(config), str(tmp_path / "recover"),
                         dataset_fn=_poisoned_dataset_fn(config, 7), print_fn=lines.append)
     assert recovered.train() == "completed"
     assert any("restored" in line and "step 8" in line for line in lines)
@@ -108,7 +109,7 @@ def test_recover_on_nan_skips_the_bad_batch(tmp_path, path):
         dataset = make_dataset(config, input_context=context).enumerate()
         return dataset.filter(lambda i, batch: tf.not_equal(i, 7)).map(lambda i, batch: batch)
 
-    reference = Trainer(config, str(tmp_path / "reference"), dataset_fn=without_batch_7,
+    reference = Trainer(get_task(config), str(tmp_path / "reference"), dataset_fn=without_batch_7,
                         print_fn=_quiet)
     reference.train(until_step=11)
     np.testing.assert_allclose(_weights(recovered), _weights(reference), atol=1e-6)
@@ -117,27 +118,27 @@ def test_recover_on_nan_skips_the_bad_batch(tmp_path, path):
 def test_corrupt_and_incompatible_checkpoints_are_clear_errors(tmp_path):
     model_dir = tmp_path / "run"
     config = _config("trainer.train_steps=2,data.global_batch_size=2,trainer.jit_compile=false")
-    Trainer(config, str(model_dir), print_fn=_quiet).train()
+    Trainer(get_task(config), str(model_dir), print_fn=_quiet).train()
 
     wider = _config("trainer.train_steps=4,data.global_batch_size=2,trainer.jit_compile=false,"
                     "model.hidden_dim=64,model.num_heads=4")
     with pytest.raises(CheckpointError, match=r"ckpt-2: cannot restore"):
-        Trainer(wider, str(model_dir), print_fn=_quiet).train()
+        Trainer(get_task(wider), str(model_dir), print_fn=_quiet).train()
 
     data_file = next((model_dir / "checkpoints").glob("ckpt-2.data-*"))
     data_file.write_bytes(b"\x00garbage" * 100)
     with pytest.raises(CheckpointError, match=r"ckpt-2: cannot restore"):
-        Trainer(config, str(model_dir), print_fn=_quiet).train()
+        Trainer(get_task(config), str(model_dir), print_fn=_quiet).train()
 
 
 def test_exact_resume_in_one_process(tmp_path):
     config = _config("trainer.train_steps=10,data.global_batch_size=4,trainer.checkpoint_every=3,"
                      "trainer.jit_compile=false")
-    straight = Trainer(config, str(tmp_path / "straight"), print_fn=_quiet)
+    straight = Trainer(get_task(config), str(tmp_path / "straight"), print_fn=_quiet)
     straight.train()
-    first = Trainer(config, str(tmp_path / "pieces"), print_fn=_quiet)
+    first = Trainer(get_task(config), str(tmp_path / "pieces"), print_fn=_quiet)
     assert first.train(until_step=5) == "stopped"
-    second = Trainer(config, str(tmp_path / "pieces"), print_fn=_quiet)
+    second = Trainer(get_task(config), str(tmp_path / "pieces"), print_fn=_quiet)
     assert second.train() == "completed"
     assert int(second.step.numpy()) == 10
     np.testing.assert_allclose(_weights(second), _weights(straight), atol=1e-6)
@@ -148,7 +149,7 @@ def test_fused_one_device_step_equals_the_distributed_one(tmp_path):
     weights = {}
     for path, extra in STEP_PATHS.items():
         config = _config(f"trainer.train_steps=6,data.global_batch_size=4,{extra}")
-        trainer = Trainer(config, str(tmp_path / path), print_fn=_quiet)
+        trainer = Trainer(get_task(config), str(tmp_path / path), print_fn=_quiet)
         assert trainer._fused == path.startswith("fused")
         trainer.train()
         weights[path] = _weights(trainer)

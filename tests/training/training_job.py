@@ -22,9 +22,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tflm.config import load_experiment  # noqa: E402
-from tflm.data import make_dataset  # noqa: E402
+from tflm.experiment import load_experiment  # noqa: E402
+from tflm.tasks import make_dataset  # noqa: E402
 from tflm.training.trainer import Trainer  # noqa: E402
+from tflm.tasks import get_task
 
 OVERRIDES = ("data.sequence_length=32,data.global_batch_size=8,data.shuffle_buffer_size=50,"
              "trainer.log_every=10,trainer.checkpoint_every=10,trainer.steps_per_loop=5,"
@@ -67,7 +68,7 @@ def main():
             tf.data.experimental.ExternalStatePolicy.IGNORE)
         return dataset.map(slow).with_options(options)
 
-    trainer = Trainer(config, model_dir, dataset_fn=dataset_fn,
+    trainer = Trainer(get_task(config), model_dir, dataset_fn=dataset_fn,
                       print_fn=lambda line: print(line, flush=True))
     status = trainer.train()
     weights = np.concatenate([np.ravel(v.numpy()) for v in trainer.model.trainable_variables])

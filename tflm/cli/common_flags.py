@@ -2,7 +2,10 @@
 
 import sys
 
-from absl import flags
+from absl import flags, logging
+
+from tflm import experiment
+from tflm.errors import TflmError
 
 flags.DEFINE_multi_string(
     "config_file", None, "Experiment YAML; repeat the flag to layer files (later ones win)."
@@ -27,19 +30,24 @@ flags.DEFINE_string(
 
 def quiet_tensorflow_logs():
     """Progress lines are ours; TensorFlow's INFO chatter (checkpoint sharding, ...) is not."""
-    from absl import logging
-
     logging.set_verbosity(logging.WARNING)
 
 
-def load_config_or_exit(program):
-    """The experiment from --config_file and --params_override, or one error line and exit 2."""
-    from tflm import config as config_lib
+def load_config():
+    """The experiment from --config_file and --params_override (checked by its task)."""
+    return experiment.load_experiment(flags.FLAGS.config_file, flags.FLAGS.params_override)
 
+
+def run_or_exit(program, main, *args):
+    """Runs `main(*args)`; any tflm error becomes one line on stderr and exit status 2.
+
+    The one place where the binaries catch errors: every error tflm raises on purpose
+    derives from `TflmError` and names the key, file or tensor at fault.
+    """
     quiet_tensorflow_logs()
     try:
-        return config_lib.load_experiment(flags.FLAGS.config_file, flags.FLAGS.params_override)
-    except config_lib.ConfigError as e:
+        return main(*args)
+    except TflmError as e:
         exit_with_error(program, e)
 
 

@@ -10,6 +10,7 @@ and the list of its ops, checked against the ops of --serving_release.
 from absl import app, flags
 
 from tflm.cli import common_flags
+from tflm.experiment import export_model_dir
 
 FLAGS = flags.FLAGS
 
@@ -24,24 +25,17 @@ flags.DEFINE_list("label_names", None,
                   "Classifier label names, in class-id order; default: the model's own.")
 
 
-def main(argv):
-    del argv
-    from tflm.export import ExportError, UnsupportedOpError, export_saved_model, load_trained
-
-    common_flags.quiet_tensorflow_logs()
+def export():
     if not FLAGS.model_dir or not FLAGS.export_dir:
         raise app.UsageError("--model_dir and --export_dir are required.")
-    try:
-        model, tokenizer, config = load_trained(FLAGS.model_dir)
-        path = export_saved_model(
-            model, tokenizer, FLAGS.export_dir, version=FLAGS.version,
-            label_names=FLAGS.label_names, num_beams=FLAGS.num_beams,
-            serving_release=FLAGS.serving_release,
-            text_pair=bool(config.data.text_pair_field),
-            sequence_length=config.data.sequence_length, jit_compile=FLAGS.jit_compile,
-        )
-    except (ExportError, UnsupportedOpError, FileNotFoundError, ValueError) as e:
-        common_flags.exit_with_error("tflm-export", e)
+    return export_model_dir(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
+                            label_names=FLAGS.label_names, num_beams=FLAGS.num_beams,
+                            serving_release=FLAGS.serving_release, jit_compile=FLAGS.jit_compile)
+
+
+def main(argv):
+    del argv
+    path = common_flags.run_or_exit("tflm-export", export)
     print(f"tflm-export: {path}", flush=True)
 
 

@@ -7,6 +7,10 @@
 from absl import app, flags
 
 from tflm.cli import common_flags
+from tflm.errors import TflmError
+from tflm.experiment import load_trained
+from tflm.generation import generate
+from tflm.tasks import task_for_model
 
 FLAGS = flags.FLAGS
 
@@ -20,26 +24,23 @@ flags.DEFINE_integer("num_beams", 1, "Beam search with this many beams (1: no be
 flags.DEFINE_float("length_penalty", 0.6, "Beam search: larger favours longer outputs.")
 
 
-def main(argv):
-    del argv
-    from tflm.export import ExportError, load_trained
-    from tflm.models import CausalLM
-
-    common_flags.quiet_tensorflow_logs()
+def continue_prompts():
     if not FLAGS.model_dir or not FLAGS.prompt:
         raise app.UsageError("--model_dir and at least one --prompt are required.")
-    try:
-        model, tokenizer, _ = load_trained(FLAGS.model_dir)
-    except (ExportError, FileNotFoundError, ValueError) as e:
-        common_flags.exit_with_error("tflm-generate", e)
-    if not isinstance(model, CausalLM):
-        common_flags.exit_with_error("tflm-generate", f"{FLAGS.model_dir} holds a "
-                                     f"{type(model).__name__}, not a causal LM.")
-    outputs = model.generate(
-        FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
+    model, tokenizer, _ = load_trained(FLAGS.model_dir)
+    if not task_for_model(model).generates_text:
+        raise TflmError(f"{FLAGS.model_dir} holds a {type(model).__name__}, which does not "
+                        "generate text (a causal LM does).")
+    return generate(
+        model, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens, temperature=FLAGS.temperature,
         top_k=FLAGS.top_k, top_p=FLAGS.top_p, seed=FLAGS.seed, num_beams=FLAGS.num_beams,
         length_penalty=FLAGS.length_penalty, tokenizer=tokenizer,
     )
+
+
+def main(argv):
+    del argv
+    outputs = common_flags.run_or_exit("tflm-generate", continue_prompts)
     for prompt, output in zip(FLAGS.prompt, outputs):
         print(f"{prompt}{output}", flush=True)
 

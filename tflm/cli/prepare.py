@@ -15,6 +15,9 @@ import json
 from absl import app, flags
 
 from tflm.cli import common_flags
+from tflm.config import ConfigError, text_on_bad_record
+from tflm.data import prepare_corpus, resolve_files
+from tflm.data.tokenizers import make_tokenizer
 
 FLAGS = flags.FLAGS
 
@@ -23,10 +26,6 @@ flags.DEFINE_integer("num_shards", 8, "Number of TFRecord shards (>= the number 
 
 def prepare(config, output_dir, num_shards, print_fn=print):
     """Prepares the corpus of `config.data`; returns the manifest."""
-    from tflm.config import ConfigError, text_on_bad_record
-    from tflm.data import prepare_corpus, resolve_files
-    from tflm.data.tokenizers import make_tokenizer
-
     data = config.data
     if data.input_format == "tfrecord":
         raise ConfigError(
@@ -47,16 +46,11 @@ def prepare(config, output_dir, num_shards, print_fn=print):
 
 def main(argv):
     del argv
-    from tflm import config as config_lib
-    from tflm.data.prepared import ManifestError
-
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required.")
-    config = common_flags.load_config_or_exit("tflm-prepare")
-    try:
-        prepare(config, FLAGS.output_dir, FLAGS.num_shards, print_fn=lambda s: print(s, flush=True))
-    except (config_lib.ConfigError, FileNotFoundError, ManifestError) as e:
-        common_flags.exit_with_error("tflm-prepare", e)
+    common_flags.run_or_exit(
+        "tflm-prepare", lambda: prepare(common_flags.load_config(), FLAGS.output_dir,
+                                        FLAGS.num_shards, print_fn=lambda s: print(s, flush=True)))
 
 
 def run():

@@ -12,11 +12,11 @@ fingerprint. Point `data.vocab_path` of an experiment at --output_dir.
 """
 
 import json
-import sys
 
 from absl import app, flags
 
-from tflm.cli import common_flags  # noqa: F401  (defines --output_dir)
+from tflm.cli import common_flags
+from tflm.data.vocab_training import train_vocabulary
 
 FLAGS = flags.FLAGS
 
@@ -56,16 +56,11 @@ def main(argv):
         raise app.UsageError("--kind is required.")
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required.")
-    from tflm.data.vocab_training import train_vocabulary
-
     stats = {}
-    try:
-        train_vocabulary(FLAGS.kind, FLAGS.input, FLAGS.vocab_size, FLAGS.output_dir,
-                         lowercase=FLAGS.lowercase, stats=stats, **options_from_flags())
-    except (FileNotFoundError, ValueError) as e:
-        # One line naming the file or value, not a traceback.
-        print(f"tflm-vocab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    common_flags.run_or_exit(
+        "tflm-vocab", lambda: train_vocabulary(
+            FLAGS.kind, FLAGS.input, FLAGS.vocab_size, FLAGS.output_dir,
+            lowercase=FLAGS.lowercase, stats=stats, **options_from_flags()))
     print(json.dumps(stats), flush=True)
 
 

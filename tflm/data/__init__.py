@@ -17,9 +17,9 @@ from tflm.data.classification import (
 )
 from tflm.data.pipeline import (
     causal_lm_dataset,
-    make_dataset,
     masked_lm_dataset,
     pack_token_stream,
+    token_documents,
 )
 from tflm.data.prepared import prepare_corpus, read_prepared
 from tflm.data.sources import read_documents
@@ -37,10 +37,10 @@ __all__ = [
     "replace_invalid_utf8",
     "train_vocabulary",
     "InputStats",
-    "make_dataset",
     "prepare_corpus",
     "read_documents",
     "read_prepared",
+    "token_documents",
     "causal_lm_dataset",
     "classification_dataset",
     "encode_classification",

@@ -39,6 +39,7 @@ import tensorflow as tf
 from tflm.data import tokenizer_utils
 from tflm.data.text_cleaning import WHITESPACE_CLASS, TextCleaner
 from tflm.data.tokenizer import Tokenizer
+from tflm.errors import BadFileError
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -74,7 +75,7 @@ def read_vocab_json(path):
     """`vocab.json` (token → id) with ids checked to be exactly 0..n-1."""
     vocabulary = tokenizer_utils.read_json_file(path, "byte-level BPE vocabulary")
     if not isinstance(vocabulary, dict) or not vocabulary:
-        raise ValueError(f"byte-level BPE vocabulary {path!r} must be a non-empty JSON object "
+        raise BadFileError(f"byte-level BPE vocabulary {path!r} must be a non-empty JSON object "
                          "mapping tokens to ids.")
     return _check_vocabulary(vocabulary, repr(path))
 
@@ -83,15 +84,15 @@ def _check_vocabulary(vocabulary, source):
     by_id = {}
     for token, token_id in vocabulary.items():
         if not isinstance(token_id, int) or isinstance(token_id, bool):
-            raise ValueError(f"byte-level BPE vocabulary {source}: id of {token!r} is "
+            raise BadFileError(f"byte-level BPE vocabulary {source}: id of {token!r} is "
                              f"{token_id!r}, not an integer.")
         if token_id in by_id:
-            raise ValueError(f"byte-level BPE vocabulary {source}: {token!r} and "
+            raise BadFileError(f"byte-level BPE vocabulary {source}: {token!r} and "
                              f"{by_id[token_id]!r} share id {token_id}.")
         by_id[token_id] = token
     missing = sorted(set(range(len(vocabulary))) - set(by_id))
     if missing:
-        raise ValueError(f"byte-level BPE vocabulary {source}: ids must be 0..{len(vocabulary) - 1}; "
+        raise BadFileError(f"byte-level BPE vocabulary {source}: ids must be 0..{len(vocabulary) - 1}; "
                          f"{missing[0]} is missing.")
     return dict(vocabulary)
 
@@ -106,7 +107,7 @@ def read_merges_txt(path):
             continue
         parts = line.split(" ")
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"byte-level BPE merges {path!r} line {number}: expected "
+            raise BadFileError(f"byte-level BPE merges {path!r} line {number}: expected "
                              f"'left right', got {line!r}.")
         merges.append((parts[0], parts[1]))
     return merges
@@ -153,17 +154,17 @@ class BytePairTokenizer(Tokenizer):
         special = set(self.special_tokens)
         for token in self.special_tokens:
             if token not in vocabulary:
-                raise ValueError(f"byte-level BPE vocabulary {source}: special token {token!r} "
+                raise BadFileError(f"byte-level BPE vocabulary {source}: special token {token!r} "
                                  "is not in it.")
         byte_chars = bytes_to_unicode()
         char_bytes = {c: b for b, c in byte_chars.items()}
         missing = [b for b, c in byte_chars.items() if c not in vocabulary]
         if missing:
-            raise ValueError(f"byte-level BPE vocabulary {source} lacks the token for byte "
+            raise BadFileError(f"byte-level BPE vocabulary {source} lacks the token for byte "
                              f"{missing[0]:#04x} ({byte_chars[missing[0]]!r}); all 256 are needed.")
         for token in self._tokens:
             if token not in special and any(c not in char_bytes for c in token):
-                raise ValueError(f"byte-level BPE vocabulary {source}: token {token!r} is not made "
+                raise BadFileError(f"byte-level BPE vocabulary {source}: token {token!r} is not made "
                                  "of GPT-2 byte characters (and is not a special token).")
         # What each token stands for; a special token stands for its own text.
         self._raw = [t.encode("utf-8") if t in special else bytes(char_bytes[c] for c in t)
@@ -172,7 +173,7 @@ class BytePairTokenizer(Tokenizer):
         keys, results = [], []
         for rank, pair in enumerate(merges):
             if len(pair) != 2 or any(p not in vocabulary for p in pair) or "".join(pair) not in vocabulary:
-                raise ValueError(f"byte-level BPE merges {merges_source} rule {rank + 1} {pair!r}: "
+                raise BadFileError(f"byte-level BPE merges {merges_source} rule {rank + 1} {pair!r}: "
                                  "its parts and their concatenation must all be in the vocabulary.")
             keys.append(vocabulary[pair[0]] * self._size + vocabulary[pair[1]])
             results.append(vocabulary[pair[0] + pair[1]])

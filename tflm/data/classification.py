@@ -29,11 +29,16 @@ import json
 import numpy as np
 import tensorflow as tf
 
+from tflm.config import labelled_on_bad_record
+from tflm.data.corpus import resolve_files
+from tflm.data.pipeline import split_source
+from tflm.errors import MissingFileError, TflmError
+
 AUTOTUNE = tf.data.AUTOTUNE
 LABELLED_FORMATS = ("jsonl", "csv")
 
 
-class LabelledDataError(ValueError):
+class LabelledDataError(TflmError, ValueError):
     """A labelled record is unusable; the message names the file and line."""
 
 
@@ -140,7 +145,7 @@ def read_labelled(files, input_format="jsonl", text_field="text", label_field="l
     fields = (text_field, text_pair_field, label_field)
     for path in files:
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"Labelled data file {path!r} does not exist.")
+            raise MissingFileError(f"Labelled data file {path!r} does not exist.")
         if input_format == "jsonl":
             records = _jsonl_records(path, stats, bad)
         else:
@@ -386,10 +391,6 @@ def labelled_records(config, split="train", stats=None):
     Raises:
         LabelledDataError: a bad record (file:line), or no records at all (naming the files).
     """
-    from tflm.config import labelled_on_bad_record
-    from tflm.data.corpus import resolve_files
-    from tflm.data.pipeline import split_source
-
     data = config.data
     path, every_nth = split_source(data, split)
     files = resolve_files(path)
@@ -411,21 +412,18 @@ def resolve_label_names(config):
     return label_names_of(labelled_records(config, "train").labels)
 
 
-def make_classification_dataset(config, tokenizer, input_context=None, stats=None, training=True,
-                                split="train"):
-    """Labelled batches of `config` for one input pipeline (see `classification_batches`)."""
-    from tflm.config import architecture_value
-
+def make_classification_dataset(config, tokenizer, causal, batch_size, input_context=None,
+                                stats=None, training=True, split="train"):
+    """Labelled batches of `config` for one input pipeline (see `classification_batches`):
+    `batch_size` rows (this replica's share); `causal`: the backbone's attention direction
+    (a causal backbone reads the whole row at its last token)."""
     data = config.data
     records = labelled_records(config, split, stats)
     if not data.label_names and split == "train":  # the names are these records' labels
         names = label_names_of(records.labels)
     else:
         names = resolve_label_names(config)
-    batch_size = data.global_batch_size
-    if input_context is not None:
-        batch_size = input_context.get_per_replica_batch_size(data.global_batch_size)
     return classification_batches(
         records.texts, label_ids(records, names), tokenizer, data.sequence_length, batch_size,
-        pairs=records.pairs, causal=architecture_value(config.model, "causal"),
+        pairs=records.pairs, causal=causal,
         training=training, seed=config.runtime.seed, input_context=input_context, stats=stats)

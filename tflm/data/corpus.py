@@ -4,6 +4,8 @@ import os
 
 import tensorflow as tf
 
+from tflm.errors import MissingFileError
+
 RESOURCES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources")
 
 
@@ -25,6 +27,6 @@ def resolve_files(pattern):
         part = part.strip()
         matches = sorted(tf.io.gfile.glob(part))
         if not matches:
-            raise FileNotFoundError(f"No input files match {part!r}.")
+            raise MissingFileError(f"No input files match {part!r}.")
         files.extend(matches)
     return files

@@ -19,32 +19,15 @@ token is dropped, only the tail of the whole (infinite) stream.
 
 import tensorflow as tf
 
+from tflm.config import ConfigError, text_on_bad_record
+from tflm.data.corpus import resolve_files
 from tflm.data.masking import mask_batch
+from tflm.data.prepared import prepared_files, read_prepared
 from tflm.data.sources import read_documents
+from tflm.data.tokenize import TOKENIZE_BATCH, tokenize_documents  # noqa: F401 (re-exported)
 
 AUTOTUNE = tf.data.AUTOTUNE
-TOKENIZE_BATCH = 64  # documents tokenized per op call: amortizes per-op overhead
 PACK_BATCH = 64  # documents joined per step of the packing scan
-
-
-def tokenize_documents(documents, tokenizer, stats=None, batched=False):
-    """Dataset of document strings → dataset of 1-D int32 token tensors.
-
-    With `batched=True` the elements are the tokenizer's ragged `(n, None)`
-    batches of up to `TOKENIZE_BATCH` documents instead (same documents, same
-    order): `pack_token_stream` and the `*_lm_batches` functions take either,
-    and batches skip a per-document step (about 25 us a document).
-    """
-
-    def tokenize(batch):
-        ids = tokenizer.tokenize(batch)
-        if stats is not None:
-            stats.add("tokens", tf.size(ids.flat_values))
-        return ids
-
-    tokens = documents.batch(TOKENIZE_BATCH).map(tokenize, num_parallel_calls=AUTOTUNE,
-                                                 deterministic=True)
-    return tokens if batched else tokens.unbatch()
 
 
 def pack_token_stream(documents, window, separator_id=None, pad_id=None):
@@ -284,8 +267,6 @@ def split_source(data, split):
     """`(input_path, every_nth_held_out)` of a split: evaluation reads `data.eval_input_path`,
     or else every `data.eval_every_nth_document`-th document of the input, which training
     then leaves out."""
-    from tflm.config import ConfigError
-
     if split not in ("train", "eval"):
         raise ValueError(f"split={split!r}; expected 'train' or 'eval'.")
     if split == "eval":
@@ -299,57 +280,26 @@ def split_source(data, split):
     return data.input_path, data.eval_every_nth_document
 
 
-def make_dataset(config, tokenizer=None, input_context=None, stats=None, training=True,
-                 split="train"):
-    """The batches an experiment config describes, for one input pipeline.
+def token_documents(config, tokenizer, input_context=None, stats=None, training=True,
+                    split="train"):
+    """The tokenized documents of a split of `config.data`, for one input pipeline.
+
+    Text and JSONL files are read, repaired and tokenized in batches (ragged `(n, None)`
+    elements); a `tflm-prepare` folder (`data.input_format=tfrecord`) gives its stored
+    token documents. Evaluation reads `data.eval_input_path`, or else every
+    `data.eval_every_nth_document`-th document of the input, which training then leaves
+    out. The language-model tasks pack (`causal_lm_batches`) or mask
+    (`masked_lm_batches`) them into batches.
 
     Args:
-        config: an `ExperimentConfig` (its `data` section, and `model.task`
-            to choose causal-LM or masked-LM batches; `runtime.seed`).
-        tokenizer: the tokenizer; default: built from `data.tokenizer` and
-            `data.vocab_path`.
-        input_context: a `tf.distribute.InputContext`, as passed by
-            `strategy.distribute_datasets_from_function`; the global batch is
-            split across replicas and the input across pipelines.
+        config: an `ExperimentConfig` (its `data` section and `runtime.seed`).
+        tokenizer: the tokenizer of `data.tokenizer`.
+        input_context: a `tf.distribute.InputContext`: the input is split across pipelines.
         stats: an `InputStats` counting skips and repairs.
-        training: endless, shuffled, static-shape batches if True; one
-            ordered pass (final row padded, final batch kept) if False.
-        split: `"train"` or `"eval"`. Evaluation reads `data.eval_input_path`,
-            or else every `data.eval_every_nth_document`-th document of the
-            input, which training then leaves out.
-
-    Returns:
-        A `tf.data.Dataset` of `(features, labels, sample_weight)`: packed
-        causal-LM rows, masked-LM rows, or labelled classification rows
-        (`tflm.data.classification`), as `model.task` says.
-
-    Example:
-    >>> config = tflm.config.load_experiment("configs/tiny_gpt.yaml")
-    >>> dataset = strategy.distribute_datasets_from_function(
-    ...     lambda context: make_dataset(config, input_context=context))
+        training: endless and shuffled if True; one ordered pass if False.
+        split: `"train"` or `"eval"`.
     """
-    from tflm.config import ConfigError, text_on_bad_record
-    from tflm.data.corpus import resolve_files
-    from tflm.data.prepared import prepared_files, read_prepared
-
     data = config.data
-    if tokenizer is None:
-        from tflm.data.tokenizers import make_tokenizer
-
-        tokenizer = make_tokenizer(data.tokenizer, data.vocab_path)
-    if tokenizer.vocabulary_size > config.model.vocabulary_size:
-        raise ConfigError(
-            f"model.vocabulary_size={config.model.vocabulary_size} is smaller than the "
-            f"{tokenizer.kind} tokenizer's {tokenizer.vocabulary_size} ids."
-        )
-    batch_size = data.global_batch_size
-    if input_context is not None:
-        batch_size = input_context.get_per_replica_batch_size(data.global_batch_size)
-    if config.model.task == "classification":  # labelled records: their own reader
-        from tflm.data.classification import make_classification_dataset
-
-        return make_classification_dataset(config, tokenizer, input_context=input_context,
-                                           stats=stats, training=training, split=split)
     seed = config.runtime.seed
     input_path, holdout = split_source(data, split)
     if data.input_format == "tfrecord":
@@ -373,8 +323,6 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
         tokens = tokenize_documents(documents, tokenizer, stats, batched=True)
     if holdout:
         tokens = _held_out(tokens, holdout, keep_held_out=split == "eval")
-
-    drop_remainder = training
     if stats is not None:
         # The counters are updated from inside the pipeline; the iterator's
         # checkpoint (data position) leaves them out instead of failing on them.
@@ -382,17 +330,4 @@ def make_dataset(config, tokenizer=None, input_context=None, stats=None, trainin
         options.experimental_external_state_policy = (
             tf.data.experimental.ExternalStatePolicy.IGNORE)
         tokens = tokens.with_options(options)
-    if config.model.task == "causal_lm":
-        return causal_lm_batches(tokens, tokenizer, data.sequence_length, batch_size, seed=seed,
-                                 shuffle_buffer_size=data.shuffle_buffer_size, training=training,
-                                 drop_remainder=drop_remainder)
-    if config.model.task == "masked_lm":
-        offset = 0 if input_context is None else input_context.input_pipeline_id
-        return masked_lm_batches(tokens, tokenizer, data.sequence_length, batch_size,
-                                 data.max_predictions_per_seq, mask_rate=data.mask_rate,
-                                 whole_word_masking=data.whole_word_masking,
-                                 sentence_pairs=data.sentence_pairs, seed=seed,
-                                 shuffle_buffer_size=data.shuffle_buffer_size, training=training,
-                                 drop_remainder=drop_remainder, seed_offset=offset)
-    raise ConfigError(f"model.task={config.model.task!r}: make_dataset builds causal_lm, "
-                      "masked_lm and classification batches.")
+    return tokens

@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from tflm.data.sources import read_documents, worker_files
 from tflm.data.stats import InputStats
+from tflm.data.tokenize import tokenize_documents
+from tflm.errors import TflmError
 from tflm.version import __version__
 
 MANIFEST = "manifest.json"
@@ -30,7 +32,7 @@ FORMAT = "tflm-prepared-v1"
 _FEATURES = {"token_ids": tf.io.RaggedFeature(tf.int64)}
 
 
-class ManifestError(ValueError):
+class ManifestError(TflmError, ValueError):
     """A prepared corpus is incomplete, or does not match the tokenizer."""
 
 
@@ -55,8 +57,6 @@ def prepare_corpus(files, output_dir, tokenizer, num_shards=8, log_every_seconds
     Returns:
         The manifest, as a dict.
     """
-    from tflm.data.pipeline import tokenize_documents
-
     if num_shards < 1:
         raise ValueError(f"num_shards must be positive, got {num_shards}.")
     tf.io.gfile.makedirs(output_dir)

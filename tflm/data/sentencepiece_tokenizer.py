@@ -19,6 +19,7 @@ import tensorflow_text as tf_text
 from tflm.data import tokenizer_utils
 from tflm.data.text_cleaning import TextCleaner, is_cjk_character
 from tflm.data.tokenizer import Tokenizer
+from tflm.errors import BadFileError, MissingFileError
 
 MODEL_FILE = "sentencepiece.model"
 VOCAB_FILE = "sentencepiece.vocab"
@@ -27,7 +28,7 @@ WORD_BOUNDARY = "\u2581"  # "▁", SentencePiece's visible space
 
 def read_model(path):
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"SentencePiece model {path!r} does not exist.")
+        raise MissingFileError(f"SentencePiece model {path!r} does not exist.")
     with tf.io.gfile.GFile(path, "rb") as f:
         return f.read()
 
@@ -40,9 +41,9 @@ def parse_model(model_proto, source):
     try:
         proto.ParseFromString(model_proto)
     except Exception:  # protobuf raises DecodeError or RuntimeError by implementation
-        raise ValueError(f"{source} is not a SentencePiece model (.model file).") from None
+        raise BadFileError(f"{source} is not a SentencePiece model (.model file).") from None
     if not proto.pieces:
-        raise ValueError(f"{source} is not a SentencePiece model: it has no pieces.")
+        raise BadFileError(f"{source} is not a SentencePiece model: it has no pieces.")
     return proto
 
 
@@ -86,7 +87,7 @@ class SentencePieceTokenizer(Tokenizer):
         self._scores = [p.score for p in proto.pieces]
         for token in self.special_tokens:
             if token not in self._ids:
-                raise ValueError(f"{source}: special token {token!r} is not one of its pieces.")
+                raise BadFileError(f"{source}: special token {token!r} is not one of its pieces.")
         self.normalization_rule = proto.normalizer_spec.name
         self.cleaner = TextCleaner(nfkc=nfkc, lowercase=lowercase, strip_accents=strip_accents)
         self._sentencepiece = tf_text.SentencepieceTokenizer(model, out_type=tf.int32)

@@ -5,24 +5,26 @@ import os
 
 import tensorflow as tf
 
+from tflm.errors import BadFileError, MissingFileError
+
 
 def read_text_file(path, what):
     """The UTF-8 text of `path`; errors name the file and what it should hold."""
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{what} {path!r} does not exist.")
+        raise MissingFileError(f"{what} {path!r} does not exist.")
     with tf.io.gfile.GFile(path, "rb") as f:
         data = f.read()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{what} {path!r} is not UTF-8 (byte {e.start}).") from None
+        raise BadFileError(f"{what} {path!r} is not UTF-8 (byte {e.start}).") from None
 
 
 def read_json_file(path, what):
     try:
         return json.loads(read_text_file(path, what))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path!r} is not valid JSON: {e}") from None
+        raise BadFileError(f"{what} {path!r} is not valid JSON: {e}") from None
 
 
 def write_text_file(path, text):
@@ -35,7 +37,7 @@ def check_unique(tokens, source):
     seen = {}
     for index, token in enumerate(tokens):
         if token in seen:
-            raise ValueError(
+            raise BadFileError(
                 f"{source}: token {token!r} on line {index + 1} repeats line {seen[token] + 1}."
             )
         seen[token] = index

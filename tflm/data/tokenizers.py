@@ -24,6 +24,7 @@ from tflm.data.byte_tokenizer import ByteTokenizer
 from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from tflm.data.tokenizer import CONFIG_FILE
 from tflm.data.wordpiece import WordPieceTokenizer
+from tflm.errors import BadFileError, MissingFileError
 
 TOKENIZERS = {
     ByteTokenizer.kind: ByteTokenizer,
@@ -36,7 +37,7 @@ TOKENIZERS = {
 def _class_for(kind, where):
     kind = TOKENIZER_ALIASES.get(kind, kind)
     if kind not in TOKENIZERS:
-        raise ValueError(f"{where}: unknown tokenizer kind {kind!r}; "
+        raise BadFileError(f"{where}: unknown tokenizer kind {kind!r}; "
                          f"expected one of {sorted(TOKENIZERS)}.")
     return TOKENIZERS[kind]
 
@@ -49,21 +50,21 @@ def load_tokenizer(directory):
         ValueError: naming tokenizer.json when it is malformed or names an unknown kind.
     """
     if not tf.io.gfile.isdir(directory):
-        raise FileNotFoundError(f"Tokenizer folder {directory!r} does not exist.")
+        raise MissingFileError(f"Tokenizer folder {directory!r} does not exist.")
     path = os.path.join(directory, CONFIG_FILE)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path!r} does not exist: {directory!r} was not written by "
+        raise MissingFileError(f"{path!r} does not exist: {directory!r} was not written by "
                                 "Tokenizer.save or tflm-vocab.")
     config = tokenizer_utils.read_json_file(path, "tokenizer config")
     if not isinstance(config, dict) or "kind" not in config:
-        raise ValueError(f"{path!r} must be a JSON object with a 'kind' field.")
+        raise BadFileError(f"{path!r} must be a JSON object with a 'kind' field.")
     cls = _class_for(config.pop("kind"), path)
     try:
         if cls is ByteTokenizer:
             return ByteTokenizer(**config)
         return cls.from_directory(directory, **config)
     except TypeError as e:  # an option this version does not know
-        raise ValueError(f"{path!r}: {e}") from None
+        raise BadFileError(f"{path!r}: {e}") from None
 
 
 def make_tokenizer(kind, vocab_path=""):
@@ -85,10 +86,10 @@ def make_tokenizer(kind, vocab_path=""):
     if tf.io.gfile.isdir(vocab_path) and tf.io.gfile.exists(os.path.join(vocab_path, CONFIG_FILE)):
         tokenizer = load_tokenizer(vocab_path)
         if tokenizer.kind != cls.kind:
-            raise ValueError(f"{vocab_path!r} holds a {tokenizer.kind} tokenizer, not {cls.kind}.")
+            raise BadFileError(f"{vocab_path!r} holds a {tokenizer.kind} tokenizer, not {cls.kind}.")
         return tokenizer
     if not tf.io.gfile.exists(vocab_path):
-        raise FileNotFoundError(f"Vocabulary path {vocab_path!r} does not exist.")
+        raise MissingFileError(f"Vocabulary path {vocab_path!r} does not exist.")
     if cls is BytePairTokenizer and not tf.io.gfile.isdir(vocab_path):
         merges = os.path.join(os.path.dirname(vocab_path), MERGES_FILE)
         return BytePairTokenizer(vocab_path, merges)

@@ -40,9 +40,12 @@ import time
 
 import tensorflow as tf
 
+from tflm.config import ConfigError
 from tflm.data import byte_pair, sentencepiece_tokenizer, wordpiece
 from tflm.data.corpus import resolve_files
+from tflm.data.jsonl import extract_string_field
 from tflm.data.text_cleaning import TextCleaner, replace_invalid_utf8
+from tflm.errors import BadFileError, MissingFileError
 
 KINDS = ("wordpiece", "sentencepiece_unigram", "sentencepiece_bpe", "byte_bpe")
 SENTENCEPIECE_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|endoftext|>")
@@ -61,12 +64,12 @@ def input_files(inputs):
         return resolve_files(inputs)
     files = [str(f) for f in inputs]
     if not files:
-        raise FileNotFoundError("No input files given.")
+        raise MissingFileError("No input files given.")
     for path in files:
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"Input file {path!r} does not exist.")
+            raise MissingFileError(f"Input file {path!r} does not exist.")
         if tf.io.gfile.isdir(path):
-            raise FileNotFoundError(f"Input {path!r} is a folder, not a file; use a glob like "
+            raise MissingFileError(f"Input {path!r} is a folder, not a file; use a glob like "
                                     f"'{path}/*.txt'.")
     return files
 
@@ -81,8 +84,7 @@ def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):
     """
     stats.update(lines=0, characters=0, repaired=0)
     if text_field:
-        from tflm.data.jsonl import extract_string_field
-
+    
         stats["missing_field"] = 0
 
     def prepare(lines):
@@ -113,13 +115,13 @@ def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):
 
 def _check_vocab_size(vocab_size, minimum, why):
     if not isinstance(vocab_size, int) or vocab_size < minimum:
-        raise ValueError(f"vocab_size={vocab_size!r} is too small: {why} need at least {minimum}.")
+        raise ConfigError(f"vocab_size={vocab_size!r} is too small: {why} need at least {minimum}.")
 
 
 def _require_text(stats, files):
     if stats["characters"] == 0:
         shown = ", ".join(files[:3]) + (" ..." if len(files) > 3 else "")
-        raise ValueError(f"No text to train on in {len(files)} input file(s): {shown}.")
+        raise BadFileError(f"No text to train on in {len(files)} input file(s): {shown}.")
 
 
 def train_wordpiece(inputs, vocab_size, output_dir, lowercase=True, nfkc=True, split_cjk=True,
@@ -205,7 +207,7 @@ def train_sentencepiece(inputs, vocab_size, output_dir, model_type="unigram", lo
         _require_text(stats, files)
         # Keep SentencePiece's own advice, not its source location and assertion text.
         message = str(e).split("] ")[-1]
-        raise ValueError(f"SentencePiece training (vocab_size={vocab_size}) on {files[:3]} "
+        raise BadFileError(f"SentencePiece training (vocab_size={vocab_size}) on {files[:3]} "
                          f"failed: {message}") from None
     _require_text(stats, files)
     tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(

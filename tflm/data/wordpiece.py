@@ -28,6 +28,7 @@ import tensorflow_text as tf_text
 from tflm.data import tokenizer_utils
 from tflm.data.text_cleaning import TextCleaner
 from tflm.data.tokenizer import Tokenizer
+from tflm.errors import BadFileError
 
 VOCAB_FILE = "vocab.txt"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -41,7 +42,7 @@ def read_vocab_txt(path):
         tokens.pop()  # the final newline
     tokens = [t[:-1] if t.endswith("\r") else t for t in tokens]
     if not tokens:
-        raise ValueError(f"WordPiece vocabulary {path!r} is empty.")
+        raise BadFileError(f"WordPiece vocabulary {path!r} is empty.")
     return tokens
 
 
@@ -83,7 +84,7 @@ class WordPieceTokenizer(Tokenizer):
         self._ids = tokenizer_utils.check_unique(tokens, source)
         for token in tuple(self.special_tokens) + (unknown_token,):
             if token not in self._ids:
-                raise ValueError(f"{source}: special token {token!r} is not in the vocabulary.")
+                raise BadFileError(f"{source}: special token {token!r} is not in the vocabulary.")
         self.unknown_token = unknown_token
         self.suffix_indicator = suffix_indicator
         self.max_bytes_per_word = int(max_bytes_per_word)

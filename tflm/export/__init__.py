@@ -2,16 +2,17 @@
 
 Names load lazily, so `tflm.export.client` (a TF Serving client: standard
 library and NumPy for REST) can be imported without TensorFlow or the models.
+Exporting a model_dir or a model is `tflm.experiment` (`export_model_dir`,
+`export_saved_model`): its task chooses the signatures.
 """
 
 import importlib
 
 _NAMES = {
     "ExportError": "tflm.export.exporter",
-    "export_saved_model": "tflm.export.exporter",
-    "load_trained": "tflm.export.exporter",
+    "ServingOptions": "tflm.export.exporter",
     "next_version": "tflm.export.exporter",
-    "serving_module": "tflm.export.exporter",
+    "write_saved_model": "tflm.export.exporter",
     "UnsupportedOpError": "tflm.export.op_check",
     "check_ops": "tflm.export.op_check",
 }

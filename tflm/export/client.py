@@ -34,6 +34,8 @@ import urllib.request
 
 import numpy as np
 
+from tflm.errors import TflmError
+
 # Inputs and outputs of the tflm signatures (tflm.export.serving), as declared
 # in the SavedModel: input name -> (dtype, rank); output name -> dtype.
 # `serving_default` is generate, fill_mask or classify depending on the model,
@@ -75,7 +77,7 @@ PROTOCOLS = ("rest", "grpc")
 _MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
-class ServingError(RuntimeError):
+class ServingError(TflmError, RuntimeError):
     """The server refused or failed a request, or could not be reached.
 
     Attributes:

@@ -8,57 +8,46 @@
           ops.txt                    # every op in the graph, checked against the server's
 
 The version folder is written under a temporary name and renamed when
-complete, so a server polling `export_dir` never loads half a model.
+complete, so a server polling `export_dir` never loads half a model. The
+signatures and warm-up requests are the task's (`tflm.tasks`); exporting a
+model is `tflm.experiment.export_saved_model`.
 """
 
+import dataclasses
 import os
 import shutil
+import typing
 
-import numpy as np
 import tensorflow as tf
 
 from tflm.export.op_check import DEFAULT_RELEASE, check_ops
-from tflm.export.serving import CausalLMServing, ClassifierServing, MaskedLMServing
-from tflm.models import CausalLM, MaskedLM, SequenceClassifier
+from tflm.export.warmup import write_warmup_requests
+
+from tflm.errors import TflmError
 
 
-class ExportError(ValueError):
+class ExportError(TflmError, ValueError):
     """The model cannot be exported as asked; the message says why."""
 
 
-def serving_module(model, tokenizer, label_names=None, num_beams=4, text_pair=False,
-                   sequence_length=None, jit_compile=False):
-    """The serving module for the model's task (`text_pair`, `sequence_length`: classifiers;
-    `num_beams`, `jit_compile`: causal LMs)."""
-    if isinstance(model, CausalLM):
-        return CausalLMServing(model, tokenizer, num_beams=num_beams, jit_compile=jit_compile)
-    if isinstance(model, MaskedLM):
-        return MaskedLMServing(model, tokenizer)
-    if isinstance(model, SequenceClassifier):
-        return ClassifierServing(model, tokenizer, label_names, text_pair=text_pair,
-                                 sequence_length=sequence_length)
-    raise ExportError(f"Cannot export a {type(model).__name__}: expected a tflm task model.")
+@dataclasses.dataclass
+class ServingOptions:
+    """How a task's signatures are built; each task reads the options that concern it.
 
+    Attributes:
+        label_names: a classifier's class names in id order (default: the model's own).
+        text_pair: `classify` takes a second text (a classifier fine-tuned on pairs).
+        sequence_length: a classifier's longest row, as in training (default: the
+            model's positions).
+        num_beams: beams of a causal LM's `beam_search`.
+        jit_compile: a causal LM's decoding loops as XLA programs (see `CausalLMServing`).
+    """
 
-def warmup_inputs(module):
-    """One small, valid request per signature, as `(signature, {input: value})`."""
-    text = np.array([b"It is a truth universally acknowledged", b""])
-    if isinstance(module, ClassifierServing) and module.text_pair:
-        return [("classify", {"text": text, "text_pair": np.array([b"It is.", b""])})]
-    if isinstance(module, CausalLMServing):
-        return [
-            ("generate", {"prompts": text, "max_new_tokens": np.int32(4),
-                          "temperature": np.float32(0.0), "top_k": np.int32(0),
-                          "top_p": np.float32(1.0), "seed": np.int64(0)}),
-            ("beam_search", {"prompts": text, "max_new_tokens": np.int32(4),
-                             "length_penalty": np.float32(0.6)}),
-            ("score", {"text": text}),
-        ]
-    if isinstance(module, MaskedLMServing):
-        return [("fill_mask", {"text": np.array([b"It is a [MASK] universally acknowledged"]),
-                               "top_k": np.int32(5)}),
-                ("encode", {"text": text})]
-    return [("classify", {"text": text})]
+    label_names: typing.Optional[list] = None
+    text_pair: bool = False
+    sequence_length: typing.Optional[int] = None
+    num_beams: int = 4
+    jit_compile: bool = False
 
 
 def next_version(export_dir):
@@ -70,22 +59,18 @@ def next_version(export_dir):
     return max(versions, default=0) + 1
 
 
-def export_saved_model(model, tokenizer, export_dir, version=None, label_names=None, num_beams=4,
-                       serving_release=DEFAULT_RELEASE, warmup=True, text_pair=False,
-                       sequence_length=None, jit_compile=False):
-    """Writes `export_dir/<version>/`; returns its path.
+def write_saved_model(module, export_dir, warmup_requests=(), version=None,
+                      serving_release=DEFAULT_RELEASE):
+    """Writes the serving `module` (its `signatures()`) as `export_dir/<version>/`; returns
+    its path.
 
-    `label_names` default to the classifier's own; `text_pair` and
-    `sequence_length` shape the `classify` signature as the model was trained;
-    `jit_compile` makes a causal LM's decoding loops XLA programs (see
-    `CausalLMServing`).
+    `warmup_requests`: `(signature, {input: value})` pairs replayed by TF Serving at load
+    (none: no warm-up file). The op list of the graph is checked against `serving_release`.
 
     Raises:
         ExportError: the version exists already.
         UnsupportedOpError: the graph has an op the target TF Serving lacks.
     """
-    module = serving_module(model, tokenizer, label_names, num_beams, text_pair, sequence_length,
-                            jit_compile)
     version = int(version) if version is not None else next_version(export_dir)
     path = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(path):
@@ -101,26 +86,10 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
         tf.io.gfile.makedirs(extra)
         with tf.io.gfile.GFile(os.path.join(extra, "ops.txt"), "w") as f:
             f.write("\n".join(ops) + "\n")
-        if warmup:
-            from tflm.export.warmup import write_warmup_requests
-
-            write_warmup_requests(partial, warmup_inputs(module))
+        if warmup_requests:
+            write_warmup_requests(partial, warmup_requests)
     except Exception:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     tf.io.gfile.rename(partial, path)
     return path
-
-
-def load_trained(model_dir):
-    """`(model, tokenizer, config)` of a tflm model_dir (a `tflm-train` run or a converted
-    checkpoint): params.yaml, the latest checkpoint or model.keras, and its tokenizer."""
-    from tflm.config import ConfigError
-    from tflm.models.huggingface import CheckpointError
-    from tflm.models.pretrained import load_model_dir, load_tokenizer_of
-
-    try:
-        model, config = load_model_dir(model_dir)
-    except (ConfigError, CheckpointError) as e:
-        raise ExportError(str(e)) from None
-    return model, load_tokenizer_of(model_dir, config), config

@@ -10,10 +10,12 @@ import os
 
 from tensorflow.core.protobuf import saved_model_pb2
 
+from tflm.errors import TflmError
+
 DEFAULT_RELEASE = "2.20"
 
 
-class UnsupportedOpError(ValueError):
+class UnsupportedOpError(TflmError, ValueError):
     """The export uses ops the target server does not register; the message names them."""
 
 

@@ -7,14 +7,13 @@ request does not pay for graph initialization.
 import os
 
 import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 def write_warmup_requests(export_path, requests, model_name="tflm"):
     """Writes one `PredictionLog` per `(signature, {input: value})` into assets.extra/."""
-    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
-
     extra = os.path.join(export_path, "assets.extra")
     tf.io.gfile.makedirs(extra)
     with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:

@@ -25,6 +25,8 @@ class CausalLM(Task):
     >>> ids = keras.ops.ones((4, 17), "int32")
     >>> x = {"token_ids": ids[:, :-1], "padding_mask": keras.ops.ones((4, 16))}
     >>> history = model.fit(x, ids[:, 1:], epochs=1, verbose=0)
+
+    Text generation: `tflm.generation.generate(model, prompts, ...)`.
     """
 
     def __init__(self, backbone, **kwargs):
@@ -36,74 +38,3 @@ class CausalLM(Task):
     def call(self, inputs, training=None):
         hidden = self.backbone(inputs, training=training)["sequence_output"]
         return self.backbone.token_embedding(hidden, reverse=True)
-
-    def generate(self, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=1.0, seed=0,
-                 num_beams=1, length_penalty=0.6, tokenizer=None, end_id=None, jit_compile=True):
-        """Continues each prompt: greedy, sampled (temperature/top-k/top-p) or beam search.
-
-        Args:
-            prompts: strings (with `tokenizer`), or lists of token ids.
-            max_new_tokens: the most tokens added to each prompt.
-            temperature, top_k, top_p, seed: sampling (temperature 0: greedy);
-                the same seed gives the same output.
-            num_beams, length_penalty: beam search when `num_beams > 1`.
-            tokenizer: turns strings into ids and the new ids back into text.
-            end_id: stops a row; default the tokenizer's end-of-text (or [SEP]).
-            jit_compile: compile the decoding loop with XLA.
-
-        Returns:
-            The continuations: strings with a tokenizer, else lists of ids
-            (up to and including the end-of-text id).
-
-        The decoding function is traced once and compiled once per shape
-        (batch, prompt length, max_new_tokens), not once per call.
-        """
-        import tensorflow as tf
-
-        from tflm.generation import CausalDecoder, left_pad
-
-        if tokenizer is not None:
-            ids = tokenizer.tokenize(tf.constant(list(prompts)))
-            if end_id is None:
-                end_id = tokenizer.end_of_text_id
-                end_id = tokenizer.sep_id if end_id is None else end_id
-            # An empty prompt starts from the end-of-text token, as in GPT-2.
-            ids = tf.ragged.constant([row or [end_id] for row in ids.to_list()], tf.int32)
-            pad_id = tokenizer.pad_id or 0
-        else:
-            ids = tf.ragged.constant([list(p) for p in prompts], tf.int32)
-            pad_id = 0
-        if end_id is None:
-            raise ValueError("generate needs `end_id` or a tokenizer with an end-of-text token.")
-        key = (int(end_id), int(pad_id), int(num_beams), bool(jit_compile))
-        cache = self.__dict__.setdefault("_generate_functions", {})
-        if key not in cache:
-            decoder = CausalDecoder(self, end_id=end_id, pad_id=pad_id)
-            if num_beams > 1:
-                def decode(ids, mask, positions, keys, max_new_tokens, temperature, top_k, top_p,
-                           seed, penalty):
-                    del temperature, top_k, top_p, seed
-                    return decoder.beam_search_padded(ids, mask, positions, keys, max_new_tokens,
-                                                      num_beams, penalty)
-            else:
-                def decode(ids, mask, positions, keys, max_new_tokens, temperature, top_k, top_p,
-                           seed, penalty):
-                    del penalty
-                    return decoder.sample_padded(ids, mask, positions, keys, max_new_tokens,
-                                                 temperature, top_k, top_p, seed)
-            matrix = tf.TensorSpec([None, None], tf.int32)
-            scalar = tf.TensorSpec([], tf.int32)
-            real = tf.TensorSpec([], tf.float32)
-            cache[key] = tf.function(decode, jit_compile=jit_compile, input_signature=[
-                matrix, matrix, matrix, tf.TensorSpec([None], tf.int64), scalar, real, scalar, real,
-                tf.TensorSpec([], tf.int64), real])
-        padded = left_pad(ids, pad_id)
-        tokens, lengths = cache[key](*padded, tf.constant(max_new_tokens, tf.int32),
-                                     tf.constant(temperature, tf.float32),
-                                     tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32),
-                                     tf.constant(seed, tf.int64),
-                                     tf.constant(length_penalty, tf.float32))
-        rows = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
-        if tokenizer is None:
-            return rows.to_list()
-        return [t.decode("utf-8", "replace") for t in tokenizer.detokenize(rows).numpy()]

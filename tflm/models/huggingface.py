@@ -26,10 +26,18 @@ import os
 
 import numpy as np
 
+from tflm.data.byte_pair import MERGES_FILE, VOCAB_FILE, BytePairTokenizer
+from tflm.data.tokenizer_utils import read_json_file
+from tflm.data.wordpiece import VOCAB_FILE as WORDPIECE_VOCAB
+from tflm.data.wordpiece import WordPieceTokenizer
+from tflm.errors import MissingFileError, TflmError
 from tflm.models.backbone import TransformerBackbone
+from tflm.models.causal_lm import CausalLM
+from tflm.models.masked_lm import MaskedLM
+from tflm.models.safetensors_file import read_checkpoint_weights
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TflmError, ValueError):
     """A checkpoint does not match the architecture; the message names the tensor."""
 
 
@@ -284,13 +292,11 @@ def checkpoint_kind(hf_config, source=CONFIG_FILE):
 
 def read_huggingface(directory):
     """`(hf_config, kind, tensors)` of a Hugging Face checkpoint folder."""
-    from tflm.models.safetensors_file import read_checkpoint_weights
-
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"Checkpoint folder {directory!r} does not exist.")
+        raise MissingFileError(f"Checkpoint folder {directory!r} does not exist.")
     config_path = os.path.join(directory, CONFIG_FILE)
     if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; not a Hugging Face checkpoint.")
+        raise MissingFileError(f"{directory}: no {CONFIG_FILE}; not a Hugging Face checkpoint.")
     hf_config = _read_json(config_path)
     if not isinstance(hf_config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object.")
@@ -298,8 +304,6 @@ def read_huggingface(directory):
 
 
 def _read_json(path):
-    from tflm.data.tokenizer_utils import read_json_file
-
     try:
         return read_json_file(path, "checkpoint file")
     except ValueError as e:  # not UTF-8 or not JSON
@@ -333,18 +337,14 @@ def bert_tokenizer_options(directory):
 
 def huggingface_tokenizer(directory, kind):
     """The tflm tokenizer of a checkpoint folder: WordPiece (BERT) or byte-level BPE (GPT-2)."""
-    from tflm.data.byte_pair import MERGES_FILE, VOCAB_FILE, BytePairTokenizer
-    from tflm.data.wordpiece import VOCAB_FILE as WORDPIECE_VOCAB
-    from tflm.data.wordpiece import WordPieceTokenizer
-
     if kind == "bert":
         path = os.path.join(directory, WORDPIECE_VOCAB)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{directory}: no {WORDPIECE_VOCAB} (the BERT vocabulary).")
+            raise MissingFileError(f"{directory}: no {WORDPIECE_VOCAB} (the BERT vocabulary).")
         return WordPieceTokenizer(path, **bert_tokenizer_options(directory))
     for name in (VOCAB_FILE, MERGES_FILE):
         if not os.path.exists(os.path.join(directory, name)):
-            raise FileNotFoundError(f"{directory}: no {name} (the GPT-2 vocabulary is "
+            raise MissingFileError(f"{directory}: no {name} (the GPT-2 vocabulary is "
                                     f"{VOCAB_FILE} + {MERGES_FILE}).")
     return BytePairTokenizer(os.path.join(directory, VOCAB_FILE),
                              os.path.join(directory, MERGES_FILE))
@@ -358,8 +358,6 @@ def load_huggingface(directory, dtype=None):
         CheckpointError: an unsupported architecture, or a tensor missing, mis-shaped or
             of the other architecture (named).
     """
-    from tflm.models.causal_lm import CausalLM
-    from tflm.models.masked_lm import MaskedLM
 
     hf_config, kind, params = read_huggingface(directory)
     source = os.path.join(directory, "model.safetensors")

@@ -23,6 +23,9 @@ import struct
 
 import numpy as np
 
+from tflm.errors import MissingFileError, TflmError
+
+
 INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -36,7 +39,7 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(TflmError, ValueError):
     """A safetensors file is malformed; the message names the file and, where known, the tensor."""
 
 
@@ -144,8 +147,8 @@ def read_checkpoint_weights(directory):
                     tensors[name] = shard_tensors[name]
         return tensors
     if os.path.exists(os.path.join(directory, "pytorch_model.bin")):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{directory}: only pytorch_model.bin, a pickled torch file that tflm does not read. "
             "Save the model as model.safetensors first (transformers: "
             "model.save_pretrained(dir, safe_serialization=True)).")
-    raise FileNotFoundError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}.")
+    raise MissingFileError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}.")

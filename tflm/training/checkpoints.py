@@ -21,8 +21,10 @@ import shutil
 
 import tensorflow as tf
 
+from tflm.errors import TflmError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(TflmError, RuntimeError):
     """A checkpoint is corrupt or does not match the model; the message names it."""
 
 
@@ -30,7 +32,7 @@ class TrainingCheckpoints:
     """Saves and restores the training state of one worker.
 
     Args:
-        model_dir: the run's folder.
+        run_dir: the run's folder (a `tflm.run_dir.RunDir`).
         worker: a `WorkerInfo`.
         state: trackables to checkpoint (model, optimizer, step, ...).
         iterator: this worker's tf.data iterator, or None.
@@ -38,14 +40,14 @@ class TrainingCheckpoints:
         keep: how many checkpoints to keep.
     """
 
-    def __init__(self, model_dir, worker, state, iterator, step, keep=3):
-        self.model_dir = model_dir
+    def __init__(self, run_dir, worker, state, iterator, step, keep=3):
+        self.run_dir = run_dir
         self.worker = worker
         self.step = step
-        self.directory = os.path.join(model_dir, "checkpoints")
+        self.directory = run_dir.checkpoint_dir
         write_dir = self.directory
         if not worker.is_chief:
-            write_dir = os.path.join(model_dir, "tmp", f"worker-{worker.worker_index}")
+            write_dir = run_dir.worker_tmp_dir(worker.worker_index)
         self._write_dir = write_dir
         self.checkpoint = tf.train.Checkpoint(**state)
         self.manager = tf.train.CheckpointManager(
@@ -53,7 +55,7 @@ class TrainingCheckpoints:
         )
         self.data_checkpoint = None
         if iterator is not None:
-            self.data_directory = os.path.join(model_dir, "data", f"worker-{worker.worker_index}")
+            self.data_directory = run_dir.worker_data_dir(worker.worker_index)
             self.data_checkpoint = tf.train.Checkpoint(iterator=iterator)
             self.data_manager = tf.train.CheckpointManager(
                 self.data_checkpoint, self.data_directory, max_to_keep=keep + 1,
@@ -85,7 +87,7 @@ class TrainingCheckpoints:
 
     def latest(self):
         """Path of the chief's latest checkpoint, or None."""
-        return tf.train.latest_checkpoint(self.directory)
+        return self.run_dir.latest_checkpoint()
 
     def restore(self, path=None):
         """Restores model state (and data position) from `path` or the latest; returns the path.

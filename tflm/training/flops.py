@@ -1,5 +1,7 @@
 """Model FLOPs per token, for tokens/s → TFLOP/s and MFU."""
 
+import tensorflow as tf
+
 
 def non_embedding_parameters(backbone):
     """Parameters of the blocks and norms: the ones every token multiplies through."""
@@ -44,8 +46,6 @@ def peak_flops_per_device(override_tflops=0.0):
     """Peak FLOP/s of one device: the override, else a known GPU, else None (no MFU on CPU)."""
     if override_tflops:
         return override_tflops * 1e12
-    import tensorflow as tf
-
     for gpu in tf.config.list_physical_devices("GPU"):
         name = tf.config.experimental.get_device_details(gpu).get("device_name", "")
         for key, tflops in PEAK_TFLOPS.items():

@@ -1,38 +1,9 @@
 """Optimizer construction: AdamW with weight decay off for biases and norm scales."""
 
-import keras
-
+from tflm.models.finetuning import layer_lr_multipliers
+from tflm.models.task import make_adamw, no_decay_variables
+from tflm.training.adamw import AdamW
 from tflm.training.schedules import WarmupDecay
-
-
-def no_decay_variables(model):
-    """Variables that weight decay must not touch: biases and norm scales/offsets.
-
-    These are exactly the rank-1 trainable variables of a transformer (BERT's
-    rule excludes "bias", "LayerNorm.weight" and "LayerNorm.bias"); embedding
-    tables and kernels are rank 2 and are decayed.
-    """
-    return [v for v in model.trainable_variables if len(v.shape) <= 1]
-
-
-def make_adamw(model, learning_rate=1e-3, weight_decay=0.01, beta_1=0.9, beta_2=0.999,
-               epsilon=1e-6, clipnorm=None):
-    """AdamW for `model`, its biases and norm parameters excluded from decay.
-
-    `learning_rate` is a float or a schedule; `clipnorm` clips by the global
-    norm of the gradient (as `model.fit` sees it; the trainer clips itself,
-    after summing gradients over replicas).
-    """
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        beta_1=beta_1,
-        beta_2=beta_2,
-        epsilon=epsilon,
-        global_clipnorm=clipnorm,
-    )
-    optimizer.exclude_from_weight_decay(var_list=no_decay_variables(model))
-    return optimizer
 
 
 def make_schedule(trainer_config):
@@ -63,12 +34,8 @@ def make_optimizer(trainer_config, model, clip=True):
 def make_trainer_optimizer(trainer_config, model):
     """The trainer's `AdamW` (same update as Keras'), with the configured schedule and,
     with `trainer.layer_decay < 1`, layer-wise learning rates."""
-    from tflm.training.adamw import AdamW
-
     multipliers = None
     if trainer_config.layer_decay != 1.0:
-        from tflm.models.finetuning import layer_lr_multipliers
-
         multipliers = layer_lr_multipliers(model, trainer_config.layer_decay)
     return AdamW(
         model.trainable_variables,

@@ -21,10 +21,10 @@ for mixed_bfloat16 on CPUs) one XLA computation, the update selected by
 `finite`, so no per-variable ops run outside XLA (on a small model a quarter
 of the step); without XLA the update sits behind a conditional.
 
-The same loop fine-tunes: `model.task: classification` starts from
-`model.init_checkpoint` (a fresh run only; a resumed one restores its own
-checkpoint), with the parts `model.finetune` names frozen, and evaluation
-adds macro-F1 and the confusion matrix.
+Everything that depends on the task (`tflm.tasks`) comes from the task
+object: its model (from `model.init_checkpoint` on a fresh run, with the
+parts `model.finetune` names frozen), its input pipeline, its loss and its
+evaluation report. The trainer knows no task by name.
 
 The loss is divided by the weight of the whole global batch (all replicas,
 all micro-batches), so N accumulated micro-batches give the same update as
@@ -36,8 +36,6 @@ those in plain view.
 """
 
 import json
-import math
-import os
 import signal
 import sys
 import time
@@ -46,16 +44,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tflm.config import ConfigError
-from tflm.data import InputStats, make_dataset
-from tflm.data.tokenizers import make_tokenizer
-from tflm.models.factory import build_task
-from tflm.models.finetuning import apply_finetuning
-from tflm.models.pretrained import init_from_pretrained, load_pretrained_model
+from tflm.data.stats import InputStats
+from tflm.errors import TflmError
+from tflm.run_dir import RunDir
 from tflm.training.checkpoints import CheckpointError, TrainingCheckpoints
 from tflm.training.flops import peak_flops_per_device, training_flops_per_token
-from tflm.training.losses import weighted_correct, weighted_cross_entropy
-from tflm.training.metrics import classification_report
 from tflm.training.optimizer import make_trainer_optimizer
 from tflm.training.precision import DynamicLossScale
 from tflm.training.strategy import make_strategy, step_jit_compile, worker_info
@@ -63,59 +56,52 @@ from tflm.training.strategy import make_strategy, step_jit_compile, worker_info
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the orchestrator sees a kill and restarts the job
 
 
-class TrainingError(RuntimeError):
+class TrainingError(TflmError, RuntimeError):
     """Training cannot go on (non-finite loss); the message says where and what to do."""
 
 
 class Trainer:
-    """Trains `config` in `model_dir`, resuming from its latest checkpoint.
+    """Trains a task's experiment in `model_dir`, resuming from its latest checkpoint.
 
     Args:
-        config: an `ExperimentConfig`.
-        model_dir: checkpoints, data positions, TensorBoard logs and results go here.
+        task: a `tflm.tasks.Task` (`get_task(config)`); `task.config` is the experiment.
+        model_dir: checkpoints, data positions, TensorBoard logs and results go here
+            (`tflm.run_dir`).
         strategy: a `tf.distribute.Strategy`; default from `runtime.distribution_strategy`.
         dataset_fn: `input_context -> tf.data.Dataset` of this worker's share of
-            each global batch; default `make_dataset(config, ...)`.
+            each global batch; default the task's `dataset(...)`.
         eval_dataset_fn: the same for evaluation batches.
         print_fn: where progress lines go.
         for_training: False to only evaluate (no training input pipeline is built).
 
     Example:
-    >>> config = tflm.config.load_experiment("configs/tiny_gpt.yaml")
-    >>> trainer = Trainer(config, "runs/tiny_gpt")
+    >>> config = tflm.experiment.load_experiment("configs/tiny_gpt.yaml")
+    >>> trainer = Trainer(tflm.tasks.get_task(config), "runs/tiny_gpt")
     >>> trainer.train()
     >>> trainer.evaluate()   # {"loss": ..., "perplexity": ..., "accuracy": ...}
     """
 
-    def __init__(self, config, model_dir, strategy=None, dataset_fn=None, eval_dataset_fn=None,
+    def __init__(self, task, model_dir, strategy=None, dataset_fn=None, eval_dataset_fn=None,
                  print_fn=print, for_training=True):
+        config = task.config
+        self.task = task
         self.config = config
         self.model_dir = model_dir
+        self.run_dir = RunDir(model_dir)
         self.print_fn = print_fn
         self.strategy = strategy or make_strategy(config.runtime)
         self.worker = worker_info(self.strategy)
         trainer = config.trainer
         keras.utils.set_random_seed(config.runtime.seed)
-        self.tokenizer = make_tokenizer(config.data.tokenizer, config.data.vocab_path)
-        self.label_names = None
-        if config.model.task == "classification":
-            self.label_names = self._resolve_label_names()
+        self.tokenizer = task.make_tokenizer()
         # A fresh run starts from model.init_checkpoint; a resumed one from its own checkpoint.
         source = None
-        fresh_run = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) is None
-        if config.model.init_checkpoint and fresh_run and for_training:
-            if not os.path.isdir(config.model.init_checkpoint):
-                raise ConfigError(f"model.init_checkpoint={config.model.init_checkpoint!r} does "
-                                  "not exist.")
-            source = load_pretrained_model(config.model.init_checkpoint)
+        if for_training and self.run_dir.latest_checkpoint() is None:
+            source = task.load_init_checkpoint()
 
         with self.strategy.scope():
-            self.model = build_task(config.model, dtype=config.runtime.mixed_precision,
-                                    label_names=self.label_names)
-            if source is not None:
-                init_from_pretrained(self.model, config.model.init_checkpoint, print_fn,
-                                     source=source)
-            apply_finetuning(self.model, config.model.finetune, config.model.freeze_bottom_layers)
+            self.model = task.build_model(dtype=config.runtime.mixed_precision, source=source,
+                                          print_fn=print_fn)
             self.optimizer = make_trainer_optimizer(trainer, self.model)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -127,14 +113,14 @@ class Trainer:
         self.stats = InputStats()
         if dataset_fn is None:
             def dataset_fn(context):
-                return make_dataset(config, tokenizer=self.tokenizer, input_context=context,
-                                    stats=self.stats, split="train")
+                return task.dataset(self.tokenizer, input_context=context, stats=self.stats,
+                                    split="train")
         self._eval_dataset_fn = eval_dataset_fn
         # Evaluation alone needs no training data (nor its position in checkpoints).
         self.dataset = dataset_fn(self.worker.input_context()) if for_training else None
         self.iterator = iter(self.dataset) if for_training else None
         self.checkpoints = TrainingCheckpoints(
-            model_dir, self.worker,
+            self.run_dir, self.worker,
             dict(model=self.model, optimizer=self.optimizer, step=self.step,
                  loss_scale=self.loss_scale),
             self.iterator, self.step, keep=trainer.keep_checkpoints,
@@ -162,27 +148,12 @@ class Trainer:
         self._writer = None
         self.history = []
 
-    def _resolve_label_names(self):
-        """`data.label_names`, else the training labels (written into the config, so that
-        params.yaml and the saved model carry them)."""
-        from tflm.data.classification import resolve_label_names
-
-        config = self.config
-        names = resolve_label_names(config)
-        if config.model.num_classes and config.model.num_classes != len(names):
-            raise ConfigError(f"model.num_classes={config.model.num_classes}, but the labels are "
-                              f"{names}: set model.num_classes={len(names)} (or 0), or list "
-                              "data.label_names.")
-        config.data.label_names = list(names)
-        return names
-
     # -- The compiled step. ---------------------------------------------------------------
     def _forward_backward_fn(self, features, labels, weights, denominator):
         """One micro-batch on one replica: loss sum and gradients of its share of the mean."""
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
-            loss_sum, _ = weighted_cross_entropy(labels, logits, weights,
-                                                 self.config.trainer.label_smoothing)
+            loss_sum, _ = self.task.loss_sums(self.model, labels, logits, weights)
             scaled = loss_sum / denominator * self.loss_scale()
         grads = tape.gradient(scaled, self._variables)
         # Dense zeros for variables the loss does not reach (e.g. a pooler in MLM).
@@ -318,7 +289,7 @@ class Trainer:
         if status == "completed" and int(self.step.numpy()) < trainer.train_steps:
             status = "stopped"
         if status == "completed" and self.worker.is_chief:
-            self.model.save(os.path.join(self.model_dir, "model.keras"))
+            self.run_dir.save_model(self.model)
         return status
 
     def _steps_until_boundary(self, step):
@@ -392,7 +363,7 @@ class Trainer:
         if self._writer is None:
             self._writer = {}
         if name not in self._writer:
-            self._writer[name] = tf.summary.create_file_writer(os.path.join(self.model_dir, name))
+            self._writer[name] = tf.summary.create_file_writer(self.run_dir.summary_dir(name))
         with self._writer[name].as_default(step=step):
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -405,32 +376,19 @@ class Trainer:
         return bool(self._eval_dataset_fn or data.eval_input_path or data.eval_every_nth_document)
 
     def _eval_step_fn(self, batch):
-        classes = self.model.num_classes if self.label_names else 0
-
         def replica(features, labels, weights):
-            logits = self.model(features, training=False)
-            loss_sum, weight_sum = weighted_cross_entropy(labels, logits, weights)
-            correct = weighted_correct(labels, logits, weights)
-            sums = [tf.stack([loss_sum, weight_sum, correct])]
-            if classes:
-                predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-                confusion = tf.math.confusion_matrix(
-                    tf.cast(labels, tf.int32), predicted, num_classes=classes,
-                    weights=tf.cast(weights, tf.float32), dtype=tf.float32)
-                sums.append(tf.reshape(confusion, [-1]))
+            outputs = self.model(features, training=False)
+            sums = self.task.eval_sums(self.model, labels, outputs, weights)
             context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat(sums, axis=0))
+            return context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
 
         return self._local(self.strategy.run(replica, args=batch))
 
     def evaluate(self, num_steps=None):
-        """Metrics of the task on the held-out split.
-
-        causal_lm: loss, perplexity and next-token accuracy; masked_lm: loss,
-        perplexity and masked-token accuracy; classification: loss, accuracy,
-        macro-F1, per-class precision/recall/F1 and the confusion matrix (with
-        the label names). Results go to the log, to TensorBoard under
-        `model_dir/eval` (the scalars), and to `model_dir/eval_results.json`.
+        """Metrics of the task on the held-out split (`Task.eval_report`: perplexity for
+        the language models, accuracy and F1 for classifiers, ...). Results go to the log,
+        to TensorBoard under `model_dir/eval` (the scalars), and to
+        `model_dir/eval_results.json`.
         """
         num_steps = num_steps or self.config.trainer.eval_steps
         if self.worker.num_workers > 1 and not num_steps:
@@ -439,9 +397,8 @@ class Trainer:
         if self._eval_dataset_fn is not None:
             dataset = self._eval_dataset_fn(self.worker.input_context())
         else:
-            dataset = make_dataset(self.config, tokenizer=self.tokenizer,
-                                   input_context=self.worker.input_context(),
-                                   training=self.worker.num_workers > 1, split="eval")
+            dataset = self.task.dataset(self.tokenizer, input_context=self.worker.input_context(),
+                                        training=self.worker.num_workers > 1, split="eval")
         if num_steps:
             dataset = dataset.take(num_steps)
         totals = None
@@ -450,25 +407,12 @@ class Trainer:
             totals = sums if totals is None else totals + sums
         if totals is None or totals[1] == 0:
             raise TrainingError("The evaluation split is empty.")
-        loss_sum, weight, correct = totals[:3]
-        loss = loss_sum / weight
-        results = {"step": int(self.step.numpy()), "loss": loss}
-        task = self.config.model.task
-        if task == "classification":
-            classes = self.model.num_classes
-            report = classification_report(totals[3:].reshape(classes, classes), self.label_names)
-            results.update(report)
-        else:
-            results.update({"perplexity": math.exp(min(loss, 700.0)),
-                            "accuracy": correct / weight, "tokens": int(weight)})
-            if task == "masked_lm":
-                results["masked_accuracy"] = results["accuracy"]
+        results = {"step": int(self.step.numpy()), **self.task.eval_report(self.model, totals)}
         line = {k: v for k, v in results.items() if k not in ("per_class", "confusion_matrix")}
         self.print_fn("tflm-eval: " + json.dumps(line))
         self._write_scalars("eval", results["step"], results)
         if self.worker.is_chief:
-            with tf.io.gfile.GFile(os.path.join(self.model_dir, "eval_results.json"), "w") as f:
-                f.write(json.dumps(results, indent=2) + "\n")
+            self.run_dir.write_eval_results(results)
         return results
 
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from tflm.training.losses import weighted_correct, weighted_cross_entropy
+from tflm.models.losses import weighted_correct, weighted_cross_entropy
 
 
 def _numpy_cross_entropy(labels, logits, weights, smoothing):

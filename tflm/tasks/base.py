@@ -1,0 +1,176 @@
+"""`Task`: what one kind of training job is, in one place (as Model Garden's `base_task`).
+
+A task owns, for its name in `model.task`:
+
+- its own config keys (`config_keys`), their checks (`validate`) and its attention
+  direction (`causal`);
+- its model (`create_model`, from a backbone), started from `model.init_checkpoint` and
+  with the parts `model.finetune` names frozen (`build_model`);
+- its input pipeline from the `data` section (`batches`);
+- its loss (`loss_sums`: the model's own definition, which `model.fit` uses too);
+- its evaluation (`eval_sums`, added over replicas and batches, and `eval_report`);
+- its serving signatures (`serving_module`) and their warm-up requests (`warmup_inputs`).
+
+The trainer, `tflm-eval` and `tflm-export` call these and nothing task-specific. A new
+task is one module of `tflm/tasks/` with a `@register_task` class.
+
+Example:
+>>> task = get_task(config)                  # config.model.task == "causal_lm"
+>>> model = task.build_model()
+>>> dataset = task.dataset(split="train")
+"""
+
+import abc
+import math
+
+import tensorflow as tf
+
+from tflm.config import ConfigError
+from tflm.data.tokenizers import make_tokenizer
+from tflm.models.finetuning import apply_finetuning
+from tflm.models.losses import weighted_correct
+from tflm.tasks.pretrained import init_from_pretrained, load_pretrained_model
+from tflm.tasks.registry import build_task
+
+
+class Task(abc.ABC):
+    """Base class of the tasks; a subclass sets `name` and `model_class` and fills in
+    `batches`, `serving_module` and `warmup_inputs`.
+
+    Args:
+        config: the `ExperimentConfig` of the run.
+    """
+
+    name = ""
+    model_class = None
+    causal = False  # the attention direction when `model.causal` is unset
+    generates_text = False  # whether `tflm.generation.generate` continues its model's text
+    # The task's own config keys: {section: dataclass of keys with defaults}, e.g.
+    # {"data": TokenClassificationData}; they join that section for this task only.
+    config_keys = {}
+
+    def __init__(self, config):
+        self.config = config
+
+    # -- Config. ---------------------------------------------------------------------------
+    @classmethod
+    def validate(cls, config):
+        """Checks the keys this task reads; a `ConfigError` naming the key."""
+
+    # -- Model. ----------------------------------------------------------------------------
+    @classmethod
+    def create_model(cls, model_config, backbone, label_names=None):
+        """The task's compiled model on `backbone`."""
+        del model_config, label_names
+        return cls.model_class(backbone)
+
+    @classmethod
+    def describe_model(cls, model, experiment):
+        """Writes what `model` has beyond its backbone into `experiment` (saved model_dirs)."""
+
+    def label_names(self):
+        """The class names of the task's outputs, if it has classes (else None)."""
+        return None
+
+    def load_init_checkpoint(self):
+        """The model of `model.init_checkpoint` (a model_dir or Hugging Face folder), or None.
+
+        Loaded outside any strategy scope; `build_model(source=...)` copies it.
+        """
+        path = self.config.model.init_checkpoint
+        if not path:
+            return None
+        if not tf.io.gfile.isdir(path):
+            raise ConfigError(f"model.init_checkpoint={path!r} does not exist.")
+        return load_pretrained_model(path)
+
+    def build_model(self, dtype=None, source=None, print_fn=None):
+        """The task's model: from `source`'s weights (see `load_init_checkpoint`) if given,
+        with `model.finetune` applied."""
+        model_config = self.config.model
+        model = build_task(model_config, dtype=dtype, label_names=self.label_names())
+        if source is not None:
+            init_from_pretrained(model, model_config.init_checkpoint, print_fn, source=source)
+        apply_finetuning(model, model_config.finetune, model_config.freeze_bottom_layers)
+        return model
+
+    # -- Data. -----------------------------------------------------------------------------
+    def make_tokenizer(self):
+        return make_tokenizer(self.config.data.tokenizer, self.config.data.vocab_path)
+
+    def dataset(self, tokenizer=None, input_context=None, stats=None, training=True,
+                split="train"):
+        """The task's batches for one input pipeline.
+
+        Args:
+            tokenizer: default: built from `data.tokenizer` and `data.vocab_path`.
+            input_context: a `tf.distribute.InputContext`, as passed by
+                `strategy.distribute_datasets_from_function`; the global batch is
+                split across replicas and the input across pipelines.
+            stats: an `InputStats` counting skips and repairs.
+            training: endless, shuffled, static-shape batches if True; one
+                ordered pass (final batch kept) if False.
+            split: `"train"` or `"eval"`. Evaluation reads `data.eval_input_path`,
+                or else every `data.eval_every_nth_document`-th document (record) of
+                the input, which training then leaves out.
+
+        Returns:
+            A `tf.data.Dataset` of `(features, labels, sample_weight)`.
+        """
+        if split not in ("train", "eval"):
+            raise ValueError(f"split={split!r}; expected 'train' or 'eval'.")
+        tokenizer = tokenizer or self.make_tokenizer()
+        model_config = self.config.model
+        if tokenizer.vocabulary_size > model_config.vocabulary_size:
+            raise ConfigError(
+                f"model.vocabulary_size={model_config.vocabulary_size} is smaller than the "
+                f"{tokenizer.kind} tokenizer's {tokenizer.vocabulary_size} ids.")
+        batch_size = self.config.data.global_batch_size
+        if input_context is not None:
+            batch_size = input_context.get_per_replica_batch_size(batch_size)
+        return self.batches(tokenizer, batch_size, input_context, stats, training, split)
+
+    @abc.abstractmethod
+    def batches(self, tokenizer, batch_size, input_context, stats, training, split):
+        """The task's batches of `batch_size` rows (see `dataset`)."""
+
+    # -- Loss and evaluation. ----------------------------------------------------------------
+    def loss_sums(self, model, labels, outputs, weights):
+        """`(sum of w * loss, sum of w)` of a batch for training: the model's own loss."""
+        return model.loss_sums(labels, outputs, weights, self.config.trainer.label_smoothing)
+
+    def eval_sums(self, model, labels, outputs, weights):
+        """A float32 vector of sums over one batch, which evaluation adds over replicas and
+        batches: loss, weight and correct predictions (subclasses append their own)."""
+        loss_sum, weight_sum = model.loss_sums(labels, outputs, weights)
+        return tf.stack([loss_sum, weight_sum, weighted_correct(labels, outputs, weights)])
+
+    def eval_report(self, model, totals):
+        """The metrics of the summed `eval_sums` (float64 NumPy): the language models'
+        loss, perplexity, accuracy and token count."""
+        del model
+        loss_sum, weight, correct = totals[:3]
+        loss = loss_sum / weight
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+                "accuracy": correct / weight, "tokens": int(weight)}
+
+    # -- Serving. --------------------------------------------------------------------------
+    @classmethod
+    @abc.abstractmethod
+    def serving_module(cls, model, tokenizer, options):
+        """The `tf.Module` whose functions become the SavedModel's signatures.
+
+        `options`: a `ServingOptions` (`tflm.export.exporter`); each task reads its own.
+        """
+
+    @classmethod
+    @abc.abstractmethod
+    def warmup_inputs(cls, module):
+        """One small, valid request per signature, as `(signature, {input: value})`."""
+
+
+def text_input_only(config, task_name):
+    """Language-model text is text, JSONL or prepared TFRecords; CSV is labelled data."""
+    if config.data.input_format == "csv":
+        raise ConfigError(f"data.input_format='csv' is for labelled data; model.task="
+                          f"{task_name!r} reads 'text', 'jsonl' or 'tfrecord'.")

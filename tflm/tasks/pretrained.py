@@ -1,0 +1,139 @@
+"""Pretrained models as tflm model_dirs: converting Hugging Face checkpoints, loading a
+model_dir (or a Hugging Face folder) as a model of its task, and initializing a new model
+(a classifier, say) from one. The files are `tflm.run_dir`'s.
+
+Example:
+>>> convert_checkpoint("hf/bert-base-uncased", "runs/bert")   # or tools/convert_checkpoint.py
+>>> model, tokenizer, config = load_pretrained("runs/bert")
+>>> classifier = SequenceClassifier(build_backbone(config.model), num_classes=2)
+>>> init_from_pretrained(classifier, "runs/bert")             # backbone weights copied
+"""
+
+import os
+
+import tensorflow as tf
+
+from tflm import config as config_lib
+from tflm.models.huggingface import CheckpointError, load_huggingface
+from tflm.models.pretrained import copy_pretrained_weights, model_config_of
+from tflm.run_dir import RunDir, write_new_run_dir
+from tflm.tasks.registry import build_task, config_keys_of, task_class, task_for_model
+from tflm.version import __version__
+
+
+def experiment_of_model(model, tokenizer):
+    """The `ExperimentConfig` that rebuilds `model` (a tflm task model) with `tokenizer`."""
+    task = task_for_model(model)
+    experiment = config_lib.ExperimentConfig()
+    experiment.model = model_config_of(model.backbone, task.name)
+    task.describe_model(model, experiment)
+    experiment.data.tokenizer = tokenizer.kind
+    experiment.data.sequence_length = min(experiment.data.sequence_length,
+                                          experiment.model.max_sequence_length)
+    return experiment
+
+
+def save_pretrained(model, tokenizer, output_dir, extra=None):
+    """Writes `model` (a tflm task model) and `tokenizer` as a model_dir; returns its params.
+
+    The folder is written under a temporary name and renamed when complete;
+    an existing `output_dir` is never overwritten.
+    """
+    experiment = experiment_of_model(model, tokenizer)
+    experiment.data.vocab_path = RunDir(output_dir).tokenizer_dir
+
+    def write(run):
+        run.save_tokenizer(tokenizer)
+        run.save_model(model)
+        if extra is not None:
+            run.write_conversion(extra)
+        run.write_config(experiment)
+        return experiment
+
+    return write_new_run_dir(output_dir, write)
+
+
+def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
+    """Converts a Hugging Face BERT or GPT-2 checkpoint folder into a tflm model_dir.
+
+    Returns the `ImportedCheckpoint` (see `tflm.models.huggingface.load_huggingface`).
+    """
+    imported = load_huggingface(input_dir, dtype=dtype)
+    extra = {"source": os.path.abspath(input_dir), "kind": imported.kind,
+             "head_loaded": imported.head_loaded, "unused_tensors": imported.unused_tensors,
+             "tflm_version": __version__}
+    save_pretrained(imported.model, imported.tokenizer, output_dir, extra=extra)
+    backbone = imported.model.backbone
+    print_fn(f"convert_checkpoint: {input_dir} ({imported.kind}, {backbone.num_layers} layers, "
+             f"width {backbone.hidden_dim}, {imported.model.count_params():,} parameters, "
+             f"{imported.tokenizer.kind} vocabulary of {imported.tokenizer.vocabulary_size}) "
+             f"-> {output_dir}")
+    if not imported.head_loaded:
+        print_fn("convert_checkpoint: the checkpoint has no masked-LM head; the MaskedLM head "
+                 "is freshly initialized (fine for fine-tuning and `encode`, not `fill_mask`).")
+    if imported.unused_tensors:
+        shown = ", ".join(imported.unused_tensors[:5])
+        more = len(imported.unused_tensors) - 5
+        print_fn(f"convert_checkpoint: {len(imported.unused_tensors)} tensors are not part of "
+                 f"the model and were left out: {shown}{f' and {more} more' if more > 0 else ''}")
+    return imported
+
+
+def _model_dir_config(run):
+    """The params.yaml of a model_dir (as training resolved it), checked by its task."""
+    config = config_lib.load_experiment(run.params_file(), extensions_of=config_keys_of)
+    task_class(config.model.task).validate(config)
+    return config
+
+
+def load_model_dir(model_dir, dtype=None):
+    """`(model, config)` of a tflm model_dir: the latest checkpoint, else model.keras."""
+    run = RunDir(model_dir)
+    config = _model_dir_config(run)
+    latest = run.latest_checkpoint()
+    if latest is not None:
+        model = build_task(config.model, dtype=dtype, label_names=config.data.label_names or None)
+        try:
+            tf.train.Checkpoint(model=model).restore(latest).expect_partial() \
+                .assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise CheckpointError(f"{latest}: does not fit the model of {run.params_path}: "
+                                  f"{str(e).strip().splitlines()[0]}") from None
+    elif run.has_saved_model():
+        model = run.load_saved_model()
+    else:
+        raise CheckpointError(f"{model_dir}: neither checkpoints/ nor {run.model_path}.")
+    return model, config
+
+
+def load_pretrained(path, dtype=None):
+    """`(model, tokenizer, config)` from a tflm model_dir or a Hugging Face checkpoint folder."""
+    run = RunDir(path)
+    if run.is_huggingface_checkpoint():
+        imported = load_huggingface(path, dtype=dtype)
+        return imported.model, imported.tokenizer, experiment_of_model(imported.model,
+                                                                       imported.tokenizer)
+    model, config = load_model_dir(path, dtype=dtype)
+    return model, run.load_tokenizer(config), config
+
+
+def load_pretrained_model(path):
+    """The model alone of `load_pretrained` (no tokenizer is built)."""
+    if RunDir(path).is_huggingface_checkpoint():
+        return load_huggingface(path).model
+    return load_model_dir(path)[0]
+
+
+def init_from_pretrained(model, path, print_fn=None, source=None):
+    """Initializes `model` from the pretrained model at `path` (model_dir or Hugging Face
+    folder); returns the paths of the variables left at their initial values.
+
+    `source`: the model `load_pretrained_model(path)` returns, when already loaded (the
+    trainer loads it outside its strategy's scope).
+    """
+    source = load_pretrained_model(path) if source is None else source
+    fresh = copy_pretrained_weights(source, model, where=f"model.init_checkpoint={path!r}")
+    if print_fn is not None:
+        print_fn(f"tflm-train: initialized from {path}: {len(model.weights) - len(fresh)} "
+                 f"tensors copied, {len(fresh)} new")
+    return fresh
