@@ -35,9 +35,12 @@ def _corpus_lines():
         return [line for line in f.read().splitlines() if line.strip()]
 
 
-def write_bert_folder(folder, vocab_size=800, seed=0, prefix="bert.", head=True):
-    """A `BertForMaskedLM` checkpoint (uncased WordPiece); returns `(config, params)` with the
-    params named as `numpy_reference` takes them (no prefix)."""
+def write_bert_folder(folder, vocab_size=800, seed=0, prefix="bert.", head=True,
+                      next_sentence=False):
+    """A `BertForMaskedLM` checkpoint (uncased WordPiece), or with `next_sentence` a
+    `BertForPreTraining` one (also BERT's next-sentence head, random, in `params` as
+    `cls.seq_relationship.*`); returns `(config, params)` with the params named as
+    `numpy_reference` takes them (no prefix)."""
     from tokenizers import BertWordPieceTokenizer
 
     os.makedirs(folder, exist_ok=True)
@@ -60,9 +63,17 @@ def write_bert_folder(folder, vocab_size=800, seed=0, prefix="bert.", head=True)
                 saved[name] = value
         else:
             saved[prefix + name] = value
-    # What old transformers versions also saved: a buffer, and the NSP head.
     saved[prefix + "embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
-    saved["cls.seq_relationship.weight"] = np.zeros((2, 32), np.float32)
+    if next_sentence:
+        rng = np.random.default_rng(seed + 1)
+        width = config["hidden_size"]
+        params["cls.seq_relationship.weight"] = rng.normal(0, 0.2, (2, width)).astype(np.float32)
+        params["cls.seq_relationship.bias"] = rng.normal(0, 0.2, (2,)).astype(np.float32)
+        saved.update({k: params[k] for k in ("cls.seq_relationship.weight",
+                                             "cls.seq_relationship.bias")})
+    else:
+        # What old transformers versions also saved: a buffer, and half an NSP head.
+        saved["cls.seq_relationship.weight"] = np.zeros((2, 32), np.float32)
     save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     return config, params
 

@@ -104,7 +104,7 @@ def test_whole_word_masking_masks_whole_words():
 def test_sentence_pairs_have_segments_and_next_sentence_labels():
     dataset = make_dataset(_config(task="masked_lm", sentence_pairs=True, sequence_length=48))
     labels_seen = []
-    for features, _, _ in _take(dataset, 10):
+    for features, labels, weights in _take(dataset, 10):
         for row in range(len(features["token_ids"])):
             ids, segments = features["token_ids"][row], features["segment_ids"][row]
             seps = np.flatnonzero(ids == SEP)
@@ -113,8 +113,11 @@ def test_sentence_pairs_have_segments_and_next_sentence_labels():
             assert ids[first_sep] == SEP
             np.testing.assert_array_equal(segments[: first_sep + 1], 0)
             np.testing.assert_array_equal(segments[first_sep + 1 :], 1)
-        labels_seen.extend(features["next_sentence_labels"].tolist())
-    assert 0.3 < np.mean(labels_seen) < 0.7
+        # Continuation (0) or a random B (1), as BERT's; every row carries its label.
+        labels_seen.extend(labels["next_sentence"].tolist())
+        np.testing.assert_array_equal(weights["next_sentence"], 1.0)
+        assert labels["masked_lm"].shape == weights["masked_lm"].shape
+    assert set(labels_seen) == {0, 1} and 0.3 < np.mean(labels_seen) < 0.7
 
 
 def test_vocabulary_too_large_for_model():

@@ -128,8 +128,10 @@ def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, m
     Rows are `[CLS] tokens [SEP]` (documents in a row separated by `[SEP]`),
     or with `sentence_pairs` `[CLS] A [SEP] B [SEP]` with segment ids 0/1,
     where B is A's continuation half the time and otherwise the start of
-    another (random) row; `next_sentence_labels` says which (1: continuation),
-    for next-sentence prediction.
+    another (random) row, for next-sentence prediction: the labels and sample
+    weights are then dicts, `{"masked_lm": (batch, P), "next_sentence": (batch,)}`,
+    the next-sentence label 0 for a continuation and 1 for a random B (BERT's
+    convention, so imported heads keep their meaning).
 
     The masks of the `i`-th row drawn depend on `(seed, seed_offset, i)`
     only: deterministic, and redrawn every epoch (rows keep counting).
@@ -176,10 +178,8 @@ def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, m
     batches = rows.batch(batch_size, drop_remainder=drop_remainder)
 
     def mask(index, *columns):
-        features = {}
         if pair:
             ids, segments, is_next = columns
-            features["next_sentence_labels"] = is_next
         else:
             (body_rows,) = columns
             count = tf.shape(body_rows)[0]
@@ -193,14 +193,19 @@ def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, m
             max_predictions=max_predictions, mask_rate=mask_rate,
             word_starts=tokenizer.word_starts(ids) if whole_word_masking else None,
         )
-        features.update({
+        features = {
             "token_ids": tf.ensure_shape(masked["token_ids"], [None, sequence_length]),
             "padding_mask": tf.ones_like(masked["token_ids"]),
             "segment_ids": tf.ensure_shape(segments, [None, sequence_length]),
             "mask_positions": tf.ensure_shape(masked["mask_positions"], [None, max_predictions]),
-        })
-        return (features, tf.ensure_shape(masked["mask_ids"], [None, max_predictions]),
-                tf.ensure_shape(masked["mask_weights"], [None, max_predictions]))
+        }
+        labels = tf.ensure_shape(masked["mask_ids"], [None, max_predictions])
+        weights = tf.ensure_shape(masked["mask_weights"], [None, max_predictions])
+        if pair:
+            labels = {"masked_lm": labels, "next_sentence": 1 - is_next}
+            weights = {"masked_lm": weights,
+                       "next_sentence": tf.ones_like(is_next, dtype=weights.dtype)}
+        return features, labels, weights
 
     batches = batches.map(mask, num_parallel_calls=AUTOTUNE, deterministic=True)
     return batches.prefetch(AUTOTUNE)

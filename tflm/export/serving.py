@@ -216,6 +216,8 @@ class MaskedLMServing(tf.Module):
         def predict():
             first = tf.argmax(tf.cast(is_mask, tf.int32), axis=1, output_type=tf.int32)
             logits = self.model(dict(features, mask_positions=first[:, None]), training=False)
+            if isinstance(logits, dict):  # a model with BERT's next-sentence head too
+                logits = logits["masked_lm"]
             logits = logits[:, 0]
             probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
             scores, ids = tf.math.top_k(probabilities, k=top_k)

@@ -152,7 +152,9 @@ def load_bert(hf_config, params, source="BERT checkpoint", dtype=None, used=None
     Returns:
         `(backbone, head)`: `head` holds the masked-LM head tensors
         (`transform_kernel`, `transform_bias`, `norm_gamma`, `norm_beta`,
-        `output_bias`) when the checkpoint has them (`BertForMaskedLM`), else `None`.
+        `output_bias`) when the checkpoint has them (`BertForMaskedLM`), and the
+        next-sentence head (`next_sentence_kernel`, `next_sentence_bias`) when it has
+        that (`BertForPreTraining`); `None` if neither.
     """
     params = _strip_prefix(params, ("bert.",))
     pooler = "pooler.dense.weight" in params
@@ -196,6 +198,11 @@ def load_bert(hf_config, params, source="BERT checkpoint", dtype=None, used=None
         # The decoder is tied to the word embeddings; a saved copy must be that copy.
         _check_tied(reader, "cls.predictions.decoder.weight", "embeddings.word_embeddings.weight")
         _check_tied(reader, "cls.predictions.decoder.bias", "cls.predictions.bias")
+    if {"cls.seq_relationship.weight", "cls.seq_relationship.bias"} <= set(params) and pooler:
+        # BERT's next-sentence head (BertForPreTraining) on the pooled output.
+        head = dict(head or {},
+                    next_sentence_kernel=reader.get("cls.seq_relationship.weight", (2, h)).T,
+                    next_sentence_bias=reader.get("cls.seq_relationship.bias", (2,)))
     if used is not None:
         used.update(reader.used)
     return backbone, head
@@ -212,11 +219,15 @@ def _check_tied(reader, name, tied_to):
 
 def set_masked_lm_head(masked_lm, head):
     """Copies a `load_bert` head dict into a `MaskedLM` built on the loaded backbone."""
-    masked_lm.head_dense.kernel.assign(head["transform_kernel"])
-    masked_lm.head_dense.bias.assign(head["transform_bias"])
-    masked_lm.head_norm.gamma.assign(head["norm_gamma"])
-    masked_lm.head_norm.beta.assign(head["norm_beta"])
-    masked_lm.head_bias.assign(head["output_bias"])
+    if "output_bias" in head:
+        masked_lm.head_dense.kernel.assign(head["transform_kernel"])
+        masked_lm.head_dense.bias.assign(head["transform_bias"])
+        masked_lm.head_norm.gamma.assign(head["norm_gamma"])
+        masked_lm.head_norm.beta.assign(head["norm_beta"])
+        masked_lm.head_bias.assign(head["output_bias"])
+    if "next_sentence_kernel" in head:
+        masked_lm.next_sentence_head.kernel.assign(head["next_sentence_kernel"])
+        masked_lm.next_sentence_head.bias.assign(head["next_sentence_bias"])
 
 
 def load_gpt2(hf_config, params, source="GPT-2 checkpoint", dtype=None, used=None):
@@ -378,7 +389,8 @@ def load_huggingface(directory, dtype=None):
         raise CheckpointError(f"{directory}: the tokenizer has {tokenizer.vocabulary_size} ids, "
                               f"the embeddings only {backbone.vocabulary_size}.")
     if kind == "bert":
-        model = MaskedLM(backbone)
+        model = MaskedLM(backbone,
+                         next_sentence_prediction="next_sentence_kernel" in (head or {}))
         if head is not None:
             set_masked_lm_head(model, head)
     else:
@@ -389,5 +401,5 @@ def load_huggingface(directory, dtype=None):
         if not any(name.startswith(p) and name[len(p):] in used for p in prefixes)
         and name not in used and not any(name.endswith(b) for b in _BUFFERS))
     return ImportedCheckpoint(model=model, tokenizer=tokenizer, kind=kind,
-                              head_loaded=kind == "gpt2" or head is not None,
+                              head_loaded=kind == "gpt2" or "output_bias" in (head or {}),
                               unused_tensors=unused)

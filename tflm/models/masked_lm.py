@@ -1,11 +1,13 @@
 """MaskedLM: predicts the original tokens at masked positions (BERT pretraining)."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tflm.layers.feed_forward import activate
 from tflm.layers.layer_utils import clone_initializer
 from tflm.layers.normalization import make_normalization
+from tflm.models.losses import WeightedCrossEntropy, weighted_cross_entropy
 from tflm.models.task import Task
 
 
@@ -25,6 +27,15 @@ class MaskedLM(Task):
     positions `(batch, P)`; sample weights `(batch, P)`: 1 for real masks, 0
     for the padding of `mask_positions`.
 
+    With `next_sentence_prediction=True` (BERT's pretraining on sentence pairs)
+    a second head classifies the pooled output (the backbone needs a pooler):
+    is segment B the continuation of segment A (label 0, as BERT's) or a random
+    text (label 1)? The outputs, labels and sample weights are then dicts with
+    the keys `"masked_lm"` and `"next_sentence"` (`(batch, 2)` logits, `(batch,)`
+    labels and weights), and the loss is the masked-LM loss (mean over masked
+    tokens) plus `next_sentence_weight` times the next-sentence loss (mean over
+    rows).
+
     Example:
     >>> backbone = TransformerBackbone(vocabulary_size=100, num_layers=2, num_heads=2,
     ...     hidden_dim=32, intermediate_dim=64, max_sequence_length=64)
@@ -35,10 +46,16 @@ class MaskedLM(Task):
     >>> logits = model(x)  # (4, 3, 100), float32
     """
 
-    def __init__(self, backbone, **kwargs):
+    def __init__(self, backbone, next_sentence_prediction=False, next_sentence_weight=1.0,
+                 **kwargs):
         if backbone.causal:
             raise ValueError("MaskedLM needs a bidirectional backbone (causal=False).")
+        if next_sentence_prediction and not backbone.pooler:
+            raise ValueError("next_sentence_prediction needs a backbone with a pooler "
+                             "(pooler=True): the head reads the pooled [CLS] output.")
         super().__init__(backbone, **kwargs)
+        self.next_sentence_prediction = bool(next_sentence_prediction)
+        self.next_sentence_weight = float(next_sentence_weight)
         initializer = keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
         self.head_dense = keras.layers.Dense(
             backbone.hidden_dim,
@@ -54,14 +71,59 @@ class MaskedLM(Task):
         self.head_bias = self.add_weight(
             name="head_bias", shape=(backbone.vocabulary_size,), initializer="zeros"
         )
+        self.next_sentence_head = None
+        if self.next_sentence_prediction:
+            self.next_sentence_head = keras.layers.Dense(
+                2, kernel_initializer=clone_initializer(initializer), dtype=self.dtype_policy,
+                name="next_sentence_head")
+            self.next_sentence_head.build((None, backbone.hidden_dim))
         self._finish_init()
 
     def call(self, inputs, training=None):
-        hidden = self.backbone(inputs, training=training)["sequence_output"]
+        outputs = self.backbone(inputs, training=training)
+        hidden = outputs["sequence_output"]
         positions = ops.cast(inputs["mask_positions"], "int32")
         hidden = ops.take_along_axis(hidden, positions[:, :, None], axis=1)
         # The head uses the backbone's activation (erf GELU for BERT).
         hidden = activate(self.head_dense(hidden), self.backbone.activation)
         hidden = self.head_norm(hidden)
         logits = self.backbone.token_embedding(hidden, reverse=True)
-        return logits + ops.cast(self.head_bias, "float32")
+        logits = logits + ops.cast(self.head_bias, "float32")
+        if not self.next_sentence_prediction:
+            return logits
+        next_sentence = self.next_sentence_head(outputs["pooled_output"])
+        return {"masked_lm": logits, "next_sentence": ops.cast(next_sentence, "float32")}
+
+    def loss_sums(self, labels, outputs, weights, label_smoothing=0.0):
+        """The masked-LM sums; with next-sentence prediction a vector of two terms
+        `[masked-LM sum, next_sentence_weight * next-sentence sum]` and their weights,
+        each to be divided by its own weight over the global batch."""
+        if not self.next_sentence_prediction:
+            return weighted_cross_entropy(labels, outputs, weights, label_smoothing)
+        mlm_sum, mlm_weight = weighted_cross_entropy(
+            labels["masked_lm"], outputs["masked_lm"], weights["masked_lm"], label_smoothing)
+        nsp_sum, nsp_weight = weighted_cross_entropy(
+            labels["next_sentence"], outputs["next_sentence"], weights["next_sentence"])
+        return (tf.stack([mlm_sum, self.next_sentence_weight * nsp_sum]),
+                tf.stack([mlm_weight, nsp_weight]))
+
+    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
+        """As `Task.compile`; with next-sentence prediction one loss and accuracy per head,
+        the next-sentence loss weighted by `next_sentence_weight`."""
+        if not self.next_sentence_prediction:
+            return super().compile(optimizer, loss, weighted_metrics, **kwargs)
+        if loss == "auto":
+            loss = {"masked_lm": WeightedCrossEntropy(), "next_sentence": WeightedCrossEntropy()}
+            kwargs.setdefault("loss_weights", {"masked_lm": 1.0,
+                                               "next_sentence": self.next_sentence_weight})
+        if weighted_metrics == "auto":
+            weighted_metrics = {
+                name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+                for name in ("masked_lm", "next_sentence")}
+        return super().compile(optimizer, loss, weighted_metrics, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"next_sentence_prediction": self.next_sentence_prediction,
+                       "next_sentence_weight": self.next_sentence_weight})
+        return config

@@ -1,35 +1,68 @@
-"""`masked_lm`: BERT's masked-token pretraining on packed text.
+"""`masked_lm`: BERT's masked-token pretraining on packed text, with next-sentence
+prediction on sentence pairs.
 
 Batches: rows of `[CLS] ... [SEP]` (or `[CLS] A [SEP] B [SEP]` with
 `data.sentence_pairs`), 80/10/10 dynamic masking of `data.mask_rate` of the
 tokens (`tflm.data.pipeline.masked_lm_batches`). Loss: cross-entropy over the
-masked positions. Evaluation: loss, perplexity, masked-token accuracy.
-Serving: `fill_mask` and `encode` (`MaskedLMServing`).
+masked positions; with `data.sentence_pairs=true` plus
+`model.next_sentence_weight` times the next-sentence loss (BERT's NSP head on
+the pooled output; multi-task training with loss weights). Evaluation: loss,
+perplexity, masked-token accuracy (and next-sentence accuracy). Serving:
+`fill_mask` and `encode` (`MaskedLMServing`).
 """
 
+import dataclasses
+import typing
+
 import numpy as np
+import tensorflow as tf
 
 from tflm.config import ConfigError
 from tflm.data.pipeline import masked_lm_batches, token_documents
 from tflm.export.serving import MaskedLMServing
+from tflm.models.losses import weighted_correct, weighted_cross_entropy
 from tflm.models.masked_lm import MaskedLM
 from tflm.tasks.base import Task, text_input_only
 from tflm.tasks.causal_lm import WARMUP_TEXT
 from tflm.tasks.registry import register_task
 
 
+@dataclasses.dataclass
+class MaskedLMModelKeys:
+    """The masked-LM task's keys of the `model` section."""
+
+    # BERT's next-sentence head; None: on exactly when data.sentence_pairs is.
+    next_sentence_prediction: typing.Optional[bool] = None
+    next_sentence_weight: float = 1.0  # the NSP loss's weight beside the masked-LM loss
+
+
 @register_task
 class MaskedLMTask(Task):
-    """BERT-style masked language modelling (a `MaskedLM`)."""
+    """BERT-style masked language modelling (a `MaskedLM`), with next-sentence prediction
+    on sentence pairs."""
 
     name = "masked_lm"
     model_class = MaskedLM
     causal = False
+    config_keys = {"model": MaskedLMModelKeys}
 
     @classmethod
     def validate(cls, config):
         text_input_only(config, cls.name)
-        data = config.data
+        model, data = config.model, config.data
+        if model.next_sentence_prediction is None:
+            model.next_sentence_prediction = data.sentence_pairs
+        if model.next_sentence_prediction != data.sentence_pairs:
+            raise ConfigError(
+                f"model.next_sentence_prediction={model.next_sentence_prediction} but "
+                f"data.sentence_pairs={data.sentence_pairs}: next-sentence prediction trains "
+                "on sentence pairs and only on them; set both, or leave the model key unset.")
+        if model.next_sentence_prediction and not model.pooler:
+            raise ConfigError("data.sentence_pairs=true trains BERT's next-sentence head on the "
+                              "pooled output: it needs model.pooler=true.")
+        if model.next_sentence_weight < 0:
+            raise ConfigError(f"model.next_sentence_weight must be >= 0, got "
+                              f"{model.next_sentence_weight}.")
         if data.sequence_length < 3:
             raise ConfigError(f"data.sequence_length={data.sequence_length}: a masked_lm row "
                               "needs [CLS], at least one token and [SEP].")
@@ -49,9 +82,39 @@ class MaskedLMTask(Task):
                                  shuffle_buffer_size=data.shuffle_buffer_size, training=training,
                                  drop_remainder=training, seed_offset=offset)
 
+    @classmethod
+    def create_model(cls, model_config, backbone, label_names=None):
+        del label_names
+        return MaskedLM(backbone, next_sentence_prediction=bool(
+            model_config.next_sentence_prediction),
+            next_sentence_weight=model_config.next_sentence_weight)
+
+    @classmethod
+    def describe_model(cls, model, experiment):
+        experiment.model.next_sentence_prediction = model.next_sentence_prediction
+        experiment.model.next_sentence_weight = model.next_sentence_weight
+        experiment.data.sentence_pairs = model.next_sentence_prediction
+
+    def eval_sums(self, model, labels, outputs, weights):
+        if not model.next_sentence_prediction:
+            return super().eval_sums(model, labels, outputs, weights)
+        sums = []
+        for head in ("masked_lm", "next_sentence"):
+            loss_sum, weight_sum = weighted_cross_entropy(labels[head], outputs[head],
+                                                          weights[head])
+            sums += [loss_sum, weight_sum,
+                     weighted_correct(labels[head], outputs[head], weights[head])]
+        return tf.stack(sums)
+
     def eval_report(self, model, totals):
         results = super().eval_report(model, totals)
         results["masked_accuracy"] = results["accuracy"]
+        if model.next_sentence_prediction:
+            nsp_loss, rows, nsp_correct = totals[3:6]
+            results["masked_lm_loss"] = results["loss"]
+            results["next_sentence_loss"] = nsp_loss / rows
+            results["next_sentence_accuracy"] = nsp_correct / rows
+            results["loss"] = results["loss"] + model.next_sentence_weight * nsp_loss / rows
         return results
 
     @classmethod

@@ -150,11 +150,16 @@ class Trainer:
 
     # -- The compiled step. ---------------------------------------------------------------
     def _forward_backward_fn(self, features, labels, weights, denominator):
-        """One micro-batch on one replica: loss sum and gradients of its share of the mean."""
+        """One micro-batch on one replica: loss sums and gradients of its share of the mean.
+
+        A loss of several terms (masked LM + next sentence) gives one sum per term, each
+        divided by its own weight over the global batch (`denominator`, a vector).
+        """
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
             loss_sum, _ = self.task.loss_sums(self.model, labels, logits, weights)
-            scaled = loss_sum / denominator * self.loss_scale()
+            loss_sum = tf.reshape(loss_sum, [-1])
+            scaled = tf.reduce_sum(loss_sum / denominator) * self.loss_scale()
         grads = tape.gradient(scaled, self._variables)
         # Dense zeros for variables the loss does not reach (e.g. a pooler in MLM).
         grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
@@ -163,7 +168,7 @@ class Trainer:
 
     def _replica_step(self, micro_batches):
         context = tf.distribute.get_replica_context()
-        local_weight = tf.add_n([tf.reduce_sum(tf.cast(w, tf.float32)) for _, _, w in micro_batches])
+        local_weight = tf.add_n([_weight_sums(w) for _, _, w in micro_batches])
         denominator = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, local_weight), 1.0)
         grads, loss_sum = None, 0.0
         for features, labels, weights in micro_batches:
@@ -172,7 +177,7 @@ class Trainer:
             loss_sum += micro_loss
         # The global gradient, identical on every replica: clipping sees the true norm.
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss_sum) / denominator
+        loss = tf.reduce_sum(context.all_reduce(tf.distribute.ReduceOp.SUM, loss_sum) / denominator)
         if self.loss_scale.enabled:
             grads = [g / self.loss_scale() for g in grads]
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
@@ -413,7 +418,13 @@ class Trainer:
         self._write_scalars("eval", results["step"], results)
         if self.worker.is_chief:
             self.run_dir.write_eval_results(results)
+            self.task.after_evaluation(self.model, results, self.run_dir)
         return results
+
+
+def _weight_sums(weights):
+    """The sum of each sample-weight tensor of a batch (one per loss term), as a vector."""
+    return tf.stack([tf.reduce_sum(tf.cast(w, tf.float32)) for w in tf.nest.flatten(weights)])
 
 
 __all__ = ["CheckpointError", "PREEMPTED_EXIT_CODE", "Trainer", "TrainingError"]
