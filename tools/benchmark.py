@@ -199,7 +199,7 @@ def steps_in_process(config, rounds):
         task = compiled_keras_hub_task(config)
         task.fit(cached(), steps_per_epoch=steps, epochs=1, verbose=0)  # builds train_function
         batches = iter(cached())
-        calls = {"tflm": lambda: float(trainer._train_loop(tf.constant(steps, tf.int32))[0][-1]),
+        calls = {"tflm": lambda: float(trainer.train_step.train_loop(tf.constant(steps, tf.int32))[0][-1]),
                  "keras_hub": lambda: float(task.train_function(batches)["loss"])}
         times = {side: [] for side in calls}
         for side in calls:

@@ -81,7 +81,7 @@ def test_the_trainer_averages_each_term_over_its_own_positions(tmp_path):
     w = np.asarray(weights["masked_lm"], np.float64)
     expected = ((_cross_entropy(before["masked_lm"], labels["masked_lm"]) * w).sum() / w.sum()
                 + _cross_entropy(before["next_sentence"], labels["next_sentence"]).mean())
-    losses, _ = trainer._train_loop(tf.constant(1))
+    losses, _ = trainer.train_step.train_loop(tf.constant(1))
     np.testing.assert_allclose(float(losses[0]), expected, rtol=1e-5)
 
 

@@ -150,7 +150,7 @@ def test_fused_one_device_step_equals_the_distributed_one(tmp_path):
     for path, extra in STEP_PATHS.items():
         config = _config(f"trainer.train_steps=6,data.global_batch_size=4,{extra}")
         trainer = Trainer(get_task(config), str(tmp_path / path), print_fn=_quiet)
-        assert trainer._fused == path.startswith("fused")
+        assert trainer.train_step.fused == path.startswith("fused")
         trainer.train()
         weights[path] = _weights(trainer)
     np.testing.assert_allclose(weights["fused"], weights["distributed"], atol=2e-6)

@@ -45,6 +45,9 @@ class Task(abc.ABC):
     model_class = None
     causal = False  # the attention direction when `model.causal` is unset
     generates_text = False  # whether `tflm.generation.generate` continues its model's text
+    # Whether `loss_sums` communicates across replicas (e.g. gathers in-batch negatives);
+    # the trainer then runs the forward pass directly in the replica function.
+    cross_replica_loss = False
     # The task's own config keys: {section: dataclass of keys with defaults}, e.g.
     # {"data": TokenClassificationData}; they join that section for this task only.
     config_keys = {}
@@ -144,6 +147,11 @@ class Task(abc.ABC):
         batches: loss, weight and correct predictions (subclasses append their own)."""
         loss_sum, weight_sum = model.loss_sums(labels, outputs, weights)
         return tf.stack([loss_sum, weight_sum, weighted_correct(labels, outputs, weights)])
+
+    def after_evaluation(self, model, results, run_dir):
+        """Keeps in `run_dir` (a `RunDir`) what an evaluation decided about the model, such as
+        thresholds tuned on the held-out split; the chief calls it after writing
+        eval_results.json. By default nothing."""
 
     def eval_report(self, model, totals):
         """The metrics of the summed `eval_sums` (float64 NumPy): the language models'

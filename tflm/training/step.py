@@ -1,0 +1,158 @@
+"""The training step: forward, backward, all-reduce, clipping and the AdamW update, compiled.
+
+    per replica (strategy.run):
+        denominator <- all-reduce of the batch weights (the global token count, per loss term)
+        for each micro-batch: gradients += d(loss_sums / denominator)     [XLA]
+        gradients <- all-reduce(gradients)          # the global batch's gradient
+        unscale (float16), check finite, clip by global norm
+    if finite: optimizer.apply(gradients)          # once, in cross-replica context
+
+On one device (OneDeviceStrategy) the per-replica part and the update are one
+function per step: with XLA one XLA computation, the update selected by
+`finite`, so no per-variable ops run outside XLA (on a small model a quarter
+of the step); without XLA the update sits behind a conditional.
+
+The loss is divided by the weight of the whole global batch (all replicas,
+all micro-batches), so N accumulated micro-batches give the same update as
+one batch N times larger, and R replicas the same as one. A loss of several
+terms (masked LM + next sentence) gives one sum per term, each divided by
+its own weight.
+"""
+
+import tensorflow as tf
+
+
+class TrainStep:
+    """The compiled step of one task's model; `train_loop(n)` runs `n` steps in one call.
+
+    Args:
+        task: the `tflm.tasks.Task` (its `loss_sums`).
+        model, optimizer, loss_scale, step: the model, the trainer's `AdamW`, the
+            `DynamicLossScale` and the global step variable (all made in the strategy's scope).
+        strategy, worker: the `tf.distribute.Strategy` and this worker's `WorkerInfo`.
+        iterator: this worker's iterator of batches.
+        jit_compile: the forward/backward (and on one device the whole step) under XLA.
+    """
+
+    def __init__(self, task, model, optimizer, loss_scale, step, strategy, worker, iterator,
+                 jit_compile):
+        self.task = task
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_scale = loss_scale
+        self.step = step
+        self.strategy = strategy
+        self.worker = worker
+        self.iterator = iterator
+        self.jit_compile = jit_compile
+        trainer = task.config.trainer
+        self.accumulation_steps = trainer.gradient_accumulation_steps
+        self.clipnorm = trainer.clipnorm
+        self._variables = model.trainable_variables
+        self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit_compile)
+        if task.cross_replica_loss and strategy.num_replicas_in_sync > 1:
+            # A loss that gathers from the other replicas synchronizes inside the forward
+            # pass, which a tf.function nested in the replica function may not do.
+            self._forward_backward = self._forward_backward_fn
+        # On one device the whole step (forward, backward, clipping, update) is one function
+        # (one XLA computation with jit_compile): no cross-replica update.
+        self.fused = isinstance(strategy, tf.distribute.OneDeviceStrategy)
+        self._fused_step = tf.function(self._fused_step_fn, jit_compile=jit_compile)
+        self.train_loop = tf.function(self._train_loop_fn)
+
+    def _forward_backward_fn(self, features, labels, weights, denominator):
+        """One micro-batch on one replica: loss sums and gradients of its share of the mean."""
+        with tf.GradientTape() as tape:
+            outputs = self.model(features, training=True)
+            loss_sum, _ = self.task.loss_sums(self.model, labels, outputs, weights)
+            loss_sum = tf.reshape(loss_sum, [-1])
+            scaled = tf.reduce_sum(loss_sum / denominator) * self.loss_scale()
+        grads = tape.gradient(scaled, self._variables)
+        # Dense zeros for variables the loss does not reach (e.g. a pooler in MLM).
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, self._variables)]
+        return grads, loss_sum
+
+    def replica_step(self, micro_batches):
+        """The global gradient (identical on every replica), loss, gradient norm, finiteness."""
+        context = tf.distribute.get_replica_context()
+        local_weight = tf.add_n([weight_sums(w) for _, _, w in micro_batches])
+        denominator = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, local_weight), 1.0)
+        grads, loss_sum = None, 0.0
+        for features, labels, weights in micro_batches:
+            micro_grads, micro_loss = self._forward_backward(features, labels, weights, denominator)
+            grads = micro_grads if grads is None else [a + b for a, b in zip(grads, micro_grads)]
+            loss_sum += micro_loss
+        # The global gradient, identical on every replica: clipping sees the true norm.
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        loss = tf.reduce_sum(context.all_reduce(tf.distribute.ReduceOp.SUM, loss_sum) / denominator)
+        if self.loss_scale.enabled:
+            grads = [g / self.loss_scale() for g in grads]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        norm = tf.linalg.global_norm(grads)
+        if self.clipnorm:
+            grads, _ = tf.clip_by_global_norm(grads, self.clipnorm, use_norm=norm)
+        return grads, loss, norm, finite
+
+    def _fused_step_fn(self, micro_batches):
+        grads, loss, norm, finite = self.replica_step(micro_batches)
+        # A non-finite step (float16 overflow, or a NaN loss) never touches the weights. In XLA
+        # a select costs nothing; outside it a conditional skips three passes over the weights.
+        ok = finite & tf.math.is_finite(loss)
+        if self.jit_compile:
+            self.optimizer.apply_where(grads, ok)
+        else:
+            self.optimizer.apply_if(grads, ok)
+        self.loss_scale.update(finite)
+        self.step.assign_add(1)
+        return loss, norm
+
+    def split_for_replicas(self, batch):
+        """A worker's batch as one equal slice per local replica (unchanged for one replica)."""
+        replicas = self.worker.num_local_replicas
+        if replicas == 1:
+            return batch
+
+        def replica_value(context):
+            index = context.replica_id_in_sync_group % replicas
+            return tf.nest.map_structure(lambda t: tf.split(t, replicas)[index], batch)
+
+        return self.strategy.experimental_distribute_values_from_function(replica_value)
+
+    def local(self, value):
+        """This worker's first replica's copy of a per-replica value."""
+        return self.strategy.experimental_local_results(value)[0]
+
+    def train_step(self):
+        """One optimizer step (all micro-batches); returns the loss and the gradient norm."""
+        micro = [self.split_for_replicas(next(self.iterator))
+                 for _ in range(self.accumulation_steps)]
+        if self.fused:
+            return self.strategy.run(self._fused_step, args=(micro,))
+        grads, loss, norm, finite = self.strategy.run(self.replica_step, args=(micro,))
+        finite, loss = self.local(finite), self.local(loss)
+        # Cross-replica context: one update with the summed, clipped gradients. A non-finite
+        # step (float16 overflow, or a NaN loss) never touches the weights.
+        self.optimizer.apply_if(grads, finite & tf.math.is_finite(loss), self.strategy)
+        self.loss_scale.update(finite)
+        self.step.assign_add(1)
+        return loss, self.local(norm)
+
+    def _train_loop_fn(self, num_steps):
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        norms = tf.TensorArray(tf.float32, size=num_steps)
+        for i in tf.range(num_steps):
+            loss, norm = self.train_step()
+            losses = losses.write(i, loss)
+            norms = norms.write(i, norm)
+        return losses.stack(), norms.stack()
+
+    def skip_batch(self):
+        """Draws (and drops) the batches of one step: a bad step's input, not trained on."""
+        for _ in range(self.accumulation_steps):
+            next(self.iterator)
+
+
+def weight_sums(weights):
+    """The sum of each sample-weight tensor of a batch (one per loss term), as a vector."""
+    return tf.stack([tf.reduce_sum(tf.cast(w, tf.float32)) for w in tf.nest.flatten(weights)])
