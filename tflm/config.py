@@ -24,6 +24,17 @@ import yaml
 from tflm.errors import TflmError
 
 
+# The allowed values of the keys that choose a layer, a model part or a schedule, defined once:
+# the layers and models import them from here, and `validate` checks against them.
+POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+NORMALIZATIONS = ("layer_norm", "rms_norm")
+FINETUNE_MODES = ("full", "feature_extraction", "adapters")
+POOLINGS = ("pooled", "first", "last", "mean")
+DECAYS = ("cosine", "linear", "polynomial", "constant")
+DOCUMENT_SPLITS = ("file", "line", "blank_line", "delimiter")
+
+
 class ConfigError(TflmError, ValueError):
     """A config key or value is invalid; the message names it."""
 
@@ -387,22 +398,16 @@ ARCHITECTURE_KEYS = (
 def validate(config):
     """Checks values that the types alone do not."""
     choices = {
-        "model.position_encoding": (
-            config.model.position_encoding,
-            ("learned", "sinusoidal", "rotary"),
-        ),
-        "model.activation": (config.model.activation, ("relu", "gelu", "gelu_tanh", "swiglu")),
-        "model.normalization": (config.model.normalization, ("layer_norm", "rms_norm")),
+        "model.position_encoding": (config.model.position_encoding, POSITION_ENCODINGS),
+        "model.activation": (config.model.activation, ACTIVATIONS),
+        "model.normalization": (config.model.normalization, NORMALIZATIONS),
         "data.tokenizer": (config.data.tokenizer, ("byte", "wordpiece", "sentencepiece", "byte_bpe")),
         "data.input_format": (config.data.input_format, ("text", "jsonl", "csv", "tfrecord")),
-        "data.document_split": (
-            config.data.document_split,
-            ("file", "line", "blank_line", "delimiter"),
-        ),
+        "data.document_split": (config.data.document_split, DOCUMENT_SPLITS),
         "data.on_bad_record": (config.data.on_bad_record, ("auto", "count", "error")),
-        "model.finetune": (config.model.finetune, ("full", "feature_extraction", "adapters")),
-        "model.pooling": (config.model.pooling, ("", "pooled", "first", "last", "mean")),
-        "trainer.decay": (config.trainer.decay, ("cosine", "linear", "polynomial", "constant")),
+        "model.finetune": (config.model.finetune, FINETUNE_MODES),
+        "model.pooling": (config.model.pooling, ("",) + POOLINGS),
+        "trainer.decay": (config.trainer.decay, DECAYS),
         "runtime.distribution_strategy": (
             config.runtime.distribution_strategy,
             ("one_device", "mirrored", "multi_worker", "tpu"),

@@ -17,12 +17,12 @@ import re
 
 import tensorflow as tf
 
+from tflm.config import DOCUMENT_SPLITS
 from tflm.data.jsonl import extract_string_field
 from tflm.data.text_cleaning import replace_invalid_utf8
 
 AUTOTUNE = tf.data.AUTOTUNE
 INPUT_FORMATS = ("text", "jsonl")
-DOCUMENT_SPLITS = ("file", "line", "blank_line", "delimiter")
 _SEPARATOR = "\x1e"  # ASCII record separator: marks document boundaries inside a file
 # Documents repaired, counted and bounded per op call: one call per document
 # cost ~90 us of tf.data overhead each, more than tokenizing a paragraph.

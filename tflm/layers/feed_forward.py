@@ -3,9 +3,8 @@
 import keras
 from keras import ops
 
+from tflm.config import ACTIVATIONS
 from tflm.layers.layer_utils import build_dense
-
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 
 
 def activate(x, activation):

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tflm.config import NORMALIZATIONS
+
 
 @keras.saving.register_keras_serializable(package="tflm")
 class RMSNormalization(keras.layers.Layer):
@@ -42,9 +44,6 @@ class RMSNormalization(keras.layers.Layer):
         config = super().get_config()
         config.update({"epsilon": self.epsilon})
         return config
-
-
-NORMALIZATIONS = ("layer_norm", "rms_norm")
 
 
 def make_normalization(kind, epsilon, **kwargs):

@@ -3,14 +3,13 @@
 import keras
 from keras import ops
 
+from tflm.config import POSITION_ENCODINGS
 from tflm.layers.layer_utils import clone_initializer
 from tflm.layers.normalization import make_normalization
 from tflm.layers.position_embedding import PositionEmbedding
 from tflm.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
 from tflm.layers.token_embedding import TokenEmbedding
 from tflm.layers.transformer_block import TransformerBlock
-
-POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary")
 
 
 @keras.saving.register_keras_serializable(package="tflm")

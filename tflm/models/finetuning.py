@@ -23,7 +23,7 @@ Example:
 >>> model.compile()
 """
 
-FINETUNE_MODES = ("full", "feature_extraction", "adapters")
+from tflm.config import FINETUNE_MODES
 
 
 def embedding_layers(backbone):

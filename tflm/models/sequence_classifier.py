@@ -3,10 +3,9 @@
 import keras
 from keras import ops
 
+from tflm.config import POOLINGS
 from tflm.layers.layer_utils import clone_initializer
 from tflm.models.task import Task
-
-POOLINGS = ("pooled", "first", "last", "mean")
 
 
 @keras.saving.register_keras_serializable(package="tflm")

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-DECAYS = ("cosine", "linear", "polynomial", "constant")
+from tflm.config import DECAYS
 
 
 @keras.saving.register_keras_serializable(package="tflm")
