@@ -6,6 +6,7 @@ import pytest
 from tflm import config as config_lib
 from tflm.config import ConfigError, parse_overrides, save_experiment
 from tflm.experiment import load_experiment
+from tflm.tasks import task_names
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -21,7 +22,7 @@ def test_there_are_configs():
 def test_every_config_loads_and_validates(path):
     config = load_experiment(str(path))
     assert isinstance(config, config_lib.ExperimentConfig)
-    assert config.model.task in ("causal_lm", "masked_lm", "classification")
+    assert config.model.task in task_names()
     assert config.data.sequence_length <= config.model.max_sequence_length
     assert config.model.hidden_dim % config.model.num_heads == 0
     config_lib.validate(config)

@@ -338,7 +338,7 @@ def _extended_class(extensions):
     unknown = set(extensions) - {name for name, _, _ in sections}
     if unknown:
         raise ValueError(f"No config section {sorted(unknown)}.")
-    return dataclasses.make_dataclass("ExperimentConfig", sections)
+    return dataclasses.make_dataclass("ExperimentConfig", sections, bases=(ExperimentConfig,))
 
 
 def read_experiment(config_file=None, params_override=None, extensions_of=None):
