@@ -15,7 +15,12 @@ Example:
 >>> model = get_task(config).build_model()
 """
 
-from tflm.tasks import causal_lm, classification, masked_lm  # noqa: F401 (registers them)
+from tflm.tasks import (  # noqa: F401 (importing a task module registers it)
+    causal_lm,
+    classification,
+    masked_lm,
+    multi_label_classification,
+)
 from tflm.tasks.base import Task
 from tflm.tasks.pretrained import (
     convert_checkpoint,
