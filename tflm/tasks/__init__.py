@@ -20,6 +20,7 @@ from tflm.tasks import (  # noqa: F401 (importing a task module registers it)
     classification,
     masked_lm,
     multi_label_classification,
+    regression,
 )
 from tflm.tasks.base import Task
 from tflm.tasks.pretrained import (
