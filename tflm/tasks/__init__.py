@@ -21,6 +21,7 @@ from tflm.tasks import (  # noqa: F401 (importing a task module registers it)
     masked_lm,
     multi_label_classification,
     regression,
+    sentence_embedding,
 )
 from tflm.tasks.base import Task
 from tflm.tasks.pretrained import (

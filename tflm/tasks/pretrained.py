@@ -9,6 +9,7 @@ Example:
 >>> init_from_pretrained(classifier, "runs/bert")             # backbone weights copied
 """
 
+import json
 import os
 
 import tensorflow as tf
@@ -53,6 +54,33 @@ def save_pretrained(model, tokenizer, output_dir, extra=None):
     return write_new_run_dir(output_dir, write)
 
 
+def sentence_transformers_modules(directory):
+    """`{"pooling": mode, "normalize": bool}` of a sentence-transformers folder (its
+    modules.json and `1_Pooling/config.json`: "mean", "cls", "max", ...), else None.
+
+    The embedding such a folder defines is its pooling of the transformer's outputs, not
+    BERT's pooler; `convert_checkpoint` records it for the sentence_embedding task.
+    """
+    modules_file = os.path.join(directory, "modules.json")
+    if not os.path.exists(modules_file):
+        return None
+    with open(modules_file) as f:
+        modules = json.load(f)
+    found = {"pooling": None, "normalize": False}
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            with open(os.path.join(directory, module.get("path", ""), "config.json")) as f:
+                pooling = json.load(f)
+            modes = [key[len("pooling_mode_"):] for key, on in pooling.items()
+                     if key.startswith("pooling_mode_") and on is True]
+            found["pooling"] = "+".join(sorted(m.replace("_tokens", "").replace("_token", "")
+                                               for m in modes))
+        elif kind == "Normalize":
+            found["normalize"] = True
+    return found if found["pooling"] else None
+
+
 def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
     """Converts a Hugging Face BERT or GPT-2 checkpoint folder into a tflm model_dir.
 
@@ -62,6 +90,9 @@ def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
     extra = {"source": os.path.abspath(input_dir), "kind": imported.kind,
              "head_loaded": imported.head_loaded, "unused_tensors": imported.unused_tensors,
              "tflm_version": __version__}
+    modules = sentence_transformers_modules(input_dir)
+    if modules:
+        extra["sentence_transformers"] = modules
     save_pretrained(imported.model, imported.tokenizer, output_dir, extra=extra)
     backbone = imported.model.backbone
     print_fn(f"convert_checkpoint: {input_dir} ({imported.kind}, {backbone.num_layers} layers, "
