@@ -413,6 +413,12 @@ def test_converted_sentence_transformers_checkpoint_serves_its_mean_pooling(tmp_
     assert np.abs(served["embedding"].numpy() - expected).max() < 1e-5
     pooler = _normalized(outputs["pooled_output"].numpy().astype(np.float64))
     assert np.abs(pooler - expected).max() > 0.1  # what `encode`'s pooled_output served before
+    # The converted folder itself is a sentence_embedding model_dir: tflm-export serves it.
+    from tflm.experiment import export_model_dir
+
+    exported = tf.saved_model.load(export_model_dir(converted, str(tmp_path / "export")))
+    answer = exported.signatures["encode"](text=tf.constant(texts))
+    assert np.abs(answer["embedding"].numpy() - expected).max() < 1e-5
 
 
 def test_en_zh_retrieval_beats_an_untrained_model(tmp_path, shared_data):

@@ -21,6 +21,9 @@ from tflm.run_dir import RunDir, write_new_run_dir
 from tflm.tasks.registry import build_task, config_keys_of, task_class, task_for_model
 from tflm.version import __version__
 
+# The task a sentence-transformers folder is converted into.
+SENTENCE_EMBEDDING = "sentence_embedding"
+
 
 def experiment_of_model(model, tokenizer):
     """The `ExperimentConfig` that rebuilds `model` (a tflm task model) with `tokenizer`."""
@@ -90,16 +93,25 @@ def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
     extra = {"source": os.path.abspath(input_dir), "kind": imported.kind,
              "head_loaded": imported.head_loaded, "unused_tensors": imported.unused_tensors,
              "tflm_version": __version__}
+    model = imported.model
     modules = sentence_transformers_modules(input_dir)
     if modules:
         extra["sentence_transformers"] = modules
-    save_pretrained(imported.model, imported.tokenizer, output_dir, extra=extra)
+        # The folder defines a sentence embedding (its pooling of the encoder's outputs):
+        # convert it as a sentence_embedding model, whose `encode` serves that embedding.
+        embedder = task_class(SENTENCE_EMBEDDING).from_sentence_transformers(model.backbone,
+                                                                             modules)
+        model = embedder or model
+    save_pretrained(model, imported.tokenizer, output_dir, extra=extra)
     backbone = imported.model.backbone
     print_fn(f"convert_checkpoint: {input_dir} ({imported.kind}, {backbone.num_layers} layers, "
              f"width {backbone.hidden_dim}, {imported.model.count_params():,} parameters, "
              f"{imported.tokenizer.kind} vocabulary of {imported.tokenizer.vocabulary_size}) "
              f"-> {output_dir}")
-    if not imported.head_loaded:
+    if model is not imported.model:
+        print_fn(f"convert_checkpoint: a sentence-transformers model ({modules['pooling']} "
+                 f"pooling): converted as {SENTENCE_EMBEDDING}; `encode` serves its embedding.")
+    elif not imported.head_loaded:
         print_fn("convert_checkpoint: the checkpoint has no masked-LM head; the MaskedLM head "
                  "is freshly initialized (fine for fine-tuning and `encode`, not `fill_mask`).")
     if imported.unused_tensors:

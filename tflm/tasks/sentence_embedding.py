@@ -428,12 +428,6 @@ class SentenceEmbeddingTask(Task):
     @classmethod
     def validate(cls, config):
         model, data = config.model, config.data
-        if data.input_format not in ("jsonl", "csv"):
-            raise ConfigError(f"data.input_format={data.input_format!r}: sentence_embedding "
-                              "reads 'jsonl' or 'csv' files.")
-        if not data.input_path:
-            raise ConfigError("model.task='sentence_embedding' needs data.input_path (JSONL or "
-                              "CSV files).")
         if data.contrastive_mode not in MODES:
             raise ConfigError(f"data.contrastive_mode={data.contrastive_mode!r} is not one of "
                               f"{MODES}.")
@@ -463,8 +457,29 @@ class SentenceEmbeddingTask(Task):
         return SentenceEmbedder(backbone, pooling=model_config.embedding_pooling or "mean",
                                 temperature=model_config.temperature)
 
+    @classmethod
+    def describe_model(cls, model, experiment):
+        experiment.model.embedding_pooling = model.pooling
+        experiment.model.temperature = model.temperature
+
+    @classmethod
+    def from_sentence_transformers(cls, backbone, modules):
+        """The `SentenceEmbedder` a sentence-transformers folder defines (its pooling, see
+        `tflm.tasks.pretrained.sentence_transformers_modules`), or None if tflm does not
+        compute that pooling. tflm's embeddings are always L2-normalised."""
+        pooling = SENTENCE_TRANSFORMERS_POOLINGS.get(modules.get("pooling"))
+        return None if pooling is None else SentenceEmbedder(backbone, pooling=pooling)
+
     def batches(self, tokenizer, batch_size, input_context, stats, training, split):
         config = self.config
+        # Checked where the data is read: a converted checkpoint's model_dir, loaded to
+        # export or to start another task from, has no training data of its own.
+        if config.data.input_format not in ("jsonl", "csv"):
+            raise ConfigError(f"data.input_format={config.data.input_format!r}: "
+                              "sentence_embedding reads 'jsonl' or 'csv' files.")
+        if not config.data.input_path:
+            raise ConfigError("model.task='sentence_embedding' needs data.input_path (JSONL or "
+                              "CSV files).")
         records = pair_records(config, split, stats)
         texts, partners = training_pairs(config, records, split)
         return pair_batches(texts, partners, tokenizer, config.data.sequence_length, batch_size,
