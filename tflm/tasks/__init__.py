@@ -22,6 +22,7 @@ from tflm.tasks import (  # noqa: F401 (importing a task module registers it)
     multi_label_classification,
     regression,
     sentence_embedding,
+    token_classification,
 )
 from tflm.tasks.base import Task
 from tflm.tasks.pretrained import (
