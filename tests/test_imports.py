@@ -33,8 +33,6 @@ LAZY_IMPORTS = {
     # with its native library).
     ("data/vocab_training.py", "tokenizers"),
     ("data/vocab_training.py", "sentencepiece"),
-    # The SentencePiece model's protobuf schema, read only when a tokenizer is loaded.
-    ("data/sentencepiece_tokenizer.py", "sentencepiece"),
 }
 
 

@@ -76,7 +76,9 @@ def _decode(raw, stats):
     return text
 
 
-def _jsonl_records(path, stats, bad):
+def jsonl_records(path, stats, bad):
+    """`(line number, record)` of each JSON object line of `path`; blank lines are counted
+    and skipped, a line that is not a JSON object goes to `bad(path, number, why)`."""
     with tf.io.gfile.GFile(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             line = _decode(raw, stats)
@@ -95,7 +97,9 @@ def _jsonl_records(path, stats, bad):
             yield number, record
 
 
-def _csv_records(path, fields, delimiter, stats, bad):
+def csv_records(path, fields, delimiter, stats, bad):
+    """`(line number, row dict)` of each row of the CSV file `path`, whose header must name
+    every column of `fields`; a bad row goes to `bad(path, number, why)`."""
     with tf.io.gfile.GFile(path, "rb") as f:
         text = _decode(f.read(), stats)
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
@@ -115,6 +119,50 @@ def _csv_records(path, fields, delimiter, stats, bad):
         yield number, row
 
 
+def bad_record_handler(on_bad_record, stats=None):
+    """`bad(path, number, why)` for the readers of labelled files: a `LabelledDataError`
+    naming `path:number` with `on_bad_record="error"`; with `"count"` the record is skipped
+    and counted (`records_missing_field`)."""
+    if on_bad_record not in ("count", "error"):
+        raise ValueError(f"on_bad_record={on_bad_record!r}; expected 'count' or 'error'.")
+
+    def bad(path, number, why):
+        if on_bad_record == "error":
+            raise LabelledDataError(f"{path}:{number}: {why}.")
+        if stats is not None:
+            stats.add("records_missing_field", 1)
+
+    return bad
+
+
+def file_records(files, input_format, fields, csv_delimiter, stats, bad):
+    """`(path, line number, record)` of every JSONL line or CSV row of `files` (a CSV header
+    must name each of `fields` that is set)."""
+    for path in files:
+        if not tf.io.gfile.exists(path):
+            raise MissingFileError(f"Labelled data file {path!r} does not exist.")
+        if input_format == "jsonl":
+            records = jsonl_records(path, stats, bad)
+        else:
+            records = csv_records(path, fields, csv_delimiter, stats, bad)
+        for number, record in records:
+            yield path, number, record
+
+
+def text_value(record, field, path, number, bad, allow_empty=False):
+    """The string in `field` of `record`, or None after `bad(...)` when it is missing, not a
+    string, or (unless `allow_empty`) blank."""
+    value = record.get(field)
+    if not isinstance(value, str):
+        why = "missing" if value is None else f"a {type(value).__name__}, not a string"
+        bad(path, number, f"the text field {field!r} is {why}")
+        return None
+    if not allow_empty and not value.strip():
+        bad(path, number, f"the text field {field!r} is empty")
+        return None
+    return value
+
+
 def read_labelled(files, input_format="jsonl", text_field="text", label_field="label",
                   text_pair_field="", csv_delimiter=",", on_bad_record="error", stats=None):
     """Reads labelled records from JSONL or CSV files (CSV: the first row names the columns).
@@ -132,48 +180,32 @@ def read_labelled(files, input_format="jsonl", text_field="text", label_field="l
     if input_format not in LABELLED_FORMATS:
         raise LabelledDataError(f"data.input_format={input_format!r}: labelled data is read from "
                                 f"{' or '.join(LABELLED_FORMATS)} files.")
-    if on_bad_record not in ("count", "error"):
-        raise ValueError(f"on_bad_record={on_bad_record!r}; expected 'count' or 'error'.")
+    bad = bad_record_handler(on_bad_record, stats)
     texts, pairs, labels, locations = [], [], [], []
-
-    def bad(path, number, why):
-        if on_bad_record == "error":
-            raise LabelledDataError(f"{path}:{number}: {why}.")
-        if stats is not None:
-            stats.add("records_missing_field", 1)
-
     fields = (text_field, text_pair_field, label_field)
-    for path in files:
-        if not tf.io.gfile.exists(path):
-            raise MissingFileError(f"Labelled data file {path!r} does not exist.")
-        if input_format == "jsonl":
-            records = _jsonl_records(path, stats, bad)
+    for path, number, record in file_records(files, input_format, fields, csv_delimiter, stats,
+                                             bad):
+        values = []
+        for field in (text_field, text_pair_field):
+            if not field:
+                continue
+            value = text_value(record, field, path, number, bad, allow_empty=True)
+            if value is None:
+                break
+            values.append(value)
         else:
-            records = _csv_records(path, fields, csv_delimiter, stats, bad)
-        for number, record in records:
-            values = []
-            for field in (text_field, text_pair_field):
-                if not field:
-                    continue
-                value = record.get(field)
-                if not isinstance(value, str):
-                    why = "missing" if value is None else f"a {type(value).__name__}, not a string"
-                    bad(path, number, f"the text field {field!r} is {why}")
-                    break
-                values.append(value)
-            else:
-                label = record.get(label_field)
-                if label is None or label == "" or isinstance(label, (list, dict)):
-                    bad(path, number, f"the label field {label_field!r} is "
-                                      f"{'missing' if label in (None, '') else 'not a scalar'}")
-                    continue
-                if stats is not None:
-                    stats.add("documents", 1)
-                texts.append(values[0])
-                if text_pair_field:
-                    pairs.append(values[1])
-                labels.append(_label_name(label).strip())
-                locations.append(f"{path}:{number}")
+            label = record.get(label_field)
+            if label is None or label == "" or isinstance(label, (list, dict)):
+                bad(path, number, f"the label field {label_field!r} is "
+                                  f"{'missing' if label in (None, '') else 'not a scalar'}")
+                continue
+            if stats is not None:
+                stats.add("documents", 1)
+            texts.append(values[0])
+            if text_pair_field:
+                pairs.append(values[1])
+            labels.append(_label_name(label).strip())
+            locations.append(f"{path}:{number}")
     return LabelledRecords(texts, pairs if text_pair_field else None, labels, locations)
 
 
@@ -289,28 +321,19 @@ def encode_token_ids(tokenizer, first, second=None, sequence_length=128, causal=
     return features, truncated
 
 
-def classification_batches(texts, labels, tokenizer, sequence_length, batch_size, pairs=None,
-                           causal=False, training=True, seed=0, input_context=None,
-                           with_weights=True, stats=None):
-    """Batches of `(features, label ids, weights)` from in-memory texts and label ids.
+def record_index_batches(count, batch_size, training=True, seed=0, input_context=None):
+    """Batches of record indices, the order every labelled pipeline reads its records in:
+    `(index, real)` with `index` int64 `(batch_size,)` and `real` its number of real rows.
 
-    Training: endless, reshuffled every epoch over the whole set (labelled
-    files are often sorted by label, so a bounded shuffle buffer would give
-    one-label batches), static shapes. Evaluation: one pass, in an order
-    fixed by `seed` (so that the first batches, when evaluation stops early,
-    are a fair sample of a file sorted by label); the final batch is padded
-    to `batch_size` with weight-0 rows, so shapes stay static and split
-    evenly between replicas.
-
-    Records are split between input pipelines (`input_context`) by index.
-    The shuffle runs over indices, so a checkpointed iterator stores integers,
-    not texts. `stats` (an `InputStats`) counts the tokens of the real rows
-    (special tokens included, padding and the weight-0 rows not).
+    Training: endless, reshuffled every epoch over the whole set (labelled files are often
+    sorted by label, so a bounded shuffle buffer would give one-label batches), full batches.
+    Evaluation: one pass, in an order fixed by `seed` (so that the first batches, when
+    evaluation stops early, are a fair sample of a file sorted by label); the final batch is
+    padded with index 0, its rows past `real` to be given weight 0, so shapes stay static and
+    split evenly between replicas. Records are split between input pipelines
+    (`input_context`) by index; the shuffle runs over indices, so a checkpointed iterator
+    stores integers, not texts.
     """
-    texts = tf.constant(list(texts), tf.string)
-    labels = tf.constant(np.asarray(labels, np.int32))
-    pair_values = None if pairs is None else tf.constant(list(pairs), tf.string)
-    count = int(texts.shape[0])
     if training:
         indices = tf.data.Dataset.range(count)
     else:
@@ -320,13 +343,38 @@ def classification_batches(texts, labels, tokenizer, sequence_length, batch_size
         indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
         indices = indices.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True).repeat()
-    batches = indices.batch(batch_size, drop_remainder=training)
 
-    def encode(index):
+    def pad(index):
         real = tf.size(index)
-        missing = batch_size - real
-        index = tf.concat([index, tf.zeros([missing], tf.int64)], axis=0)
-        weights = tf.concat([tf.ones([real]), tf.zeros([missing])], axis=0)
+        return tf.concat([index, tf.zeros([batch_size - real], tf.int64)], axis=0), real
+
+    return indices.batch(batch_size, drop_remainder=training).map(pad)
+
+
+def finish_labelled_batches(batches):
+    """The last stage of a labelled pipeline: prefetch, and leave the tokenizer's tables out
+    of the data position (resources whose contents never change: a checkpointed iterator
+    need not, and cannot, save them)."""
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return batches.with_options(options).prefetch(AUTOTUNE)
+
+
+def classification_batches(texts, labels, tokenizer, sequence_length, batch_size, pairs=None,
+                           causal=False, training=True, seed=0, input_context=None,
+                           with_weights=True, stats=None):
+    """Batches of `(features, label ids, weights)` from in-memory texts and label ids, in
+    the order of `record_index_batches` (the final evaluation batch padded with weight-0
+    rows). `stats` (an `InputStats`) counts the tokens of the real rows (special tokens
+    included, padding and the weight-0 rows not).
+    """
+    texts = tf.constant(list(texts), tf.string)
+    labels = tf.constant(np.asarray(labels, np.int32))
+    pair_values = None if pairs is None else tf.constant(list(pairs), tf.string)
+    batches = record_index_batches(int(texts.shape[0]), batch_size, training, seed, input_context)
+
+    def encode(index, real):
+        weights = tf.sequence_mask(real, batch_size, tf.float32)
         row_texts = tf.gather(texts, index)
         row_pairs = None if pair_values is None else tf.gather(pair_values, index)
         features, _ = encode_classification(tokenizer, row_texts, row_pairs, sequence_length,
@@ -341,12 +389,8 @@ def classification_batches(texts, labels, tokenizer, sequence_length, batch_size
             return features, row_labels, tf.ensure_shape(weights, [batch_size])
         return features, row_labels
 
-    batches = batches.map(encode, num_parallel_calls=AUTOTUNE, deterministic=True)
-    # Tokenizer tables (e.g. byte-level BPE merges) are resources whose contents never
-    # change: a checkpointed iterator (the data position) need not, and cannot, save them.
-    options = tf.data.Options()
-    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-    return batches.with_options(options).prefetch(AUTOTUNE)
+    return finish_labelled_batches(
+        batches.map(encode, num_parallel_calls=AUTOTUNE, deterministic=True))
 
 
 def classification_dataset(texts, labels, tokenizer, sequence_length, batch_size, seed=0,
@@ -385,24 +429,37 @@ def split_records(records, every_nth, split):
 
 
 # -- From an experiment config. ----------------------------------------------------------------
+def records_of_split(config, split, read, what="labelled records"):
+    """The records of a split of `config.data`, for any task that reads labelled files.
+
+    `read(files, on_bad_record)` reads the split's files (see
+    `tflm.data.pipeline.split_source`), raising or counting bad records as
+    `data.on_bad_record` says, and returns records with `len` and `select`; then every
+    `data.eval_every_nth_document`-th good record is held out (`split_records`).
+
+    Raises:
+        LabelledDataError: no records at all for the split (naming the files).
+    """
+    data = config.data
+    path, every_nth = split_source(data, split)
+    files = resolve_files(path)
+    records = split_records(read(files, labelled_on_bad_record(data)), every_nth, split)
+    if not len(records):
+        raise LabelledDataError(f"{', '.join(files)}: no {what} for the {split} split (text "
+                                f"field {data.text_field!r}, label field {data.label_field!r}).")
+    return records
+
+
 def labelled_records(config, split="train", stats=None):
-    """The labelled records of a split of `config.data` (see `tflm.data.pipeline.split_source`).
+    """The labelled records of a split of `config.data` (see `records_of_split`).
 
     Raises:
         LabelledDataError: a bad record (file:line), or no records at all (naming the files).
     """
     data = config.data
-    path, every_nth = split_source(data, split)
-    files = resolve_files(path)
-    records = read_labelled(files, data.input_format, data.text_field, data.label_field,
-                            data.text_pair_field, data.csv_delimiter,
-                            labelled_on_bad_record(data), stats)
-    records = split_records(records, every_nth, split)
-    if not len(records):
-        raise LabelledDataError(f"{', '.join(files)}: no labelled records for the {split} split "
-                                f"(text field {data.text_field!r}, label field "
-                                f"{data.label_field!r}).")
-    return records
+    return records_of_split(config, split, lambda files, on_bad_record: read_labelled(
+        files, data.input_format, data.text_field, data.label_field, data.text_pair_field,
+        data.csv_delimiter, on_bad_record, stats))
 
 
 def resolve_label_names(config):

@@ -15,6 +15,7 @@ byte-fallback models differently from the library, so it is not used.)
 
 import tensorflow as tf
 import tensorflow_text as tf_text
+from sentencepiece import sentencepiece_model_pb2
 
 from tflm.data import tokenizer_utils
 from tflm.data.text_cleaning import TextCleaner, is_cjk_character
@@ -35,8 +36,6 @@ def read_model(path):
 
 def parse_model(model_proto, source):
     """The `ModelProto` of serialized model bytes; a clear error when they are not one."""
-    from sentencepiece import sentencepiece_model_pb2
-
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(model_proto)

@@ -132,8 +132,7 @@ def train_wordpiece(inputs, vocab_size, output_dir, lowercase=True, nfkc=True, s
     Special tokens take ids 0.. in the order given (`[PAD]` = 0).
     Returns the `WordPieceTokenizer`.
     """
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
 
     special_tokens = list(special_tokens)
     _check_vocab_size(vocab_size, len(special_tokens) + 1,

@@ -46,12 +46,13 @@ def _valid_utf8(text):
     return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
 
 
-def _unless_empty(count, compute, empty):
+def unless_empty(count, compute, empty):
     """`compute()`, or `empty()` (the same outputs with no rows) when the batch has no rows."""
     return tf.cond(count > 0, compute, empty)
 
 
-def _check(condition, message):
+def check_input(condition, message):
+    """Fails the request with `message` (an InvalidArgument TF Serving returns) unless true."""
     tf.debugging.assert_equal(condition, True, message=message)
 
 
@@ -104,9 +105,9 @@ class CausalLMServing(tf.Module):
         return ids, mask, positions, keys
 
     def _prompts(self, prompts, max_new_tokens):
-        _check(max_new_tokens >= 1, "max_new_tokens must be at least 1")
-        _check(max_new_tokens < self.max_length,
-               f"max_new_tokens must be below the number of positions ({self.max_length})")
+        check_input(max_new_tokens >= 1, "max_new_tokens must be at least 1")
+        check_input(max_new_tokens < self.max_length,
+                    f"max_new_tokens must be below the number of positions ({self.max_length})")
         ids = self.tokenizer.tokenize(prompts)
         # An empty prompt starts from the end-of-text token, as GPT-2 does.
         empty = tf.equal(ids.row_lengths(), 0)
@@ -130,10 +131,10 @@ class CausalLMServing(tf.Module):
     @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, tf.TensorSpec([], tf.int64)])
     def generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
         """Continues each prompt (greedy at temperature 0; else sampled, reproducibly per seed)."""
-        _check((temperature >= 0.0) & tf.math.is_finite(temperature),
-               "temperature must be finite and >= 0 (0 is greedy)")
-        _check(top_k >= 0, "top_k must be >= 0 (0 is no limit)")
-        _check((top_p > 0.0) & (top_p <= 1.0), "top_p must be in (0, 1]")
+        check_input((temperature >= 0.0) & tf.math.is_finite(temperature),
+                    "temperature must be finite and >= 0 (0 is greedy)")
+        check_input(top_k >= 0, "top_k must be >= 0 (0 is no limit)")
+        check_input((top_p > 0.0) & (top_p <= 1.0), "top_p must be in (0, 1]")
         ids, truncated = self._prompts(prompts, max_new_tokens)
 
         def decode():
@@ -141,13 +142,13 @@ class CausalLMServing(tf.Module):
                                            top_k, top_p, seed)
             return self._finish(tokens, lengths, truncated)
 
-        return _unless_empty(tf.size(prompts), decode, self._no_rows)
+        return unless_empty(tf.size(prompts), decode, self._no_rows)
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT])
     def beam_search(self, prompts, max_new_tokens, length_penalty):
         """The most likely continuation over `num_beams` beams (fixed at export)."""
-        _check((length_penalty >= 0.0) & tf.math.is_finite(length_penalty),
-               "length_penalty must be finite and >= 0")
+        check_input((length_penalty >= 0.0) & tf.math.is_finite(length_penalty),
+                    "length_penalty must be finite and >= 0")
         ids, truncated = self._prompts(prompts, max_new_tokens)
 
         def decode():
@@ -155,7 +156,7 @@ class CausalLMServing(tf.Module):
                                                 length_penalty)
             return self._finish(tokens, lengths, truncated)
 
-        return _unless_empty(tf.size(prompts), decode, self._no_rows)
+        return unless_empty(tf.size(prompts), decode, self._no_rows)
 
     @tf.function(input_signature=[STRINGS])
     def score(self, text):
@@ -196,8 +197,8 @@ class MaskedLMServing(tf.Module):
     @tf.function(input_signature=[STRINGS, INT])
     def fill_mask(self, text, top_k):
         """The `top_k` likeliest tokens for the first "[MASK]" of each text, with probabilities."""
-        _check(top_k >= 1, "top_k must be at least 1")
-        _check(top_k <= self.model.backbone.vocabulary_size, "top_k exceeds the vocabulary")
+        check_input(top_k >= 1, "top_k must be at least 1")
+        check_input(top_k <= self.model.backbone.vocabulary_size, "top_k exceeds the vocabulary")
         # "[MASK]" in the text is the mask token, not characters to tokenize.
         parts = tf.strings.split(text, "[MASK]")
         pieces = self.tokenizer.tokenize(parts.flat_values)
@@ -227,7 +228,7 @@ class MaskedLMServing(tf.Module):
         def nothing():
             return tf.zeros([0, top_k], tf.string), tf.zeros([0, top_k], tf.float32)
 
-        words, scores = _unless_empty(tf.size(text), predict, nothing)
+        words, scores = unless_empty(tf.size(text), predict, nothing)
         # has_mask is False also when truncation cut the text before its first "[MASK]".
         return {"tokens": words, "scores": scores, "has_mask": has_mask, "truncated": truncated}
 
@@ -249,7 +250,7 @@ class MaskedLMServing(tf.Module):
         def nothing():
             return tf.zeros([0, width]), tf.zeros([0, tf.shape(features["token_ids"])[1], width])
 
-        pooled, sequence = _unless_empty(tf.size(text), embed, nothing)
+        pooled, sequence = unless_empty(tf.size(text), embed, nothing)
         return {"pooled_output": pooled, "sequence_output": sequence,
                 "padding_mask": features["padding_mask"], "truncated": truncated}
 
@@ -289,7 +290,7 @@ class ClassifierServing(tf.Module):
                                                     self.max_length, self.causal,
                                                     pad_to_length=False)
         classes = self.model.num_classes
-        probabilities = _unless_empty(
+        probabilities = unless_empty(
             tf.size(text),
             lambda: tf.nn.softmax(tf.cast(self.model(features, training=False), tf.float32)),
             lambda: tf.zeros([0, classes]))
@@ -305,8 +306,8 @@ class ClassifierServing(tf.Module):
     @tf.function(input_signature=[STRINGS, STRINGS])
     def classify_pairs(self, text, text_pair):
         """The same for pairs of texts (`[CLS] text [SEP] text_pair [SEP]`)."""
-        _check(tf.equal(tf.size(text), tf.size(text_pair)),
-               "text and text_pair must have the same number of rows")
+        check_input(tf.equal(tf.size(text), tf.size(text_pair)),
+                    "text and text_pair must have the same number of rows")
         return self._classify(text, text_pair)
 
     def signatures(self):

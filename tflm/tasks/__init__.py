@@ -1,8 +1,12 @@
 """Tasks: one module per task, registered by name (`model.task`).
 
-    causal_lm        next-token prediction (GPT)                      tasks/causal_lm.py
-    masked_lm        masked-token prediction (BERT)                   tasks/masked_lm.py
-    classification   a label per text or text pair                   tasks/classification.py
+    causal_lm                    next-token prediction (GPT)
+    masked_lm                    masked-token prediction, next-sentence prediction (BERT)
+    classification               a label per text or text pair, class weights
+    multi_label_classification   any labels per text, thresholds per label
+    regression                   a number per text
+    token_classification         BIO tags per character (NER), entity-level F1
+    sentence_embedding           contrastive embeddings, retrieval recall
 
 A task owns its config checks, model, input pipeline, loss, evaluation report and serving
 signatures (`tflm.tasks.base.Task`); the trainer, `tflm-eval` and `tflm-export` ask the

@@ -49,21 +49,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tflm.config import ConfigError, labelled_on_bad_record, read_experiment
+from tflm.config import ConfigError, read_experiment
 from tflm.data.classification import (
     LabelledDataError,
     LabelledRecords,
-    _csv_records,
-    _jsonl_records,
+    bad_record_handler,
     classification_batches,
     encode_classification,
+    file_records,
     label_names_of,
-    split_records,
+    records_of_split,
+    text_value,
 )
-from tflm.data.corpus import resolve_files
-from tflm.data.pipeline import split_source
-from tflm.errors import MissingFileError
-from tflm.export.serving import STRINGS, _unless_empty
+from tflm.export.serving import STRINGS, unless_empty
 from tflm.models.losses import WeightedSumLoss
 from tflm.models.sequence_classifier import SequenceClassifier
 from tflm.tasks.base import Task
@@ -111,50 +109,33 @@ def read_multi_labelled(files, input_format="jsonl", text_field="text", label_fi
                                 "from jsonl or csv files.")
     known = None if label_names is None else set(label_names)
     texts, labels, locations = [], [], []
-
-    def bad(path, number, why):
-        if on_bad_record == "error":
-            raise LabelledDataError(f"{path}:{number}: {why}.")
+    bad = bad_record_handler(on_bad_record, stats)
+    for path, number, record in file_records(files, input_format, (text_field, label_field),
+                                             csv_delimiter, stats, bad):
+        text = text_value(record, text_field, path, number, bad)
+        if text is None:
+            continue
+        value = record.get(label_field)
+        if input_format == "csv" and isinstance(value, str):
+            value = [v for v in value.split(label_separator) if v.strip()]
+        if value is None:
+            bad(path, number, f"the label field {label_field!r} is missing")
+            continue
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            bad(path, number, f"the label field {label_field!r} is not a list of label "
+                              f"names: {value!r}")
+            continue
+        names = tuple(sorted({v.strip() for v in value}))
+        unknown = [n for n in names if known is not None and n not in known]
+        if unknown:
+            bad(path, number, f"unknown label {unknown[0]!r}; the model knows "
+                              f"{list(label_names)}")
+            continue
         if stats is not None:
-            stats.add("records_missing_field", 1)
-
-    for path in files:
-        if not tf.io.gfile.exists(path):
-            raise MissingFileError(f"Labelled data file {path!r} does not exist.")
-        if input_format == "jsonl":
-            records = _jsonl_records(path, stats, bad)
-        else:
-            records = _csv_records(path, (text_field, label_field), csv_delimiter, stats, bad)
-        for number, record in records:
-            text = record.get(text_field)
-            if not isinstance(text, str):
-                why = "missing" if text is None else f"a {type(text).__name__}, not a string"
-                bad(path, number, f"the text field {text_field!r} is {why}")
-                continue
-            if not text.strip():
-                bad(path, number, f"the text field {text_field!r} is empty")
-                continue
-            value = record.get(label_field)
-            if input_format == "csv" and isinstance(value, str):
-                value = [v for v in value.split(label_separator) if v.strip()]
-            if value is None:
-                bad(path, number, f"the label field {label_field!r} is missing")
-                continue
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                bad(path, number, f"the label field {label_field!r} is not a list of label "
-                                  f"names: {value!r}")
-                continue
-            names = tuple(sorted({v.strip() for v in value}))
-            unknown = [n for n in names if known is not None and n not in known]
-            if unknown:
-                bad(path, number, f"unknown label {unknown[0]!r}; the model knows "
-                                  f"{list(label_names)}")
-                continue
-            if stats is not None:
-                stats.add("documents", 1)
-            texts.append(text)
-            labels.append(names)
-            locations.append(f"{path}:{number}")
+            stats.add("documents", 1)
+        texts.append(text)
+        labels.append(names)
+        locations.append(f"{path}:{number}")
     return LabelledRecords(texts, None, labels, locations)
 
 
@@ -162,17 +143,9 @@ def multi_label_records(config, split="train", label_names=None, stats=None):
     """The records of a split of `config.data` (held out as `tflm.data.pipeline.split_source`
     says); `label_names`: the known labels (None: any)."""
     data = config.data
-    path, every_nth = split_source(data, split)
-    files = resolve_files(path)
-    records = read_multi_labelled(files, data.input_format, data.text_field, data.label_field,
-                                  data.csv_delimiter, data.label_separator, label_names,
-                                  labelled_on_bad_record(data), stats)
-    records = split_records(records, every_nth, split)
-    if not len(records):
-        raise LabelledDataError(f"{', '.join(files)}: no labelled records for the {split} split "
-                                f"(text field {data.text_field!r}, label field "
-                                f"{data.label_field!r}).")
-    return records
+    return records_of_split(config, split, lambda files, on_bad_record: read_multi_labelled(
+        files, data.input_format, data.text_field, data.label_field, data.csv_delimiter,
+        data.label_separator, label_names, on_bad_record, stats))
 
 
 def multi_hot(labels, label_names):
@@ -358,7 +331,7 @@ class MultiLabelServing(tf.Module):
         features, truncated = encode_classification(self.tokenizer, text, None, self.max_length,
                                                     self.causal, pad_to_length=False)
         count = self.model.num_classes
-        probabilities = _unless_empty(
+        probabilities = unless_empty(
             tf.size(text),
             lambda: tf.sigmoid(tf.cast(self.model(features, training=False), tf.float32)),
             lambda: tf.zeros([0, count]))

@@ -50,18 +50,16 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tflm.config import ConfigError, labelled_on_bad_record
+from tflm.config import ConfigError
 from tflm.data.classification import (
     LabelledDataError,
     LabelledRecords,
     classification_batches,
     encode_classification,
     read_labelled,
-    split_records,
+    records_of_split,
 )
-from tflm.data.corpus import resolve_files
-from tflm.data.pipeline import split_source
-from tflm.export.serving import STRINGS, _check, _unless_empty
+from tflm.export.serving import STRINGS, check_input, unless_empty
 from tflm.layers.layer_utils import clone_initializer
 from tflm.models.losses import WeightedSumLoss
 from tflm.models.sequence_classifier import POOLINGS, SequenceClassifier
@@ -246,18 +244,13 @@ def regression_records(config, split="train", stats=None):
     split is every n-th good record, as for classification.
     """
     data = config.data
-    path, every_nth = split_source(data, split)
-    files = resolve_files(path)
-    on_bad_record = labelled_on_bad_record(data)
-    records = read_labelled(files, data.input_format, data.text_field, data.label_field,
-                            data.text_pair_field, data.csv_delimiter, on_bad_record, stats)
-    records = numeric_targets(records, data.label_field, on_bad_record, stats)
-    records = split_records(records, every_nth, split)
-    if not len(records):
-        raise LabelledDataError(f"{', '.join(files)}: no records with a numeric target for the "
-                                f"{split} split (text field {data.text_field!r}, target field "
-                                f"{data.label_field!r}).")
-    return records
+
+    def read(files, on_bad_record):
+        records = read_labelled(files, data.input_format, data.text_field, data.label_field,
+                                data.text_pair_field, data.csv_delimiter, on_bad_record, stats)
+        return numeric_targets(records, data.label_field, on_bad_record, stats)
+
+    return records_of_split(config, split, read, what="records with a numeric target")
 
 
 def regression_batches(records, tokenizer, sequence_length, batch_size, causal=False,
@@ -371,7 +364,7 @@ class RegressorServing(tf.Module):
         features, truncated = encode_classification(self.tokenizer, text, text_pair,
                                                     self.max_length, self.causal,
                                                     pad_to_length=False)
-        value = _unless_empty(
+        value = unless_empty(
             tf.size(text),
             lambda: tf.cast(self.model(features, training=False), tf.float32),
             lambda: tf.zeros([0], tf.float32))
@@ -385,8 +378,8 @@ class RegressorServing(tf.Module):
     @tf.function(input_signature=[STRINGS, STRINGS])
     def predict_pairs(self, text, text_pair):
         """The same for pairs of texts (`[CLS] text [SEP] text_pair [SEP]`)."""
-        _check(tf.equal(tf.size(text), tf.size(text_pair)),
-               "text and text_pair must have the same number of rows")
+        check_input(tf.equal(tf.size(text), tf.size(text_pair)),
+                    "text and text_pair must have the same number of rows")
         return self._predict(text, text_pair)
 
     def signatures(self):

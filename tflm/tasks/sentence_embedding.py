@@ -44,19 +44,19 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tflm.config import ConfigError, labelled_on_bad_record
+from tflm.config import ConfigError
 from tflm.data.classification import (
     LabelledDataError,
     LabelledRecords,
-    _csv_records,
-    _jsonl_records,
+    bad_record_handler,
     encode_classification,
-    split_records,
+    file_records,
+    finish_labelled_batches,
+    record_index_batches,
+    records_of_split,
+    text_value,
 )
-from tflm.data.corpus import resolve_files
-from tflm.data.pipeline import split_source
-from tflm.errors import MissingFileError
-from tflm.export.serving import STRINGS, _unless_empty
+from tflm.export.serving import STRINGS, unless_empty
 from tflm.models.losses import WeightedSumLoss
 from tflm.models.task import Task as TaskModel
 from tflm.tasks.base import Task
@@ -274,40 +274,21 @@ def read_text_pairs(files, input_format="jsonl", text_field="text", text_pair_fi
         raise LabelledDataError(f"data.input_format={input_format!r}: sentence_embedding reads "
                                 "'jsonl' or 'csv' files.")
     texts, pairs, locations = [], [], []
-
-    def bad(path, number, why):
-        if on_bad_record == "error":
-            raise LabelledDataError(f"{path}:{number}: {why}.")
-        if stats is not None:
-            stats.add("records_missing_field", 1)
-
+    bad = bad_record_handler(on_bad_record, stats)
     fields = [f for f in (text_field, text_pair_field) if f]
-    for path in files:
-        if not tf.io.gfile.exists(path):
-            raise MissingFileError(f"Data file {path!r} does not exist.")
-        if input_format == "jsonl":
-            records = _jsonl_records(path, stats, bad)
-        else:
-            records = _csv_records(path, fields, csv_delimiter, stats, bad)
-        for number, record in records:
-            values = []
-            for field in fields:
-                value = record.get(field)
-                if not isinstance(value, str):
-                    why = "missing" if value is None else f"a {type(value).__name__}, not a string"
-                    bad(path, number, f"the text field {field!r} is {why}")
-                    break
-                if not value.strip():
-                    bad(path, number, f"the text field {field!r} is empty")
-                    break
-                values.append(value)
-            else:
-                if stats is not None:
-                    stats.add("documents", 1)
-                texts.append(values[0])
-                if text_pair_field:
-                    pairs.append(values[1])
-                locations.append(f"{path}:{number}")
+    for path, number, record in file_records(files, input_format, fields, csv_delimiter, stats,
+                                             bad):
+        values = [text_value(record, field, path, number, bad) for field in fields[:1]]
+        if values[0] is not None and text_pair_field:
+            values.append(text_value(record, text_pair_field, path, number, bad))
+        if None in values:
+            continue
+        if stats is not None:
+            stats.add("documents", 1)
+        texts.append(values[0])
+        if text_pair_field:
+            pairs.append(values[1])
+        locations.append(f"{path}:{number}")
     return LabelledRecords(texts, pairs if text_pair_field else None, [""] * len(texts),
                            locations)
 
@@ -315,15 +296,9 @@ def read_text_pairs(files, input_format="jsonl", text_field="text", text_pair_fi
 def pair_records(config, split="train", stats=None):
     """The records of a split of `config.data` (every n-th held out, as classification)."""
     data = config.data
-    path, every_nth = split_source(data, split)
-    files = resolve_files(path)
-    records = read_text_pairs(files, data.input_format, data.text_field, data.text_pair_field,
-                              data.csv_delimiter, labelled_on_bad_record(data), stats)
-    records = split_records(records, every_nth, split)
-    if not len(records):
-        raise LabelledDataError(f"{', '.join(files)}: no records for the {split} split (text "
-                                f"field {data.text_field!r}).")
-    return records
+    return records_of_split(config, split, lambda files, on_bad_record: read_text_pairs(
+        files, data.input_format, data.text_field, data.text_pair_field, data.csv_delimiter,
+        on_bad_record, stats), what="records")
 
 
 def training_pairs(config, records, split):
@@ -341,36 +316,21 @@ def pair_batches(texts, partners, tokenizer, sequence_length, batch_size, causal
     """Batches of `(features, row indices, weights)` for `SentenceEmbedder`.
 
     `features` holds both sides (`token_ids`, ..., `pair_token_ids`, ...), each a
-    `[CLS] text [SEP]` row (`encode_classification`, as `encode` serves). Training:
-    endless, reshuffled every epoch, static shapes. Evaluation: one pass in an order
-    fixed by `seed`, the final batch padded with weight-0 rows. Records are split
-    between input pipelines by index; the shuffle runs over indices, so a checkpointed
-    iterator stores integers.
+    `[CLS] text [SEP]` row (`encode_classification`, as `encode` serves), in the order of
+    `tflm.data.classification.record_index_batches` (the final evaluation batch padded
+    with weight-0 rows).
     """
     same = partners is texts
     texts = tf.constant(list(texts), tf.string)
     partner_values = texts if same else tf.constant(list(partners), tf.string)
-    count = int(texts.shape[0])
-    if training:
-        indices = tf.data.Dataset.range(count)
-    else:
-        order = np.random.default_rng(seed).permutation(count)
-        indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if training:
-        indices = indices.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True).repeat()
-    batches = indices.batch(batch_size, drop_remainder=training)
+    batches = record_index_batches(int(texts.shape[0]), batch_size, training, seed, input_context)
 
     def encode_side(values):
         features, _ = encode_classification(tokenizer, values, None, sequence_length, causal)
         return {k: tf.ensure_shape(v, [batch_size, sequence_length]) for k, v in features.items()}
 
-    def encode(index):
-        real = tf.size(index)
-        missing = batch_size - real
-        index = tf.concat([index, tf.zeros([missing], tf.int64)], axis=0)
-        weights = tf.concat([tf.ones([real]), tf.zeros([missing])], axis=0)
+    def encode(index, real):
+        weights = tf.sequence_mask(real, batch_size, tf.float32)
         features = encode_side(tf.gather(texts, index))
         # Unsupervised: the same rows twice; the views differ by dropout only.
         second = features if same else encode_side(tf.gather(partner_values, index))
@@ -381,10 +341,8 @@ def pair_batches(texts, partners, tokenizer, sequence_length, batch_size, causal
         return features, tf.range(batch_size, dtype=tf.int32), tf.ensure_shape(weights,
                                                                                  [batch_size])
 
-    batches = batches.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    options = tf.data.Options()  # tokenizer tables need not be saved with the data position
-    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return finish_labelled_batches(
+        batches.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 # -- Evaluation. -------------------------------------------------------------------------------
@@ -532,7 +490,7 @@ class SentenceEmbeddingServing(tf.Module):
         features, truncated = encode_classification(self.tokenizer, text, None, self.max_length,
                                                     self.causal, pad_to_length=False)
         width = self.model.backbone.hidden_dim
-        embedding = _unless_empty(tf.size(text),
+        embedding = unless_empty(tf.size(text),
                                   lambda: self.model.embed(features, training=False),
                                   lambda: tf.zeros([0, width]))
         return {"embedding": embedding, "truncated": truncated}

@@ -42,11 +42,17 @@ from keras import ops
 
 from tflm.config import TOKENIZER_ALIASES, ConfigError, labelled_on_bad_record
 from tflm.data.byte_tokenizer import ByteTokenizer
-from tflm.data.classification import LabelledDataError, _jsonl_records
-from tflm.data.corpus import resolve_files
-from tflm.data.pipeline import split_source
+from tflm.data.classification import (
+    LabelledDataError,
+    bad_record_handler,
+    finish_labelled_batches,
+    jsonl_records,
+    record_index_batches,
+    records_of_split,
+    text_value,
+)
 from tflm.errors import MissingFileError
-from tflm.export.serving import STRINGS, _unless_empty
+from tflm.export.serving import STRINGS, unless_empty
 from tflm.layers.layer_utils import clone_initializer
 from tflm.models.task import Task as TaskModel
 from tflm.tasks.base import Task
@@ -126,27 +132,14 @@ def read_entity_records(files, text_field="text", entities_field="entities",
     Returns:
         `EntityRecords` (spans sorted by start, types stripped).
     """
-    if on_bad_record not in ("count", "error"):
-        raise ValueError(f"on_bad_record={on_bad_record!r}; expected 'count' or 'error'.")
-
-    def bad(path, number, why):
-        if on_bad_record == "error":
-            raise LabelledDataError(f"{path}:{number}: {why}.")
-        if stats is not None:
-            stats.add("records_missing_field", 1)
-
+    bad = bad_record_handler(on_bad_record, stats)
     texts, entities, locations = [], [], []
     for path in files:
         if not tf.io.gfile.exists(path):
             raise MissingFileError(f"Labelled data file {path!r} does not exist.")
-        for number, record in _jsonl_records(path, stats, bad):
-            text = record.get(text_field)
-            if not isinstance(text, str):
-                why = "missing" if text is None else f"a {type(text).__name__}, not a string"
-                bad(path, number, f"the text field {text_field!r} is {why}")
-                continue
-            if not text.strip():
-                bad(path, number, f"the text field {text_field!r} is empty")
+        for number, record in jsonl_records(path, stats, bad):
+            text = text_value(record, text_field, path, number, bad)
+            if text is None:
                 continue
             try:
                 text.encode("utf-8")
@@ -205,28 +198,11 @@ def character_tags(records, entity_types, on_bad_record="error", stats=None):
     return texts, tags
 
 
-def split_records(records, every_nth, split):
-    """Every `every_nth`-th record (from the first) is held out for `split="eval"` (as the
-    classification task splits); `every_nth=0`: all are training data."""
-    if not every_nth:
-        return records
-    keep = [i for i in range(len(records)) if (i % every_nth == 0) == (split == "eval")]
-    return records.select(keep)
-
-
 def entity_records(config, split="train", stats=None):
     """The records of a split of `config.data`; none at all is an error naming the files."""
     data = config.data
-    path, every_nth = split_source(data, split)
-    files = resolve_files(path)
-    records = read_entity_records(files, data.text_field, data.entities_field,
-                                  labelled_on_bad_record(data), stats)
-    records = split_records(records, every_nth, split)
-    if not len(records):
-        raise LabelledDataError(f"{', '.join(files)}: no records for the {split} split (text "
-                                f"field {data.text_field!r}, entities field "
-                                f"{data.entities_field!r}).")
-    return records
+    return records_of_split(config, split, lambda files, on_bad_record: read_entity_records(
+        files, data.text_field, data.entities_field, on_bad_record, stats), what="records")
 
 
 # -- In-graph encoding. -----------------------------------------------------------------------
@@ -303,31 +279,17 @@ def tagged_batches(texts, tags, tokenizer, sequence_length, batch_size, training
                    input_context=None, stats=None):
     """Batches of `(features, labels, weights)` from in-memory texts and character tags.
 
-    As `tflm.data.classification.classification_batches`: training is endless and
-    reshuffled every epoch over indices (so a checkpointed iterator stores integers) with
-    static shapes; evaluation is one pass in a seeded order, its final batch padded with
-    weight-0 rows. Records are split between input pipelines by index.
+    In the order of `tflm.data.classification.record_index_batches` (the final evaluation
+    batch padded with weight-0 rows).
     """
     count = len(texts)
     text_values = tf.constant(list(texts), tf.string)
     tag_values = tf.RaggedTensor.from_row_lengths(
         tf.constant(np.concatenate(tags).astype(np.int32) if count else np.zeros(0, np.int32)),
         tf.constant([len(t) for t in tags], tf.int64))
-    if training:
-        indices = tf.data.Dataset.range(count)
-    else:
-        order = np.random.default_rng(seed).permutation(count)
-        indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if training:
-        indices = indices.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True).repeat()
-    batches = indices.batch(batch_size, drop_remainder=training)
+    batches = record_index_batches(count, batch_size, training, seed, input_context)
 
-    def encode(index):
-        real = tf.size(index)
-        missing = batch_size - real
-        index = tf.concat([index, tf.zeros([missing], tf.int64)], axis=0)
+    def encode(index, real):
         features, labels, weights, _ = encode_tagged(
             tokenizer, tf.gather(text_values, index), tf.gather(tag_values, index),
             sequence_length)
@@ -340,10 +302,8 @@ def tagged_batches(texts, tags, tokenizer, sequence_length, batch_size, training
         return ({k: tf.ensure_shape(v, shape) for k, v in features.items()},
                 tf.ensure_shape(labels, shape), tf.ensure_shape(weights, shape))
 
-    batches = batches.map(encode, num_parallel_calls=AUTOTUNE, deterministic=True)
-    options = tf.data.Options()
-    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-    return batches.with_options(options).prefetch(AUTOTUNE)
+    return finish_labelled_batches(
+        batches.map(encode, num_parallel_calls=AUTOTUNE, deterministic=True))
 
 
 # -- Entities from tags, in-graph. --------------------------------------------------------------
@@ -529,7 +489,7 @@ class TokenClassifierServing(tf.Module):
         features, _, weights, truncated = encode_tagged(self.tokenizer, text, None,
                                                         self.max_length, pad_to_length=False)
         classes = self.model.num_classes
-        probabilities = _unless_empty(
+        probabilities = unless_empty(
             tf.size(text),
             lambda: tf.nn.softmax(tf.cast(self.model(features, training=False), tf.float32)),
             lambda: tf.zeros([0, tf.shape(features["token_ids"])[1], classes]))
