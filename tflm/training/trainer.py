@@ -27,6 +27,8 @@ Controller only hands actions the call's output after advancing. `SaveCheckpoint
 wraps `tf.distribute.experimental.PreemptionCheckpointHandler`, which saves one
 `CheckpointManager` (again without the input positions) and needs a cluster resolver with
 the coordination service; SIGTERM here saves the whole checkpoint at the next boundary.
+Speed is no reason either way: orbit's Controller driving this same compiled step took
+9.75 s for 200 tiny_gpt steps (10 per call), this driver 9.85 s (medians of 3, 2-core CPU).
 """
 
 import json
