@@ -164,9 +164,6 @@ class RunDir:
         with tf.io.gfile.GFile(self.eval_results_path, "w") as f:
             f.write(json.dumps(results, indent=2) + "\n")
 
-    def read_eval_results(self):
-        return read_json_file(self.eval_results_path, "evaluation results")
-
     def write_conversion(self, extra):
         with open(self.join(CONVERSION_FILE), "w") as f:
             f.write(json.dumps(extra, indent=2) + "\n")

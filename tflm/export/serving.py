@@ -51,6 +51,15 @@ def unless_empty(count, compute, empty):
     return tf.cond(count > 0, compute, empty)
 
 
+def serving_label_names(model, label_names=None, what="classes"):
+    """The names a classifier's signature returns: `label_names`, else the model's own, else
+    "0", "1", ...; one per output of the head (`model.num_classes`)."""
+    names = list(label_names or model.label_names or [str(i) for i in range(model.num_classes)])
+    if len(names) != model.num_classes:
+        raise ValueError(f"{len(names)} label names for {model.num_classes} {what}.")
+    return names
+
+
 def check_input(condition, message):
     """Fails the request with `message` (an InvalidArgument TF Serving returns) unless true."""
     tf.debugging.assert_equal(condition, True, message=message)
@@ -276,11 +285,7 @@ class ClassifierServing(tf.Module):
         super().__init__(name=name)
         self.model = model
         self.tokenizer = tokenizer
-        names = list(label_names or model.label_names or
-                     [str(i) for i in range(model.num_classes)])
-        if len(names) != model.num_classes:
-            raise ValueError(f"{len(names)} label names for {model.num_classes} classes.")
-        self.label_names = tf.constant(names)
+        self.label_names = tf.constant(serving_label_names(model, label_names))
         self.text_pair = bool(text_pair)
         self.causal = bool(model.backbone.causal)
         self.max_length = int(sequence_length or model.backbone.max_sequence_length)

@@ -61,7 +61,7 @@ from tflm.data.classification import (
     records_of_split,
     text_value,
 )
-from tflm.export.serving import STRINGS, unless_empty
+from tflm.export.serving import STRINGS, serving_label_names, unless_empty
 from tflm.models.losses import WeightedSumLoss
 from tflm.models.sequence_classifier import SequenceClassifier
 from tflm.tasks.base import Task
@@ -314,11 +314,7 @@ class MultiLabelServing(tf.Module):
         super().__init__(name=name)
         self.model = model
         self.tokenizer = tokenizer
-        names = list(label_names or model.label_names or
-                     [str(i) for i in range(model.num_classes)])
-        if len(names) != model.num_classes:
-            raise ValueError(f"{len(names)} label names for {model.num_classes} labels.")
-        self.label_names = tf.constant(names)
+        self.label_names = tf.constant(serving_label_names(model, label_names, "labels"))
         self.thresholds = tf.constant(model.thresholds, tf.float32)
         self.causal = bool(model.backbone.causal)
         self.max_length = int(sequence_length or model.backbone.max_sequence_length)

@@ -323,20 +323,6 @@ def regression_report(predictions, targets, squared_error=None, weight=None):
             "prediction_mean": float(np.mean(predictions)), "examples": int(len(targets))}
 
 
-def evaluate_regressor(model, dataset):
-    """`regression_report` of `model` on `dataset` of `(features, targets[, weights])`
-    (targets `(batch,)`, or `(batch, 2)` with record indices), for notebooks."""
-    predictions, targets = [], []
-    for batch in dataset:
-        features, labels = batch[0], np.asarray(batch[1])
-        weights = np.asarray(batch[2]) if len(batch) > 2 else np.ones(len(labels))
-        keep = weights > 0
-        labels = labels[:, 0] if labels.ndim == 2 else labels
-        predictions.append(np.asarray(model(features, training=False))[keep])
-        targets.append(labels[keep])
-    return regression_report(np.concatenate(predictions), np.concatenate(targets))
-
-
 # -- Serving. -----------------------------------------------------------------------------------
 class RegressorServing(tf.Module):
     """`predict` for a `SequenceRegressor` and its tokenizer: text (and text_pair) -> value.
