@@ -33,6 +33,13 @@ FINETUNE_MODES = ("full", "feature_extraction", "adapters")
 POOLINGS = ("pooled", "first", "last", "mean")
 DECAYS = ("cosine", "linear", "polynomial", "constant")
 DOCUMENT_SPLITS = ("file", "line", "blank_line", "delimiter")
+# How workers split the input: `files` (each reads its share of the files or documents) or
+# `global_batch` (each reads the whole stream of global batches and keeps its rows, so a run
+# can resume on another number of workers with the same batches).
+DATA_SHARDINGS = ("files", "global_batch")
+# A resumed run whose input position cannot be restored (another number of workers with
+# data.sharding=files): stop with an error, or start the input again from its beginning.
+INPUT_POSITION_MISMATCH = ("error", "restart")
 
 
 class ConfigError(TflmError, ValueError):
@@ -127,6 +134,9 @@ class DataConfig:
     # Held-out text for evaluation: its own path, or every n-th document of the input.
     eval_input_path: str = ""
     eval_every_nth_document: int = 0  # 0: no documents held out
+    # Multi-worker input: files (each worker its share of the files or documents) |
+    # global_batch (each reads every global batch and keeps its rows: elastic resume)
+    sharding: str = "files"
 
 
 @dataclasses.dataclass
@@ -159,6 +169,12 @@ class TrainerConfig:
     eval_steps: int = 0  # batches per evaluation (0: the whole held-out split)
     recover_on_nan: bool = False  # restore the last checkpoint and skip the bad batch
     max_nan_recoveries: int = 3
+    # A model_dir whose checkpoints are all unreadable stops with an error naming them;
+    # true starts training over from step 0 instead (the old files are moved aside).
+    start_over_if_unrestorable: bool = False
+    # Resuming on another number of workers with data.sharding=files: error | restart
+    # (the input starts again from its beginning; the model state is kept).
+    on_input_position_mismatch: str = "error"
 
 
 @dataclasses.dataclass
@@ -408,6 +424,9 @@ def validate(config):
         "model.finetune": (config.model.finetune, FINETUNE_MODES),
         "model.pooling": (config.model.pooling, ("",) + POOLINGS),
         "trainer.decay": (config.trainer.decay, DECAYS),
+        "data.sharding": (config.data.sharding, DATA_SHARDINGS),
+        "trainer.on_input_position_mismatch": (config.trainer.on_input_position_mismatch,
+                                               INPUT_POSITION_MISMATCH),
         "runtime.distribution_strategy": (
             config.runtime.distribution_strategy,
             ("one_device", "mirrored", "multi_worker", "tpu"),

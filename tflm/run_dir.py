@@ -6,7 +6,11 @@ Every file of a model_dir is read and written here, and nowhere else::
       params.yaml            the resolved experiment (tflm-train writes it; eval, export and
                              fine-tuning read it back)
       tokenizer/             the tokenizer (`Tokenizer.save`), so the folder stands alone
-      checkpoints/ckpt-N.*   model, optimizer, step and loss scale (`tf.train.CheckpointManager`)
+      checkpoints/ckpt-N.*   model, optimizer, step and loss scale at step N
+      checkpoints/ckpt-N.commit.json
+                             step N's commit: written last, once the model state and every
+                             worker's input position are whole; a checkpoint without it is
+                             never restored (`tflm.training.checkpoints`)
       data/worker-i/ckpt-N.* worker i's input position at step N
       tmp/worker-i/          a non-chief worker's throwaway copy of checkpoints (multi-worker)
       train/, eval/          TensorBoard logs
@@ -46,6 +50,8 @@ MODEL_FILE = "model.keras"
 EVAL_RESULTS_FILE = "eval_results.json"
 CONVERSION_FILE = "conversion.json"
 HUGGINGFACE_CONFIG_FILE = "config.json"
+CHECKPOINT_NAME = "ckpt"
+COMMIT_SUFFIX = ".commit.json"
 
 
 class RunDirError(TflmError, ValueError):
@@ -144,10 +150,78 @@ class RunDir:
             return load_tokenizer(self.tokenizer_dir)
         return make_tokenizer(config.data.tokenizer, config.data.vocab_path)
 
-    # -- checkpoints/. -----------------------------------------------------------------------
+    # -- checkpoints/ and data/. -------------------------------------------------------------
+    def checkpoint_prefix(self, step):
+        return os.path.join(self.checkpoint_dir, f"{CHECKPOINT_NAME}-{step}")
+
+    def worker_data_prefix(self, worker_index, step):
+        return os.path.join(self.worker_data_dir(worker_index), f"{CHECKPOINT_NAME}-{step}")
+
+    def checkpoint_steps(self, include_input_positions=False):
+        """Steps with any model checkpoint file (whole, partial or uncommitted), newest first;
+        also those with only an input position if `include_input_positions`."""
+        steps = set()
+        patterns = [os.path.join(self.checkpoint_dir, f"{CHECKPOINT_NAME}-*")]
+        if include_input_positions:
+            patterns.append(os.path.join(self.join(DATA_DIR), "worker-*", f"{CHECKPOINT_NAME}-*"))
+        for path in (p for pattern in patterns for p in tf.io.gfile.glob(pattern)):
+            number = os.path.basename(path)[len(CHECKPOINT_NAME) + 1:].split(".", 1)[0]
+            if number.isdigit():
+                steps.add(int(number))
+        return sorted(steps, reverse=True)
+
+    def read_commit(self, step):
+        """Step `step`'s commit record, or None if it was never committed."""
+        path = self.checkpoint_prefix(step) + COMMIT_SUFFIX
+        if not tf.io.gfile.exists(path):
+            return None
+        try:
+            with tf.io.gfile.GFile(path) as f:
+                return json.loads(f.read())
+        except (ValueError, tf.errors.OpError):
+            return None  # a torn commit record commits nothing
+
+    def write_commit(self, step, record):
+        """Commits step `step` (written under a temporary name, then renamed)."""
+        path = self.checkpoint_prefix(step) + COMMIT_SUFFIX
+        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+    def uncommit(self, step):
+        """Removes step `step`'s commit record (before its files are written again)."""
+        path = self.checkpoint_prefix(step) + COMMIT_SUFFIX
+        if tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+
+    def delete_checkpoint(self, step):
+        """Removes step `step`'s commit record first, then its model files and every worker's
+        input position."""
+        self.uncommit(step)
+        patterns = [self.checkpoint_prefix(step) + ".*",
+                    os.path.join(self.join(DATA_DIR), "worker-*", f"{CHECKPOINT_NAME}-{step}.*")]
+        for pattern in patterns:
+            for path in tf.io.gfile.glob(pattern):
+                tf.io.gfile.remove(path)
+
+    def move_checkpoints_aside(self, suffix):
+        """Renames checkpoints/ and data/ to `<name>.<suffix>` (a deliberate start over keeps
+        the old files); returns the new paths."""
+        moved = []
+        for name in (CHECKPOINT_DIR, DATA_DIR):
+            if tf.io.gfile.exists(self.join(name)):
+                tf.io.gfile.rename(self.join(name), self.join(f"{name}.{suffix}"))
+                moved.append(self.join(f"{name}.{suffix}"))
+        return moved
+
     def latest_checkpoint(self):
-        """Path of the newest model checkpoint, or None."""
-        return tf.train.latest_checkpoint(self.checkpoint_dir)
+        """Path of the newest committed model checkpoint whose index exists, or None.
+        (Training checks every tensor of it first: `TrainingCheckpoints.select`.)"""
+        for step in self.checkpoint_steps():
+            prefix = self.checkpoint_prefix(step)
+            if self.read_commit(step) is not None and tf.io.gfile.exists(prefix + ".index"):
+                return prefix
+        return None
 
     # -- model.keras. ------------------------------------------------------------------------
     def has_saved_model(self):

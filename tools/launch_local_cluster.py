@@ -5,7 +5,8 @@
         --params_override=runtime.distribution_strategy=multi_worker
 
 Each worker's output is prefixed with `[worker i]`. If a worker fails, the
-others are stopped (they would wait for it forever in their collectives);
+others are stopped (they would wait for it forever in their collectives); one
+that exits with 143 after SIGTERM stopped with the others, which get time to follow;
 a timeout stops all. Processes are tracked and killed by PID (their whole
 process group), so nothing is left running. The exit status is the first
 non-zero worker status, or 0.
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 
+PREEMPTED = 143  # a worker's status after a coordinated stop on SIGTERM (tflm-train)
 
 def free_ports(count):
     """`count` TCP ports free on localhost right now."""
@@ -90,15 +92,24 @@ class LocalCluster:
         for process in targets:
             kill_group(process, sig)
 
-    def wait(self, timeout=None):
-        """Waits for all workers; stops the rest when one fails or time runs out."""
+    def wait(self, timeout=None, grace=60.0):
+        """Waits for all workers; stops the rest when one fails or time runs out.
+
+        A worker that exits with 143 (preempted: it saved and stopped with the others) is
+        no failure: the rest get `grace` seconds to save the same step and exit too.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        preempted_at = None
         while True:
             statuses = [p.poll() for p in self.processes]
             if all(s is not None for s in statuses):
                 return statuses
-            if any(s not in (None, 0) for s in statuses):
+            if any(s not in (None, 0, PREEMPTED) for s in statuses):
                 self.kill()
+            if PREEMPTED in statuses:
+                preempted_at = preempted_at or time.monotonic()
+                if time.monotonic() - preempted_at > grace:
+                    self.kill()
             if deadline is not None and time.monotonic() > deadline:
                 self.kill()
                 for p in self.processes:

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -24,25 +25,36 @@ def _env(**extra):
     return env
 
 
-def _run_single(model_dir, steps, **env):
-    result = subprocess.run([*JOB, str(model_dir), str(steps)], cwd=REPO_ROOT, env=_env(**env),
-                            capture_output=True, text=True, timeout=240)
+def _job(model_dir, steps, delay=0.0, until_step=None):
+    return [*JOB, str(model_dir), str(steps), str(delay)] + (
+        [str(until_step)] if until_step else [])
+
+
+def _run_single(model_dir, steps, until_step=None, **env):
+    result = subprocess.run(_job(model_dir, steps, until_step=until_step), cwd=REPO_ROOT,
+                            env=_env(**env), capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return np.load(model_dir / "weights-worker-0.npy"), result.stdout
 
 
-def _start_cluster(model_dir, steps, sink, delay=0.0):
-    return LocalCluster([*JOB, str(model_dir), str(steps), str(delay)], 2, env=_env(),
+def _start_cluster(model_dir, steps, sink, delay=0.0, until_step=None, **env):
+    return LocalCluster(_job(model_dir, steps, delay, until_step), 2, env=_env(**env),
                         sink=sink).start()
 
 
-def _run_cluster(model_dir, steps, log, timeout=240, delay=0.0):
+def _run_cluster(model_dir, steps, log, timeout=240, delay=0.0, until_step=None, **env):
     with open(log, "a", buffering=1) as sink:
-        cluster = _start_cluster(model_dir, steps, sink, delay)
+        cluster = _start_cluster(model_dir, steps, sink, delay, until_step, **env)
         try:
             return cluster.wait(timeout)
         finally:
             cluster.kill()
+
+
+def _both_workers_weights(model_dir):
+    first, second = (np.load(model_dir / f"weights-worker-{i}.npy") for i in (0, 1))
+    np.testing.assert_array_equal(first, second)
+    return first
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +69,8 @@ def test_two_workers_match_each_other_and_one_worker(tmp_path, single_worker):
     statuses = _run_cluster(model_dir, 20, tmp_path / "log.txt")
     log = (tmp_path / "log.txt").read_text()
     assert statuses == [0, 0], log[-4000:]
-    first, second = (np.load(model_dir / f"weights-worker-{i}.npy") for i in (0, 1))
-    np.testing.assert_array_equal(first, second)
+    first = _both_workers_weights(model_dir)
     np.testing.assert_allclose(first, single_worker, atol=1e-5)
-    assert not np.allclose(first, np.load(model_dir / "weights-worker-0.npy") * 0)
     # Only the chief wrote checkpoints; the other worker's temporary folder is gone.
     assert sorted(p.name for p in (model_dir / "checkpoints").glob("*.index")) == [
         "ckpt-10.index", "ckpt-20.index"]
@@ -73,36 +83,81 @@ def test_two_replicas_in_one_process_match_one_replica(tmp_path, single_worker):
     np.testing.assert_allclose(weights, single_worker, atol=1e-5)
 
 
-def test_killed_worker_resumes_from_checkpoint_to_the_same_weights(tmp_path, single_worker):
-    """SIGKILL one worker mid-run, restart both: same end state as never interrupted."""
-    model_dir = tmp_path / "killed"
+# Where a kill in the checkpoint window of step 20 can fall: the worker and the moment.
+WINDOW = {
+    "worker 1 after the chief's model files, before its own position": "1,before_position,20",
+    "the chief during its model files": "0,during_model,20",
+    "worker 1 during its own position": "1,during_position,20",
+}
+
+
+@pytest.mark.parametrize("where", sorted(WINDOW))
+def test_a_kill_in_the_checkpoint_window_resumes_without_help(tmp_path, single_worker, where):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    log = tmp_path / "log.txt"
+    statuses = _run_cluster(model_dir, 20, log, TFLM_TEST_DIE=WINDOW[where])
+    killed = int(WINDOW[where][0])
+    assert statuses[killed] == -signal.SIGKILL, log.read_text()[-4000:]
+    assert (model_dir / "checkpoints" / "ckpt-10.commit.json").exists()
+    assert not (model_dir / "checkpoints" / "ckpt-20.commit.json").exists()
+
+    statuses = _run_cluster(model_dir, 20, log)
+    text = log.read_text()
+    assert statuses == [0, 0], text[-4000:]
+    assert "skipping checkpoint" in text and "ckpt-20" in text, text[-4000:]
+    assert "resumed from" in text and "at step 10" in text, text[-4000:]
+    np.testing.assert_allclose(_both_workers_weights(model_dir), single_worker, atol=1e-5)
+
+
+@pytest.mark.parametrize("signalled", [0, 1], ids=["chief", "non_chief"])
+def test_sigterm_to_one_worker_stops_every_worker_at_the_same_step(tmp_path, single_worker,
+                                                                    signalled):
+    model_dir = tmp_path / "run"
     model_dir.mkdir()
     log = tmp_path / "log.txt"
     with open(log, "a", buffering=1) as sink:
         cluster = _start_cluster(model_dir, 20, sink, delay=0.15)
         try:
             deadline = time.monotonic() + 180
-            # Kill once checkpoint 10 is whole: the chief's state and both input positions
-            # (each worker writes its own; a kill between the two writes is another case).
-            whole = [model_dir / "checkpoints" / "ckpt-10.index"] + [
-                model_dir / "data" / f"worker-{i}" / "ckpt-10.index" for i in (0, 1)]
-            while not all(path.exists() for path in whole):
+            while not (model_dir / "checkpoints" / "ckpt-10.commit.json").exists():
                 assert time.monotonic() < deadline, log.read_text()[-4000:]
                 assert all(p.poll() is None for p in cluster.processes), log.read_text()[-4000:]
                 time.sleep(0.05)
-            cluster.kill(1, signal.SIGKILL)
-            statuses = cluster.wait(timeout=60)  # worker 0 is stopped too: it cannot go on alone
+            cluster.kill(signalled, signal.SIGTERM)
+            statuses = cluster.wait(timeout=120)
         finally:
             cluster.kill()
-    assert statuses[1] == -signal.SIGKILL
-    assert not (model_dir / "checkpoints" / "ckpt-20.index").exists(), "killed before the end"
-
-    # The same pipeline (a restored data position needs the same dataset), barely slowed.
-    statuses = _run_cluster(model_dir, 20, log, delay=0.001)
     text = log.read_text()
-    assert statuses == [0, 0], text[-4000:]
-    assert "resumed from" in text and "at step 10" in text
-    first, second = (np.load(model_dir / f"weights-worker-{i}.npy") for i in (0, 1))
-    np.testing.assert_array_equal(first, second)
-    # Resumed at the exact step and batch: the interrupted run ends where the plain one does.
-    np.testing.assert_allclose(first, single_worker, atol=1e-5)
+    assert statuses == [143, 143], text[-4000:]
+    stops = re.findall(r"\[worker (\d)\] tflm-train: (SIGTERM|another worker was signalled): "
+                       r"saved \S+ at step (\d+)", text)
+    assert sorted(w for w, _, _ in stops) == ["0", "1"], text[-4000:]
+    assert {w: why for w, why, _ in stops}[str(signalled)] == "SIGTERM"
+    step = {s for _, _, s in stops}
+    assert len(step) == 1 and 10 <= int(step.pop()) < 20, stops
+    assert "Traceback" not in text
+
+    statuses = _run_cluster(model_dir, 20, log, delay=0.001)
+    assert statuses == [0, 0], log.read_text()[-4000:]
+    np.testing.assert_allclose(_both_workers_weights(model_dir), single_worker, atol=1e-5)
+
+
+def test_two_workers_resume_on_one_worker_with_two_replicas(tmp_path, single_worker):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    statuses = _run_cluster(model_dir, 20, tmp_path / "log.txt", until_step=10)
+    assert statuses == [0, 0], (tmp_path / "log.txt").read_text()[-4000:]
+    weights, out = _run_single(model_dir, 20, TFLM_TEST_LOGICAL_CPUS="2")
+    assert "resumed from" in out and "at step 10" in out, out[-3000:]
+    np.testing.assert_allclose(weights, single_worker, atol=1e-5)
+
+
+def test_one_worker_resumes_on_two_workers(tmp_path, single_worker):
+    model_dir = tmp_path / "run"
+    _run_single(model_dir, 20, until_step=10)
+    log = tmp_path / "log.txt"
+    statuses = _run_cluster(model_dir, 20, log)
+    assert statuses == [0, 0], log.read_text()[-4000:]
+    assert log.read_text().count("at step 10") == 2
+    np.testing.assert_allclose(_both_workers_weights(model_dir), single_worker, atol=1e-5)

@@ -1,4 +1,4 @@
-"""The trainer in one process: accumulation, loss scaling, NaN guard, checkpoint errors."""
+"""The trainer in one process: accumulation, loss scaling, NaN guard, resume."""
 
 import numpy as np
 import pytest
@@ -115,7 +115,7 @@ def test_recover_on_nan_skips_the_bad_batch(tmp_path, path):
     np.testing.assert_allclose(_weights(recovered), _weights(reference), atol=1e-6)
 
 
-def test_corrupt_and_incompatible_checkpoints_are_clear_errors(tmp_path):
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     model_dir = tmp_path / "run"
     config = _config("trainer.train_steps=2,data.global_batch_size=2,trainer.jit_compile=false")
     Trainer(get_task(config), str(model_dir), print_fn=_quiet).train()
@@ -124,11 +124,6 @@ def test_corrupt_and_incompatible_checkpoints_are_clear_errors(tmp_path):
                     "model.hidden_dim=64,model.num_heads=4")
     with pytest.raises(CheckpointError, match=r"ckpt-2: cannot restore"):
         Trainer(get_task(wider), str(model_dir), print_fn=_quiet).train()
-
-    data_file = next((model_dir / "checkpoints").glob("ckpt-2.data-*"))
-    data_file.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(CheckpointError, match=r"ckpt-2: cannot restore"):
-        Trainer(get_task(config), str(model_dir), print_fn=_quiet).train()
 
 
 def test_exact_resume_in_one_process(tmp_path):

@@ -1,19 +1,28 @@
 """A training job for the multi-process tests: one worker of a run, or a whole run.
 
-    python tests/training/training_job.py MODEL_DIR TRAIN_STEPS [DELAY_SECONDS]
+    python tests/training/training_job.py MODEL_DIR TRAIN_STEPS [DELAY_SECONDS [UNTIL_STEP]]
 
 With TFLM_TEST_LOGICAL_CPUS=2 the CPU is split into two logical devices and
 the run uses MirroredStrategy over both (two replicas in one process).
 
-Every worker builds the same global batches (one pipeline, no sharding) and
-keeps its slice, so a run on W workers sees exactly the data of a one-worker
-run with the same global batch. Under TF_CONFIG it trains with
+The input is sharded by global batch (`data.sharding=global_batch`): every
+worker reads the same global batches and keeps its rows, so a run on W workers
+sees exactly the data of a one-worker run with the same global batch, and can
+resume on another number of workers. Under TF_CONFIG it trains with
 MultiWorkerMirroredStrategy. At the end each worker saves its weights as
-MODEL_DIR/weights-worker-<i>.npy. DELAY_SECONDS slows each batch down, so a
-test can kill the run in the middle.
+MODEL_DIR/weights-worker-<i>.npy and exits 0, or 143 if it was preempted.
+DELAY_SECONDS slows each batch down, so a test can signal the run in the
+middle; UNTIL_STEP stops it there (checkpointed).
+
+TFLM_TEST_DIE="<worker>,<when>,<step>" kills worker <worker> with SIGKILL inside
+the checkpoint window of step <step>, <when> being `before_position` (once the
+chief's model files of the step are written, before its own input position),
+`during_model` (the chief, half-way through its model files) or
+`during_position` (half-way through its own input position).
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -23,18 +32,54 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tflm.experiment import load_experiment  # noqa: E402
-from tflm.tasks import make_dataset  # noqa: E402
-from tflm.training.trainer import Trainer  # noqa: E402
-from tflm.tasks import get_task
+from tflm.tasks import get_task  # noqa: E402
+from tflm.training.trainer import PREEMPTED_EXIT_CODE, Trainer  # noqa: E402
 
 OVERRIDES = ("data.sequence_length=32,data.global_batch_size=8,data.shuffle_buffer_size=50,"
-             "trainer.log_every=10,trainer.checkpoint_every=10,trainer.steps_per_loop=5,"
-             "trainer.warmup_steps=2")
+             "data.sharding=global_batch,trainer.log_every=10,trainer.checkpoint_every=10,"
+             "trainer.steps_per_loop=5,trainer.warmup_steps=2")
+
+
+def _die_half_written(prefix):
+    """Leaves `prefix` as a kill during its write would: a truncated data file, no index."""
+    for path in tf.io.gfile.glob(prefix + ".data-*"):
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    os.remove(prefix + ".index")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install_fault(model_dir, worker_index):
+    """Wraps `tf.train.Checkpoint.write` to die as TFLM_TEST_DIE says."""
+    spec = os.environ.get("TFLM_TEST_DIE")
+    if not spec:
+        return
+    worker, when, step = spec.split(",")
+    if int(worker) != worker_index:
+        return
+    model_prefix = os.path.join(model_dir, "checkpoints", f"ckpt-{step}")
+    position_prefix = os.path.join(model_dir, "data", f"worker-{worker}", f"ckpt-{step}")
+    write = tf.train.Checkpoint.write
+
+    def faulty_write(self, file_prefix, options=None):
+        if when == "before_position" and file_prefix == position_prefix:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(model_prefix + ".index") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = write(self, file_prefix, options)
+        if (when, file_prefix) in (("during_model", model_prefix),
+                                   ("during_position", position_prefix)):
+            _die_half_written(file_prefix)
+        return result
+
+    tf.train.Checkpoint.write = faulty_write
 
 
 def main():
     model_dir, train_steps = sys.argv[1], int(sys.argv[2])
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    until_step = int(sys.argv[4]) if len(sys.argv) > 4 else None
     strategy = "multi_worker" if os.environ.get("TF_CONFIG") else "one_device"
     logical_cpus = int(os.environ.get("TFLM_TEST_LOGICAL_CPUS", "1"))
     if logical_cpus > 1:
@@ -46,20 +91,14 @@ def main():
         "configs/tiny_gpt.yaml",
         f"{OVERRIDES},trainer.train_steps={train_steps},runtime.distribution_strategy={strategy}",
     )
+    task = get_task(config)
 
     def dataset_fn(context):
-        workers, index = context.num_input_pipelines, context.input_pipeline_id
-        share = config.data.global_batch_size // workers
-
-        def my_slice(features, labels, weights):
-            part = slice(index * share, (index + 1) * share)
-            return {k: v[part] for k, v in features.items()}, labels[part], weights[part]
-
         def slow(*batch):
             tf.py_function(lambda: time.sleep(delay), [], [])
             return batch
 
-        dataset = make_dataset(config).map(my_slice)
+        dataset = task.dataset(input_context=context)
         if not delay:
             return dataset
         # The sleep is stateless in effect: let the data position checkpoint skip it.
@@ -68,12 +107,16 @@ def main():
             tf.data.experimental.ExternalStatePolicy.IGNORE)
         return dataset.map(slow).with_options(options)
 
-    trainer = Trainer(get_task(config), model_dir, dataset_fn=dataset_fn,
+    trainer = Trainer(task, model_dir, dataset_fn=dataset_fn,
                       print_fn=lambda line: print(line, flush=True))
-    status = trainer.train()
+    _install_fault(model_dir, trainer.worker.worker_index)
+    status = trainer.train(until_step=until_step)
     weights = np.concatenate([np.ravel(v.numpy()) for v in trainer.model.trainable_variables])
     np.save(os.path.join(model_dir, f"weights-worker-{trainer.worker.worker_index}.npy"), weights)
     print(f"job: {status} at step {int(trainer.step.numpy())}", flush=True)
+    # No interpreter shutdown: the delay's py_function, still prefetching in tf.data's
+    # threads, can deadlock it.
+    os._exit(PREEMPTED_EXIT_CODE if status == "preempted" else 0)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,9 @@ class Task(abc.ABC):
             tokenizer: default: built from `data.tokenizer` and `data.vocab_path`.
             input_context: a `tf.distribute.InputContext`, as passed by
                 `strategy.distribute_datasets_from_function`; the global batch is
-                split across replicas and the input across pipelines.
+                split across replicas and the input across pipelines (with
+                `data.sharding=files`; with `global_batch` every pipeline gets the
+                whole global batches).
             stats: an `InputStats` counting skips and repairs.
             training: endless, shuffled, static-shape batches if True; one
                 ordered pass (final batch kept) if False.
@@ -129,8 +131,12 @@ class Task(abc.ABC):
                 f"model.vocabulary_size={model_config.vocabulary_size} is smaller than the "
                 f"{tokenizer.kind} tokenizer's {tokenizer.vocabulary_size} ids.")
         batch_size = self.config.data.global_batch_size
-        if input_context is not None:
-            batch_size = input_context.get_per_replica_batch_size(batch_size)
+        if input_context is None or self.config.data.sharding == "global_batch":
+            # global_batch: every worker reads the same global batches (the trainer keeps
+            # each worker's rows), so the batches and the iterator's position do not depend
+            # on the number of workers.
+            return self.batches(tokenizer, batch_size, None, stats, training, split)
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
         return self.batches(tokenizer, batch_size, input_context, stats, training, split)
 
     @abc.abstractmethod

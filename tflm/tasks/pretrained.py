@@ -137,7 +137,7 @@ def load_model_dir(model_dir, dtype=None):
     if latest is not None:
         model = build_task(config.model, dtype=dtype, label_names=config.data.label_names or None)
         try:
-            tf.train.Checkpoint(model=model).restore(latest).expect_partial() \
+            tf.train.Checkpoint(model=model).read(latest).expect_partial() \
                 .assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             raise CheckpointError(f"{latest}: does not fit the model of {run.params_path}: "

@@ -152,26 +152,33 @@ class NaNGuard:
 
 
 class PreemptionHandler:
-    """Turns SIGTERM (Kubernetes, Slurm) into a stop request; the driver then saves a
-    checkpoint and exits with `PREEMPTED_EXIT_CODE`. A context manager that installs the
-    handler (in the main thread) and restores the previous one on exit."""
+    """Turns SIGTERM (Kubernetes, Slurm) or SIGINT into a stop request; the driver then
+    agrees with the other workers to stop, saves a checkpoint and exits with
+    `PREEMPTED_EXIT_CODE`. A context manager that installs the handlers (in the main
+    thread) and restores the previous ones on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name = "SIGTERM"
+        self._previous = {}
 
     def _request_stop(self, signum, frame):
-        del signum, frame
+        del frame
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._request_stop)
-        except ValueError:  # not the main thread: no handler
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._request_stop)
+            except ValueError:  # not the main thread: no handler
+                pass
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
         return False

@@ -48,6 +48,7 @@ class TrainStep:
         trainer = task.config.trainer
         self.accumulation_steps = trainer.gradient_accumulation_steps
         self.clipnorm = trainer.clipnorm
+        self.global_batches = task.config.data.sharding == "global_batch"
         self._variables = model.trainable_variables
         self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit_compile)
         if task.cross_replica_loss and strategy.num_replicas_in_sync > 1:
@@ -108,7 +109,14 @@ class TrainStep:
         return loss, norm
 
     def split_for_replicas(self, batch):
-        """A worker's batch as one equal slice per local replica (unchanged for one replica)."""
+        """A worker's batch as one equal slice per local replica (unchanged for one replica).
+        With `data.sharding=global_batch` the batch is the global one: the worker's rows
+        are its slice of it."""
+        workers = self.worker.num_workers
+        if self.global_batches and workers > 1:
+            share = self.task.config.data.global_batch_size // workers
+            rows = slice(self.worker.worker_index * share, (self.worker.worker_index + 1) * share)
+            batch = tf.nest.map_structure(lambda t: t[rows], batch)
         replicas = self.worker.num_local_replicas
         if replicas == 1:
             return batch

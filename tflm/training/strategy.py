@@ -100,3 +100,32 @@ def worker_info(strategy):
     else:
         index = int(task["index"]) + (1 if has_chief else 0)
     return WorkerInfo(num_workers, index, index == 0, local)
+
+
+class WorkerAgreement:
+    """The smallest or largest of a number over every worker: all workers reach the same
+    decision (which checkpoint to restore, whether to stop now) from their own views. A
+    barrier too: it returns once every worker has called it. On one worker: the number."""
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+        self.multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self._gather = tf.function(self._gather_fn)
+
+    def _gather_fn(self, value):
+        def replica(value):
+            return tf.distribute.get_replica_context().all_gather(tf.reshape(value, [1]), axis=0)
+
+        return self.strategy.experimental_local_results(
+            self.strategy.run(replica, args=(value,)))[0]
+
+    def _values(self, value):
+        if not self.multi_worker:
+            return [float(value)]
+        return self._gather(tf.constant(float(value), tf.float32)).numpy().tolist()
+
+    def min(self, value):
+        return min(self._values(value))
+
+    def max(self, value):
+        return max(self._values(value))
