@@ -1,6 +1,7 @@
 """Task: a backbone plus a head, compiled with defaults so `fit` works at once."""
 
 import keras
+import tensorflow as tf
 
 from tflm.models.losses import WeightedCrossEntropy, weighted_cross_entropy
 
@@ -66,6 +67,8 @@ class Task(keras.Model):
         """Compiles with tflm defaults wherever an argument is `"auto"`."""
         if optimizer == "auto":
             optimizer = make_adamw(self, learning_rate=self.default_learning_rate)
+        # With the default loss, a distributed `fit` takes its own step (`train_step`).
+        self._default_loss = loss == "auto"
         if loss == "auto":
             # Mean over the positions that carry weight (real tokens, masked
             # positions), not over the padded tensor size.
@@ -77,6 +80,56 @@ class Task(keras.Model):
     def loss_sums(self, labels, outputs, weights, label_smoothing=0.0):
         """`(sum of w * loss, sum of w)` of a batch, in float32."""
         return weighted_cross_entropy(labels, outputs, weights, label_smoothing)
+
+    # -- `fit` on several replicas (MirroredStrategy, MultiWorkerMirroredStrategy). --------
+    def train_step(self, data):
+        """Keras's step, except on several replicas with the default loss: there Keras
+        averages each replica's own mean (replicas with fewer weighted tokens count as
+        much) and clips each replica's gradient before summing them. This step divides
+        every replica's loss sum by the weight of the whole global batch (as the trainer
+        does: one batch on one device gives the same update), sums the gradients over the
+        replicas, then clips the global gradient by the optimizer's `global_clipnorm`."""
+        strategy = tf.distribute.get_strategy()
+        replicas = strategy.num_replicas_in_sync
+        if replicas == 1 or not getattr(self, "_default_loss", False):
+            return _for_keras_reduce(super().train_step(data))
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        context = tf.distribute.get_replica_context()
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            sums, weights = self.loss_sums(y, y_pred, sample_weight)
+            denominator = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, weights), 1.0)
+            loss = tf.reduce_sum(tf.reshape(sums, [-1]) / tf.reshape(denominator, [-1]))
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                 for g, v in zip(grads, variables)]
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        clipnorm = self.optimizer.global_clipnorm
+        if clipnorm:
+            grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+        # The optimizer sums over the replicas once more: each gives an equal share.
+        self.optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
+        global_loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+        self._loss_tracker.update_state(global_loss, sample_weight=tf.shape(
+            tf.nest.flatten(x)[0])[0])
+        return _for_keras_reduce(self.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+
+    def test_step(self, data):
+        return _for_keras_reduce(super().test_step(data))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds from the first batch reduced by `strategy.reduce("MEAN", batch)`, which
+        # MultiWorkerMirroredStrategy cannot do with a batch of several tensors
+        # (keras-team/keras#20585); and drawing that batch starts the dataset once more than
+        # one device does, so a reshuffling pipeline's order changes. A tflm task is built
+        # already: zeros of the batch's shapes serve.
+        if iterator is not None and self._distribute_strategy is not None:
+            spec = getattr(iterator, "_distributed_dataset", None)
+            if spec is not None:
+                data_batch = tf.nest.map_structure(_zeros_of_spec, spec.element_spec)
+        return super()._maybe_symbolic_build(data_batch=data_batch)
 
     def default_loss(self):
         """`loss_sums` as the Keras loss that `compile` uses by default."""
@@ -103,3 +156,18 @@ class Task(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+def _for_keras_reduce(logs):
+    """Under MultiWorkerMirroredStrategy Keras reduces each logged value with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on a scalar
+    (keras-team/keras#20585): there the values go out as vectors of one."""
+    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
+def _zeros_of_spec(spec):
+    """Zeros of a (per-replica) tensor spec, unknown dimensions 1."""
+    spec = getattr(spec, "_value_specs", (spec,))[0]
+    return tf.zeros([d or 1 for d in spec.shape], spec.dtype)

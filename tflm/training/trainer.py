@@ -1,7 +1,10 @@
 """Trainer: the distributed training loop behind `tflm-train`, read top to bottom.
 
-Keras 3 `model.fit` does not run under MultiWorkerMirroredStrategy, so the
-trainer drives the same model objects with its own loop, in three parts:
+A tflm task's `model.fit` runs under every strategy (`tflm.models.task` works around
+Keras 3's failure under MultiWorkerMirroredStrategy), but a run that must survive kills
+needs more than `fit` keeps: every worker's input position committed with the model,
+agreement on preemption, the NaN guard. The trainer drives the same model objects with
+its own loop, in three parts:
 
 - the step (`tflm.training.step.TrainStep`): forward, backward, all-reduce,
   clipping and the AdamW update, per replica or fused into one XLA computation
