@@ -181,7 +181,8 @@ class TrainerConfig:
 class RuntimeConfig:
     """Devices, precision and reproducibility."""
 
-    distribution_strategy: str = "one_device"  # one_device | mirrored | multi_worker | tpu
+    # one_device | mirrored | multi_worker | parameter_server | tpu
+    distribution_strategy: str = "one_device"
     mixed_precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (bfloat16, float16)
     seed: int = 0
     tpu: str = ""  # TPU name or address for distribution_strategy=tpu ("" = local)
@@ -429,7 +430,7 @@ def validate(config):
                                                INPUT_POSITION_MISMATCH),
         "runtime.distribution_strategy": (
             config.runtime.distribution_strategy,
-            ("one_device", "mirrored", "multi_worker", "tpu"),
+            ("one_device", "mirrored", "multi_worker", "parameter_server", "tpu"),
         ),
         "runtime.mixed_precision": (
             config.runtime.mixed_precision,
@@ -459,6 +460,12 @@ def validate(config):
     ):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}.")
+    if (config.runtime.distribution_strategy == "parameter_server"
+            and config.data.sharding == "global_batch"):
+        raise ConfigError(
+            "data.sharding=global_batch needs workers that step together "
+            "(runtime.distribution_strategy=multi_worker); parameter-server workers each "
+            "train whole global batches of their own share of the input (data.sharding=files).")
     if config.data.document_split == "delimiter" and not config.data.document_delimiter:
         raise ConfigError('data.document_split="delimiter" needs data.document_delimiter.')
     if config.data.tokenizer != "byte" and not config.data.vocab_path:

@@ -7,7 +7,9 @@
 Each worker's output is prefixed with `[worker i]`. If a worker fails, the
 others are stopped (they would wait for it forever in their collectives); one
 that exits with 143 after SIGTERM stopped with the others, which get time to follow;
-a timeout stops all. Processes are tracked and killed by PID (their whole
+a timeout stops all. With `--num_ps` the tasks are a chief (it runs the
+training loop), the workers and the ps tasks; a failed worker is tolerated,
+and the others are stopped once the chief is done. Processes are tracked and killed by PID (their whole
 process group), so nothing is left running. The exit status is the first
 non-zero worker status, or 0.
 """
@@ -38,11 +40,21 @@ def free_ports(count):
             s.close()
 
 
-def tf_configs(num_workers):
-    """One TF_CONFIG JSON per worker of a localhost cluster."""
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(num_workers)]}
-    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
-            for i in range(num_workers)]
+def tf_configs(num_workers, num_ps=0):
+    """One TF_CONFIG JSON per task of a localhost cluster: `num_workers` workers; with
+    `num_ps` parameter servers a chief first (it runs the training loop), then the workers,
+    then the ps tasks."""
+    if not num_ps:
+        cluster = {"worker": [f"localhost:{port}" for port in free_ports(num_workers)]}
+        return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+                for i in range(num_workers)]
+    ports = [f"localhost:{port}" for port in free_ports(1 + num_workers + num_ps)]
+    cluster = {"chief": ports[:1], "worker": ports[1:1 + num_workers],
+               "ps": ports[1 + num_workers:]}
+    tasks = [("chief", 0)] + [("worker", i) for i in range(num_workers)] + [
+        ("ps", i) for i in range(num_ps)]
+    return [json.dumps({"cluster": cluster, "task": {"type": kind, "index": i}})
+            for kind, i in tasks]
 
 
 def _stream(process, prefix, sink):
@@ -67,27 +79,30 @@ class LocalCluster:
     >>> statuses = cluster.wait(timeout=600)
     """
 
-    def __init__(self, command, num_workers, env=None, sink=sys.stdout):
+    def __init__(self, command, num_workers, env=None, sink=sys.stdout, num_ps=0):
         self.command = list(command)
         self.num_workers = num_workers
+        self.num_ps = num_ps
         self.env = dict(os.environ if env is None else env)
         self.sink = sink
         self.processes = []
 
     def start(self):
-        for index, tf_config in enumerate(tf_configs(self.num_workers)):
+        for index, tf_config in enumerate(tf_configs(self.num_workers, self.num_ps)):
             env = dict(self.env, TF_CONFIG=tf_config)
             process = subprocess.Popen(
                 self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 text=True, start_new_session=True,
             )
-            threading.Thread(target=_stream, args=(process, f"[worker {index}] ", self.sink),
+            name = json.loads(tf_config)["task"]
+            name = f"{name['type']} {name['index']}" if self.num_ps else f"worker {index}"
+            threading.Thread(target=_stream, args=(process, f"[{name}] ", self.sink),
                              daemon=True).start()
             self.processes.append(process)
         return self
 
     def kill(self, index=None, sig=signal.SIGKILL):
-        """Signals one worker (by index) or all of them."""
+        """Signals one task (by index: the chief first under parameter servers) or all."""
         targets = self.processes if index is None else [self.processes[index]]
         for process in targets:
             kill_group(process, sig)
@@ -102,9 +117,17 @@ class LocalCluster:
         preempted_at = None
         while True:
             statuses = [p.poll() for p in self.processes]
+            if self.num_ps and statuses[0] is not None:
+                # Parameter servers and their workers serve until the chief is done.
+                self.kill()
+                for p in self.processes:
+                    p.wait()
+                return [p.returncode for p in self.processes]
             if all(s is not None for s in statuses):
                 return statuses
-            if any(s not in (None, 0, PREEMPTED) for s in statuses):
+            # Under parameter servers the chief tolerates a failed worker; else the others
+            # would wait for it forever in their collectives.
+            if not self.num_ps and any(s not in (None, 0, PREEMPTED) for s in statuses):
                 self.kill()
             if PREEMPTED in statuses:
                 preempted_at = preempted_at or time.monotonic()
@@ -121,19 +144,23 @@ class LocalCluster:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--num_ps", type=int, default=0,
+                        help="parameter servers (then a chief, the workers and the ps tasks)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before all are killed")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the worker command")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the worker command after --")
-    cluster = LocalCluster(command, args.num_workers).start()
+    cluster = LocalCluster(command, args.num_workers, num_ps=args.num_ps).start()
     try:
         statuses = cluster.wait(args.timeout)
     except KeyboardInterrupt:
         cluster.kill()
         statuses = [p.wait() for p in cluster.processes]
     print(f"launch_local_cluster: worker exit statuses {statuses}", flush=True)
+    if args.num_ps:
+        return statuses[0]  # the chief's; the others were stopped when it was done
     return next((s for s in statuses if s), 0)
 
 

@@ -11,9 +11,12 @@ files are `tflm.run_dir`'s: the resolved config (params.yaml), checkpoints,
 input positions, TensorBoard logs, the tokenizer and the final model.keras.
 Fine-tuning starts from `model.init_checkpoint` (a tflm model_dir: a run of
 this binary or a converted Hugging Face checkpoint); a classifier's label
-names are saved in params.yaml and with the model. On SIGTERM it saves a
-checkpoint and exits with status 143, for the orchestrator to restart it; the
-restarted run continues at the exact step and batch.
+names are saved in params.yaml and with the model. On SIGTERM or SIGINT to any
+worker every worker saves the same step and exits with status 143, for the
+orchestrator to restart it; the restarted run continues at the exact step and
+batch (on another number of workers with data.sharding=global_batch). Under
+runtime.distribution_strategy=parameter_server the binary on a worker or ps
+task only serves the chief.
 """
 
 import sys

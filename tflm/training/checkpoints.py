@@ -48,10 +48,12 @@ class Resume:
 
 
 def select_checkpoint(run_dir, worker, agreement, data_sharding="files",
-                      on_input_position_mismatch="error", start_over=False, print_fn=print):
+                      on_input_position_mismatch="error", start_over=False, print_fn=print,
+                      input_positions=True):
     """The newest committed checkpoint that every worker can read whole, or None (a new run).
 
-    Newer checkpoints are skipped with a line saying why (not committed, a file missing,
+    `input_positions=False` (parameter servers, whose workers' iterators cannot be saved):
+    the model state only. Newer checkpoints are skipped with a line saying why (not committed, a file missing,
     truncated or corrupt), and their commits are removed so that nothing blocks the next
     restart; the older ones are kept.
 
@@ -70,8 +72,10 @@ def select_checkpoint(run_dir, worker, agreement, data_sharding="files",
             problem = ("not committed (a worker was stopped before every file of this step "
                        "was written)")
         else:
-            resume = _input_position(run_dir, worker, step, record, data_sharding,
-                                     on_input_position_mismatch)
+            resume = Resume(step, prefix, None)
+            if input_positions:
+                resume = _input_position(run_dir, worker, step, record, data_sharding,
+                                         on_input_position_mismatch)
             if worker.is_chief:
                 problem = _unreadable(prefix)
             if problem is None and resume.input_position:
@@ -83,7 +87,10 @@ def select_checkpoint(run_dir, worker, agreement, data_sharding="files",
                     run_dir.uncommit(newer)
             if skipped:
                 print_fn(f"tflm-train: resuming from {prefix}, the newest whole checkpoint")
-            if resume.input_position is None:
+            if not input_positions:
+                print_fn(f"tflm-train: parameter servers: the input starts again from its "
+                         "beginning (the workers' input positions are not saved)")
+            elif resume.input_position is None:
                 print_fn(f"tflm-train: {prefix} was written by {record['num_workers']} "
                          f"workers, this run has {worker.num_workers}: the input starts again "
                          "from its beginning (trainer.on_input_position_mismatch=restart)")

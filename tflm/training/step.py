@@ -60,6 +60,8 @@ class TrainStep:
         self.fused = isinstance(strategy, tf.distribute.OneDeviceStrategy)
         self._fused_step = tf.function(self._fused_step_fn, jit_compile=jit_compile)
         self.train_loop = tf.function(self._train_loop_fn)
+        # Under ParameterServerStrategy: one step, scheduled on a worker with its iterator.
+        self.scheduled_step = tf.function(self.train_step)
 
     def _forward_backward_fn(self, features, labels, weights, denominator):
         """One micro-batch on one replica: loss sums and gradients of its share of the mean."""
@@ -131,10 +133,10 @@ class TrainStep:
         """This worker's first replica's copy of a per-replica value."""
         return self.strategy.experimental_local_results(value)[0]
 
-    def train_step(self):
+    def train_step(self, iterator=None):
         """One optimizer step (all micro-batches); returns the loss and the gradient norm."""
-        micro = [self.split_for_replicas(next(self.iterator))
-                 for _ in range(self.accumulation_steps)]
+        iterator = self.iterator if iterator is None else iterator
+        micro = [self.split_for_replicas(next(iterator)) for _ in range(self.accumulation_steps)]
         if self.fused:
             return self.strategy.run(self._fused_step, args=(micro,))
         grads, loss, norm, finite = self.strategy.run(self.replica_step, args=(micro,))

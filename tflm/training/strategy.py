@@ -17,13 +17,16 @@ def step_jit_compile(requested, mixed_precision, strategy):
     float32's rate, against XLA's at float32's; benchmarks/RESULTS.md)."""
     if requested is not None:
         return bool(requested)
+    if is_parameter_server(strategy):
+        return False
     on_cpu = all(tf.DeviceSpec.from_string(d).device_type == "CPU"
                  for d in strategy.extended.worker_devices)
     return not (on_cpu and mixed_precision == "mixed_bfloat16")
 
 
 def make_strategy(runtime):
-    """`one_device`, `mirrored`, `multi_worker` (reads TF_CONFIG) or `tpu`."""
+    """`one_device`, `mirrored`, `multi_worker` or `parameter_server` (both read TF_CONFIG),
+    or `tpu`."""
     kind = runtime.distribution_strategy
     if kind == "one_device":
         device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
@@ -39,6 +42,8 @@ def make_strategy(runtime):
             )
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    if kind == "parameter_server":
+        return _parameter_server_strategy()
     if kind == "tpu":
         _check_tpu_address(runtime.tpu)
         try:
@@ -52,6 +57,37 @@ def make_strategy(runtime):
                 f"runtime.distribution_strategy=tpu: no TPU reachable at {where} ({e})."
             ) from None
     raise ConfigError(f"runtime.distribution_strategy={kind!r} is not a strategy.")
+
+
+def _parameter_server_strategy():
+    """ParameterServerStrategy on the chief; on a worker or ps task, serve until killed.
+
+    The chief runs the training loop and schedules steps on the workers
+    (`tf.distribute.coordinator.ClusterCoordinator`); variables are placed on the ps
+    tasks round-robin. A worker that fails is tolerated: its scheduled steps run again
+    elsewhere, and it rejoins when it comes back.
+    """
+    if not os.environ.get("TF_CONFIG"):
+        raise ConfigError(
+            "runtime.distribution_strategy=parameter_server reads the cluster (chief, workers, "
+            "ps) from the TF_CONFIG environment variable, which is not set "
+            "(tools/launch_local_cluster.py --num_ps=1 sets it for tasks on this machine).")
+    # A failed worker's RPCs fail at once, for the coordinator to reschedule (TF's advice).
+    os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if resolver.task_type in ("worker", "ps"):
+        server = tf.distribute.Server(
+            resolver.cluster_spec(), job_name=resolver.task_type, task_index=resolver.task_id,
+            protocol=resolver.rpc_layer or "grpc", start=True)
+        server.join()  # never returns: the launcher stops it once the chief is done
+    if resolver.task_type != "chief":
+        raise ConfigError(f"runtime.distribution_strategy=parameter_server: TF_CONFIG's task "
+                          f"type is {resolver.task_type!r}; expected chief, worker or ps.")
+    return tf.distribute.ParameterServerStrategy(resolver)
+
+
+def is_parameter_server(strategy):
+    return isinstance(strategy, tf.distribute.ParameterServerStrategy)
 
 
 def _check_tpu_address(address, timeout=10.0):
@@ -87,6 +123,9 @@ class WorkerInfo:
 
 def worker_info(strategy):
     """`WorkerInfo` of this process: from TF_CONFIG under multi-worker, else a single worker."""
+    if is_parameter_server(strategy):
+        # The chief runs the only training loop; each step is one worker's global batch.
+        return WorkerInfo(1, 0, True, 1)
     local = len(strategy.extended.worker_devices)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return WorkerInfo(1, 0, True, local)

@@ -15,6 +15,11 @@ its own loop, in three parts:
   checkpoint, evaluation (orbit actions made periodic by orbit's
   `ConditionalAction`), the NaN guard and the SIGTERM handler.
 
+Under ParameterServerStrategy the driver is the chief's: each step of a call is
+scheduled on a free worker (`ClusterCoordinator.schedule` of `TrainStep.scheduled_step`)
+and the actions run once all are done; the workers' input positions are not saved, so a
+resume restores the model state only.
+
 Everything that depends on the task (`tflm.tasks`) comes from the task
 object: its model (from `model.init_checkpoint` on a fresh run, with the
 parts `model.finetune` names frozen), its input pipeline, its loss and its
@@ -59,6 +64,7 @@ from tflm.training.precision import DynamicLossScale
 from tflm.training.step import TrainStep
 from tflm.training.strategy import (
     WorkerAgreement,
+    is_parameter_server,
     make_strategy,
     step_jit_compile,
     worker_info,
@@ -107,6 +113,10 @@ class Trainer:
         keras.utils.set_random_seed(config.runtime.seed)
         self.tokenizer = task.make_tokenizer()
         self.agreement = WorkerAgreement(self.strategy)
+        # Parameter servers: this chief schedules each step on a free worker.
+        self.coordinator = None
+        if is_parameter_server(self.strategy):
+            self.coordinator = tf.distribute.coordinator.ClusterCoordinator(self.strategy)
         # A resumed run continues from its newest whole checkpoint (agreed by every worker);
         # a fresh run starts from model.init_checkpoint.
         self.resume = None
@@ -114,7 +124,7 @@ class Trainer:
             self.resume = select_checkpoint(
                 self.run_dir, self.worker, self.agreement, config.data.sharding,
                 trainer.on_input_position_mismatch, trainer.start_over_if_unrestorable,
-                print_fn)
+                print_fn, input_positions=self.coordinator is None)
         source = None
         if for_training and self.resume is None:
             source = task.load_init_checkpoint()
@@ -137,13 +147,21 @@ class Trainer:
                                     split="train")
         self._eval_dataset_fn = eval_dataset_fn
         # Evaluation alone needs no training data (nor its position in checkpoints).
-        self.dataset = dataset_fn(self.worker.input_context()) if for_training else None
-        self.iterator = iter(self.dataset) if for_training else None
+        self.dataset = self.iterator = None
+        if for_training and self.coordinator is not None:
+            # One pipeline per worker, on the worker; their positions cannot be saved.
+            self.dataset = self.coordinator.create_per_worker_dataset(
+                lambda: self.strategy.distribute_datasets_from_function(dataset_fn))
+            self.iterator = iter(self.dataset)
+        elif for_training:
+            self.dataset = dataset_fn(self.worker.input_context())
+            self.iterator = iter(self.dataset)
         self.checkpoints = TrainingCheckpoints(
             self.run_dir, self.worker, self.agreement,
             dict(model=self.model, optimizer=self.optimizer, step=self.step,
                  loss_scale=self.loss_scale),
-            self.iterator, self.step, keep=trainer.keep_checkpoints,
+            self.iterator if self.coordinator is None else None, self.step,
+            keep=trainer.keep_checkpoints,
             data_sharding=config.data.sharding, resume=self.resume,
         )
 
@@ -195,12 +213,14 @@ class Trainer:
             while int(self.step.numpy()) < last_step:
                 step = int(self.step.numpy())
                 count = min(self._steps_until_boundary(step), last_step - step)
-                losses, norms = self.train_step.train_loop(tf.constant(count, tf.int32))
-                losses = losses.numpy()
-                if self.nan_guard(step, losses):
-                    continue  # rewound to the step before the bad one, its batch skipped
-                output = {"step": step + count, "loss": losses[-1],
-                          "grad_norm": norms.numpy()[-1]}
+                if self.coordinator is None:
+                    losses, norms = self.train_step.train_loop(tf.constant(count, tf.int32))
+                    losses, norms = losses.numpy(), norms.numpy()
+                    if self.nan_guard(step, losses):
+                        continue  # rewound to the step before the bad one, its batch skipped
+                else:
+                    losses, norms = self._parameter_server_steps(count)
+                output = {"step": step + count, "loss": losses[-1], "grad_norm": norms[-1]}
                 for action in actions:
                     action(output)
                 # A signal to any one worker stops them all at the same step.
@@ -218,6 +238,27 @@ class Trainer:
             self.run_dir.save_model(self.model)
         return status
 
+    def _parameter_server_steps(self, count):
+        """`count` steps scheduled on the workers (each takes the next as it is free), then
+        waits for all. A step with a non-finite loss changes no weight (the step checks); it
+        stops the run unless `trainer.recover_on_nan`, as there is no replay here: steps run
+        in parallel on the state each worker last read."""
+        scheduled = [self.coordinator.schedule(self.train_step.scheduled_step,
+                                               args=(self.iterator,)) for _ in range(count)]
+        self.coordinator.join()
+        losses, norms = (np.array(values, np.float64) for values in zip(
+            *[[float(t) for t in result.fetch()] for result in scheduled]))
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size and not self.config.trainer.recover_on_nan:
+            raise TrainingError(f"loss is {losses[bad[0]]} in {bad.size} of the last {count} "
+                                "steps; their updates were not applied. Lower "
+                                "trainer.learning_rate, check the data, or set "
+                                "trainer.recover_on_nan=true to skip such steps.")
+        if bad.size:
+            self.print_fn(f"tflm-train: {bad.size} steps with a non-finite loss skipped")
+            losses, norms = losses[np.isfinite(losses)] , norms[np.isfinite(losses)]
+        return (losses, norms) if losses.size else (np.array([np.nan]), np.array([np.nan]))
+
     def _steps_until_boundary(self, step):
         """Steps in the next call: up to steps_per_loop, stopping at log/checkpoint/eval/end."""
         trainer = self.config.trainer
@@ -233,6 +274,12 @@ class Trainer:
         return bool(self._eval_dataset_fn or data.eval_input_path or data.eval_every_nth_document)
 
     def _eval_step_fn(self, batch):
+        if self.coordinator is not None:
+            # Parameter servers: the chief evaluates, reading the variables from the ps tasks.
+            features, labels, weights = batch
+            outputs = self.model(features, training=False)
+            return self.task.eval_sums(self.model, labels, outputs, weights)
+
         def replica(features, labels, weights):
             outputs = self.model(features, training=False)
             sums = self.task.eval_sums(self.model, labels, outputs, weights)
