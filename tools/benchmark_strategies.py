@@ -4,7 +4,7 @@
 
 Trains the same config twice with `tflm-train` on this machine: AllReduce over
 `--workers` workers, then `--workers` workers with one parameter server (and a
-chief that schedules the steps). Prints, for each, the median tokens/s of the
+chief that schedules the steps) for `--ps_step_factor` times the steps. Prints, for each, the median tokens/s of the
 progress lines after the first, the seconds (from the first progress line) until
 the logged training loss first falls to the target (the AllReduce run's loss at
 80% of its steps), and the held-out loss at the end; then the ratios.
@@ -50,9 +50,10 @@ class _TimedLog:
 
 
 def run(strategy, args, folder):
+    steps = args.steps * (args.ps_step_factor if strategy == "parameter_server" else 1)
     overrides = ",".join(filter(None, [
-        f"runtime.distribution_strategy={strategy}", f"trainer.train_steps={args.steps}",
-        f"trainer.log_every={args.log_every}", f"trainer.checkpoint_every={args.steps}",
+        f"runtime.distribution_strategy={strategy}", f"trainer.train_steps={steps}",
+        f"trainer.log_every={args.log_every}", f"trainer.checkpoint_every={steps}",
         f"trainer.steps_per_loop={args.log_every}", "trainer.eval_steps=20",
         args.params_override]))
     command = [sys.executable, "-m", "tflm.cli.train", f"--config_file={args.config_file}",
@@ -86,6 +87,9 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--log_every", type=int, default=10)
+    parser.add_argument("--ps_step_factor", type=int, default=2,
+                        help="the parameter-server run trains this many times the steps "
+                             "(asynchronous updates need more to reach the same loss)")
     parser.add_argument("--timeout", type=float, default=1200.0)
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="tflm-strategies-")
@@ -96,7 +100,8 @@ def main():
     for name, (points, eval_loss) in results.items():
         rate = statistics.median(p[3] for p in points[1:])
         rows[name] = (rate, seconds_to(points, target), points[-1][2], eval_loss)
-    print(f"{args.workers} workers, {args.steps} steps, {args.config_file} "
+    print(f"{args.workers} workers, {args.steps} steps ({args.ps_step_factor}x for "
+          f"parameter_server), {args.config_file} "
           f"{args.params_override}; target training loss {target:.4f}")
     print(f"{'strategy':<18}{'tokens/s':>10}{'s to target':>13}{'final loss':>12}"
           f"{'eval loss':>11}")

@@ -191,3 +191,37 @@ def test_fit_on_two_workers_equals_one_worker(tmp_path, config_file):
     losses = re.findall(r"\[worker 0\] LOSSES (.*)", log.read_text())
     np.testing.assert_allclose(json.loads(losses[0]), json.loads(
         re.search(r"LOSSES (.*)", result.stdout).group(1)), rtol=1e-4)
+
+
+def _fit_cluster(tmp_path, *args):
+    log = tmp_path / "log.txt"
+    with open(log, "a", buffering=1) as sink:
+        cluster = LocalCluster([*FIT_JOB, *map(str, args)], 2, env=_env(), sink=sink).start()
+        try:
+            return cluster.wait(240), log.read_text()
+        finally:
+            cluster.kill()
+
+
+def test_fit_resumes_across_workers_with_backup_and_restore(tmp_path):
+    """tflm's BackupAndRestore (Keras 3's writes one file from every worker): a two-worker
+    `fit` killed after epoch 1 resumes at epoch 2 as a one-worker `fit` does."""
+    def single(*args):
+        return subprocess.run([*FIT_JOB, *map(str, args)], cwd=REPO_ROOT, env=_env(),
+                              capture_output=True, text=True, timeout=240)
+
+    config = "configs/tiny_gpt.yaml"
+    assert single(tmp_path / "one", config, tmp_path / "backup-one", "interrupt").returncode == 3
+    result = single(tmp_path / "one", config, tmp_path / "backup-one")
+    assert result.returncode == 0 and "EPOCHS [2, 3] 8" in result.stdout, result.stderr[-3000:]
+
+    statuses, text = _fit_cluster(tmp_path, tmp_path / "two", config, tmp_path / "backup-two",
+                                  "interrupt")
+    assert 3 in statuses and set(statuses) <= {3, -signal.SIGKILL}, text[-4000:]
+    assert json.loads((tmp_path / "backup-two" / "training_metadata.json").read_text())[
+        "epoch"] == 2
+    statuses, text = _fit_cluster(tmp_path, tmp_path / "two", config, tmp_path / "backup-two")
+    assert statuses == [0, 0] and text.count("EPOCHS [2, 3] 8") == 2, text[-4000:]
+    assert not (tmp_path / "backup-two").exists()  # deleted by the chief at the end
+    np.testing.assert_allclose(np.load(tmp_path / "two-0.npy"), np.load(tmp_path / "one-0.npy"),
+                               atol=1e-5)

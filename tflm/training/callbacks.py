@@ -1,8 +1,12 @@
-"""Keras callbacks: a progress line with loss, tokens/s and model TFLOP/s."""
+"""Keras callbacks for `model.fit`: a progress line with loss, tokens/s and model TFLOP/s,
+and a BackupAndRestore that works across workers."""
 
+import json
+import os
 import time
 
 import keras
+import tensorflow as tf
 from absl import logging
 
 
@@ -68,3 +72,55 @@ class ThroughputLogger(keras.callbacks.Callback):
         self.history.append(record)
         self.print_fn(line)
         self._last_time, self._last_step = now, self._step
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` that works across workers and survives any kill.
+
+    Keras 3's callback writes the same file from every worker under
+    MultiWorkerMirroredStrategy (an HDF5 lock error, or a torn file), and its weights and
+    its epoch are two writes that a kill can separate. Here only the chief writes
+    (`strategy.extended.should_checkpoint`); each save goes to a new weights file, and
+    `training_metadata.json`, renamed into place last, names it: the commit. Every worker
+    restores from the file it names. Like Keras's, it resumes at the epoch (or batch), not at
+    the input position: the dataset starts again (`tflm-train` resumes exactly).
+
+    Example:
+    >>> model.fit(dataset, epochs=4, steps_per_epoch=100,
+    ...           callbacks=[BackupAndRestore("runs/fit/backup")])
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=False,
+                         delete_checkpoint=delete_checkpoint)
+
+    def _writes(self):
+        return self.model.distribute_strategy.extended.should_checkpoint
+
+    def on_train_begin(self, logs=None):
+        if tf.io.gfile.exists(self._training_metadata_path):
+            with tf.io.gfile.GFile(self._training_metadata_path) as f:
+                weights = json.loads(f.read()).get("weights")
+            if weights:
+                self._weights_path = os.path.join(self.backup_dir, weights)
+        self._load_model()
+
+    def _save_model(self):
+        if not self._writes():
+            return
+        tf.io.gfile.makedirs(self.backup_dir)
+        previous = self._weights_path
+        name = f"weights-{self._current_epoch}-{self._last_batch_seen}.weights.h5"
+        self._weights_path = os.path.join(self.backup_dir, name)
+        self.model.save_weights(self._weights_path, overwrite=True)
+        record = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        with tf.io.gfile.GFile(self._training_metadata_path + ".tmp", "w") as f:
+            f.write(json.dumps(record))
+        tf.io.gfile.rename(self._training_metadata_path + ".tmp",
+                           self._training_metadata_path, overwrite=True)
+        if previous != self._weights_path and tf.io.gfile.exists(previous):
+            tf.io.gfile.remove(previous)
+
+    def on_train_end(self, logs=None):
+        if self._writes():
+            super().on_train_end(logs)
