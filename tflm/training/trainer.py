@@ -248,16 +248,18 @@ class Trainer:
         self.coordinator.join()
         losses, norms = (np.array(values, np.float64) for values in zip(
             *[[float(t) for t in result.fetch()] for result in scheduled]))
-        bad = np.flatnonzero(~np.isfinite(losses))
-        if bad.size and not self.config.trainer.recover_on_nan:
-            raise TrainingError(f"loss is {losses[bad[0]]} in {bad.size} of the last {count} "
+        finite = np.isfinite(losses)
+        bad = int(np.sum(~finite))
+        if bad and not self.config.trainer.recover_on_nan:
+            raise TrainingError(f"loss is {losses[~finite][0]} in {bad} of the last {count} "
                                 "steps; their updates were not applied. Lower "
                                 "trainer.learning_rate, check the data, or set "
                                 "trainer.recover_on_nan=true to skip such steps.")
-        if bad.size:
-            self.print_fn(f"tflm-train: {bad.size} steps with a non-finite loss skipped")
-            losses, norms = losses[np.isfinite(losses)] , norms[np.isfinite(losses)]
-        return (losses, norms) if losses.size else (np.array([np.nan]), np.array([np.nan]))
+        if bad:
+            self.print_fn(f"tflm-train: {bad} steps with a non-finite loss skipped")
+        if not finite.any():
+            return np.array([np.nan]), np.array([np.nan])
+        return losses[finite], norms[finite]
 
     def _steps_until_boundary(self, step):
         """Steps in the next call: up to steps_per_loop, stopping at log/checkpoint/eval/end."""
