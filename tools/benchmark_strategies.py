@@ -21,7 +21,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from launch_local_cluster import LocalCluster  # noqa: E402
+from launch_local_cluster import LocalCluster, local_env  # noqa: E402
 
 PROGRESS = re.compile(r"\[(?:worker 0|chief 0)\] step (\d+)/\d+  loss ([\d.]+) .*tokens/s ([\d,]+)")
 
@@ -60,10 +60,8 @@ def run(strategy, args, folder):
                f"--model_dir={os.path.join(folder, strategy)}", "--mode=train_and_eval",
                f"--params_override={overrides}"]
     log = _TimedLog(os.path.join(folder, f"{strategy}.log"))
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env.pop("TF_CONFIG", None)
     num_ps = 1 if strategy == "parameter_server" else 0
-    cluster = LocalCluster(command, args.workers, env=env, sink=log, num_ps=num_ps).start()
+    cluster = LocalCluster(command, args.workers, env=local_env(), sink=log, num_ps=num_ps).start()
     try:
         statuses = cluster.wait(args.timeout)
     finally:

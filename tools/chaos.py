@@ -32,7 +32,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from launch_local_cluster import PREEMPTED, LocalCluster  # noqa: E402
+from launch_local_cluster import PREEMPTED, LocalCluster, local_env  # noqa: E402
 
 TRAIN_OVERRIDES = ("data.sequence_length=32,data.global_batch_size=8,data.shuffle_buffer_size=50,"
                    "data.sharding=global_batch,model.num_layers=1,trainer.steps_per_loop=5,"
@@ -72,12 +72,6 @@ def _command(args, model_dir):
             f"--model_dir={model_dir}", f"--params_override={overrides}"]
 
 
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env.pop("TF_CONFIG", None)
-    return env
-
-
 def _weights(model_dir):
     import tflm.models  # noqa: F401 (registers the classes of model.keras)
 
@@ -98,7 +92,7 @@ def run_chaos(args, print_fn=print):
 
     def attempt(model_dir, workers, kill):
         log.training.clear()
-        cluster = LocalCluster(_command(args, model_dir), workers, env=_env(), sink=log).start()
+        cluster = LocalCluster(_command(args, model_dir), workers, env=local_env(), sink=log).start()
         try:
             killed = None
             if kill:

@@ -40,6 +40,18 @@ def free_ports(count):
             s.close()
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def local_env(**extra):
+    """The environment of processes on this machine: TensorFlow quiet, CPUs only, this
+    repository importable, and no TF_CONFIG (the cluster sets one per task)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    env.pop("TF_CONFIG", None)
+    return env
+
+
 def tf_configs(num_workers, num_ps=0):
     """One TF_CONFIG JSON per task of a localhost cluster: `num_workers` workers; with
     `num_ps` parameter servers a chief first (it runs the training loop), then the workers,

@@ -1,7 +1,6 @@
 """Multi-replica and multi-worker training, in separate processes (bounded, cleaned up by PID)."""
 
 import json
-import os
 import pathlib
 import re
 import signal
@@ -15,15 +14,9 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 from launch_local_cluster import LocalCluster  # noqa: E402
+from launch_local_cluster import local_env as _env  # noqa: E402
 
 JOB = [sys.executable, str(REPO_ROOT / "tests" / "training" / "training_job.py")]
-
-
-def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", **extra)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("TF_CONFIG", None)
-    return env
 
 
 def _job(model_dir, steps, delay=0.0, until_step=None):

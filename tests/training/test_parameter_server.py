@@ -3,7 +3,6 @@ synchronous run, a killed worker tolerated, SIGTERM to the chief and a resume (b
 processes cleaned up by PID)."""
 
 import json
-import os
 import pathlib
 import re
 import signal
@@ -16,6 +15,7 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 from launch_local_cluster import LocalCluster  # noqa: E402
+from launch_local_cluster import local_env as _env  # noqa: E402
 
 OVERRIDES = ("trainer.train_steps=100,trainer.log_every=10,trainer.checkpoint_every=50,"
              "trainer.steps_per_loop=10,data.sequence_length=32,data.global_batch_size=8")
@@ -29,13 +29,6 @@ TOLERANCE = 1e-3
 # this held-out loss (an untrained model's is ln(262) = 5.6).
 TRAINED = 4.0
 WORKER_1 = 2  # the cluster's tasks: chief, worker 0, worker 1, ps 0
-
-
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    env.pop("TF_CONFIG", None)
-    return env
 
 
 def _train(model_dir, strategy="one_device"):
@@ -56,17 +49,6 @@ def synchronous_loss(tmp_path_factory):
     return _eval_loss(result.stdout)
 
 
-class _Log:
-    def __init__(self, path):
-        self.file = open(path, "a", buffering=1)
-
-    def write(self, text):
-        self.file.write(text)
-
-    def flush(self):
-        self.file.flush()
-
-
 def _wait_for(log, pattern, cluster, seconds=180):
     deadline = time.monotonic() + seconds
     while not re.search(pattern, log.read_text()):
@@ -77,7 +59,7 @@ def _wait_for(log, pattern, cluster, seconds=180):
 
 def _cluster(model_dir, log, workers=2):
     return LocalCluster(_train(model_dir, "parameter_server"), workers, env=_env(),
-                        sink=_Log(log), num_ps=1).start()
+                        sink=open(log, "a", buffering=1), num_ps=1).start()
 
 
 def _run_to_the_end(model_dir, log, workers=2):

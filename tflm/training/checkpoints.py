@@ -63,10 +63,11 @@ def select_checkpoint(run_dir, worker, agreement, data_sharding="files",
             workers (`on_input_position_mismatch="error"`).
     """
     steps = run_dir.checkpoint_steps()
-    skipped = []
+    skipped, committed = [], False
     for step in steps:
         prefix = run_dir.checkpoint_prefix(step)
         record = run_dir.read_commit(step)
+        committed = committed or record is not None
         resume, problem = None, None
         if record is None:
             problem = ("not committed (a worker was stopped before every file of this step "
@@ -88,7 +89,7 @@ def select_checkpoint(run_dir, worker, agreement, data_sharding="files",
             if skipped:
                 print_fn(f"tflm-train: resuming from {prefix}, the newest whole checkpoint")
             if not input_positions:
-                print_fn(f"tflm-train: parameter servers: the input starts again from its "
+                print_fn("tflm-train: parameter servers: the input starts again from its "
                          "beginning (the workers' input positions are not saved)")
             elif resume.input_position is None:
                 print_fn(f"tflm-train: {prefix} was written by {record['num_workers']} "
@@ -101,7 +102,7 @@ def select_checkpoint(run_dir, worker, agreement, data_sharding="files",
     if not steps:
         return None
     names = ", ".join(os.path.basename(run_dir.checkpoint_prefix(s)) for s in steps)
-    if not any(run_dir.read_commit(s) for s in steps):
+    if not committed:
         # The first save never completed: nothing was trained that a restart could keep.
         print_fn(f"tflm-train: no committed checkpoint in {run_dir.checkpoint_dir} ({names} "
                  "never completed): starting from step 0")
