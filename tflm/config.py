@@ -133,7 +133,9 @@ class DataConfig:
     csv_delimiter: str = ","
     # Held-out text for evaluation: its own path, or every n-th document of the input.
     eval_input_path: str = ""
-    eval_every_nth_document: int = 0  # 0: no documents held out
+    # Held out for evaluation: about 1 document in n of the language models, chosen by a hash
+    # of the document (the same in every epoch); every n-th record of labelled data. 0: none.
+    eval_every_nth_document: int = 0
     # Multi-worker input: files (each worker its share of the files or documents) |
     # global_batch (each reads every global batch and keeps its rows: elastic resume)
     sharding: str = "files"

@@ -145,7 +145,8 @@ def run_experiment(config, model_dir, mode="train", print_fn=print, strategy=Non
     if trainer.status == "completed" and mode == "train_and_eval":
         trainer.eval_results = trainer.evaluate()
     summary = dict(trainer.history[-1] if trainer.history else {}, status=trainer.status,
-                   checkpoint=trainer.checkpoints.latest(), input=trainer.stats.as_dict())
+                   checkpoint=trainer.checkpoints.latest(), consumed=trainer.consumed(),
+                   read=trainer.stats.as_dict())
     print_fn("tflm-train: " + json.dumps(summary))
     return trainer
 

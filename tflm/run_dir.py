@@ -13,6 +13,9 @@ Every file of a model_dir is read and written here, and nowhere else::
                              never restored (`tflm.training.checkpoints`)
       data/worker-i/ckpt-N.* worker i's input position at step N
       tmp/worker-i/          a non-chief worker's throwaway copy of checkpoints (multi-worker)
+      checkpoints/ckpt-N_temp/, *.tmp
+                             left by a save that was killed midway; the chief removes them
+                             when the run starts again (`remove_partial_writes`)
       train/, eval/          TensorBoard logs
       model.keras            the finished task model (also the whole of a converted checkpoint)
       eval_results.json      the last evaluation
@@ -203,6 +206,24 @@ class RunDir:
         for pattern in patterns:
             for path in tf.io.gfile.glob(pattern):
                 tf.io.gfile.remove(path)
+
+    def remove_partial_writes(self):
+        """Removes what a save killed midway leaves behind: TensorFlow's `ckpt-N_temp/`
+        folders (the model's and every worker's), torn commit records (`*.tmp`) and the
+        workers' scratch copies (`tmp/`); returns the removed paths. Only safe while no
+        worker of the run is saving (the caller makes sure)."""
+        patterns = [os.path.join(self.checkpoint_dir, f"{CHECKPOINT_NAME}-*_temp*"),
+                    os.path.join(self.checkpoint_dir, "*.tmp"),
+                    os.path.join(self.join(DATA_DIR), "worker-*", f"{CHECKPOINT_NAME}-*_temp*")]
+        removed = [path for pattern in patterns for path in tf.io.gfile.glob(pattern)]
+        if tf.io.gfile.exists(self.join(TMP_DIR)):
+            removed.append(self.join(TMP_DIR))
+        for path in removed:
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+        return removed
 
     def move_checkpoints_aside(self, suffix):
         """Renames checkpoints/ and data/ to `<name>.<suffix>` (a deliberate start over keeps

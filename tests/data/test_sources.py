@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.data import InputStats, read_documents, resolve_files
-from tflm.data.sources import shard_for_worker, split_long_document
+from tflm.data.sources import bad_record_error, shard_for_worker, split_long_document
 from tflm.data.text_cleaning import replace_invalid_utf8
 
 
@@ -83,9 +83,12 @@ def test_jsonl_missing_field_counted_or_named(tmp_path):
     assert counts["records_missing_field"] == 2
     assert counts["empty_documents_skipped"] == 1
     assert counts["invalid_utf8_replacements"] == 1
-    error = r"data\.jsonl:2: JSON line without a string value for the field text"
-    with pytest.raises(tf.errors.InvalidArgumentError, match=error):
+    error = r"data\.jsonl:2: not a JSON object with a string value for the key text"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=error) as raised:
         _docs(read_documents([path], input_format="jsonl", on_bad_record="error"))
+    # The binaries print this one line instead of TensorFlow's error.
+    assert str(bad_record_error(raised.value)) == f"{path}:2: " + error.split(":2: ")[1]
+    assert bad_record_error(ValueError("another error")) is None
 
 
 def test_long_document_cut_at_whitespace_or_characters(tmp_path):

@@ -96,6 +96,25 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_whole_one(runs, tm
     assert RunDir(model_dir).read_commit(20) is not None
 
 
+def test_what_a_killed_save_left_behind_is_removed_on_the_next_start(runs, tmp_path):
+    model_dir = _copy(runs, tmp_path)
+    # As TensorFlow leaves them when a save of step 20 is killed midway.
+    leftovers = [model_dir / "checkpoints" / "ckpt-20_temp" / "part-00000-of-00001.index",
+                 model_dir / "data" / "worker-0" / "ckpt-20_temp" / "part-00000-of-00001.index",
+                 model_dir / "checkpoints" / "ckpt-20.commit.json.tmp",
+                 model_dir / "tmp" / "worker-1" / "ckpt-20.index"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    trainer, status, log = _train(model_dir)
+    assert status == "completed"
+    assert "resumed from" in log and "ckpt-15 at step 15" in log, log
+    for path in (leftovers[0].parent, leftovers[1].parent, leftovers[2], leftovers[3].parent.parent):
+        assert f"removed {path}, left by a save that did not finish" in log, (path, log)
+        assert not path.exists()
+    np.testing.assert_allclose(_weights(trainer), runs[0], atol=1e-6)
+
+
 def test_no_restorable_checkpoint_is_an_error_not_a_fresh_start(runs, tmp_path):
     model_dir = _copy(runs, tmp_path)
     for index in (model_dir / "checkpoints").glob("*.index"):

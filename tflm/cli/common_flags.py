@@ -2,9 +2,11 @@
 
 import sys
 
+import tensorflow as tf
 from absl import flags, logging
 
 from tflm import experiment
+from tflm.data.sources import bad_record_error
 from tflm.errors import TflmError
 
 flags.DEFINE_multi_string(
@@ -49,6 +51,13 @@ def run_or_exit(program, main, *args):
         return main(*args)
     except TflmError as e:
         exit_with_error(program, e)
+    except tf.errors.OpError as e:
+        # A bad record found inside tf.data stops the pipeline with a TensorFlow error
+        # whose message names its file and line.
+        bad_record = bad_record_error(e)
+        if bad_record is None:
+            raise
+        exit_with_error(program, bad_record)
 
 
 def exit_with_error(program, error):

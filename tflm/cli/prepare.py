@@ -39,7 +39,8 @@ def prepare(config, output_dir, num_shards, print_fn=print):
         delimiter=data.document_delimiter, text_field=data.text_field,
         max_document_bytes=data.max_document_bytes, on_bad_record=text_on_bad_record(data),
     )
-    summary = {k: manifest[k] for k in ("documents", "tokens", "skipped", "repaired", "seconds")}
+    summary = {k: manifest[k] for k in ("input", "documents", "tokens", "skipped", "repaired",
+                                             "seconds")}
     print_fn(f"tflm-prepare: wrote {num_shards} shards to {output_dir}: {json.dumps(summary)}")
     return manifest
 

@@ -20,10 +20,12 @@ token is dropped, only the tail of the whole (infinite) stream.
 import tensorflow as tf
 
 from tflm.config import ConfigError, text_on_bad_record
+from tflm.errors import BadFileError
 from tflm.data.corpus import resolve_files
 from tflm.data.masking import mask_batch
 from tflm.data.prepared import prepared_files, read_prepared
 from tflm.data.sources import read_documents
+from tflm.data.stats import InputStats, describe
 from tflm.data.tokenize import TOKENIZE_BATCH, tokenize_documents  # noqa: F401 (re-exported)
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -242,36 +244,42 @@ def masked_lm_dataset(files, tokenizer, sequence_length, batch_size, max_predict
                              drop_remainder=repeat, seed_offset=offset)
 
 
+def held_out_mask(token_batch, every_nth):
+    """Which documents of a ragged `(n, None)` batch of token ids are held out.
+
+    A property of the document alone, a hash of its token ids: the same in every epoch,
+    for any number of workers, any shard layout and any file order, and the same read from
+    text or from prepared shards (same tokenizer). About one document in `every_nth` is held
+    out; copies of a document all fall on the same side.
+    """
+    keys = tf.strings.reduce_join(tf.strings.as_string(token_batch), axis=-1, separator=" ")
+    return tf.equal(tf.strings.to_hash_bucket_fast(keys, every_nth), 0)
+
+
 def _held_out(documents, every_nth, keep_held_out):
-    """Every n-th document (by position in this pipeline's stream) is held out for evaluation.
+    """The held-out documents (`keep_held_out`), or the others; see `held_out_mask`.
 
     `documents` holds one token tensor per element, or ragged `(n, None)`
     batches of them (`tokenize_documents(..., batched=True)`); the choice is
     the same either way.
     """
     if documents.element_spec.shape.rank == 2:
-        def select(seen, batch):
-            count = batch.nrows(out_type=tf.int64)
-            chosen = tf.equal((seen + tf.range(count)) % every_nth, 0) == keep_held_out
-            return seen + count, tf.ragged.boolean_mask(batch, chosen)
+        def select(batch):
+            return tf.ragged.boolean_mask(batch, held_out_mask(batch, every_nth) == keep_held_out)
 
-        return documents.scan(tf.constant(0, tf.int64), select)
+        return documents.map(select, num_parallel_calls=AUTOTUNE, deterministic=True)
 
-    def selected(index, document):
-        del document
-        return tf.equal(index % every_nth, 0) == keep_held_out
+    def selected(document):
+        return held_out_mask(tf.RaggedTensor.from_tensor(document[tf.newaxis]),
+                             every_nth)[0] == keep_held_out
 
-    def document_of(index, document):
-        del index
-        return document
-
-    return documents.enumerate().filter(selected).map(document_of)
+    return documents.filter(selected)
 
 
 def split_source(data, split):
     """`(input_path, every_nth_held_out)` of a split: evaluation reads `data.eval_input_path`,
-    or else every `data.eval_every_nth_document`-th document of the input, which training
-    then leaves out."""
+    or else about one document in `data.eval_every_nth_document` of the input (see
+    `held_out_mask`), which training then leaves out."""
     if split not in ("train", "eval"):
         raise ValueError(f"split={split!r}; expected 'train' or 'eval'.")
     if split == "eval":
@@ -291,10 +299,13 @@ def token_documents(config, tokenizer, input_context=None, stats=None, training=
 
     Text and JSONL files are read, repaired and tokenized in batches (ragged `(n, None)`
     elements); a `tflm-prepare` folder (`data.input_format=tfrecord`) gives its stored
-    token documents. Evaluation reads `data.eval_input_path`, or else every
-    `data.eval_every_nth_document`-th document of the input, which training then leaves
-    out. The language-model tasks pack (`causal_lm_batches`) or mask
-    (`masked_lm_batches`) them into batches.
+    token documents. Evaluation reads `data.eval_input_path`, or else about one document in
+    `data.eval_every_nth_document` of the input (chosen by `held_out_mask`, a property of
+    the document), which training then never reads. The language-model tasks pack
+    (`causal_lm_batches`) or mask (`masked_lm_batches`) them into batches.
+
+    Raises:
+        BadFileError: a training pipeline would have no documents (it would wait forever).
 
     Args:
         config: an `ExperimentConfig` (its `data` section and `runtime.seed`).
@@ -305,14 +316,39 @@ def token_documents(config, tokenizer, input_context=None, stats=None, training=
         split: `"train"` or `"eval"`.
     """
     data = config.data
-    seed = config.runtime.seed
     input_path, holdout = split_source(data, split)
     if data.input_format == "tfrecord":
-        tokens = read_prepared(prepared_files(input_path, tokenizer), input_context,
-                               shuffle_seed=seed if training else None, repeat=training)
+        files = prepared_files(input_path, tokenizer)
+    else:
+        files = resolve_files(input_path)
+    if training and tf.executing_eagerly():
+        # An endless pipeline over no documents would wait forever: read once, up to the
+        # first document, and say which inputs had none.
+        check_stats = InputStats()
+        once = _token_documents(config, tokenizer, files, holdout, input_context, check_stats,
+                                False, split)
+        if not any(_document_count(element) for element in once):
+            why = (f" of the {split} split (data.eval_every_nth_document={holdout})"
+                   if holdout else "")
+            raise BadFileError(f"{', '.join(files)}: no documents{why} in this input pipeline "
+                               f"({describe(check_stats.as_dict())}).")
+    return _token_documents(config, tokenizer, files, holdout, input_context, stats, training,
+                            split)
+
+
+def _document_count(element):
+    return int(element.nrows()) if isinstance(element, tf.RaggedTensor) else 1
+
+
+def _token_documents(config, tokenizer, files, holdout, input_context, stats, training, split):
+    data = config.data
+    seed = config.runtime.seed
+    if data.input_format == "tfrecord":
+        tokens = read_prepared(files, input_context, shuffle_seed=seed if training else None,
+                               repeat=training, stats=stats)
     else:
         documents = read_documents(
-            resolve_files(input_path),
+            files,
             input_format=data.input_format,
             document_split=data.document_split,
             delimiter=data.document_delimiter,

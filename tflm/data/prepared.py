@@ -5,8 +5,9 @@
 into an output folder. Each record is a `tf.train.Example` holding one
 document's `token_ids`. Training from prepared shards skips tokenization.
 
-The manifest records the tokenizer's kind and fingerprint, the counts of
-documents and tokens, and every skip and repair. `read_prepared` refuses
+The manifest records the tokenizer's kind and fingerprint, what was read
+(files, bytes, documents), what was written (documents, tokens), and every
+skip and repair, in counts that add up (see `tflm.data.stats`). `read_prepared` refuses
 shards whose manifest names another tokenizer: a vocabulary that does not
 match the data is a clear error, not a silently wrong model.
 
@@ -22,9 +23,9 @@ import time
 import tensorflow as tf
 
 from tflm.data.sources import read_documents, worker_files
-from tflm.data.stats import InputStats
+from tflm.data.stats import InputStats, describe
 from tflm.data.tokenize import tokenize_documents
-from tflm.errors import TflmError
+from tflm.errors import BadFileError, TflmError
 from tflm.version import __version__
 
 MANIFEST = "manifest.json"
@@ -85,11 +86,16 @@ def prepare_corpus(files, output_dir, tokenizer, num_shards=8, log_every_seconds
     finally:
         for writer in writers:
             writer.close()
+    counts = stats.as_dict()
+    if not sum(shard_documents):
+        for name in names:
+            tf.io.gfile.remove(os.path.join(output_dir, name + ".tmp"))
+        raise BadFileError(f"{', '.join(files)}: no documents ({describe(counts)}); nothing "
+                           "was written.")
     for name in names:
         tf.io.gfile.rename(os.path.join(output_dir, name + ".tmp"), os.path.join(output_dir, name),
                            overwrite=True)
 
-    counts = stats.as_dict()
     manifest = {
         "format": FORMAT,
         "created_by": f"tflm {__version__}",
@@ -100,16 +106,28 @@ def prepare_corpus(files, output_dir, tokenizer, num_shards=8, log_every_seconds
             "fingerprint": tokenizer.fingerprint(),
             "vocabulary_size": tokenizer.vocabulary_size,
         },
+        # In: what was read. Out: the documents and tokens written. Every document read is
+        # written or skipped (counted); every byte read is in a document, a skipped one or
+        # between documents (see tflm.data.stats).
+        "input": {
+            "files": counts["files"],
+            "bytes": counts["bytes_read"],
+            "documents": counts["documents"],
+            "document_bytes": counts["document_bytes"],
+            "separator_bytes": counts["separator_bytes"],
+        },
         "documents": sum(shard_documents),
         "tokens": sum(shard_tokens),
         "skipped": {
             "empty_documents": counts["empty_documents_skipped"],
             "records_missing_field": counts["records_missing_field"],
+            "bytes": counts["skipped_bytes"],
         },
         "repaired": {
             "invalid_utf8_documents": counts["invalid_utf8_documents"],
             "invalid_utf8_replacements": counts["invalid_utf8_replacements"],
             "long_documents_split": counts["long_documents_split"],
+            "documents_added_by_splitting": counts["documents_added_by_splitting"],
         },
         "shards": [
             {"file": n, "documents": d, "tokens": t}
@@ -166,11 +184,12 @@ def prepared_files(path, tokenizer):
     return files
 
 
-def read_prepared(files, input_context=None, shuffle_seed=None, repeat=False):
+def read_prepared(files, input_context=None, shuffle_seed=None, repeat=False, stats=None):
     """Dataset of 1-D int32 token tensors (one per document) from prepared shards.
 
     Shards are split between input pipelines by file when there are enough,
-    by record otherwise, as `read_documents` does.
+    by record otherwise, as `read_documents` does. `stats` (an `InputStats`) counts
+    the documents and tokens read.
     """
     names, shard_records = worker_files(files, input_context, shuffle_seed, repeat)
     records = names.interleave(tf.data.TFRecordDataset, cycle_length=1)
@@ -179,6 +198,9 @@ def read_prepared(files, input_context=None, shuffle_seed=None, repeat=False):
 
     def parse(serialized):
         ids = tf.io.parse_example(serialized, _FEATURES)["token_ids"]
+        if stats is not None:
+            stats.add("documents", ids.nrows())
+            stats.add("tokens", tf.size(ids.flat_values))
         return tf.cast(ids, tf.int32)
 
     parsed = records.batch(256).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -2,12 +2,16 @@
 
 `read_documents` turns files into a `tf.data.Dataset` of documents (scalar
 strings, valid UTF-8, non-empty, at most `max_document_bytes` each), in a
-deterministic order. Every repair or skip is counted in an `InputStats`:
+deterministic order. Every repair or skip is counted in an `InputStats`, so the
+counts add up (see `tflm.data.stats`): every byte read is in a document, in a
+skipped document or record, or between documents (line breaks, blank lines,
+delimiter lines).
 
 - undecodable bytes are replaced by U+FFFD (counted), never an error;
 - empty and whitespace-only documents are skipped (counted);
 - JSONL lines without the text field are skipped (counted), or are an error
-  naming the file and line with `on_bad_record="error"`;
+  naming the file and line with `on_bad_record="error"` (`BadRecordError` turns
+  the pipeline's error into one line naming both);
 - a document longer than `max_document_bytes` (a 50 MB single line, say) is
   cut at whitespace (or character) boundaries into bounded chunks before tokenization, so
   memory stays bounded by the chunk, not the line (counted).
@@ -16,14 +20,18 @@ deterministic order. Every repair or skip is counted in an `InputStats`:
 import re
 
 import tensorflow as tf
+import tensorflow_text as tf_text
 
 from tflm.config import DOCUMENT_SPLITS
 from tflm.data.jsonl import extract_string_field
 from tflm.data.text_cleaning import replace_invalid_utf8
+from tflm.errors import BadFileError
 
 AUTOTUNE = tf.data.AUTOTUNE
 INPUT_FORMATS = ("text", "jsonl")
-_SEPARATOR = "\x1e"  # ASCII record separator: marks document boundaries inside a file
+# Starts the message of a bad record found inside tf.data, so that the binaries can tell it
+# from other TensorFlow errors and print only the "file:line: what" that follows it.
+BAD_RECORD_TAG = "tflm-bad-record: "
 # Documents repaired, counted and bounded per op call: one call per document
 # cost ~90 us of tf.data overhead each, more than tokenizing a paragraph.
 _DOCUMENTS_PER_BATCH = 256
@@ -90,24 +98,28 @@ def worker_files(files, input_context=None, shuffle_seed=None, repeat=False):
 
 
 def _split_file(text, document_split, delimiter):
-    """One file's contents → its documents (before cleaning)."""
+    """One file's contents → its documents (before cleaning).
+
+    The boundaries are found where they are (no marker byte is written into the
+    text, so any byte of the input can be in a document). Bytes between documents
+    are the caller's to count: the file's length minus the documents' lengths.
+    """
     if document_split == "file":
         return text[tf.newaxis]
     if document_split == "line":
         # A "\r" before "\n" stays with its line, as whitespace: no second copy of the text.
         pieces = tf.strings.split(text, sep="\n")
+        # The piece after a file's last newline is not a line; an empty file still
+        # yields one (empty, counted) document.
+        trailing = (tf.size(pieces) > 1) & tf.equal(tf.strings.length(pieces[-1]), 0)
+        return tf.cond(trailing, lambda: pieces[:-1], lambda: pieces)
+    if document_split == "blank_line":
+        pattern = r"\r?\n[ \t\r]*\n(?:[ \t\r]*\n)*"
     else:
-        if document_split == "blank_line":
-            pattern = r"\r?\n[ \t\r]*\n(?:[ \t\r]*\n)*"
-        else:
-            # A line holding only the delimiter (e.g. "%") separates documents.
-            pattern = r"(?:^|\r?\n)[ \t]*" + re.escape(delimiter) + r"[ \t]*(?:\r?\n|$)"
-        # Mark boundaries, then split on bytes: works on undecodable bytes too.
-        pieces = tf.strings.split(tf.strings.regex_replace(text, pattern, _SEPARATOR), sep=_SEPARATOR)
-    # The piece after a final separator (a file's last newline) is not a document;
-    # an empty file still yields one (empty, counted) document.
-    trailing = (tf.size(pieces) > 1) & tf.equal(tf.strings.length(pieces[-1]), 0)
-    return tf.cond(trailing, lambda: pieces[:-1], lambda: pieces)
+        # A line holding only the delimiter (e.g. "%") separates documents.
+        pattern = r"(?:^|\r?\n)[ \t]*" + re.escape(delimiter) + r"[ \t]*(?:\r?\n|$)"
+    # Byte-wise regex split: works on undecodable bytes too; empty pieces are left out.
+    return tf_text.regex_split(text[tf.newaxis], pattern).flat_values
 
 
 def read_documents(
@@ -154,42 +166,65 @@ def read_documents(
         if stats is not None:
             stats.add(key, value)
 
+    def count_file(text, pieces):
+        # The bytes a file adds that no piece holds lie between documents.
+        length = tf.strings.length(text)
+        count("files", 1)
+        count("bytes_read", length)
+        count("separator_bytes", length - tf.reduce_sum(tf.strings.length(pieces)))
+
+    def count_documents(raw, skipped):
+        """`raw`: documents (or records) as read; `skipped`: which of them are dropped."""
+        lengths = tf.strings.length(raw)
+        count("documents", tf.size(raw))
+        count("skipped_bytes", tf.reduce_sum(tf.where(skipped, lengths, 0)))
+        count("document_bytes", tf.reduce_sum(tf.where(skipped, 0, lengths)))
+
     if input_format == "jsonl":
         def lines_of(path):
-            lines = tf.data.TextLineDataset(path).enumerate(start=1)
-            return lines.map(lambda number, line: (path, number, line))
+            # Read as a whole, as text files are, so every byte is counted exactly
+            # (a line reader would drop "\r" before "\n" without a trace).
+            text = tf.io.read_file(path)
+            lines = _split_file(text, "line", "")
+            count_file(text, lines)
+            numbers = tf.range(1, tf.size(lines, tf.int64) + 1)
+            paths = tf.fill(tf.shape(lines), path)
+            return tf.data.Dataset.from_tensor_slices((paths, numbers, lines))
 
         records = file_names.flat_map(lines_of)
         if shard_records:
             records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
-        def parse(paths, numbers, lines):
-            # Repair before extraction (the regexes need valid UTF-8); count it here.
-            lines, replacements = replace_invalid_utf8(lines)
+        def parse(paths, numbers, raw):
+            # Repair before extraction (the parser needs valid UTF-8); count it here.
+            lines, replacements = replace_invalid_utf8(raw)
             count("invalid_utf8_replacements", tf.reduce_sum(replacements))
             count("invalid_utf8_documents", tf.reduce_sum(tf.cast(replacements > 0, tf.int64)))
             texts, found = extract_string_field(lines, text_field)
             blank = tf.equal(tf.strings.length(tf.strings.strip(lines)), 0)
-            count("empty_documents_skipped", tf.reduce_sum(tf.cast(blank, tf.int64)))
-            found = found & ~blank
+            # A record whose text is empty or blank is an empty document, as in text files.
+            empty = blank | (found & tf.equal(tf.strings.length(tf.strings.strip(texts)), 0))
+            missing = ~found & ~blank
             if on_bad_record == "error":
-                bad = tf.logical_not(found | blank)
-                first = tf.argmax(tf.cast(bad, tf.int32))
+                first = tf.argmax(tf.cast(missing, tf.int32))
                 message = tf.strings.join([
-                    paths[first], ":", tf.strings.as_string(numbers[first]),
-                    f": JSON line without a string value for the field {text_field}",
+                    BAD_RECORD_TAG, paths[first], ":", tf.strings.as_string(numbers[first]),
+                    f": not a JSON object with a string value for the key {text_field}",
                 ])
-                tf.debugging.assert_equal(tf.reduce_any(bad), False, message=message)
-            count("records_missing_field", tf.reduce_sum(tf.cast(~found & ~blank, tf.int64)))
-            return tf.boolean_mask(texts, found)
+                tf.debugging.assert_equal(tf.reduce_any(missing), False, message=message)
+            count_documents(raw, empty | missing)
+            count("empty_documents_skipped", tf.reduce_sum(tf.cast(empty, tf.int64)))
+            count("records_missing_field", tf.reduce_sum(tf.cast(missing, tf.int64)))
+            return tf.boolean_mask(texts, ~empty & ~missing)
 
         batches = records.batch(_DOCUMENTS_PER_BATCH).map(
             parse, num_parallel_calls=AUTOTUNE, deterministic=True)
-        # (raw bytes inside JSON strings were repaired before extraction; escapes
-        # cannot produce invalid UTF-8, lone surrogates become U+FFFD)
     else:
         def split(path):
-            return _split_file(tf.io.read_file(path), document_split, delimiter)
+            text = tf.io.read_file(path)
+            pieces = _split_file(text, document_split, delimiter)
+            count_file(text, pieces)
+            return pieces
 
         def slices(pieces):
             starts = tf.data.Dataset.range(0, tf.size(pieces, tf.int64), _DOCUMENTS_PER_BATCH)
@@ -205,6 +240,17 @@ def read_documents(
             # Slices of one file's documents: no batch waits for the next file (or epoch).
             batches = files_pieces.flat_map(slices)
 
+        def repair(texts):
+            repaired, replacements = replace_invalid_utf8(texts)
+            count("invalid_utf8_replacements", tf.reduce_sum(replacements))
+            count("invalid_utf8_documents", tf.reduce_sum(tf.cast(replacements > 0, tf.int64)))
+            empty = tf.equal(tf.strings.length(tf.strings.strip(repaired)), 0)
+            count_documents(texts, empty)
+            count("empty_documents_skipped", tf.reduce_sum(tf.cast(empty, tf.int64)))
+            return tf.boolean_mask(repaired, tf.logical_not(empty))
+
+        batches = batches.map(repair, num_parallel_calls=AUTOTUNE, deterministic=True)
+
     def split_each(texts):
         # One document at a time: memory stays bounded by the longest document.
         pieces = tf.map_fn(
@@ -213,19 +259,30 @@ def read_documents(
         )
         return pieces.flat_values
 
-    def clean_and_bound(texts):
-        """A vector of documents → the repaired, non-empty, bounded ones, in order."""
-        repaired, replacements = replace_invalid_utf8(texts)
-        count("documents", tf.size(texts))
-        count("invalid_utf8_replacements", tf.reduce_sum(replacements))
-        count("invalid_utf8_documents", tf.reduce_sum(tf.cast(replacements > 0, tf.int64)))
-        empty = tf.equal(tf.strings.length(tf.strings.strip(repaired)), 0)
-        count("empty_documents_skipped", tf.reduce_sum(tf.cast(empty, tf.int64)))
-        kept = tf.boolean_mask(repaired, tf.logical_not(empty))
+    def bound(kept):
+        """Valid, non-empty documents → the same, cut where longer than `max_document_bytes`."""
         # split_long_document cuts a document iff it is longer than max_document_bytes.
         long = tf.strings.length(kept) > max_document_bytes
         count("long_documents_split", tf.reduce_sum(tf.cast(long, tf.int64)))
-        return tf.cond(tf.reduce_any(long), lambda: split_each(kept), lambda: kept)
+        bounded = tf.cond(tf.reduce_any(long), lambda: split_each(kept), lambda: kept)
+        count("documents_added_by_splitting", tf.size(bounded) - tf.size(kept))
+        return bounded
 
-    batches = batches.map(clean_and_bound, num_parallel_calls=AUTOTUNE, deterministic=True)
+    batches = batches.map(bound, num_parallel_calls=AUTOTUNE, deterministic=True)
     return batches.unbatch()
+
+
+def bad_record_error(error):
+    """The `BadFileError` ("file:line: what") of a bad record that stopped a pipeline, from
+    the TensorFlow error it raised; None for any other error."""
+    message = getattr(error, "message", None) or str(error)
+    at = message.find(BAD_RECORD_TAG)
+    if at < 0:
+        return None
+    # The assertion prints its message as "[<C-escaped text>] [Condition ...".
+    text = message[at + len(BAD_RECORD_TAG):].split("] [", 1)[0].splitlines()[0]
+    try:
+        text = text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        pass  # already plain text
+    return BadFileError(text.strip())

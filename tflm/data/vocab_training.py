@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from tflm.config import ConfigError
 from tflm.data import byte_pair, sentencepiece_tokenizer, wordpiece
-from tflm.data.corpus import resolve_files
+from tflm.data.corpus import files_in_folder, resolve_files
 from tflm.data.jsonl import extract_string_field
 from tflm.data.text_cleaning import TextCleaner, replace_invalid_utf8
 from tflm.errors import BadFileError, MissingFileError
@@ -65,13 +65,13 @@ def input_files(inputs):
     files = [str(f) for f in inputs]
     if not files:
         raise MissingFileError("No input files given.")
+    found = []
     for path in files:
         if not tf.io.gfile.exists(path):
             raise MissingFileError(f"Input file {path!r} does not exist.")
-        if tf.io.gfile.isdir(path):
-            raise MissingFileError(f"Input {path!r} is a folder, not a file; use a glob like "
-                                    f"'{path}/*.txt'.")
-    return files
+        # A folder means the files in it, as in data.input_path.
+        found.extend(files_in_folder(path) if tf.io.gfile.isdir(path) else [path])
+    return found
 
 
 def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):

@@ -116,8 +116,9 @@ class Task(abc.ABC):
             training: endless, shuffled, static-shape batches if True; one
                 ordered pass (final batch kept) if False.
             split: `"train"` or `"eval"`. Evaluation reads `data.eval_input_path`,
-                or else every `data.eval_every_nth_document`-th document (record) of
-                the input, which training then leaves out.
+                or else the documents (about 1 in `data.eval_every_nth_document`,
+                chosen by a hash of each) or every n-th record of labelled data, which
+                training then never reads.
 
         Returns:
             A `tf.data.Dataset` of `(features, labels, sample_weight)`.

@@ -62,6 +62,12 @@ def select_checkpoint(run_dir, worker, agreement, data_sharding="files",
             `start_over`), or the input positions cannot be continued on this number of
             workers (`on_input_position_mismatch="error"`).
     """
+    # Every worker of the run has started (none is saving): the chief clears what a save
+    # killed midway left behind, which nothing would ever read or remove otherwise.
+    agreement.min(1.0)
+    if worker.is_chief:
+        for path in run_dir.remove_partial_writes():
+            print_fn(f"tflm-train: removed {path}, left by a save that did not finish")
     steps = run_dir.checkpoint_steps()
     skipped, committed = [], False
     for step in steps:

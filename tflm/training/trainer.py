@@ -209,10 +209,12 @@ class Trainer:
         if trainer.eval_every and self._eval_dataset_ready():
             actions.append(periodic(trainer.eval_every, lambda output: self.evaluate()))
         status = "completed"
+        self.batches_consumed = 0
         with PreemptionHandler() as preemption:
             while int(self.step.numpy()) < last_step:
                 step = int(self.step.numpy())
                 count = min(self._steps_until_boundary(step), last_step - step)
+                self.batches_consumed += count  # drawn from the input, skipped ones included
                 if self.coordinator is None:
                     losses, norms = self.train_step.train_loop(tf.constant(count, tf.int32))
                     losses, norms = losses.numpy(), norms.numpy()
@@ -237,6 +239,15 @@ class Trainer:
         if status == "completed" and self.worker.is_chief:
             self.run_dir.save_model(self.model)
         return status
+
+    def consumed(self):
+        """What the steps of the last `train()` took from the input (the pipeline's own
+        counters, `self.stats`, count what it read, which runs ahead)."""
+        batches = getattr(self, "batches_consumed", 0)
+        data = self.config.data
+        micro = batches * self.config.trainer.gradient_accumulation_steps
+        return {"global_batches": micro, "examples": micro * data.global_batch_size,
+                "positions": batches * self.tokens_per_step}
 
     def _parameter_server_steps(self, count):
         """`count` steps scheduled on the workers (each takes the next as it is free), then
