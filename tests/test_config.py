@@ -1,12 +1,17 @@
 import dataclasses
 import pathlib
+import re
+import types
+import typing
 
 import pytest
 
 from tflm import config as config_lib
 from tflm.config import ConfigError, parse_overrides, save_experiment
 from tflm.experiment import load_experiment
-from tflm.tasks import task_names
+from tflm.tasks import config_keys_of, get_task, task_names
+from tflm.training.strategy import WorkerInfo
+from tflm.training.trainer import Trainer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.yaml"))
@@ -216,6 +221,109 @@ def test_value_checks_name_key(override, key):
         load_experiment(TINY_GPT, override)
 
 
+# Values out of each numeric key's range, the task's own keys under their task.
+OUT_OF_RANGE = {
+    "model.vocabulary_size": ["0"], "model.num_layers": ["0"], "model.num_heads": ["-2"],
+    "model.hidden_dim": ["0"], "model.intermediate_dim": ["0"],
+    "model.max_sequence_length": ["0"], "model.num_segments": ["-1"],
+    "model.norm_epsilon": ["0", ".nan"], "model.dropout": ["1", "-0.1", ".nan"],
+    "model.attention_dropout": ["1"], "model.initializer_range": ["0", ".inf"],
+    "model.freeze_bottom_layers": ["-1"], "model.adapter_dim": ["0"],
+    "model.num_classes": ["-1"], "model.classifier_dropout": ["1.5"],
+    "data.max_document_bytes": ["1", "63"], "data.sequence_length": ["0"],
+    "data.global_batch_size": ["0", "-1"], "data.shuffle_buffer_size": ["-1"],
+    "data.max_predictions_per_seq": ["0"], "data.mask_rate": ["0", "1.5"],
+    "data.eval_every_nth_document": ["1", "-1"],
+    "trainer.train_steps": ["0"], "trainer.steps_per_loop": ["0"],
+    "trainer.learning_rate": ["0", "-1e-3", ".nan", ".inf"], "trainer.warmup_steps": ["-1"],
+    "trainer.end_learning_rate_ratio": ["1.5"], "trainer.decay_power": ["0"],
+    "trainer.weight_decay": ["-0.1"], "trainer.beta_1": ["1"], "trainer.beta_2": ["-0.5"],
+    "trainer.epsilon": ["0"], "trainer.clipnorm": ["0", "-1"],
+    "trainer.gradient_accumulation_steps": ["0"], "trainer.label_smoothing": ["1"],
+    "trainer.layer_decay": ["0", "1.5"], "trainer.log_every": ["0"],
+    "trainer.checkpoint_every": ["0"], "trainer.keep_checkpoints": ["0"],
+    "trainer.eval_every": ["-1"], "trainer.eval_steps": ["-1"],
+    "trainer.max_nan_recoveries": ["-1"], "runtime.seed": ["-1", str(2**32)],
+    "runtime.peak_tflops": ["-1"], "runtime.initial_loss_scale": ["0"],
+    "runtime.loss_scale_growth_interval": ["0"],
+    "masked_lm:model.next_sentence_weight": ["-1"],
+    "regression:model.target_mean": [".nan"], "regression:model.target_scale": ["0", ".inf"],
+    "multi_label_classification:model.threshold": ["0", "1"],
+    "sentence_embedding:model.temperature": ["0"],
+}
+
+
+def _ranged_keys():
+    """`[task:]section.key` of every int or float key, with its field: the shared ones and
+    each registered task's own."""
+    def numeric(sections, prefix=""):
+        for section, keys in sections.items():
+            for field in dataclasses.fields(keys):
+                if {int, float} & {field.type, *typing.get_args(field.type)}:
+                    yield f"{prefix}{section}.{field.name}", field
+
+    shared = {f.name: f.type for f in dataclasses.fields(config_lib.ExperimentConfig)}
+    yield from numeric(shared)
+    for name in task_names():
+        yield from numeric(config_keys_of(name), prefix=f"{name}:")
+
+
+def test_every_numeric_key_has_a_range_and_out_of_range_cases():
+    keys = dict(_ranged_keys())
+    assert [key for key, field in keys.items() if "range" not in field.metadata] == []
+    assert sorted(keys) == sorted(OUT_OF_RANGE)
+
+
+@pytest.mark.parametrize("key, value", [(k, v) for k, values in OUT_OF_RANGE.items()
+                                        for v in values])
+def test_out_of_range_values_are_errors_naming_the_key_and_range(key, value):
+    task, _, key = key.rpartition(":")
+    override = (f"model.task={task}," if task else "") + f"{key}={value}"
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: \S+; must be ") as info:
+        load_experiment(TINY_GPT, override)
+    if value in (".nan", ".inf"):
+        assert "must be finite" in str(info.value)
+
+
+def test_num_heads_zero_is_a_config_error_not_a_division():
+    with pytest.raises(ConfigError) as info:
+        load_experiment(TINY_GPT, "model.num_heads=0")
+    assert str(info.value) == "model.num_heads: 0; must be >= 1"
+
+
+@pytest.mark.parametrize("override", [
+    "data.eval_every_nth_document=0", "data.eval_every_nth_document=2", "model.dropout=0",
+    "data.mask_rate=1", "trainer.end_learning_rate_ratio=0", "trainer.layer_decay=1",
+    "trainer.clipnorm=null", "data.max_document_bytes=64", f"runtime.seed={2**32 - 1}",
+])
+def test_range_bounds_are_allowed(override):
+    load_experiment(TINY_GPT, override)
+
+
+def test_rotary_needs_an_even_head_size():
+    with pytest.raises(ConfigError, match="head size .* = 3 must be even"):
+        load_experiment(TINY_GPT, "model.position_encoding=rotary,model.hidden_dim=12")
+
+
+def test_global_batch_must_split_over_the_replicas(tmp_path):
+    two_by_two = WorkerInfo(num_workers=2, worker_index=0, is_chief=True, num_local_replicas=2)
+    two_by_two.check_global_batch_size(8)
+    with pytest.raises(ConfigError) as info:
+        two_by_two.check_global_batch_size(6)
+    assert str(info.value) == ("data.global_batch_size: 6 does not split over 4 replicas "
+                               "(2 worker(s) x 2 device(s)); use a multiple of 4, e.g. 4 or 8.")
+    with pytest.raises(ConfigError, match="e.g. 4.$"):
+        two_by_two.check_global_batch_size(3)
+    # The trainer checks before it builds anything (a strategy of two devices, of which it
+    # reads only the devices before the check).
+    config = load_experiment(TINY_GPT, "data.global_batch_size=5")
+    two_devices = types.SimpleNamespace(
+        extended=types.SimpleNamespace(worker_devices=("/cpu:0", "/cpu:1")))
+    with pytest.raises(ConfigError, match=r"^data\.global_batch_size: 5 .* 2 replicas .* 4 or 6"):
+        Trainer(get_task(config), str(tmp_path / "run"), strategy=two_devices)
+    assert not (tmp_path / "run").exists()
+
+
 # Files
 
 
@@ -270,9 +378,9 @@ CLASSIFY = "model.task=classification,data.input_format=jsonl,data.input_path=la
     ("data.input_format=csv", "for labelled data"),
     (CLASSIFY + ",model.freeze_bottom_layers=3", r"freeze_bottom_layers=3 must be in \[0, "),
     (CLASSIFY + ",model.finetune=adapters,model.freeze_bottom_layers=1", "is for model.finetune"),
-    (CLASSIFY + ",model.finetune=adapters,model.adapter_dim=0", "adapter_dim must be positive"),
+    (CLASSIFY + ",model.finetune=adapters,model.adapter_dim=0", r"model\.adapter_dim: 0; must be >= 1"),
     (CLASSIFY + ",model.finetune=lora", "model.finetune: 'lora' is not one of"),
-    (CLASSIFY + ",trainer.layer_decay=0", r"layer_decay must be in \(0, 1\]"),
+    (CLASSIFY + ",trainer.layer_decay=0", r"trainer\.layer_decay: 0\.0; must be in \(0, 1\]"),
     (CLASSIFY + ",data.label_names=[a,a]", "repeats a name"),
     (CLASSIFY + ",data.label_names=[a,b],model.num_classes=3", "num_classes=3, but"),
     (CLASSIFY + ",data.label_names=a", "expected a list of names"),

@@ -16,6 +16,7 @@ closest valid one.
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import typing
 
@@ -61,31 +62,78 @@ def _load_yaml(text_or_stream):
     return yaml.load(text_or_stream, Loader=_Loader)
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key: an interval (either end closed, open or absent),
+    plus the values of `also` (e.g. 0 for "off"). A float must also be finite."""
+
+    at_least: typing.Optional[float] = None
+    above: typing.Optional[float] = None
+    at_most: typing.Optional[float] = None
+    below: typing.Optional[float] = None
+    also: tuple = ()
+
+    def __contains__(self, value):
+        if value in self.also:
+            return True
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return ((self.at_least is None or value >= self.at_least)
+                and (self.above is None or value > self.above)
+                and (self.at_most is None or value <= self.at_most)
+                and (self.below is None or value < self.below))
+
+    def __str__(self):
+        bounds = [(op, v) for op, v in ((">=", self.at_least), (">", self.above),
+                                        ("<=", self.at_most), ("<", self.below)) if v is not None]
+        if len(bounds) == 2:
+            (low_op, low), (high_op, high) = bounds
+            opening = "(" if low_op == ">" else "["
+            closing = ")" if high_op == "<" else "]"
+            text = f"in {opening}{low}, {high}{closing}"
+        elif bounds:
+            text = " ".join(map(str, bounds[0]))
+        else:
+            text = "finite"
+        return " or ".join([str(v) for v in self.also] + [text])
+
+
+def ranged(default, **bounds):
+    """A numeric config field with its `Range`, which `validate` checks (None passes)."""
+    return dataclasses.field(default=default, metadata={"range": Range(**bounds)})
+
+
+# split_long_document looks back up to max_document_bytes // 2 bytes for a place to cut:
+# that window must hold a whole UTF-8 character (4 bytes) or more, and pieces shorter
+# than a line of text would cut nearly every sentence.
+MIN_DOCUMENT_BYTES = 64
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """Architecture (see `TransformerBackbone`) and task."""
 
     task: str = "causal_lm"  # a registered task: tflm.tasks.task_names()
-    vocabulary_size: int = 262
-    num_layers: int = 2
-    num_heads: int = 4
-    hidden_dim: int = 128
-    intermediate_dim: int = 512
-    max_sequence_length: int = 128
+    vocabulary_size: int = ranged(262, at_least=1)
+    num_layers: int = ranged(2, at_least=1)
+    num_heads: int = ranged(4, at_least=1)
+    hidden_dim: int = ranged(128, at_least=1)
+    intermediate_dim: int = ranged(512, at_least=1)
+    max_sequence_length: int = ranged(128, at_least=1)
     position_encoding: str = "learned"  # learned | sinusoidal | rotary
-    num_segments: int = 0
+    num_segments: int = ranged(0, at_least=0)
     activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | swiglu
     normalization: str = "layer_norm"  # layer_norm | rms_norm
     norm_first: bool = True
-    norm_epsilon: float = 1e-5
+    norm_epsilon: float = ranged(1e-5, above=0)
     embedding_norm: bool = False
     final_norm: typing.Optional[bool] = None  # None: same as norm_first
     pooler: bool = False
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
+    dropout: float = ranged(0.0, at_least=0, below=1)
+    attention_dropout: float = ranged(0.0, at_least=0, below=1)
     use_bias: bool = True
     tie_embeddings: bool = True
-    initializer_range: float = 0.02
+    initializer_range: float = ranged(0.02, above=0)
     # None: causal for causal_lm, bidirectional otherwise (a classifier on GPT-2: true).
     causal: typing.Optional[bool] = None
     # Fine-tuning: start from a tflm model_dir (a tflm-train run, or a Hugging Face
@@ -93,12 +141,14 @@ class ModelConfig:
     # does not set are taken from it; keys it sets must agree with it.
     init_checkpoint: str = ""
     finetune: str = "full"  # full | feature_extraction (frozen backbone) | adapters
-    freeze_bottom_layers: int = 0  # full: also freeze the embeddings and the lowest N blocks
-    adapter_dim: int = 64  # adapters: bottleneck width
+    # full: also freeze the embeddings and the lowest N blocks
+    freeze_bottom_layers: int = ranged(0, at_least=0)
+    adapter_dim: int = ranged(64, at_least=1)  # adapters: bottleneck width
     # classification only:
-    num_classes: int = 0  # 0: one per label name (data.label_names or the training labels)
+    # 0: one per label name (data.label_names or the training labels)
+    num_classes: int = ranged(0, at_least=0)
     pooling: str = ""  # pooled | first | last | mean; "": pooled with a pooler, else first/last
-    classifier_dropout: float = 0.1
+    classifier_dropout: float = ranged(0.1, at_least=0, below=1)
 
 
 @dataclasses.dataclass
@@ -115,14 +165,15 @@ class DataConfig:
     # auto: count for language-model text, error for labelled data |
     # count (skip and count) | error (stop, naming file:line)
     on_bad_record: str = "auto"
-    max_document_bytes: int = 65536  # longer documents are cut (at whitespace) first
+    # Longer documents are cut (at whitespace) into pieces of about this many bytes.
+    max_document_bytes: int = ranged(65536, at_least=MIN_DOCUMENT_BYTES)
     tokenizer: str = "byte"  # byte | wordpiece | sentencepiece | byte_bpe
     vocab_path: str = ""  # folder written by tflm-vocab (not needed for byte)
-    sequence_length: int = 128
-    global_batch_size: int = 16
-    shuffle_buffer_size: int = 1000
-    max_predictions_per_seq: int = 20  # masked_lm only
-    mask_rate: float = 0.15  # masked_lm only
+    sequence_length: int = ranged(128, at_least=1)
+    global_batch_size: int = ranged(16, at_least=1)
+    shuffle_buffer_size: int = ranged(1000, at_least=0)
+    max_predictions_per_seq: int = ranged(20, at_least=1)  # masked_lm only
+    mask_rate: float = ranged(0.15, above=0, at_most=1)  # masked_lm only
     whole_word_masking: bool = False  # masked_lm only
     sentence_pairs: bool = False  # masked_lm only: [CLS] A [SEP] B [SEP] + next_sentence_labels
     # Labelled data (classification): the label, an optional second text (pairs) and the
@@ -135,7 +186,7 @@ class DataConfig:
     eval_input_path: str = ""
     # Held out for evaluation: about 1 document in n of the language models, chosen by a hash
     # of the document (the same in every epoch); every n-th record of labelled data. 0: none.
-    eval_every_nth_document: int = 0
+    eval_every_nth_document: int = ranged(0, at_least=2, also=(0,))
     # Multi-worker input: files (each worker its share of the files or documents) |
     # global_batch (each reads every global batch and keeps its rows: elastic resume)
     sharding: str = "files"
@@ -145,32 +196,35 @@ class DataConfig:
 class TrainerConfig:
     """Optimization, checkpoints, evaluation and logging."""
 
-    train_steps: int = 100
-    steps_per_loop: int = 10  # steps per compiled call (fewer host round trips)
-    learning_rate: float = 1e-3  # peak, reached at the end of warmup
-    warmup_steps: int = 0  # linear warmup from 0
+    train_steps: int = ranged(100, at_least=1)
+    steps_per_loop: int = ranged(10, at_least=1)  # steps per compiled call (fewer host round trips)
+    learning_rate: float = ranged(1e-3, above=0)  # peak, reached at the end of warmup
+    warmup_steps: int = ranged(0, at_least=0)  # linear warmup from 0
     decay: str = "cosine"  # cosine | linear | polynomial | constant, after warmup
-    end_learning_rate_ratio: float = 0.1  # final learning rate / peak
-    decay_power: float = 2.0  # polynomial decay only
-    weight_decay: float = 0.01  # AdamW; never on biases and norm parameters
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-6
-    clipnorm: typing.Optional[float] = 1.0  # global-norm clipping of the whole gradient
-    gradient_accumulation_steps: int = 1  # micro-batches per update
-    label_smoothing: float = 0.0
+    # The final learning rate / the peak.
+    end_learning_rate_ratio: float = ranged(0.1, at_least=0, at_most=1)
+    decay_power: float = ranged(2.0, above=0)  # polynomial decay only
+    weight_decay: float = ranged(0.01, at_least=0)  # AdamW; never on biases and norm parameters
+    beta_1: float = ranged(0.9, at_least=0, below=1)
+    beta_2: float = ranged(0.999, at_least=0, below=1)
+    epsilon: float = ranged(1e-6, above=0)
+    # Global-norm clipping of the whole gradient; null: none.
+    clipnorm: typing.Optional[float] = ranged(1.0, above=0)
+    gradient_accumulation_steps: int = ranged(1, at_least=1)  # micro-batches per update
+    label_smoothing: float = ranged(0.0, at_least=0, below=1)
     # Discriminative learning rates: block i of L gets decay^(L - i), the embeddings
     # decay^(L + 1), the head 1 (layer-wise decay as in ELECTRA); 1.0: off.
-    layer_decay: float = 1.0
+    layer_decay: float = ranged(1.0, above=0, at_most=1)
     # XLA for the training step; None: on, except mixed_bfloat16 on CPUs (faster without)
     jit_compile: typing.Optional[bool] = None
-    log_every: int = 10
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 3
-    eval_every: int = 0  # train_and_eval: steps between evaluations (0: at the end only)
-    eval_steps: int = 0  # batches per evaluation (0: the whole held-out split)
+    log_every: int = ranged(10, at_least=1)
+    checkpoint_every: int = ranged(100, at_least=1)
+    keep_checkpoints: int = ranged(3, at_least=1)
+    # train_and_eval: steps between evaluations (0: at the end only)
+    eval_every: int = ranged(0, at_least=0)
+    eval_steps: int = ranged(0, at_least=0)  # batches per evaluation (0: the whole held-out split)
     recover_on_nan: bool = False  # restore the last checkpoint and skip the bad batch
-    max_nan_recoveries: int = 3
+    max_nan_recoveries: int = ranged(3, at_least=0)
     # A model_dir whose checkpoints are all unreadable stops with an error naming them;
     # true starts training over from step 0 instead (the old files are moved aside).
     start_over_if_unrestorable: bool = False
@@ -186,11 +240,14 @@ class RuntimeConfig:
     # one_device | mirrored | multi_worker | parameter_server | tpu
     distribution_strategy: str = "one_device"
     mixed_precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (bfloat16, float16)
-    seed: int = 0
+    seed: int = ranged(0, at_least=0, at_most=2**32 - 1)  # NumPy takes 32-bit seeds
     tpu: str = ""  # TPU name or address for distribution_strategy=tpu ("" = local)
-    peak_tflops: float = 0.0  # per device, for MFU; 0: known accelerators, else no MFU
-    initial_loss_scale: float = 32768.0  # mixed_float16: dynamic loss scaling starts here
-    loss_scale_growth_interval: int = 2000  # finite steps before the loss scale doubles
+    # Per device, for MFU; 0: known accelerators, else no MFU.
+    peak_tflops: float = ranged(0.0, at_least=0)
+    # mixed_float16: dynamic loss scaling starts here
+    initial_loss_scale: float = ranged(32768.0, above=0)
+    # Finite steps before the loss scale doubles.
+    loss_scale_growth_interval: int = ranged(2000, at_least=1)
 
 
 @dataclasses.dataclass
@@ -415,7 +472,9 @@ ARCHITECTURE_KEYS = (
 
 
 def validate(config):
-    """Checks values that the types alone do not."""
+    """Checks values that the types alone do not: each numeric key's range first, then
+    the choices and the keys that must agree with each other."""
+    _check_ranges(config)
     choices = {
         "model.position_encoding": (config.model.position_encoding, POSITION_ENCODINGS),
         "model.activation": (config.model.activation, ACTIVATIONS),
@@ -444,24 +503,23 @@ def validate(config):
             close = difflib.get_close_matches(str(value), options, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{key}: {value!r} is not one of {options}{hint}")
-    if config.model.hidden_dim % config.model.num_heads:
+    model = config.model
+    if model.hidden_dim % model.num_heads:
         raise ConfigError(
-            f"model.hidden_dim={config.model.hidden_dim} is not divisible by "
-            f"model.num_heads={config.model.num_heads}."
+            f"model.hidden_dim={model.hidden_dim} is not divisible by "
+            f"model.num_heads={model.num_heads}."
         )
-    if config.data.sequence_length > config.model.max_sequence_length:
+    if model.position_encoding == "rotary" and (model.hidden_dim // model.num_heads) % 2:
+        raise ConfigError(
+            f"model.position_encoding='rotary' rotates pairs of dimensions: the head size "
+            f"model.hidden_dim / model.num_heads = {model.hidden_dim // model.num_heads} must "
+            "be even.")
+    if config.data.sequence_length > model.max_sequence_length:
         raise ConfigError(
             f"data.sequence_length={config.data.sequence_length} exceeds "
-            f"model.max_sequence_length={config.model.max_sequence_length}."
+            f"model.max_sequence_length={model.max_sequence_length}."
         )
     _validate_finetuning(config)
-    for key, value in (
-        ("model.dropout", config.model.dropout),
-        ("model.attention_dropout", config.model.attention_dropout),
-        ("model.classifier_dropout", config.model.classifier_dropout),
-    ):
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"{key} must be in [0, 1), got {value}.")
     if (config.runtime.distribution_strategy == "parameter_server"
             and config.data.sharding == "global_batch"):
         raise ConfigError(
@@ -477,53 +535,34 @@ def validate(config):
         )
     if config.data.input_format == "tfrecord" and not config.data.input_path:
         raise ConfigError('data.input_format="tfrecord" needs data.input_path (a tflm-prepare folder).')
-    trainer = config.trainer
-    if not 0.0 <= trainer.label_smoothing < 1.0:
-        raise ConfigError(f"trainer.label_smoothing must be in [0, 1), got {trainer.label_smoothing}.")
-    if trainer.warmup_steps < 0:
-        raise ConfigError(f"trainer.warmup_steps must be >= 0, got {trainer.warmup_steps}.")
-    if not 0.0 <= trainer.end_learning_rate_ratio <= 1.0:
-        raise ConfigError(
-            "trainer.end_learning_rate_ratio must be in [0, 1], got "
-            f"{trainer.end_learning_rate_ratio}."
-        )
-    if trainer.clipnorm is not None and trainer.clipnorm <= 0:
-        raise ConfigError(f"trainer.clipnorm must be positive or null, got {trainer.clipnorm}.")
-    if not 0.0 < config.data.mask_rate <= 1.0:
-        raise ConfigError(f"data.mask_rate must be in (0, 1], got {config.data.mask_rate}.")
-    for key, value in (
-        ("data.max_predictions_per_seq", config.data.max_predictions_per_seq),
-        ("data.max_document_bytes", config.data.max_document_bytes),
-        ("trainer.steps_per_loop", trainer.steps_per_loop),
-        ("trainer.gradient_accumulation_steps", trainer.gradient_accumulation_steps),
-        ("trainer.checkpoint_every", trainer.checkpoint_every),
-        ("trainer.keep_checkpoints", trainer.keep_checkpoints),
-        ("trainer.learning_rate", trainer.learning_rate),
-        ("runtime.initial_loss_scale", config.runtime.initial_loss_scale),
-        ("runtime.loss_scale_growth_interval", config.runtime.loss_scale_growth_interval),
-        ("trainer.log_every", config.trainer.log_every),
-        ("trainer.train_steps", config.trainer.train_steps),
-        ("data.global_batch_size", config.data.global_batch_size),
-        ("data.sequence_length", config.data.sequence_length),
-    ):
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}.")
+
+
+def _check_ranges(config):
+    """Each numeric key of every section (a task's own keys too) within the `Range` its field
+    declares (see `ranged`); a float key without one must still be finite."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            allowed = field.metadata.get("range")
+            if allowed is None and isinstance(value, float):
+                allowed = Range()
+            if allowed is None or value is None or value in allowed:
+                continue
+            expected = str(allowed)
+            if isinstance(value, float) and not math.isfinite(value) and expected != "finite":
+                expected = f"finite and {expected}"
+            raise ConfigError(f"{section.name}.{field.name}: {value!r}; must be {expected}")
 
 
 def _validate_finetuning(config):
     model = config.model
-    if model.num_classes < 0:
-        raise ConfigError(f"model.num_classes must be >= 0, got {model.num_classes}.")
-    if not 0 <= model.freeze_bottom_layers <= model.num_layers:
+    if model.freeze_bottom_layers > model.num_layers:
         raise ConfigError(f"model.freeze_bottom_layers={model.freeze_bottom_layers} must be in "
                           f"[0, model.num_layers={model.num_layers}].")
     if model.freeze_bottom_layers and model.finetune != "full":
         raise ConfigError(f"model.freeze_bottom_layers is for model.finetune='full'; "
                           f"{model.finetune!r} already chooses what trains.")
-    if model.finetune == "adapters" and model.adapter_dim <= 0:
-        raise ConfigError(f"model.adapter_dim must be positive, got {model.adapter_dim}.")
-    if not 0.0 < config.trainer.layer_decay <= 1.0:
-        raise ConfigError(f"trainer.layer_decay must be in (0, 1], got {config.trainer.layer_decay}.")
 
 
 def labelled_on_bad_record(data):

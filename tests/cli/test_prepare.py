@@ -21,8 +21,13 @@ def test_prepare_then_train_from_shards(tmp_path):
         f"data.input_format=tfrecord,data.input_path={out},trainer.train_steps=4,"
         "trainer.log_every=2,data.global_batch_size=4,data.sequence_length=32",
     )
-    trainer = run_experiment(trained, str(tmp_path / "model"), print_fn=lambda s: None)
+    lines = []
+    trainer = run_experiment(trained, str(tmp_path / "model"), print_fn=lines.append)
     assert trainer.status == "completed" and trainer.history[-1]["step"] == 4
+    # The summary says what the 4 steps consumed, and what the pipeline read from the shards.
+    summary = json.loads(lines[-1].split("tflm-train: ", 1)[1])
+    assert summary["consumed"] == {"global_batches": 4, "examples": 16, "positions": 4 * 4 * 32}
+    assert summary["read"]["documents"] > 0 and summary["read"]["tokens"] >= 4 * 4 * 33
 
 
 def test_prepare_refuses_prepared_input(tmp_path):

@@ -49,7 +49,7 @@ def test_sentence_pairs_turn_the_head_on_and_its_keys_are_checked():
     with pytest.raises(ConfigError, match="next_sentence_prediction=True but "
                                           "data.sentence_pairs=False"):
         _config("data.sentence_pairs=false,model.next_sentence_prediction=true")
-    with pytest.raises(ConfigError, match="next_sentence_weight must be >= 0"):
+    with pytest.raises(ConfigError, match=r"model\.next_sentence_weight: -1\.0; must be >= 0"):
         _config("model.next_sentence_weight=-1")
 
 

@@ -17,7 +17,7 @@ import typing
 import numpy as np
 import tensorflow as tf
 
-from tflm.config import ConfigError
+from tflm.config import ConfigError, ranged
 from tflm.data.pipeline import masked_lm_batches, token_documents
 from tflm.export.serving import MaskedLMServing
 from tflm.models.losses import weighted_correct, weighted_cross_entropy
@@ -33,7 +33,8 @@ class MaskedLMModelKeys:
 
     # BERT's next-sentence head; None: on exactly when data.sentence_pairs is.
     next_sentence_prediction: typing.Optional[bool] = None
-    next_sentence_weight: float = 1.0  # the NSP loss's weight beside the masked-LM loss
+    # The NSP loss's weight beside the masked-LM loss.
+    next_sentence_weight: float = ranged(1.0, at_least=0)
 
 
 @register_task
@@ -60,9 +61,6 @@ class MaskedLMTask(Task):
         if model.next_sentence_prediction and not model.pooler:
             raise ConfigError("data.sentence_pairs=true trains BERT's next-sentence head on the "
                               "pooled output: it needs model.pooler=true.")
-        if model.next_sentence_weight < 0:
-            raise ConfigError(f"model.next_sentence_weight must be >= 0, got "
-                              f"{model.next_sentence_weight}.")
         if data.sequence_length < 3:
             raise ConfigError(f"data.sequence_length={data.sequence_length}: a masked_lm row "
                               "needs [CLS], at least one token and [SEP].")

@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tflm.config import ConfigError, read_experiment
+from tflm.config import ConfigError, ranged, read_experiment
 from tflm.data.classification import (
     LabelledDataError,
     LabelledRecords,
@@ -77,7 +77,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 class MultiLabelModelKeys:
     """`model` keys of multi_label_classification."""
 
-    threshold: float = 0.5  # every label's threshold, unless `thresholds` names it
+    # Every label's threshold, unless `thresholds` names it.
+    threshold: float = ranged(0.5, above=0, below=1)
     thresholds: typing.Any = dataclasses.field(default_factory=dict)  # {label: threshold}
     tune_thresholds: bool = False  # pick each label's best-F1 threshold on the held-out split
     # {label: weight of its positive term} (others 1.0), or "balanced" (negatives/positives)
@@ -436,8 +437,6 @@ class MultiLabelClassificationTask(Task):
                               f"{len(names)} names.")
         if model.pooling == "pooled" and not model.pooler:
             raise ConfigError("model.pooling='pooled' needs model.pooler=true.")
-        if not 0.0 < model.threshold < 1.0:
-            raise ConfigError(f"model.threshold must be in (0, 1), got {model.threshold}.")
         cls._check_mapping(model.thresholds, "model.thresholds", names,
                            lambda v: 0.0 < v < 1.0, "in (0, 1)")
         if model.positive_weights != "balanced":

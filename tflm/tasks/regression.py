@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tflm.config import ConfigError
+from tflm.config import ConfigError, ranged
 from tflm.data.classification import (
     LabelledDataError,
     LabelledRecords,
@@ -80,8 +80,8 @@ class RegressionModelConfig:
 
     # The output is target_mean + target_scale * dense(pooled); unset: the training
     # targets' mean and standard deviation.
-    target_mean: typing.Optional[float] = None
-    target_scale: typing.Optional[float] = None
+    target_mean: typing.Optional[float] = ranged(None)
+    target_scale: typing.Optional[float] = ranged(None, above=0)
 
 
 # -- Loss. --------------------------------------------------------------------------------------
@@ -407,11 +407,6 @@ class RegressionTask(Task):
                               "there are no classes to smooth in regression; set 0.")
         if model.pooling == "pooled" and not model.pooler:
             raise ConfigError("model.pooling='pooled' needs model.pooler=true.")
-        if model.target_mean is not None and not math.isfinite(model.target_mean):
-            raise ConfigError(f"model.target_mean={model.target_mean} must be finite.")
-        scale = model.target_scale
-        if scale is not None and not (math.isfinite(scale) and scale > 0):
-            raise ConfigError(f"model.target_scale={scale} must be finite and positive.")
 
     @classmethod
     def create_model(cls, model_config, backbone, label_names=None):

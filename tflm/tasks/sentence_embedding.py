@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from tflm.config import ConfigError
+from tflm.config import ConfigError, ranged
 from tflm.data.classification import (
     LabelledDataError,
     LabelledRecords,
@@ -80,7 +80,7 @@ class SentenceEmbeddingModel:
     # mean | first ([CLS]) | last (last real token) | pooled (the backbone's tanh pooler);
     # "": the pooling of model.init_checkpoint's sentence-transformers folder, else mean.
     embedding_pooling: str = ""
-    temperature: float = 0.05  # the softmax temperature of the in-batch logits
+    temperature: float = ranged(0.05, above=0)  # the softmax temperature of the in-batch logits
 
 
 @dataclasses.dataclass
@@ -398,8 +398,6 @@ class SentenceEmbeddingTask(Task):
         if data.global_batch_size < 2:
             raise ConfigError(f"data.global_batch_size={data.global_batch_size}: in-batch "
                               "negatives need at least 2 rows.")
-        if not model.temperature > 0:
-            raise ConfigError(f"model.temperature={model.temperature}: expected > 0.")
         if not model.embedding_pooling:
             # Resolved once, into the config: params.yaml then carries it.
             model.embedding_pooling = checkpoint_pooling(model.init_checkpoint) or "mean"

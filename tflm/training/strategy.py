@@ -120,6 +120,20 @@ class WorkerInfo:
             num_replicas_in_sync=self.num_workers,
         )
 
+    def check_global_batch_size(self, global_batch_size):
+        """Raises `ConfigError` unless `global_batch_size` splits evenly over the replicas
+        (each worker takes an equal share, each of its replicas an equal slice of that);
+        the replica count is known only once the strategy is."""
+        replicas = self.num_workers * self.num_local_replicas
+        if global_batch_size % replicas == 0:
+            return
+        lower = global_batch_size // replicas * replicas
+        nearest = " or ".join(str(n) for n in (lower, lower + replicas) if n)
+        raise ConfigError(
+            f"data.global_batch_size: {global_batch_size} does not split over {replicas} "
+            f"replicas ({self.num_workers} worker(s) x {self.num_local_replicas} device(s)); "
+            f"use a multiple of {replicas}, e.g. {nearest}.")
+
 
 def worker_info(strategy):
     """`WorkerInfo` of this process: from TF_CONFIG under multi-worker, else a single worker."""

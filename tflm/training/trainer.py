@@ -109,6 +109,8 @@ class Trainer:
         self.print_fn = print_fn
         self.strategy = strategy or make_strategy(config.runtime)
         self.worker = worker_info(self.strategy)
+        # Before anything is built: the replica count is known only now.
+        self.worker.check_global_batch_size(config.data.global_batch_size)
         trainer = config.trainer
         keras.utils.set_random_seed(config.runtime.seed)
         self.tokenizer = task.make_tokenizer()
