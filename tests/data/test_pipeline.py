@@ -16,6 +16,7 @@ from tflm.data import (
     resolve_files,
 )
 from tflm.data.pipeline import tokenize_documents
+from tflm.data.sources import worker_files
 
 PAD, CLS, SEP, MASK, EOT = 0, 2, 3, 4, 5
 
@@ -256,7 +257,10 @@ def test_masked_lm_shapes_and_cls_sep(text_files, tokenizer):
     assert labels_spec.shape == (batch, predictions)
     assert weights_spec.shape == (batch, predictions) and weights_spec.dtype == tf.float32
 
-    stream = _stream(contents, separator=SEP)
+    # The files of the first epoch, in the order seed 0 shuffles them.
+    order, _ = worker_files(paths, shuffle_seed=0, repeat=True)
+    order = [paths.index(name.decode()) for name in order.take(len(paths)).as_numpy_iterator()]
+    stream = _stream([contents[i] for i in order], separator=SEP)
     rows = len(stream) // (length - 2)
     features, labels, weights = _concat_batches(dataset, take=rows // batch)
     np.testing.assert_array_equal(features["token_ids"][:, 0], CLS)

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tflm.data import InputStats, read_documents, resolve_files
-from tflm.data.sources import bad_record_error, shard_for_worker, split_long_document
+from tflm.data.sources import (bad_record_error, shard_for_worker, split_long_document,
+                               worker_files)
 from tflm.data.text_cleaning import replace_invalid_utf8
 
 
@@ -176,3 +177,18 @@ def test_file_order_shuffled_per_epoch_with_seed(tmp_path):
     assert a == b and a != c
     assert sorted(a[:8]) == sorted(a[8:]) and a[:8] != a[8:]  # each epoch all files, new order
     assert np.unique(a[:8]).size == 8
+
+
+def test_file_order_depends_on_the_seed_and_epoch_only():
+    files = [f"f{i}" for i in range(6)]
+
+    def epochs(seed):
+        names, _ = worker_files(files, shuffle_seed=seed, repeat=True)
+        order = [n.decode() for n in names.take(6 * 4).as_numpy_iterator()]
+        return [order[i:i + 6] for i in range(0, len(order), 6)]
+
+    first = epochs(0)
+    assert all(sorted(epoch) == files for epoch in first)
+    assert len({tuple(epoch) for epoch in first}) > 1  # reshuffled each epoch
+    tf.random.set_seed(1234)  # TensorFlow's global seed does not change it
+    assert epochs(0) == first and epochs(1) != first

@@ -86,15 +86,23 @@ def worker_files(files, input_context=None, shuffle_seed=None, repeat=False):
     """This pipeline's files as a dataset of names, and whether records must be sharded too.
 
     Files are shuffled with `shuffle_seed` anew each epoch (if set) and read
-    over and over with `repeat`; see `shard_for_worker` for the sharding.
+    over and over with `repeat`; see `shard_for_worker` for the sharding. Epoch e's order
+    depends on `(shuffle_seed, e)` alone, not on TensorFlow's global seed (which
+    `Dataset.shuffle` would mix in), so a pipeline is the same in a notebook and a trainer.
     """
     files, shard_records = shard_for_worker(files, input_context)
-    names = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
-    if shuffle_seed is not None and len(files) > 1:
-        names = names.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    if repeat:
-        names = names.repeat()
-    return names, shard_records
+    names = tf.constant(files, tf.string)
+    if shuffle_seed is None or len(files) < 2:
+        dataset = tf.data.Dataset.from_tensor_slices(names)
+        return (dataset.repeat() if repeat else dataset), shard_records
+
+    def epoch_order(epoch):
+        keys = tf.random.stateless_uniform(
+            [len(files)], seed=tf.stack([tf.constant(shuffle_seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(tf.gather(names, tf.argsort(keys)))
+
+    epochs = tf.data.Dataset.range(1 << 62 if repeat else 1)
+    return epochs.flat_map(epoch_order), shard_records
 
 
 def _split_file(text, document_split, delimiter):

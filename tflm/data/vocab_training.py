@@ -70,7 +70,10 @@ def input_files(inputs):
         if not tf.io.gfile.exists(path):
             raise MissingFileError(f"Input file {path!r} does not exist.")
         # A folder means the files in it, as in data.input_path.
-        found.extend(files_in_folder(path) if tf.io.gfile.isdir(path) else [path])
+        inside = files_in_folder(path) if tf.io.gfile.isdir(path) else [path]
+        if not inside:
+            raise MissingFileError(f"{path}: a folder with no (visible) files in it.")
+        found.extend(inside)
     return found
 
 
