@@ -182,14 +182,15 @@ def _valid_utf8(raw):
     return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace").numpy()
 
 
-def _prompt_ids(max_new_tokens, max_length=32):
-    """The prompts as the model sees them: an empty one is end-of-text; long ones keep their end."""
+def _prompt_ids(max_length=32):
+    """The prompts as the model sees them: an empty one is end-of-text; long ones keep their
+    last `max_length - 1` tokens (and get the one new token the positions hold)."""
     tokenizer = ByteTokenizer()
     rows = []
     for prompt in PROMPTS:
         ids = tokenizer.tokenize(tf.constant([prompt]))[0].numpy().tolist() or [
             tokenizer.end_of_text_id]
-        rows.append(ids[-(max_length - max_new_tokens):])
+        rows.append(ids[-(max_length - 1):])
     return rows
 
 
@@ -229,7 +230,7 @@ def test_fresh_process_has_no_tflm(runs):
 ], ids=["greedy", "sampled", "serving_default", "beam_search"])
 def test_generate_gives_the_python_models_tokens(runs, signature, index, kwargs):
     max_new_tokens = 5 if signature == "beam_search" else 6
-    ids = _prompt_ids(max_new_tokens)
+    ids = _prompt_ids()
     new = generate(runs["models"]["causal"], ids, max_new_tokens=max_new_tokens, end_id=END,
                    jit_compile=False, **kwargs)
     answer = _answer(runs, "causal", signature, index)

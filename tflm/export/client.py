@@ -440,7 +440,8 @@ class ServingClient:
 
     def fill_mask(self, texts, top_k=5, protocol="rest"):
         """For the first "[MASK]" of each text: [{"candidates": [(token, probability)] best
-        first, "has_mask"}]; without a mask, `has_mask` is False and the candidates mean nothing."""
+        first, "has_mask"}]; without a mask, `has_mask` is False and the candidates are empty
+        tokens with probability 0."""
         out = self.predict("fill_mask", {"text": _texts(texts), "top_k": top_k}, protocol)
         return [{"candidates": [(_text(t), float(s)) for t, s in zip(tokens, scores)],
                  "has_mask": bool(has), "truncated": bool(cut)}
