@@ -166,7 +166,7 @@ def test_empty_batches_give_empty_outputs(causal_lm):
 
 def test_infinite_temperature_and_a_mask_lost_to_truncation(causal_lm):
     module = serving_module(causal_lm, ByteTokenizer())
-    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature must be finite"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="temperature: inf; must be finite"):
         module.generate(**_args(module, temperature=float("inf")))
     backbone = TransformerBackbone(**SMALL, pooler=True, num_segments=2)
     masked = serving_module(MaskedLM(backbone), ByteTokenizer())
