@@ -182,14 +182,15 @@ def _valid_utf8(raw):
     return tf.strings.unicode_transcode(raw, "UTF-8", "UTF-8", errors="replace").numpy()
 
 
-def _prompt_ids(max_new_tokens, max_length=32):
-    """The prompts as the model sees them: an empty one is end-of-text; long ones keep their end."""
+def _prompt_ids(max_length=32):
+    """The prompts as the model sees them: an empty one is end-of-text; long ones keep their
+    last `max_length - 1` tokens (and get the one new token the positions hold)."""
     tokenizer = ByteTokenizer()
     rows = []
     for prompt in PROMPTS:
         ids = tokenizer.tokenize(tf.constant([prompt]))[0].numpy().tolist() or [
             tokenizer.end_of_text_id]
-        rows.append(ids[-(max_length - max_new_tokens):])
+        rows.append(ids[-(max_length - 1):])
     return rows
 
 
@@ -229,7 +230,7 @@ def test_fresh_process_has_no_tflm(runs):
 ], ids=["greedy", "sampled", "serving_default", "beam_search"])
 def test_generate_gives_the_python_models_tokens(runs, signature, index, kwargs):
     max_new_tokens = 5 if signature == "beam_search" else 6
-    ids = _prompt_ids(max_new_tokens)
+    ids = _prompt_ids()
     new = generate(runs["models"]["causal"], ids, max_new_tokens=max_new_tokens, end_id=END,
                    jit_compile=False, **kwargs)
     answer = _answer(runs, "causal", signature, index)
@@ -271,13 +272,17 @@ def test_fill_mask_gives_the_python_models_probabilities(runs):
             ids = ids + [tokenizer.mask_id] + piece
         features = _encoder_features([ids])
         has_mask = tokenizer.mask_id in features["token_ids"][0]
-        position = list(features["token_ids"][0]).index(tokenizer.mask_id) if has_mask else 0
+        assert answer["has_mask"][row] == has_mask
+        if not has_mask:  # no candidates
+            assert answer["tokens"][row].tolist() == [b""] * 5
+            assert answer["scores"][row].tolist() == [0.0] * 5
+            continue
+        position = list(features["token_ids"][0]).index(tokenizer.mask_id)
         features["mask_positions"] = np.array([[position]], np.int32)
         logits = model(features).numpy()[0, 0].astype(np.float64)
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         best = np.argsort(-probabilities, kind="stable")[:5]
-        assert answer["has_mask"][row] == has_mask
         np.testing.assert_allclose(answer["scores"][row], probabilities[best], atol=1e-5)
         assert answer["tokens"][row].tolist() == _texts([[i] for i in best])
 

@@ -141,3 +141,16 @@ def test_generate_with_a_tokenizer_traces_once_and_xla_agrees():
     assert function.experimental_get_tracing_count() == 1
     beams = generate(model, texts, max_new_tokens=6, tokenizer=tokenizer, num_beams=1)
     assert beams == plain
+
+
+def test_new_tokens_stop_at_the_models_positions():
+    """Prompt + new tokens fill at most the 64 positions; a larger request is the same."""
+    model = _model()
+    prompts = [[7, 8, 9], [6 + i % 50 for i in range(60)]]  # room for 61 and 4 new tokens
+    capped = generate(model, prompts, max_new_tokens=10**9, end_id=END, jit_compile=False)
+    exact = generate(model, prompts, max_new_tokens=61, end_id=END, jit_compile=False)
+    assert capped == exact
+    assert len(capped[0]) <= 61 and len(capped[1]) <= 4
+    beams = generate(model, prompts, max_new_tokens=10**9, end_id=END, num_beams=2,
+                     jit_compile=False)
+    assert len(beams[0]) <= 61 and len(beams[1]) <= 4

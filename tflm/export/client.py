@@ -19,7 +19,7 @@ dtype before building either request.
 `rest_request_body` and `grpc_request` build the wire objects without
 sending them. Out-of-range parameters are checked by the model, not here:
 the server's error comes back as a `ServingError` whose `reason` is the
-model's message (e.g. "top_p must be in (0, 1]").
+model's message (e.g. "top_p: 1.5; must be in (0, 1]").
 
 Only the standard library speaks HTTP; the gRPC path needs
 `tensorflow-serving-api` and `grpcio` (imported on first use).
@@ -94,7 +94,9 @@ class ServingError(TflmError, RuntimeError):
         self.protocol = protocol
         self.status = status
         self.details = details
-        match = re.search(r"assertion failed: \[(.*?)\] \[Condition", details or "", re.S)
+        # "assertion failed: [message]" then the condition (assert_equal) or the node.
+        match = re.search(r"assertion failed: \[(.*?)\](?= \[Condition|\s*\[\[|\s*$)",
+                          details or "", re.S)
         # The Assert op C-escapes its message (model\'s): undo the quotes.
         self.reason = (match.group(1).replace("\\'", "'").replace('\\"', '"') if match
                        else details)
@@ -440,7 +442,8 @@ class ServingClient:
 
     def fill_mask(self, texts, top_k=5, protocol="rest"):
         """For the first "[MASK]" of each text: [{"candidates": [(token, probability)] best
-        first, "has_mask"}]; without a mask, `has_mask` is False and the candidates mean nothing."""
+        first, "has_mask"}]; without a mask, `has_mask` is False and the candidates are empty
+        tokens with probability 0."""
         out = self.predict("fill_mask", {"text": _texts(texts), "top_k": top_k}, protocol)
         return [{"candidates": [(_text(t), float(s)) for t, s in zip(tokens, scores)],
                  "has_mask": bool(has), "truncated": bool(cut)}

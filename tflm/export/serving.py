@@ -3,9 +3,12 @@
 Each module is a `tf.Module` holding the model, its tokenizer and the
 functions that become SavedModel signatures. Every input is checked in the
 graph: out-of-range parameters fail with an `InvalidArgument` message naming
-the parameter (TF Serving returns it as the error text); inputs longer than
-the model's positions are truncated and an output says so; an empty text is
-a valid input, and an empty batch gives empty outputs.
+the parameter and its value, e.g. "top_p: 1.5; must be in (0, 1]" (TF Serving
+returns it as the error text); inputs longer than the model's positions are
+truncated and an output says so; `max_new_tokens` is capped at the positions
+a prompt leaves (`num_tokens` says how many came); invalid UTF-8 reads as
+U+FFFD, as in training; an empty text is a valid input, and an empty batch
+gives empty outputs.
 
 Signatures (all inputs and outputs batched along the first axis, except scalars):
 
@@ -13,7 +16,8 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
   temperature, top_k, top_p, seed -> text, num_tokens, prompt_truncated.
   `beam_search`: prompts, max_new_tokens, length_penalty -> the same.
   `score`: text -> log_likelihood, perplexity, num_tokens, truncated.
-- MaskedLM `fill_mask`: text (with "[MASK]"), top_k -> tokens, scores, has_mask, truncated;
+- MaskedLM `fill_mask`: text (with "[MASK]"; the first is filled), top_k -> tokens, scores,
+  has_mask, truncated;
   `encode`: text -> pooled_output, sequence_output, padding_mask, truncated.
 - SequenceClassifier `classify`: text (and text_pair, for a model fine-tuned on
   pairs) -> label, label_id, probabilities, truncated. Rows are built by
@@ -42,7 +46,9 @@ def _truncate_rows(ids, limit, keep="start"):
 
 
 def _valid_utf8(text):
-    """Text a REST (JSON) response can carry: a cut multi-byte character becomes U+FFFD."""
+    """Each invalid UTF-8 sequence as U+FFFD: request text as the data pipeline reads training
+    text (`tflm.data.text_cleaning.replace_invalid_utf8`), and response text a REST (JSON)
+    response can carry (a cut multi-byte character)."""
     return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
 
 
@@ -65,6 +71,12 @@ def check_input(condition, message):
     tf.debugging.assert_equal(condition, True, message=message)
 
 
+def check_parameter(condition, name, value, rule):
+    """Fails the request unless `condition`, with the message "`name`: `value`; `rule`" (e.g.
+    "top_p: 1.5; must be in (0, 1]"), an InvalidArgument TF Serving returns to the client."""
+    tf.debugging.Assert(condition, [tf.strings.format(name + ": {}; " + rule, value)])
+
+
 # With an XLA decode, prompts are left-padded to a multiple of this many tokens, so that
 # requests of any prompt length share a few compiled programs.
 PROMPT_BUCKET = 32
@@ -75,7 +87,7 @@ class CausalLMServing(tf.Module):
 
     With `jit_compile=True` the decoding loops (not the tokenizer) are XLA
     programs: several times faster, compiled once per batch size, prompt
-    bucket and `max_new_tokens` (warm-up requests compile the usual ones).
+    bucket and (capped) `max_new_tokens` (warm-up requests compile the usual ones).
     The server must run XLA: TF Serving with `--xla_cpu_compilation_enabled`
     on a CPU; `tf.saved_model.load` always can.
     """
@@ -114,18 +126,21 @@ class CausalLMServing(tf.Module):
         return ids, mask, positions, keys
 
     def _prompts(self, prompts, max_new_tokens):
-        check_input(max_new_tokens >= 1, "max_new_tokens must be at least 1")
-        check_input(max_new_tokens < self.max_length,
-                    f"max_new_tokens must be below the number of positions ({self.max_length})")
-        ids = self.tokenizer.tokenize(prompts)
+        """`(ids, truncated, steps)`: the prompts' ids, whether each was cut, and the decode
+        loop's length (`max_new_tokens` capped at what the positions hold)."""
+        check_parameter(max_new_tokens >= 1, "max_new_tokens", max_new_tokens,
+                        "must be at least 1")
+        ids = self.tokenizer.tokenize(_valid_utf8(prompts))
         # An empty prompt starts from the end-of-text token, as GPT-2 does.
         empty = tf.equal(ids.row_lengths(), 0)
         starts = tf.RaggedTensor.from_row_lengths(
             tf.fill([tf.reduce_sum(tf.cast(empty, tf.int32))], self.end_id),
             tf.cast(empty, ids.row_splits.dtype))
         ids = tf.concat([starts, ids], axis=1)
-        # Keep the end of a long prompt: the part next to what is generated.
-        return _truncate_rows(ids, self.max_length - max_new_tokens, keep="end")
+        # Keep the end of a long prompt (the part next to what is generated), and one
+        # position for a new token.
+        ids, truncated = _truncate_rows(ids, self.max_length - 1, keep="end")
+        return ids, truncated, self.decoder.max_steps(ids.row_lengths(), max_new_tokens)
 
     @staticmethod
     def _no_rows():
@@ -139,15 +154,30 @@ class CausalLMServing(tf.Module):
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, tf.TensorSpec([], tf.int64)])
     def generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
-        """Continues each prompt (greedy at temperature 0; else sampled, reproducibly per seed)."""
-        check_input((temperature >= 0.0) & tf.math.is_finite(temperature),
-                    "temperature must be finite and >= 0 (0 is greedy)")
-        check_input(top_k >= 0, "top_k must be >= 0 (0 is no limit)")
-        check_input((top_p > 0.0) & (top_p <= 1.0), "top_p must be in (0, 1]")
-        ids, truncated = self._prompts(prompts, max_new_tokens)
+        """Continues each prompt (greedy at temperature 0; else sampled, reproducibly per seed).
+
+        Args:
+            prompts: texts; an empty one starts from the end-of-text token. A prompt keeps
+                its last `max_sequence_length - 1` tokens (`prompt_truncated`); invalid
+                UTF-8 reads as U+FFFD.
+            max_new_tokens: >= 1; each row adds at most this many tokens, and at most what
+                the model's positions hold after its prompt (prompt + new tokens <=
+                `max_sequence_length`): a larger request returns fewer (`num_tokens`).
+            temperature: finite, >= 0; 0 is greedy (then top_k, top_p and seed do nothing).
+            top_k: >= 0; sample among the `top_k` likeliest tokens; 0 (or more than the
+                vocabulary) is no limit.
+            top_p: in (0, 1]; nucleus sampling; 1 is no limit.
+            seed: any int64 (negative too); the same seed and prompt give the same text.
+        """
+        check_parameter((temperature >= 0.0) & tf.math.is_finite(temperature), "temperature",
+                        temperature, "must be finite and >= 0 (0: greedy)")
+        check_parameter(top_k >= 0, "top_k", top_k, "must be >= 0 (0: no limit)")
+        check_parameter((top_p > 0.0) & (top_p <= 1.0), "top_p", top_p,
+                        "must be in (0, 1] (1: no limit)")
+        ids, truncated, steps = self._prompts(prompts, max_new_tokens)
 
         def decode():
-            tokens, lengths = self._sample(*self._left_padded(ids), max_new_tokens, temperature,
+            tokens, lengths = self._sample(*self._left_padded(ids), steps, temperature,
                                            top_k, top_p, seed)
             return self._finish(tokens, lengths, truncated)
 
@@ -155,14 +185,16 @@ class CausalLMServing(tf.Module):
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT])
     def beam_search(self, prompts, max_new_tokens, length_penalty):
-        """The most likely continuation over `num_beams` beams (fixed at export)."""
-        check_input((length_penalty >= 0.0) & tf.math.is_finite(length_penalty),
-                    "length_penalty must be finite and >= 0")
-        ids, truncated = self._prompts(prompts, max_new_tokens)
+        """The most likely continuation over `num_beams` beams (fixed at export).
+
+        `prompts` and `max_new_tokens` as in `generate`; `length_penalty`: finite, >= 0.
+        """
+        check_parameter((length_penalty >= 0.0) & tf.math.is_finite(length_penalty),
+                        "length_penalty", length_penalty, "must be finite and >= 0")
+        ids, truncated, steps = self._prompts(prompts, max_new_tokens)
 
         def decode():
-            tokens, lengths = self._beam_search(*self._left_padded(ids), max_new_tokens,
-                                                length_penalty)
+            tokens, lengths = self._beam_search(*self._left_padded(ids), steps, length_penalty)
             return self._finish(tokens, lengths, truncated)
 
         return unless_empty(tf.size(prompts), decode, self._no_rows)
@@ -170,7 +202,7 @@ class CausalLMServing(tf.Module):
     @tf.function(input_signature=[STRINGS])
     def score(self, text):
         """Log-likelihood of each text (each token given the ones before, after end-of-text)."""
-        ids = self.tokenizer.tokenize(text)
+        ids = self.tokenizer.tokenize(_valid_utf8(text))
         ids, truncated = _truncate_rows(ids, self.max_length - 1)
         batch = tf.cast(ids.nrows(), tf.int32)
         ids = tf.concat([tf.fill([batch, 1], self.end_id), tf.cast(ids, tf.int32)], axis=1)
@@ -205,11 +237,18 @@ class MaskedLMServing(tf.Module):
 
     @tf.function(input_signature=[STRINGS, INT])
     def fill_mask(self, text, top_k):
-        """The `top_k` likeliest tokens for the first "[MASK]" of each text, with probabilities."""
-        check_input(top_k >= 1, "top_k must be at least 1")
-        check_input(top_k <= self.model.backbone.vocabulary_size, "top_k exceeds the vocabulary")
+        """The `top_k` likeliest tokens for the first "[MASK]" of each text, with probabilities.
+
+        A later "[MASK]" stays a mask token in the context of the first (fill one at a
+        time). A text without one (or whose first was cut by truncation) has
+        `has_mask` False and empty tokens with score 0. `top_k`: 1 to the vocabulary size.
+        """
+        vocabulary_size = self.model.backbone.vocabulary_size
+        check_parameter(top_k >= 1, "top_k", top_k, "must be at least 1")
+        check_parameter(top_k <= vocabulary_size, "top_k", top_k,
+                        f"must be at most the vocabulary size ({vocabulary_size})")
         # "[MASK]" in the text is the mask token, not characters to tokenize.
-        parts = tf.strings.split(text, "[MASK]")
+        parts = tf.strings.split(_valid_utf8(text), "[MASK]")
         pieces = self.tokenizer.tokenize(parts.flat_values)
         mask_id = tf.constant([self.tokenizer.mask_id], tf.int32)
         pieces = tf.concat([tf.cast(pieces, tf.int32),
@@ -239,13 +278,15 @@ class MaskedLMServing(tf.Module):
 
         words, scores = unless_empty(tf.size(text), predict, nothing)
         # has_mask is False also when truncation cut the text before its first "[MASK]".
+        words = tf.where(has_mask[:, None], words, "")
+        scores = tf.where(has_mask[:, None], scores, 0.0)
         return {"tokens": words, "scores": scores, "has_mask": has_mask, "truncated": truncated}
 
     @tf.function(input_signature=[STRINGS])
     def encode(self, text):
         """Per-token and pooled embeddings of each text."""
-        features, truncated = encode_classification(self.tokenizer, text, None, self.max_length,
-                                                    pad_to_length=False)
+        features, truncated = encode_classification(self.tokenizer, _valid_utf8(text), None,
+                                                    self.max_length, pad_to_length=False)
         width = self.model.backbone.hidden_dim
 
         def embed():
@@ -291,7 +332,9 @@ class ClassifierServing(tf.Module):
         self.max_length = int(sequence_length or model.backbone.max_sequence_length)
 
     def _classify(self, text, text_pair):
-        features, truncated = encode_classification(self.tokenizer, text, text_pair,
+        if text_pair is not None:
+            text_pair = _valid_utf8(text_pair)
+        features, truncated = encode_classification(self.tokenizer, _valid_utf8(text), text_pair,
                                                     self.max_length, self.causal,
                                                     pad_to_length=False)
         classes = self.model.num_classes

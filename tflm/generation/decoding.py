@@ -15,6 +15,12 @@ each new token costs one position:
 
 All shapes are static inside the loop (the cache is allocated for
 `P + max_new_tokens` positions), so the loop compiles with XLA.
+
+A row stops, too, when its prompt and new tokens fill the model's
+`max_sequence_length` positions: it gets fewer than `max_new_tokens` (its
+length says how many), and its result does not depend on the other rows of
+its batch. `max_steps` bounds the loop (and the memory) by the positions the
+shortest prompt leaves.
 """
 
 import tensorflow as tf
@@ -60,6 +66,22 @@ class CausalDecoder(tf.Module):
     def _logits(self, hidden):
         return self.backbone.token_embedding(hidden, reverse=True)
 
+    def max_steps(self, prompt_lengths, max_new_tokens):
+        """`max_new_tokens` capped at what the positions left by the shortest prompt hold (of
+        `prompt_lengths`, tokens per row): a larger request decodes the same, in less memory."""
+        room = self.backbone.max_sequence_length - tf.reduce_min(prompt_lengths)
+        room = tf.cast(tf.maximum(room, 0), tf.int32)  # an empty batch: no room needed
+        return tf.minimum(tf.cast(max_new_tokens, tf.int32), room)
+
+    def _room(self, last_position):
+        """New tokens each row's positions hold: prompt + new tokens fill at most the model's."""
+        return self.backbone.max_sequence_length - 1 - last_position
+
+    def _step_positions(self, last_position, i):
+        """Positions of the tokens fed at step `i`; rows past their room (whose tokens are
+        dropped) stay at the last position, inside the position table."""
+        return tf.minimum(last_position + i, self.backbone.max_sequence_length - 1)[:, None]
+
     def _prefill(self, ids, mask, positions, max_new_tokens):
         """Cache filled with all but the last prompt token; the key mask over all positions."""
         batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
@@ -81,13 +103,14 @@ class CausalDecoder(tf.Module):
 
         Args:
             prompts: ragged `(batch, None)` token ids, each at least one token.
-            max_new_tokens: how many tokens to add at most.
+            max_new_tokens: how many tokens to add at most (fewer where the
+                model's positions end first).
             temperature, top_k, top_p, seed: see `next_token`.
 
         Returns:
             `(tokens, lengths)`: `(batch, max_new_tokens)` new ids (padded with
-            `pad_id` after a row's end-of-text, which is included), and the
-            number of new tokens per row (end-of-text counted).
+            `pad_id` after a row's end-of-text, which is included, or its last
+            position), and the number of new tokens per row (end-of-text counted).
         """
         return self.sample_padded(*left_pad(prompts, self.pad_id), max_new_tokens, temperature,
                                   top_k, top_p, seed)
@@ -99,18 +122,20 @@ class CausalDecoder(tf.Module):
         batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
         cache, key_mask = self._prefill(ids, mask, positions, max_new_tokens)
         last_position = positions[:, -1]
+        room = self._room(last_position)
         output = tf.fill([batch, max_new_tokens], self.pad_id)
 
         def step(i, token, cache, output, done):
             hidden, cache = self.backbone.call_with_cache(
                 token[:, None], cache, width - 1 + i, padding_mask=key_mask,
-                positions=(last_position + i)[:, None])
+                positions=self._step_positions(last_position, i))
             chosen = next_token(self._logits(hidden)[:, 0], i, temperature, top_k, top_p, seed,
                                 keys)
             chosen = tf.where(done, self.pad_id, chosen)
             output = tf.tensor_scatter_nd_update(
                 output, tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1), chosen)
-            return i + 1, chosen, cache, output, done | tf.equal(chosen, self.end_id)
+            done = done | tf.equal(chosen, self.end_id) | (i + 1 >= room)
+            return i + 1, chosen, cache, output, done
 
         def keep_going(i, token, cache, output, done):
             del token, cache, output
@@ -118,17 +143,18 @@ class CausalDecoder(tf.Module):
 
         _, _, _, output, _ = tf.while_loop(
             keep_going, step,
-            (tf.constant(0), ids[:, -1], cache, output, tf.zeros([batch], tf.bool)),
+            (tf.constant(0), ids[:, -1], cache, output, room <= 0),
             maximum_iterations=max_new_tokens,
         )
-        return output, self._lengths(output)
+        return output, self._lengths(output, room)
 
-    def _lengths(self, output):
-        """New tokens per row: up to and including the first end-of-text."""
+    def _lengths(self, output, room):
+        """New tokens per row: up to and including the first end-of-text, or its room."""
         is_end = tf.equal(output, self.end_id)
         first_end = tf.argmax(tf.cast(is_end, tf.int32), axis=1, output_type=tf.int32)
         has_end = tf.reduce_any(is_end, axis=1)
-        return tf.where(has_end, first_end + 1, tf.shape(output)[1])
+        return tf.where(has_end, first_end + 1,
+                        tf.clip_by_value(room, 0, tf.shape(output)[1]))
 
     def beam_search(self, prompts, max_new_tokens, num_beams=4, length_penalty=0.6):
         """The most likely continuation under GNMT length normalization.
@@ -138,7 +164,8 @@ class CausalDecoder(tf.Module):
         that chooses the end-of-text token is finished: it keeps its slot and
         its log-probability. At the end, hypotheses are ranked by
         `log p / ((5 + length) / 6) ** length_penalty`, so a larger
-        `length_penalty` favours longer outputs. With one beam this is exactly
+        `length_penalty` favours longer outputs. A hypothesis that reaches the
+        model's last position is finished too. With one beam this is exactly
         greedy decoding. (`official.nlp.modeling.ops.beam_search` also ranks
         end-of-text candidates outside the beam as finished hypotheses, so
         its one-beam search is not greedy; and its sampling module draws
@@ -164,21 +191,22 @@ class CausalDecoder(tf.Module):
         def expand(t):  # (batch, ...) -> (batch * beams, ...), beams of a row adjacent
             return tf.repeat(t, beams, axis=0)
 
+        room = tf.repeat(self._room(positions[:, -1])[:, None], beams, axis=1)
         ids, mask, positions = expand(ids), expand(mask), expand(positions)
         cache, key_mask = self._prefill(ids, mask, positions, max_new_tokens)
         last_position = positions[:, -1]
         # Only the first beam is alive at the start: the others would duplicate it.
         scores = tf.tile(tf.constant([[0.0] + [-1e9] * (beams - 1)]), [batch, 1])
         tokens = tf.fill([batch, beams, max_new_tokens], self.pad_id)
-        finished = tf.zeros([batch, beams], tf.bool)
-        lengths = tf.fill([batch, beams], max_new_tokens)
+        finished = room <= 0
+        lengths = tf.clip_by_value(room, 0, max_new_tokens)
         # A finished hypothesis can only continue with padding, at no cost.
         pad_only = tf.where(tf.range(vocab) == self.pad_id, 0.0, -1e9)
 
         def step(i, token, cache, scores, tokens, finished, lengths):
             hidden, cache = self.backbone.call_with_cache(
                 token[:, None], cache, width - 1 + i, padding_mask=key_mask,
-                positions=(last_position + i)[:, None])
+                positions=self._step_positions(last_position, i))
             log_probs = tf.nn.log_softmax(self._logits(hidden)[:, 0], axis=-1)
             log_probs = tf.reshape(log_probs, [batch, beams, vocab])
             log_probs = tf.where(finished[:, :, None], pad_only, log_probs)
@@ -191,7 +219,8 @@ class CausalDecoder(tf.Module):
             tokens = tf.where(tf.range(max_new_tokens) == i, chosen[:, :, None], tokens)
             ends_now = ~finished & tf.equal(chosen, self.end_id)
             lengths = tf.where(ends_now, i + 1, lengths)
-            finished = finished | ends_now
+            # A hypothesis out of positions ends here: its length is its room already.
+            finished = finished | ends_now | (i + 1 >= room)
             flat_origin = tf.reshape(origin + tf.range(batch)[:, None] * beams, [-1])
             cache = tf.gather(cache, flat_origin)
             return i + 1, tf.reshape(chosen, [-1]), cache, scores, tokens, finished, lengths

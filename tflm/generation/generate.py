@@ -16,7 +16,8 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
 
     Args:
         prompts: strings (with `tokenizer`), or lists of token ids.
-        max_new_tokens: the most tokens added to each prompt.
+        max_new_tokens: the most tokens added to each prompt (fewer where the prompt and
+            new tokens fill the model's `max_sequence_length` positions).
         temperature, top_k, top_p, seed: sampling (temperature 0: greedy);
             the same seed gives the same output.
         num_beams, length_penalty: beam search when `num_beams > 1`.
@@ -67,6 +68,9 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
             matrix, matrix, matrix, tf.TensorSpec([None], tf.int64), scalar, real, scalar, real,
             tf.TensorSpec([], tf.int64), real])
     padded = left_pad(ids, pad_id)
+    # No wider a loop (or output) than the shortest prompt's positions hold.
+    max_new_tokens = int(CausalDecoder(model, end_id, pad_id).max_steps(ids.row_lengths(),
+                                                                         max_new_tokens))
     tokens, lengths = cache[key](*padded, tf.constant(max_new_tokens, tf.int32),
                                  tf.constant(temperature, tf.float32),
                                  tf.constant(top_k, tf.int32), tf.constant(top_p, tf.float32),
