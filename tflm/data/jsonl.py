@@ -31,7 +31,11 @@ def _hex_values(hex4):
 
 
 def _unescape(raw):
-    """Decodes JSON string escapes in a `(n,)` string tensor."""
+    """Decodes JSON string escapes in a `(n,)` string tensor.
+
+    Returns the decoded strings and whether each held a lone surrogate escape
+    (decoded as U+FFFD: it cannot be encoded in UTF-8).
+    """
     pieces = tf_text.regex_split(raw, _ESCAPE, keep_delim_regex_pattern=_ESCAPE)
     flat = pieces.flat_values
     is_unicode = tf.strings.regex_full_match(flat, r"\\u[0-9a-fA-F]{4}")
@@ -45,7 +49,7 @@ def _unescape(raw):
     combined = 0x10000 + (units - 0xD800) * 0x400 + (next_units - 0xDC00)
     code_points = tf.where(is_high, combined, units)
     # Lone surrogates cannot be encoded in UTF-8: replace them, as Python's json does not.
-    lone = (code_points >= 0xD800) & (code_points < 0xE000)
+    lone = (code_points >= 0xD800) & (code_points < 0xE000) & ~is_low_of_pair
     code_points = tf.where(lone, 0xFFFD, code_points)
     decoded_unicode = tf.strings.unicode_encode(
         tf.RaggedTensor.from_tensor(tf.maximum(code_points, 0)[:, None]), "UTF-8"
@@ -57,14 +61,213 @@ def _unescape(raw):
     is_simple = tf.strings.regex_full_match(flat, r"\\[^u]")
     decoded = tf.where(is_unicode, decoded_unicode, tf.where(is_simple, table.lookup(flat), flat))
     decoded = tf.where(is_low_of_pair, "", decoded)
-    return tf.strings.reduce_join(pieces.with_flat_values(decoded), axis=-1)
+    has_lone = tf.reduce_any(pieces.with_flat_values(lone), axis=-1)
+    return tf.strings.reduce_join(pieces.with_flat_values(decoded), axis=-1), has_lone
+
+
+# Token types of the scan below.
+_OPEN_OBJECT, _OPEN_ARRAY, _CLOSE_OBJECT, _CLOSE_ARRAY, _COLON, _COMMA, _STRING, _LITERAL = range(8)
+_TOP = -1  # the context of the outermost braces
+_STRUCTURAL = {ord("{"): _OPEN_OBJECT, ord("["): _OPEN_ARRAY, ord("}"): _CLOSE_OBJECT,
+               ord("]"): _CLOSE_ARRAY, ord(":"): _COLON, ord(","): _COMMA}
+# What Python's json reads outside strings: numbers and its constants (NaN and Infinity too).
+_LITERAL_PATTERN = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null|NaN|-?Infinity"
+# Python refuses integers longer than this many digits (sys.get_int_max_str_digits's default).
+_MAX_INT_DIGITS = 4300
+
+
+def _isin(x, values):
+    return tf.reduce_any(tf.equal(x[..., None], tf.constant(sorted(values), x.dtype)), axis=-1)
+
+
+def _shift_right(x, fill):
+    """`x[i - 1]`, with `fill` first."""
+    return tf.concat([tf.fill([1], tf.constant(fill, x.dtype)), x], 0)[:tf.size(x)]
+
+
+def _shift_left(x, fill, by=1):
+    """`x[i + by]`, with `fill` past the end."""
+    return tf.concat([x, tf.fill([by], tf.constant(fill, x.dtype))], 0)[by:]
+
+
+def _gather_or(x, indices, default):
+    """`x[indices]`, `default` where an index is out of range (x may be empty)."""
+    n = tf.size(x, out_type=indices.dtype)
+    padded = tf.concat([x, tf.fill([1], tf.constant(default, x.dtype))], 0)
+    return tf.gather(padded, tf.where((indices >= 0) & (indices < n), indices, n))
+
+
+def _unmask(mask, values):
+    """The inverse of `tf.boolean_mask(x, mask)` for bool `values`: False elsewhere."""
+    ints = tf.scatter_nd(tf.where(mask), tf.cast(values, tf.int32), tf.shape(mask, out_type=tf.int64))
+    return ints > 0
+
+
+def _cumsum_by_line(values, line_of, n_lines):
+    """Inclusive cumulative sum of `values`, restarting at each line (`line_of` sorted)."""
+    before = tf.cumsum(tf.math.unsorted_segment_sum(values, line_of, n_lines), exclusive=True)
+    return tf.cumsum(values) - tf.gather(before, line_of)
+
+
+def _any_by_line(flags, line_of, n_lines):
+    return tf.math.unsorted_segment_max(tf.cast(flags, tf.int32), line_of, n_lines) > 0
+
+
+def _last_index_at_or_before(flags):
+    """For each i, the largest j <= i with `flags[j]`, or -1."""
+    count = tf.cumsum(tf.cast(flags, tf.int32))
+    where = tf.cast(tf.where(flags)[:, 0], tf.int32)
+    return _gather_or(where, count - 1, -1)
+
+
+def _scan(lines):
+    """Tokenizes and validates JSON lines in one vectorized pass.
+
+    Returns `(joined, valid, tokens)`: all lines as one string; whether each
+    line is a JSON object as Python's `json.loads` reads it; and per token
+    (in order) its `line`, `type`, byte `start` and `end` (inclusive) in
+    `joined`, `level` (nesting depth of the enclosing container: 1 inside
+    the outermost braces) and `is_key` (a string in key position).
+    """
+    n = tf.size(lines)
+    lengths = tf.strings.length(lines)
+    line_start = tf.cumsum(lengths, exclusive=True)
+    joined = tf.strings.reduce_join(lines)
+    b = tf.cast(tf.io.decode_raw(joined, tf.uint8), tf.int32)
+    pos = tf.range(tf.size(b))
+    line_of = tf.repeat(tf.range(n), lengths)
+    offset = pos - tf.gather(line_start, line_of)
+    first_in_line = tf.equal(offset, 0)
+    last_in_line = _shift_left(first_in_line, True)
+
+    # A byte is escaped when an odd run of backslashes ends just before it.
+    backslash = tf.equal(b, ord("\\"))
+    run_start = tf.maximum(_last_index_at_or_before(~backslash), tf.gather(line_start, line_of) - 1)
+    odd_run = tf.equal((pos - run_start) % 2, 1)
+    escaped = _shift_right(odd_run, False) & ~first_in_line
+    # Inside strings by the parity of unescaped quotes. Outside strings a
+    # backslash is invalid (it lands in a literal token, refused below), so
+    # on every line that passes, these are the strings a JSON parser sees.
+    quote = tf.equal(b, ord('"')) & ~escaped
+    quotes_so_far = _cumsum_by_line(tf.cast(quote, tf.int32), line_of, n)
+    odd = tf.equal(quotes_so_far % 2, 1)
+    opening = quote & odd
+    in_string = odd & ~quote
+    outside = ~odd & ~quote
+    unterminated = tf.equal(tf.math.unsorted_segment_sum(tf.cast(quote, tf.int32), line_of, n) % 2, 1)
+
+    # Inside strings: no control characters; escapes \" \\ \/ \b \f \n \r \t \uHHHH only.
+    def is_hex(x):
+        return ((x >= 48) & (x <= 57)) | ((x >= 65) & (x <= 70)) | ((x >= 97) & (x <= 102))
+
+    after = _shift_left(b, 0)
+    escape = in_string & backslash & ~escaped
+    hex4 = tf.reduce_all(tf.stack([is_hex(_shift_left(b, 0, k)) for k in range(2, 6)]), axis=0)
+    bad_escape = escape & ~(_isin(after, b'"\\/bfnrt') | (tf.equal(after, ord("u")) & hex4))
+    bad_byte = (in_string & (b < 0x20)) | bad_escape
+
+    # Outside strings: whitespace (Python's json: space, tab, CR, LF; a UTF-8
+    # byte-order mark first, as json.loads of the line's bytes), structural
+    # characters, and literals (numbers, true, ...): the runs of anything else.
+    bom = (offset < 3) & tf.gather(tf.equal(tf.strings.substr(lines, 0, 3), b"\xef\xbb\xbf"), line_of)
+    space = outside & (_isin(b, b" \t\r\n") | bom)
+    structural = outside & _isin(b, _STRUCTURAL)
+    literal = outside & ~space & ~structural
+    literal_start = literal & ~(_shift_right(literal, False) & ~first_in_line)
+    literal_end = literal & ~(_shift_left(literal, False) & ~last_in_line)
+
+    code = tf.zeros_like(b)
+    for char, kind in _STRUCTURAL.items():
+        code = tf.where(tf.equal(b, char), kind, code)
+    code = tf.where(opening, _STRING, tf.where(literal, _LITERAL, code))
+    token_pos = tf.cast(tf.where(opening | structural | literal_start)[:, 0], tf.int32)
+    kind = tf.gather(code, token_pos)
+    token_line = tf.gather(line_of, token_pos)
+    is_string, is_literal = tf.equal(kind, _STRING), tf.equal(kind, _LITERAL)
+    # A string ends at the next quote; a literal at its run's end.
+    quote_pos = tf.cast(tf.where(quote)[:, 0], tf.int32)
+    quote_rank = tf.cumsum(tf.cast(quote, tf.int32)) - 1
+    string_end = _gather_or(quote_pos, tf.gather(quote_rank, token_pos) + 1, -1)
+    literal_end_pos = tf.cast(tf.where(literal_end)[:, 0], tf.int32)
+    literal_rank = tf.cumsum(tf.cast(is_literal, tf.int32)) - 1
+    end = tf.where(is_string, string_end,
+                   tf.where(is_literal, _gather_or(literal_end_pos, literal_rank, -1), token_pos))
+
+    literals = tf.strings.substr(joined, tf.boolean_mask(token_pos, is_literal),
+                                 tf.boolean_mask(end - token_pos + 1, is_literal))
+    too_long = tf.strings.regex_full_match(literals, "-?[0-9]+") & (
+        tf.strings.length(tf.strings.regex_replace(literals, "^-", "")) > _MAX_INT_DIGITS)
+    good_literal = tf.strings.regex_full_match(literals, _LITERAL_PATTERN) & ~too_long
+    bad_literal = _unmask(is_literal, ~good_literal)
+
+    # Nesting: an open bracket and its close sit at the level outside them.
+    is_open = tf.equal(kind, _OPEN_OBJECT) | tf.equal(kind, _OPEN_ARRAY)
+    is_close = tf.equal(kind, _CLOSE_OBJECT) | tf.equal(kind, _CLOSE_ARRAY)
+    delta = tf.cast(is_open, tf.int32) - tf.cast(is_close, tf.int32)
+    level = _cumsum_by_line(delta, token_line, n) - tf.cast(is_open, tf.int32)
+
+    # Each token's container (object, array or _TOP): the last open bracket
+    # one level out. Sorting tokens by (line, level) then position puts it
+    # last among the open brackets before the token in its group.
+    token_index = tf.range(tf.size(kind))
+    entry_token = tf.repeat(token_index, 1 + tf.cast(is_open, tf.int32))
+    setter = tf.equal(entry_token, _shift_right(entry_token, -1))  # an open's second entry
+    entry_level = tf.gather(level, entry_token)
+    key = tf.maximum(tf.where(setter, entry_level, entry_level - 1), -1)
+    entry_line = tf.gather(token_line, entry_token)
+    levels = tf.maximum(tf.math.unsorted_segment_max(level, token_line, n), 0) + 2
+    group = tf.gather(tf.cumsum(levels, exclusive=True), entry_line) + key + 1
+    n_entries = tf.size(entry_token, out_type=tf.int64)
+    order = tf.argsort(tf.cast(group, tf.int64) * n_entries + tf.range(n_entries))
+    sorted_group = tf.gather(group, order)
+    owner = _last_index_at_or_before(tf.gather(setter, order))
+    owner_kind = _gather_or(kind, _gather_or(tf.gather(entry_token, order), owner, -1), _TOP)
+    same_group = tf.equal(_gather_or(sorted_group, owner, -1), sorted_group)
+    sorted_context = tf.where(same_group, owner_kind, _TOP)
+    context = tf.boolean_mask(tf.scatter_nd(order[:, None], sorted_context, tf.shape(order)), ~setter)
+
+    # The grammar, from each token and the next one on its line.
+    first = ~tf.equal(token_line, _shift_right(token_line, -1))
+    last = ~tf.equal(token_line, _shift_left(token_line, -1))
+    prev_kind = tf.where(first, -1, _shift_right(kind, -1))
+    prev_context = _shift_right(context, _TOP)
+    next_kind = tf.where(last, -1, _shift_left(kind, -1))
+    is_key = is_string & (tf.equal(prev_kind, _OPEN_OBJECT)
+                          | (tf.equal(prev_kind, _COMMA) & tf.equal(prev_context, _OPEN_OBJECT)))
+    value_start = _isin(next_kind, [_OPEN_OBJECT, _OPEN_ARRAY, _STRING, _LITERAL])
+    next_ok = tf.where(
+        tf.equal(kind, _OPEN_OBJECT), _isin(next_kind, [_STRING, _CLOSE_OBJECT]),
+        tf.where(tf.equal(kind, _OPEN_ARRAY), value_start | tf.equal(next_kind, _CLOSE_ARRAY),
+        tf.where(tf.equal(kind, _COMMA) & tf.equal(context, _OPEN_OBJECT), tf.equal(next_kind, _STRING),
+        tf.where(tf.equal(kind, _COMMA), value_start & tf.equal(context, _OPEN_ARRAY),
+        tf.where(tf.equal(kind, _COLON), value_start,
+        tf.where(is_key, tf.equal(next_kind, _COLON),
+                 _isin(next_kind, [_COMMA, _CLOSE_OBJECT, _CLOSE_ARRAY])))))))
+    # One object per line: it opens first and closes last; all else is inside.
+    next_ok = tf.where(last, tf.equal(kind, _CLOSE_OBJECT) & tf.equal(level, 0), next_ok)
+    placed = tf.where(first, tf.equal(kind, _OPEN_OBJECT), last | (level >= 1))
+    # A close bracket matches the open before it, or the container of the token before it.
+    opened = tf.where(_isin(prev_kind, [_OPEN_OBJECT, _OPEN_ARRAY]), prev_kind, prev_context)
+    matched = ~is_close | tf.equal(opened, kind - 2)
+    bad_token = ~(next_ok & placed & matched) | bad_literal
+
+    valid = ~(_any_by_line(bad_byte, line_of, n) | _any_by_line(bad_token, token_line, n)
+              | unterminated | tf.equal(tf.math.bincount(token_line, minlength=n, maxlength=n), 0))
+    tokens = dict(line=token_line, type=kind, start=token_pos, end=end, level=level, is_key=is_key)
+    return joined, valid, tokens
 
 
 def extract_string_field(lines, field):
-    """Returns `(values, found)` for the string field `field` of each JSON line.
+    """Returns `(values, found)` for the top-level string field `field` of each JSON line.
+
+    Exactly `json.loads(line)[field]` when that is a string: a line Python's
+    json refuses, a non-object line, a missing key or a non-string value is
+    not found; of duplicate keys the last counts; keys are compared after
+    decoding their escapes (`"te\\u0078t"` is `text`). Only lines nested
+    deeper than Python's recursion limit, which json.loads refuses, are read.
 
     Args:
-        lines: `(n,)` string tensor, one JSON object per line.
+        lines: `(n,)` string tensor, one JSON object per line (valid UTF-8).
         field: the key to read.
 
     Returns:
@@ -72,10 +275,23 @@ def extract_string_field(lines, field):
         `(n,)` bool.
     """
     lines = tf.convert_to_tensor(lines, tf.string)
-    key = re.escape(field)
-    # A JSON string literal: quotes around non-quote, non-backslash chars or escapes.
-    pattern = r'"' + key + r'"\s*:\s*"((?:[^"\\]|\\.)*)"'
-    found = tf.strings.regex_full_match(lines, r"(?s).*?" + pattern + r".*")
-    raw = tf.strings.regex_replace(lines, r"(?s)^.*?" + pattern + r".*$", r"\1")
-    values = tf.where(found, _unescape(tf.where(found, raw, "")), "")
-    return values, found
+    joined, valid, tokens = _scan(lines)
+    n = tf.size(lines)
+    # Keys of the outermost object, as written (between the quotes) and decoded.
+    top = tokens["is_key"] & tf.equal(tokens["level"], 1)
+    start = tf.boolean_mask(tokens["start"], top) + 1
+    raw = tf.strings.substr(joined, start, tf.boolean_mask(tokens["end"], top) - start)
+    escaped = tf.strings.regex_full_match(raw, r".*\\.*")
+    decoded, lone = _unescape(tf.boolean_mask(raw, escaped))
+    match = tf.where(escaped, _unmask(escaped, tf.equal(decoded, field) & ~lone), tf.equal(raw, field))
+    # The last matching key wins; its value follows the colon.
+    key_index = tf.boolean_mask(tf.range(tf.size(top)), top)
+    chosen = tf.math.unsorted_segment_max(
+        tf.where(match, key_index, -1), tf.boolean_mask(tokens["line"], top), n)
+    value = tf.where(chosen >= 0, chosen + 2, -1)
+    found = valid & tf.equal(_gather_or(tokens["type"], value, -1), _STRING)
+    value_start = _gather_or(tokens["start"], value, -1) + 1
+    value_length = _gather_or(tokens["end"], value, -1) - value_start
+    raw_values = tf.strings.substr(joined, tf.where(found, value_start, 0), tf.where(found, value_length, 0))
+    values, _ = _unescape(raw_values)
+    return tf.where(found, values, ""), found
