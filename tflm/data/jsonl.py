@@ -42,8 +42,10 @@ def _unescape(raw):
     # \uHHHH: code units, with surrogate pairs combined into one code point.
     hex4 = tf.strings.substr(tf.where(is_unicode, flat, "\\u0000"), 2, 4)
     units = tf.where(is_unicode, _hex_values(hex4), -1)
-    next_units = tf.concat([units[1:], [-1]], axis=0)
-    prev_units = tf.concat([[-1], units[:-1]], axis=0)
+    # Neighbours within the same string only (the pieces of all strings are flat).
+    rows = pieces.value_rowids()
+    next_units = tf.where(tf.equal(_shift_left(rows, -1), rows), _shift_left(units, -1), -1)
+    prev_units = tf.where(tf.equal(_shift_right(rows, -1), rows), _shift_right(units, -1), -1)
     is_high = (units >= 0xD800) & (units < 0xDC00) & (next_units >= 0xDC00) & (next_units < 0xE000)
     is_low_of_pair = (units >= 0xDC00) & (units < 0xE000) & (prev_units >= 0xD800) & (prev_units < 0xDC00)
     combined = 0x10000 + (units - 0xD800) * 0x400 + (next_units - 0xDC00)
