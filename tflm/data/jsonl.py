@@ -56,15 +56,25 @@ def _unescape(raw):
     decoded_unicode = tf.strings.unicode_encode(
         tf.RaggedTensor.from_tensor(tf.maximum(code_points, 0)[:, None]), "UTF-8"
     )
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(list(_SIMPLE_ESCAPES), list(_SIMPLE_ESCAPES.values())),
-        default_value="",
-    )
-    is_simple = tf.strings.regex_full_match(flat, r"\\[^u]")
-    decoded = tf.where(is_unicode, decoded_unicode, tf.where(is_simple, table.lookup(flat), flat))
+    decoded = tf.where(is_unicode, decoded_unicode, flat)
+    for escape, char in _SIMPLE_ESCAPES.items():
+        decoded = tf.where(tf.equal(flat, escape), char, decoded)
     decoded = tf.where(is_low_of_pair, "", decoded)
     has_lone = tf.reduce_any(pieces.with_flat_values(lone), axis=-1)
     return tf.strings.reduce_join(pieces.with_flat_values(decoded), axis=-1), has_lone
+
+
+def _decode(raw):
+    """`_unescape`, run only on the strings holding a backslash (few, as a rule)."""
+    escaped = tf.strings.regex_full_match(raw, r"(?s).*\\.*")
+
+    def unescape():
+        decoded, lone = _unescape(tf.boolean_mask(raw, escaped))
+        indices = tf.where(escaped)
+        return (tf.tensor_scatter_nd_update(raw, indices, decoded),
+                tf.tensor_scatter_nd_update(tf.zeros_like(escaped), indices, lone))
+
+    return tf.cond(tf.reduce_any(escaped), unescape, lambda: (raw, tf.zeros_like(escaped)))
 
 
 # Token types of the scan below.
@@ -74,12 +84,25 @@ _STRUCTURAL = {ord("{"): _OPEN_OBJECT, ord("["): _OPEN_ARRAY, ord("}"): _CLOSE_O
                ord("]"): _CLOSE_ARRAY, ord(":"): _COLON, ord(","): _COMMA}
 # What Python's json reads outside strings: numbers and its constants (NaN and Infinity too).
 _LITERAL_PATTERN = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null|NaN|-?Infinity"
+_SPACE = -1
+_BYTE_CODES = [_SPACE if chr(c) in " \t\r\n" else _STRUCTURAL.get(c, _STRING if c == ord('"') else _LITERAL)
+               for c in range(256)]
+# A JSON string literal as Python's json reads it (no raw control characters).
+_STRING_LITERAL = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
 # Python refuses integers longer than this many digits (sys.get_int_max_str_digits's default).
 _MAX_INT_DIGITS = 4300
 
 
-def _isin(x, values):
-    return tf.reduce_any(tf.equal(x[..., None], tf.constant(sorted(values), x.dtype)), axis=-1)
+def _content(literals):
+    """String literals without their quotes."""
+    length = tf.strings.length(literals)
+    return tf.strings.substr(literals, tf.ones_like(length), length - 2)
+
+
+def _isin(kinds, values):
+    """Whether each token type (or -1, none) is one of `values`."""
+    mask = sum(1 << (value + 1) for value in values)
+    return tf.not_equal(tf.bitwise.bitwise_and(tf.bitwise.left_shift(1, kinds + 1), mask), 0)
 
 
 def _shift_right(x, fill):
@@ -123,80 +146,62 @@ def _last_index_at_or_before(flags):
 
 
 def _scan(lines):
-    """Tokenizes and validates JSON lines in one vectorized pass.
+    """Splits JSON lines into string literals and a skeleton, and validates them.
 
-    Returns `(joined, valid, tokens)`: all lines as one string; whether each
-    line is a JSON object as Python's `json.loads` reads it; and per token
-    (in order) its `line`, `type`, byte `start` and `end` (inclusive) in
-    `joined`, `level` (nesting depth of the enclosing container: 1 inside
-    the outermost braces) and `is_key` (a string in key position).
+    Returns `(strings, valid, tokens)`: the string literals of all lines, in
+    order and with their quotes; whether each line is a JSON object as
+    Python's `json.loads` reads it; and per token of the skeletons (in order)
+    its `line`, `type`, `string` (index in `strings`, for string tokens),
+    `level` (nesting depth of its container: 1 inside the outermost braces)
+    and `is_key` (a string in key position).
     """
     n = tf.size(lines)
-    lengths = tf.strings.length(lines)
-    line_start = tf.cumsum(lengths, exclusive=True)
-    joined = tf.strings.reduce_join(lines)
+    # The string literals, found by RE2 left to right as a JSON parser does,
+    # each between two 0xFF bytes (never in UTF-8): pieces alternate between
+    # the text outside strings and a string literal. A string whose content is
+    # not valid JSON leaves a stray quote outside, which refuses its line.
+    pieces = tf.strings.split(tf.strings.regex_replace(lines, _STRING_LITERAL, b"\xff\\0\xff"), b"\xff")
+    piece = pieces.flat_values
+    piece_line = tf.cast(pieces.value_rowids(), tf.int32)
+    is_string_piece = tf.equal((tf.range(tf.size(piece, out_type=tf.int64)) - tf.gather(
+        pieces.row_splits, pieces.value_rowids())) % 2, 1)
+    strings = tf.boolean_mask(piece, is_string_piece)
+    outside = tf.boolean_mask(piece, ~is_string_piece)
+    stray_quote = _any_by_line(~tf.strings.regex_full_match(outside, '[^"]*'),
+                               tf.boolean_mask(piece_line, ~is_string_piece), n)
+    # The skeleton: each string literal as one quote; the rest as it is.
+    skeleton = tf.strings.reduce_join(pieces.with_flat_values(tf.where(is_string_piece, '"', piece)), axis=-1)
+
+    lengths = tf.strings.length(skeleton)
+    joined = tf.strings.reduce_join(skeleton)
     b = tf.cast(tf.io.decode_raw(joined, tf.uint8), tf.int32)
-    pos = tf.range(tf.size(b))
     line_of = tf.repeat(tf.range(n), lengths)
-    offset = pos - tf.gather(line_start, line_of)
+    offset = tf.range(tf.size(b)) - tf.gather(tf.cumsum(lengths, exclusive=True), line_of)
     first_in_line = tf.equal(offset, 0)
     last_in_line = _shift_left(first_in_line, True)
-
-    # A byte is escaped when an odd run of backslashes ends just before it.
-    backslash = tf.equal(b, ord("\\"))
-    run_start = tf.maximum(_last_index_at_or_before(~backslash), tf.gather(line_start, line_of) - 1)
-    odd_run = tf.equal((pos - run_start) % 2, 1)
-    escaped = _shift_right(odd_run, False) & ~first_in_line
-    # Inside strings by the parity of unescaped quotes. Outside strings a
-    # backslash is invalid (it lands in a literal token, refused below), so
-    # on every line that passes, these are the strings a JSON parser sees.
-    quote = tf.equal(b, ord('"')) & ~escaped
-    quotes_so_far = _cumsum_by_line(tf.cast(quote, tf.int32), line_of, n)
-    odd = tf.equal(quotes_so_far % 2, 1)
-    opening = quote & odd
-    in_string = odd & ~quote
-    outside = ~odd & ~quote
-    unterminated = tf.equal(tf.math.unsorted_segment_sum(tf.cast(quote, tf.int32), line_of, n) % 2, 1)
-
-    # Inside strings: no control characters; escapes \" \\ \/ \b \f \n \r \t \uHHHH only.
-    def is_hex(x):
-        return ((x >= 48) & (x <= 57)) | ((x >= 65) & (x <= 70)) | ((x >= 97) & (x <= 102))
-
-    after = _shift_left(b, 0)
-    escape = in_string & backslash & ~escaped
-    hex4 = tf.reduce_all(tf.stack([is_hex(_shift_left(b, 0, k)) for k in range(2, 6)]), axis=0)
-    bad_escape = escape & ~(_isin(after, b'"\\/bfnrt') | (tf.equal(after, ord("u")) & hex4))
-    bad_byte = (in_string & (b < 0x20)) | bad_escape
-
-    # Outside strings: whitespace (Python's json: space, tab, CR, LF; a UTF-8
-    # byte-order mark first, as json.loads of the line's bytes), structural
-    # characters, and literals (numbers, true, ...): the runs of anything else.
+    # Whitespace (Python's json: space, tab, CR, LF; a UTF-8 byte-order mark
+    # first, as json.loads of the line's bytes), structural characters, and
+    # literals (numbers, true, ...): the runs of anything else.
+    code = tf.gather(_BYTE_CODES, b)
     bom = (offset < 3) & tf.gather(tf.equal(tf.strings.substr(lines, 0, 3), b"\xef\xbb\xbf"), line_of)
-    space = outside & (_isin(b, b" \t\r\n") | bom)
-    structural = outside & _isin(b, _STRUCTURAL)
-    literal = outside & ~space & ~structural
+    code = tf.where(bom, _SPACE, code)
+    literal = tf.equal(code, _LITERAL)
     literal_start = literal & ~(_shift_right(literal, False) & ~first_in_line)
     literal_end = literal & ~(_shift_left(literal, False) & ~last_in_line)
 
-    code = tf.zeros_like(b)
-    for char, kind in _STRUCTURAL.items():
-        code = tf.where(tf.equal(b, char), kind, code)
-    code = tf.where(opening, _STRING, tf.where(literal, _LITERAL, code))
-    token_pos = tf.cast(tf.where(opening | structural | literal_start)[:, 0], tf.int32)
+    token_pos = tf.cast(tf.where(~tf.equal(code, _SPACE) & (~literal | literal_start))[:, 0], tf.int32)
     kind = tf.gather(code, token_pos)
     token_line = tf.gather(line_of, token_pos)
     is_string, is_literal = tf.equal(kind, _STRING), tf.equal(kind, _LITERAL)
-    # A string ends at the next quote; a literal at its run's end.
-    quote_pos = tf.cast(tf.where(quote)[:, 0], tf.int32)
-    quote_rank = tf.cumsum(tf.cast(quote, tf.int32)) - 1
-    string_end = _gather_or(quote_pos, tf.gather(quote_rank, token_pos) + 1, -1)
-    literal_end_pos = tf.cast(tf.where(literal_end)[:, 0], tf.int32)
-    literal_rank = tf.cumsum(tf.cast(is_literal, tf.int32)) - 1
-    end = tf.where(is_string, string_end,
-                   tf.where(is_literal, _gather_or(literal_end_pos, literal_rank, -1), token_pos))
+    # String tokens count per line, so that a refused line cannot shift the next.
+    strings_before = tf.cumsum(tf.math.unsorted_segment_sum(
+        tf.cast(is_string_piece, tf.int32), piece_line, n), exclusive=True)
+    string_index = (_cumsum_by_line(tf.cast(is_string, tf.int32), token_line, n) - 1
+                    + tf.gather(strings_before, token_line))
 
-    literals = tf.strings.substr(joined, tf.boolean_mask(token_pos, is_literal),
-                                 tf.boolean_mask(end - token_pos + 1, is_literal))
+    literal_start_pos = tf.boolean_mask(token_pos, is_literal)
+    literal_end_pos = tf.cast(tf.where(literal_end)[:, 0], tf.int32)
+    literals = tf.strings.substr(joined, literal_start_pos, literal_end_pos - literal_start_pos + 1)
     too_long = tf.strings.regex_full_match(literals, "-?[0-9]+") & (
         tf.strings.length(tf.strings.regex_replace(literals, "^-", "")) > _MAX_INT_DIGITS)
     good_literal = tf.strings.regex_full_match(literals, _LITERAL_PATTERN) & ~too_long
@@ -253,10 +258,12 @@ def _scan(lines):
     matched = ~is_close | tf.equal(opened, kind - 2)
     bad_token = ~(next_ok & placed & matched) | bad_literal
 
-    valid = ~(_any_by_line(bad_byte, line_of, n) | _any_by_line(bad_token, token_line, n)
-              | unterminated | tf.equal(tf.math.bincount(token_line, minlength=n, maxlength=n), 0))
-    tokens = dict(line=token_line, type=kind, start=token_pos, end=end, level=level, is_key=is_key)
-    return joined, valid, tokens
+    valid = ~(stray_quote | _any_by_line(bad_token, token_line, n)
+              | tf.equal(tf.math.bincount(token_line, minlength=n, maxlength=n), 0))
+    tokens = dict(line=token_line, type=kind, string=string_index, level=level, is_key=is_key)
+    return strings, valid, tokens
+
+
 
 
 def extract_string_field(lines, field):
@@ -277,23 +284,19 @@ def extract_string_field(lines, field):
         `(n,)` bool.
     """
     lines = tf.convert_to_tensor(lines, tf.string)
-    joined, valid, tokens = _scan(lines)
+    strings, valid, tokens = _scan(lines)
     n = tf.size(lines)
     # Keys of the outermost object, as written (between the quotes) and decoded.
     top = tokens["is_key"] & tf.equal(tokens["level"], 1)
-    start = tf.boolean_mask(tokens["start"], top) + 1
-    raw = tf.strings.substr(joined, start, tf.boolean_mask(tokens["end"], top) - start)
-    escaped = tf.strings.regex_full_match(raw, r".*\\.*")
-    decoded, lone = _unescape(tf.boolean_mask(raw, escaped))
-    match = tf.where(escaped, _unmask(escaped, tf.equal(decoded, field) & ~lone), tf.equal(raw, field))
+    raw = _content(_gather_or(strings, tf.boolean_mask(tokens["string"], top), '""'))
+    decoded, lone = _decode(raw)
+    match = tf.equal(decoded, field) & ~lone
     # The last matching key wins; its value follows the colon.
     key_index = tf.boolean_mask(tf.range(tf.size(top)), top)
     chosen = tf.math.unsorted_segment_max(
         tf.where(match, key_index, -1), tf.boolean_mask(tokens["line"], top), n)
     value = tf.where(chosen >= 0, chosen + 2, -1)
     found = valid & tf.equal(_gather_or(tokens["type"], value, -1), _STRING)
-    value_start = _gather_or(tokens["start"], value, -1) + 1
-    value_length = _gather_or(tokens["end"], value, -1) - value_start
-    raw_values = tf.strings.substr(joined, tf.where(found, value_start, 0), tf.where(found, value_length, 0))
-    values, _ = _unescape(raw_values)
+    raw_values = _content(_gather_or(strings, tf.where(found, _gather_or(tokens["string"], value, -1), -1), '""'))
+    values, _ = _decode(raw_values)
     return tf.where(found, values, ""), found
