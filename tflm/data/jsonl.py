@@ -1,18 +1,25 @@
 """In-graph extraction of a string field from JSON Lines records.
 
-One JSON object per line; `extract_string_field(lines, "text")` returns the
-decoded value of the top-level-looking key `"text"` of each line, and whether
-it was found, using only TF string ops (no Python per record), so JSONL reads
-in parallel inside `tf.data`.
+One JSON object per line; `extract_string_field(lines, "text")` returns, for
+each line, what `json.loads(line)["text"]` gives when that is a string, and
+whether it was found, using only TF ops (no Python per record), so JSONL
+reads in parallel inside `tf.data`.
 
-The value is matched as a JSON string literal (`"..."` with backslash
-escapes) and decoded: `\\" \\\\ \\/ \\b \\f \\n \\r \\t` and `\\uHHHH` (four hex digits),
-surrogate pairs included. A key that only appears inside another string
-value cannot match, because there its quotes are escaped. Non-string values
-(numbers, null, objects) count as not found.
+How: RE2 finds the string literals left to right, as a JSON parser does
+(content without raw control characters; escapes `\\" \\\\ \\/ \\b \\f \\n
+\\r \\t \\uHHHH`). Between them is a small skeleton (brackets, colons, commas,
+numbers, literals); a vectorized scan over its tokens computes each token's
+nesting level and container and checks the JSON grammar, so a line Python's
+json refuses is not found. The key must be one of the outermost object (a
+key nested deeper, or inside another string, does not count); keys compare
+after decoding their escapes (`"te\\u0078t"` is `text`); of duplicate keys
+the last counts, and a non-string value (number, null, object, array) is not
+found. Values are decoded as json does, surrogate pairs included; a lone
+surrogate, which cannot be UTF-8, becomes U+FFFD.
+
+The one difference from `json.loads`: lines nested deeper than Python's
+recursion limit (about 1000), which it refuses, are read.
 """
-
-import re
 
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -264,8 +271,6 @@ def _scan(lines):
     return strings, valid, tokens
 
 
-
-
 def extract_string_field(lines, field):
     """Returns `(values, found)` for the top-level string field `field` of each JSON line.
 
@@ -274,9 +279,11 @@ def extract_string_field(lines, field):
     not found; of duplicate keys the last counts; keys are compared after
     decoding their escapes (`"te\\u0078t"` is `text`). Only lines nested
     deeper than Python's recursion limit, which json.loads refuses, are read.
+    A UTF-8 byte-order mark may open a line (json.loads of bytes skips it).
 
     Args:
-        lines: `(n,)` string tensor, one JSON object per line (valid UTF-8).
+        lines: `(n,)` string tensor, one JSON object per line, valid UTF-8
+            (repair first: the scan marks string literals with 0xFF bytes).
         field: the key to read.
 
     Returns:
