@@ -50,7 +50,8 @@ def _unescape(raw):
     hex4 = tf.strings.substr(tf.where(is_unicode, flat, "\\u0000"), 2, 4)
     units = tf.where(is_unicode, _hex_values(hex4), -1)
     # Neighbours within the same string only (the pieces of all strings are flat).
-    rows = pieces.value_rowids()
+    n = tf.size(raw)
+    rows = _row_ids(pieces.row_splits)
     next_units = tf.where(tf.equal(_shift_left(rows, -1), rows), _shift_left(units, -1), -1)
     prev_units = tf.where(tf.equal(_shift_right(rows, -1), rows), _shift_right(units, -1), -1)
     is_high = (units >= 0xD800) & (units < 0xDC00) & (next_units >= 0xDC00) & (next_units < 0xE000)
@@ -67,8 +68,8 @@ def _unescape(raw):
     for escape, char in _SIMPLE_ESCAPES.items():
         decoded = tf.where(tf.equal(flat, escape), char, decoded)
     decoded = tf.where(is_low_of_pair, "", decoded)
-    has_lone = tf.reduce_any(pieces.with_flat_values(lone), axis=-1)
-    return tf.strings.reduce_join(pieces.with_flat_values(decoded), axis=-1), has_lone
+    has_lone = tf.math.unsorted_segment_max(tf.cast(lone, tf.int32), rows, n) > 0
+    return tf.strings.unsorted_segment_join(decoded, rows, n), has_lone
 
 
 def _decode(raw):
@@ -110,6 +111,15 @@ def _isin(kinds, values):
     """Whether each token type (or -1, none) is one of `values`."""
     mask = sum(1 << (value + 1) for value in values)
     return tf.not_equal(tf.bitwise.bitwise_and(tf.bitwise.left_shift(1, kinds + 1), mask), 0)
+
+
+def _row_ids(row_splits):
+    """The row of each value of a ragged tensor with these `row_splits`.
+
+    (`tf.repeat` and `RaggedTensor.value_rowids` build a rows × longest-row
+    mask: gigabytes for one long line in a batch.)
+    """
+    return tf.searchsorted(row_splits[1:], tf.range(row_splits[-1]), side="right", out_type=row_splits.dtype)
 
 
 def _shift_right(x, fill):
@@ -169,20 +179,20 @@ def _scan(lines):
     # not valid JSON leaves a stray quote outside, which refuses its line.
     pieces = tf.strings.split(tf.strings.regex_replace(lines, _STRING_LITERAL, b"\xff\\0\xff"), b"\xff")
     piece = pieces.flat_values
-    piece_line = tf.cast(pieces.value_rowids(), tf.int32)
-    is_string_piece = tf.equal((tf.range(tf.size(piece, out_type=tf.int64)) - tf.gather(
-        pieces.row_splits, pieces.value_rowids())) % 2, 1)
+    splits = tf.cast(pieces.row_splits, tf.int32)
+    piece_line = _row_ids(splits)
+    is_string_piece = tf.equal((tf.range(tf.size(piece)) - tf.gather(splits, piece_line)) % 2, 1)
     strings = tf.boolean_mask(piece, is_string_piece)
     outside = tf.boolean_mask(piece, ~is_string_piece)
     stray_quote = _any_by_line(~tf.strings.regex_full_match(outside, '[^"]*'),
                                tf.boolean_mask(piece_line, ~is_string_piece), n)
     # The skeleton: each string literal as one quote; the rest as it is.
-    skeleton = tf.strings.reduce_join(pieces.with_flat_values(tf.where(is_string_piece, '"', piece)), axis=-1)
+    skeleton = tf.strings.unsorted_segment_join(tf.where(is_string_piece, '"', piece), piece_line, n)
 
     lengths = tf.strings.length(skeleton)
     joined = tf.strings.reduce_join(skeleton)
     b = tf.cast(tf.io.decode_raw(joined, tf.uint8), tf.int32)
-    line_of = tf.repeat(tf.range(n), lengths)
+    line_of = _row_ids(tf.concat([[0], tf.cumsum(lengths)], 0))
     offset = tf.range(tf.size(b)) - tf.gather(tf.cumsum(lengths, exclusive=True), line_of)
     first_in_line = tf.equal(offset, 0)
     last_in_line = _shift_left(first_in_line, True)
@@ -224,7 +234,7 @@ def _scan(lines):
     # one level out. Sorting tokens by (line, level) then position puts it
     # last among the open brackets before the token in its group.
     token_index = tf.range(tf.size(kind))
-    entry_token = tf.repeat(token_index, 1 + tf.cast(is_open, tf.int32))
+    entry_token = _row_ids(tf.concat([[0], tf.cumsum(1 + tf.cast(is_open, tf.int32))], 0))
     setter = tf.equal(entry_token, _shift_right(entry_token, -1))  # an open's second entry
     entry_level = tf.gather(level, entry_token)
     key = tf.maximum(tf.where(setter, entry_level, entry_level - 1), -1)
