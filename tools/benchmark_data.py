@@ -233,6 +233,8 @@ def hf_passes(vocab_dir, path):
     tokenizer.normalizer = (normalizers.Sequence([normalizers.NFKC(), bert]) if config["nfkc"]
                             else bert)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # Special tokens written in the text are matched as ours match them.
+    tokenizer.add_special_tokens(config["special_tokens"] + [config["unknown_token"]])
 
     def encoding(split):
         def run():

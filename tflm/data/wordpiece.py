@@ -216,3 +216,14 @@ class WordPieceTokenizer(Tokenizer):
         texts = tf.strings.regex_replace(texts, f"({_PUNCTUATION})", r" \1 ")
         texts = tf.strings.regex_replace(texts, self._long_word, self._over_byte_limit)
         return tf.tensor_scatter_nd_update(cleaned, rows, texts)
+
+    def detokenize(self, ids):
+        """Ids → text: pieces joined, words separated by one space; special tokens dropped."""
+        ragged, rank_1 = tokenizer_utils.to_ragged_batch(ids)
+        ragged = tokenizer_utils.drop_ids(ragged, self._keep_on_detokenize)
+        text = self._wordpiece.detokenize(ragged)
+        return text[0] if rank_1 else text
+
+    def word_starts(self, ids):
+        """True where the piece does not start with `##` (and at special tokens)."""
+        return tokenizer_utils.gather_per_id(self._word_start_table, ids)
