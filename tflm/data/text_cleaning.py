@@ -78,7 +78,7 @@ def replace_invalid_utf8(texts):
 
 
 def repair_utf8(texts):
-    """Each invalid UTF-8 sequence replaced with U+FFFD (`replace_invalid_utf8` without the count)."""
+    """Invalid UTF-8 sequences replaced with U+FFFD: `replace_invalid_utf8` without the count."""
     return tf.strings.unicode_transcode(
         texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
 
