@@ -90,6 +90,7 @@ _EDGE_CASES = [
     "[MASK]", "It is a [MASK] truth.", "x[MASK]y", "[CLS] hello [SEP]", "a,[SEP]!", "end [SEP]",
     "[MASK][MASK]", "[[MASK]]", "[MASK", "[PAD] and [UNK]", "д" * 101 + "[MASK]" + "ab" * 51,
     "[mask]", "[Mask]", "[ MASK ]", "\uff3bMASK\uff3d",  # text, not the mask token
+    "a line\n[SEP] and the next",
     "Mr. Darcy had been standing near enough for her to overhear.",
     "She is tolerable; but not handsome enough to tempt me!",
 ]
@@ -102,7 +103,10 @@ def test_edge_cases_match_hugging_face(uncased, cased, lowercase, tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
     ours = WordPieceTokenizer(str(vocab), lowercase=lowercase)
-    ids = _assert_same_ids(ours, _hf_reference(str(vocab), lowercase, nfkc=True), _EDGE_CASES)
+    reference = _hf_reference(str(vocab), lowercase, nfkc=True)
+    ids = _assert_same_ids(ours, reference, _EDGE_CASES)
+    # A batch without special tokens takes the path that skips splitting around them.
+    _assert_same_ids(ours, reference, [case for case in _EDGE_CASES if "[" not in case])
     assert ids[0] == [ours.token_to_id("д")] + [ours.token_to_id("##д")] * 59
     by_case = dict(zip(_EDGE_CASES, ids))
     assert by_case["д" * 101] == [ours.unk_id] and by_case["😀" * 101] == [ours.unk_id]

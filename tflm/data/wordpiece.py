@@ -121,6 +121,7 @@ class WordPieceTokenizer(Tokenizer):
         # Longest first: RE2 takes the first alternative that matches, `tokenizers` the longest.
         matched = sorted(special | {unknown_token}, key=len, reverse=True)
         self._special_pattern = "|".join(tokenizer_utils.regex_literal(t) for t in matched)
+        self._holds_special = f"(?s).*(?:{self._special_pattern}).*"
         self._special_strings = tf.constant(matched)
         self._special_ids = tf.constant([self._ids[t] for t in matched], tf.int32)
         self._keep_on_detokenize = tf.constant([t not in special for t in tokens])
@@ -193,15 +194,25 @@ class WordPieceTokenizer(Tokenizer):
     # One graph for the whole batch: eager, each of these ops would be a separate dispatch.
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def _tokenize_batch(self, texts):
+        texts = repair_utf8(texts)
+        # Most batches hold no special token: they skip the split around them (~20% of the time).
+        holds_special = tf.reduce_any(tf.strings.regex_full_match(texts, self._holds_special))
+        return tf.cond(holds_special, lambda: self._tokenize_with_special(texts),
+                       lambda: self._tokenize_text(texts))
+
+    def _tokenize_text(self, texts):
+        """Valid UTF-8 strings `(n,)`, special tokens ignored → RaggedTensor `(n, None)`."""
+        return self._wordpiece.tokenize(self._pre_tokenize(self.cleaner.clean_valid_utf8(texts)))
+
+    def _tokenize_with_special(self, texts):
         # Special tokens are matched in the text as given, as `tokenizers` matches them, and the
         # text between them is cleaned and split apart: "x[MASK]y" is x, [MASK], y.
-        segments = tokenizer_utils.split_around(repair_utf8(texts), self._special_pattern)
+        segments = tokenizer_utils.split_around(texts, self._special_pattern)
         text = segments.flat_values
         is_special = tf.equal(text[:, tf.newaxis], self._special_strings)
         special = tf.reduce_any(is_special, axis=1)
         # A special segment becomes a word over tf-text's limit, its one [UNK] then the special id.
-        text = tf.where(special, self._over_byte_limit, self.cleaner.clean_valid_utf8(text))
-        pieces = self._wordpiece.tokenize(self._pre_tokenize(text))
+        pieces = self._tokenize_text(tf.where(special, self._over_byte_limit, text))
         segment = pieces.value_rowids()
         which = tf.argmax(is_special, axis=1, output_type=tf.int32)
         special_id = tf.gather(self._special_ids, which)
@@ -211,7 +222,7 @@ class WordPieceTokenizer(Tokenizer):
     def _pre_tokenize(self, cleaned):
         """Words over `max_chars_per_word` rewritten so that tf-text makes each one [UNK]."""
         # Only a text with a longer run of non-spaces can hold such a word: the rest pass as is.
-        rows = tf.where(tf.strings.regex_full_match(cleaned, f".*{self._long_word}.*"))
+        rows = tf.where(tf.strings.regex_full_match(cleaned, f"(?s).*{self._long_word}.*"))
         texts = tf.gather_nd(cleaned, rows)
         # Spaced out, punctuation and CJK characters end the words as they do in tf-text, so a
         # word is a run of non-spaces (cleaning left no other whitespace).
