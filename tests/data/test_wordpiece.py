@@ -87,6 +87,7 @@ _EDGE_CASES = [
     "ab" * 50, "ab" * 50 + "c", "the " + "ab" * 50 + "c, and " + "ab" * 50 + ".",
     "д" * 100, "д" * 101, "ㄱ" * 100, "ㄱ" * 101, "😀" * 100, "😀" * 101,
     "xa\u0301" * 50, "xa\u0301" * 51,  # 150 and 153 characters before accents go
+    "ab,-" * 40 + "…" + "ab" * 50,  # a long run of short words: no [UNK]
     "[MASK]", "It is a [MASK] truth.", "x[MASK]y", "[CLS] hello [SEP]", "a,[SEP]!", "end [SEP]",
     "[MASK][MASK]", "[[MASK]]", "[MASK", "[PAD] and [UNK]", "д" * 101 + "[MASK]" + "ab" * 51,
     "[mask]", "[Mask]", "[ MASK ]", "\uff3bMASK\uff3d",  # text, not the mask token

@@ -221,14 +221,16 @@ class WordPieceTokenizer(Tokenizer):
 
     def _pre_tokenize(self, cleaned):
         """Words over `max_chars_per_word` rewritten so that tf-text makes each one [UNK]."""
-        # Only a text with a longer run of non-spaces can hold such a word: the rest pass as is.
-        rows = tf.where(tf.strings.regex_full_match(cleaned, f"(?s).*{self._long_word}.*"))
-        texts = tf.gather_nd(cleaned, rows)
-        # Spaced out, punctuation and CJK characters end the words as they do in tf-text, so a
-        # word is a run of non-spaces (cleaning left no other whitespace).
-        texts = tf.strings.regex_replace(texts, f"({_PUNCTUATION})", r" \1 ")
-        texts = tf.strings.regex_replace(texts, self._long_word, self._over_byte_limit)
-        return tf.tensor_scatter_nd_update(cleaned, rows, texts)
+
+        def rewrite():
+            # Spaced out, punctuation and CJK characters end the words as they do in tf-text, so
+            # a word is a run of non-spaces (cleaning left no other whitespace).
+            texts = tf.strings.regex_replace(cleaned, f"({_PUNCTUATION})", r" \1 ")
+            return tf.strings.regex_replace(texts, self._long_word, self._over_byte_limit)
+
+        # Only a text with a longer run of non-spaces can hold such a word; most batches have none.
+        long_run = tf.strings.regex_full_match(cleaned, f"(?s).*{self._long_word}.*")
+        return tf.cond(tf.reduce_any(long_run), rewrite, lambda: cleaned)
 
     def detokenize(self, ids):
         """Ids → text: pieces joined, words separated by one space; special tokens dropped."""
