@@ -195,7 +195,7 @@ class WordPieceTokenizer(Tokenizer):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def _tokenize_batch(self, texts):
         texts = repair_utf8(texts)
-        # Most batches hold no special token: they skip the split around them (~20% of the time).
+        # Most batches hold no special token: they skip the split around them (~20% more time).
         holds_special = tf.reduce_any(tf.strings.regex_full_match(texts, self._holds_special))
         return tf.cond(holds_special, lambda: self._tokenize_with_special(texts),
                        lambda: self._tokenize_text(texts))
