@@ -226,13 +226,15 @@ def hf_passes(vocab_dir, path):
         config = json.load(f)  # the options our WordPiece tokenizer was saved with
     tokenizer = Tokenizer(models.WordPiece.from_file(
         os.path.join(vocab_dir, "vocab.txt"), unk_token=config["unknown_token"],
-        max_input_chars_per_word=config["max_bytes_per_word"]))
+        max_input_chars_per_word=config["max_chars_per_word"]))
     bert = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=config["split_cjk"],
                                       strip_accents=config["strip_accents"],
                                       lowercase=config["lowercase"])
     tokenizer.normalizer = (normalizers.Sequence([normalizers.NFKC(), bert]) if config["nfkc"]
                             else bert)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # Special tokens written in the text are matched as ours match them.
+    tokenizer.add_special_tokens(config["special_tokens"] + [config["unknown_token"]])
 
     def encoding(split):
         def run():

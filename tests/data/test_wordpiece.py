@@ -1,9 +1,11 @@
+import json
 import unicodedata
 
 import pytest
 import tensorflow as tf
 
-from tflm.data import WordPieceTokenizer, default_corpus_path
+from tflm.config import ConfigError
+from tflm.data import WordPieceTokenizer, default_corpus_path, load_tokenizer
 from tflm.data.text_cleaning import is_cjk_character
 from tflm.data.vocab_training import train_wordpiece
 
@@ -75,6 +77,59 @@ def test_matches_hugging_face_wordpiece_on_austen(uncased, cased, shared_data, t
         directory = tmp_path / str(lowercase)
         reference = _hf_reference(_vocab_file(tokenizer, directory), lowercase, nfkc=True)
         _assert_same_ids(tokenizer, reference, lines)
+
+
+# Letters of 2, 3 and 4 UTF-8 bytes, added (with their "##" forms) to the trained vocabulary.
+_EXTRA_LETTERS = ("д", "ㄱ", "😀")
+_EDGE_CASES = [
+    "д" * 60,  # 120 bytes: within 100 characters, so pieces, not [UNK]
+    "достопримечательность" * 3,
+    "ab" * 50, "ab" * 50 + "c", "the " + "ab" * 50 + "c, and " + "ab" * 50 + ".",
+    "д" * 100, "д" * 101, "ㄱ" * 100, "ㄱ" * 101, "😀" * 100, "😀" * 101,
+    "xa\u0301" * 50, "xa\u0301" * 51,  # 150 and 153 characters before accents go
+    "ab,-" * 40 + "…" + "ab" * 50,  # a long run of short words: no [UNK]
+    "[MASK]", "It is a [MASK] truth.", "x[MASK]y", "[CLS] hello [SEP]", "a,[SEP]!", "end [SEP]",
+    "[MASK][MASK]", "[[MASK]]", "[MASK", "[PAD] and [UNK]", "д" * 101 + "[MASK]" + "ab" * 51,
+    "[mask]", "[Mask]", "[ MASK ]", "\uff3bMASK\uff3d",  # text, not the mask token
+    "a line\n[SEP] and the next",
+    "Mr. Darcy had been standing near enough for her to overhear.",
+    "She is tolerable; but not handsome enough to tempt me!",
+]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_edge_cases_match_hugging_face(uncased, cased, lowercase, tmp_path):
+    tokens = (uncased if lowercase else cased).get_vocabulary()
+    tokens += [p + c for c in _EXTRA_LETTERS for p in ("", "##")]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+    ours = WordPieceTokenizer(str(vocab), lowercase=lowercase)
+    reference = _hf_reference(str(vocab), lowercase, nfkc=True)
+    ids = _assert_same_ids(ours, reference, _EDGE_CASES)
+    # A batch without special tokens takes the path that skips splitting around them.
+    _assert_same_ids(ours, reference, [case for case in _EDGE_CASES if "[" not in case])
+    assert ids[0] == [ours.token_to_id("д")] + [ours.token_to_id("##д")] * 59
+    by_case = dict(zip(_EDGE_CASES, ids))
+    assert by_case["д" * 101] == [ours.unk_id] and by_case["😀" * 101] == [ours.unk_id]
+    assert by_case["[MASK]"] == [ours.mask_id]
+    assert ours.tokenize("x[MASK]y").numpy().tolist() == by_case["x[MASK]y"]  # a scalar, too
+    # Special tokens in the text are dropped by detokenize, as the ids the pipeline adds are.
+    assert ours.detokenize(ours.tokenize("[CLS] x[MASK]y [SEP]")).numpy() == b"x y"
+
+
+def test_max_chars_per_word_is_saved_and_checked(uncased, tmp_path):
+    directory = tmp_path / "saved"
+    WordPieceTokenizer(uncased.get_vocabulary(), max_chars_per_word=5).save(str(directory))
+    loaded = load_tokenizer(str(directory))
+    assert loaded.max_chars_per_word == 5
+    assert loaded.tokenize(["ababa ababab"]).to_list()[0][-1] == loaded.unk_id
+    # tokenizer.json of earlier versions named the limit max_bytes_per_word.
+    config = json.loads((directory / "tokenizer.json").read_text())
+    config["max_bytes_per_word"] = config.pop("max_chars_per_word")
+    (directory / "tokenizer.json").write_text(json.dumps(config))
+    assert load_tokenizer(str(directory)).max_chars_per_word == 5
+    with pytest.raises(ConfigError, match="max_chars_per_word must be in"):
+        WordPieceTokenizer(uncased.get_vocabulary(), max_chars_per_word=1000)
 
 
 def _is_punctuation(char):

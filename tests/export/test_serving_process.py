@@ -82,7 +82,8 @@ with open(sys.argv[2], "w") as f:
 PROMPTS = ["It is a truth", "", "x" * 40, "héllo wörld"]  # empty; over-long (kept: its end)
 MASKED = ["It is a [MASK] truth", "[MASK] and prejudice", "no mask at all"]
 TEXTS = ["Mr. Darcy", "", "y" * 50]
-WORDPIECE_TEXTS = ["Mr. Darcy is happy!", "", "the truth " * 20, "Naïve THING, 中"]
+WORDPIECE_TEXTS = ["Mr. Darcy is happy!", "", "the truth " * 20, "Naïve THING, 中",
+                   "a [SEP] b[MASK]"]
 
 REQUESTS = [
     ("causal", "generate", {"prompts": PROMPTS, "max_new_tokens": 6, "temperature": 0.0,

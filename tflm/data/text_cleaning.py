@@ -77,6 +77,12 @@ def replace_invalid_utf8(texts):
     return repaired, (tf.strings.length(repaired) - dropped) // replacement_bytes
 
 
+def repair_utf8(texts):
+    """Invalid UTF-8 sequences replaced with U+FFFD: `replace_invalid_utf8` without the count."""
+    return tf.strings.unicode_transcode(
+        texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
+
+
 def nfkc(texts):
     """Unicode NFKC: full-width forms, ligatures and compatibility characters folded."""
     return tf_text.normalize_utf8(texts, "NFKC")
@@ -158,16 +164,15 @@ class TextCleaner:
 
     def __call__(self, texts):
         """The cleaned strings, same shape as `texts`."""
-        texts = tf.strings.unicode_transcode(
-            texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
-        return self._normalize(texts)
+        return self.clean_valid_utf8(repair_utf8(texts))
 
     def clean_and_count(self, texts):
         """Returns `(cleaned, num_replaced)`: `num_replaced` counts invalid UTF-8 repairs."""
         texts, num_replaced = replace_invalid_utf8(texts)
-        return self._normalize(texts), num_replaced
+        return self.clean_valid_utf8(texts), num_replaced
 
-    def _normalize(self, texts):
+    def clean_valid_utf8(self, texts):
+        """The cleaning steps alone, for text already valid UTF-8 (`repair_utf8` output)."""
         if self.nfkc:
             texts = nfkc(texts)
         if self.remove_control:

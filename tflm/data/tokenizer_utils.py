@@ -106,3 +106,21 @@ def word_starts_from_previous(ids, starts, after):
 def _starts_1d(values, row_start, starts, after):
     previous_after = tf.concat([[True], tf.gather(after, values)[:-1]], axis=0)
     return tf.gather(starts, values) | row_start | previous_after
+
+
+# Marks cuts in text already repaired to valid UTF-8, which never holds this byte.
+_CUT = b"\xff"
+
+
+def regex_literal(text):
+    """An RE2 pattern matching `text` exactly (every non-alphanumeric character escaped)."""
+    return "".join(c if c.isalnum() else f"\\x{{{ord(c):X}}}" for c in text)
+
+
+def split_around(texts, pattern):
+    """Valid UTF-8 strings `(batch,)` → RaggedTensor `(batch, None)` of the text cut before and
+    after each match of `pattern`: the matches are segments of their own, and empty segments
+    may come between them (`split_around(["x[M]y"], r"\\[M\\]")` is `[["x", "[M]", "y"]]`).
+    """
+    marked = tf.strings.regex_replace(texts, pattern, _CUT + rb"\0" + _CUT)
+    return tf.strings.split(marked, sep=_CUT)

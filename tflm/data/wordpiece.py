@@ -5,33 +5,46 @@ for uncased vocabularies, whitespace) → split on whitespace and punctuation �
 greedy longest-match WordPiece with `##` continuation pieces. With the same
 `vocab.txt` and lowercase setting it gives the ids of Hugging Face
 `tokenizers`' `BertWordPieceTokenizer` (plus an NFKC normalizer when
-`nfkc=True`); tests check this token for token on real text. Known
-differences, all in rare input: Unicode-version differences in what counts as
-punctuation or a control character; `max_bytes_per_word` counts UTF-8 bytes
-where `tokenizers` counts characters; literal special-token strings in the
-text (e.g. "[MASK]") are ordinary text here.
+`nfkc=True`); tests check this token for token on real text and on the
+edge cases below. The known differences are Unicode-version differences in
+what counts as punctuation or a control character.
+
+As in `tokenizers`:
+- a special token written in the text ("[MASK]", "[SEP]", ...) is that token's
+  id, wherever it stands ("x[MASK]y" is x, [MASK], y). It is matched in the
+  text as given, before cleaning: "[mask]" and "［MASK］" are ordinary text,
+  also for a lower-casing tokenizer;
+- a word of more than `max_chars_per_word` characters (counted after
+  cleaning) is one `[UNK]`.
 
 Speed on one core (the 4 MB Austen text, 30k-asked vocabulary): 3.2 M tokens/s
 for the file as one string, 2.3 M/s in 1024-line batches, 1.4 M/s through a
 one-thread `tf.data` map; `tokenizers` with one thread: 0.5 M/s.
 
-Round trip: with no `[UNK]` in the output, `detokenize(tokenize(s))` is
-`normalize(s)` with exactly one space between neighbouring pre-tokens (words,
-punctuation characters, CJK characters). So it equals `normalize(s)` once the
-spaces are removed, and equals it exactly when punctuation and CJK characters
-already stand between spaces (Chinese text after `split_cjk`, for one).
+Round trip: with no `[UNK]` in the output and no special token in the text,
+`detokenize(tokenize(s))` is `normalize(s)` with exactly one space between
+neighbouring pre-tokens (words, punctuation characters, CJK characters). So it
+equals `normalize(s)` once the spaces are removed, and equals it exactly when
+punctuation and CJK characters already stand between spaces (Chinese text after
+`split_cjk`, for one).
 """
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from tflm.config import ConfigError
 from tflm.data import tokenizer_utils
-from tflm.data.text_cleaning import TextCleaner
+from tflm.data.text_cleaning import CJK_CLASS, TextCleaner, repair_utf8
 from tflm.data.tokenizer import Tokenizer
 from tflm.errors import BadFileError
 
 VOCAB_FILE = "vocab.txt"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# The characters tf-text's splitter makes words of their own (`IsPunctuationOrChineseChar`):
+# ASCII punctuation, Unicode punctuation and CJK ideographs.
+_PUNCTUATION = r"[!-/:-@\[-`{-~\p{P}" + CJK_CLASS[1:-1] + "]"
+# RE2 repeats at most 1000 times; the word-length check uses `{max_chars_per_word + 1,}`.
+MAX_CHARS_PER_WORD_LIMIT = 999
 
 
 def read_vocab_txt(path):
@@ -60,7 +73,8 @@ class WordPieceTokenizer(Tokenizer):
             `detokenize`; each must be in the vocabulary.
         unknown_token: the token for words that cannot be split into pieces.
         suffix_indicator: prefix of word-continuation pieces.
-        max_bytes_per_word: longer words become `unknown_token`.
+        max_chars_per_word: a word of more characters becomes `unknown_token`
+            (`tokenizers`' `max_input_chars_per_word`); at most 999.
 
     Example:
     >>> tokenizer = WordPieceTokenizer("vocab.txt", lowercase=True)
@@ -72,7 +86,7 @@ class WordPieceTokenizer(Tokenizer):
 
     def __init__(self, vocabulary, lowercase=True, nfkc=True, split_cjk=True, strip_accents=None,
                  special_tokens=SPECIAL_TOKENS, unknown_token="[UNK]", suffix_indicator="##",
-                 max_bytes_per_word=100, name="wordpiece_tokenizer"):
+                 max_chars_per_word=100, name="wordpiece_tokenizer"):
         super().__init__(special_tokens, name=name)
         if isinstance(vocabulary, str):
             source = vocabulary
@@ -87,14 +101,29 @@ class WordPieceTokenizer(Tokenizer):
                 raise BadFileError(f"{source}: special token {token!r} is not in the vocabulary.")
         self.unknown_token = unknown_token
         self.suffix_indicator = suffix_indicator
-        self.max_bytes_per_word = int(max_bytes_per_word)
+        self.max_chars_per_word = int(max_chars_per_word)
+        if not 1 <= self.max_chars_per_word <= MAX_CHARS_PER_WORD_LIMIT:
+            raise ConfigError(f"max_chars_per_word must be in [1, {MAX_CHARS_PER_WORD_LIMIT}], "
+                              f"got {max_chars_per_word}.")
         self.cleaner = TextCleaner(nfkc=nfkc, lowercase=lowercase, strip_accents=strip_accents,
                                    split_cjk=split_cjk)
+        # tf-text's word limit counts bytes; `tokenizers`' counts characters. Set tf-text's so
+        # that no word within ours reaches it (4 bytes per character at most): `_pre_tokenize`
+        # rewrites the words over ours into a run of bytes over tf-text's, which it makes [UNK].
+        max_bytes = 4 * self.max_chars_per_word
+        self._long_word = f"[^ ]{{{self.max_chars_per_word + 1},}}"
+        self._over_byte_limit = "x" * (max_bytes + 1)
         self._wordpiece = tf_text.FastWordpieceTokenizer(
-            tokens, suffix_indicator=suffix_indicator, max_bytes_per_word=self.max_bytes_per_word,
+            tokens, suffix_indicator=suffix_indicator, max_bytes_per_word=max_bytes,
             token_out_type=tf.int32, unknown_token=unknown_token, support_detokenization=True,
         )
         special = set(self.special_tokens)
+        # Longest first: RE2 takes the first alternative that matches, `tokenizers` the longest.
+        matched = sorted(special | {unknown_token}, key=len, reverse=True)
+        self._special_pattern = "|".join(tokenizer_utils.regex_literal(t) for t in matched)
+        self._holds_special = f"(?s).*(?:{self._special_pattern}).*"
+        self._special_strings = tf.constant(matched)
+        self._special_ids = tf.constant([self._ids[t] for t in matched], tf.int32)
         self._keep_on_detokenize = tf.constant([t not in special for t in tokens])
         self._word_start_table = tf.constant([
             t in special or not t.startswith(suffix_indicator) for t in tokens
@@ -103,6 +132,8 @@ class WordPieceTokenizer(Tokenizer):
     @classmethod
     def from_directory(cls, directory, **config):
         """Loads `vocab.txt` (or the given file) with the options `config` records."""
+        if "max_bytes_per_word" in config:  # tokenizer.json of earlier versions: the same limit
+            config["max_chars_per_word"] = config.pop("max_bytes_per_word")
         return cls(tokenizer_utils.vocabulary_path(directory, VOCAB_FILE), **config)
 
     def config(self):
@@ -114,7 +145,7 @@ class WordPieceTokenizer(Tokenizer):
             "strip_accents": cleaner.strip_accents,
             "unknown_token": self.unknown_token,
             "suffix_indicator": self.suffix_indicator,
-            "max_bytes_per_word": self.max_bytes_per_word,
+            "max_chars_per_word": self.max_chars_per_word,
         }
 
     # -- Vocabulary. -------------------------------------------------------------------
@@ -147,12 +178,59 @@ class WordPieceTokenizer(Tokenizer):
 
     # -- Text. -------------------------------------------------------------------------
     def normalize(self, inputs):
-        """The cleaned text the WordPiece splitter sees."""
+        """The cleaned text the WordPiece splitter sees (special tokens in it cleaned too)."""
         return self.cleaner(inputs)
 
     def tokenize(self, inputs):
         """Strings `(batch,)` → RaggedTensor `(batch, None)` int32; a scalar → `(None,)`."""
-        return self._wordpiece.tokenize(self.cleaner(inputs))
+        texts = tf.convert_to_tensor(inputs, tf.string)
+        if texts.shape.rank == 0:
+            return self._tokenize_batch(texts[tf.newaxis])[0]
+        if texts.shape.rank not in (None, 1):
+            raise ValueError(
+                f"tokenize takes a string or a vector of strings, got shape {texts.shape}.")
+        return self._tokenize_batch(texts)
+
+    # One graph for the whole batch: eager, each of these ops would be a separate dispatch.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def _tokenize_batch(self, texts):
+        texts = repair_utf8(texts)
+        # Most batches hold no special token: they skip the split around them (~20% more time).
+        holds_special = tf.reduce_any(tf.strings.regex_full_match(texts, self._holds_special))
+        return tf.cond(holds_special, lambda: self._tokenize_with_special(texts),
+                       lambda: self._tokenize_text(texts))
+
+    def _tokenize_text(self, texts):
+        """Valid UTF-8 strings `(n,)`, special tokens ignored → RaggedTensor `(n, None)`."""
+        return self._wordpiece.tokenize(self._pre_tokenize(self.cleaner.clean_valid_utf8(texts)))
+
+    def _tokenize_with_special(self, texts):
+        # Special tokens are matched in the text as given, as `tokenizers` matches them, and the
+        # text between them is cleaned and split apart: "x[MASK]y" is x, [MASK], y.
+        segments = tokenizer_utils.split_around(texts, self._special_pattern)
+        text = segments.flat_values
+        is_special = tf.equal(text[:, tf.newaxis], self._special_strings)
+        special = tf.reduce_any(is_special, axis=1)
+        # A special segment becomes a word over tf-text's limit, its one [UNK] then the special id.
+        pieces = self._tokenize_text(tf.where(special, self._over_byte_limit, text))
+        segment = pieces.value_rowids()
+        which = tf.argmax(is_special, axis=1, output_type=tf.int32)
+        special_id = tf.gather(self._special_ids, which)
+        ids = tf.where(tf.gather(special, segment), tf.gather(special_id, segment), pieces.values)
+        return segments.with_flat_values(pieces.with_values(ids)).merge_dims(1, 2)
+
+    def _pre_tokenize(self, cleaned):
+        """Words over `max_chars_per_word` rewritten so that tf-text makes each one [UNK]."""
+
+        def rewrite():
+            # Spaced out, punctuation and CJK characters end the words as they do in tf-text, so
+            # a word is a run of non-spaces (cleaning left no other whitespace).
+            texts = tf.strings.regex_replace(cleaned, f"({_PUNCTUATION})", r" \1 ")
+            return tf.strings.regex_replace(texts, self._long_word, self._over_byte_limit)
+
+        # Only a text with a longer run of non-spaces can hold such a word; most batches have none.
+        long_run = tf.strings.regex_full_match(cleaned, f"(?s).*{self._long_word}.*")
+        return tf.cond(tf.reduce_any(long_run), rewrite, lambda: cleaned)
 
     def detokenize(self, ids):
         """Ids → text: pieces joined, words separated by one space; special tokens dropped."""
