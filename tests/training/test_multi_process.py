@@ -95,11 +95,15 @@ def test_a_kill_in_the_checkpoint_window_resumes_without_help(tmp_path, single_w
     assert statuses[killed] == -signal.SIGKILL, log.read_text()[-4000:]
     assert (model_dir / "checkpoints" / "ckpt-10.commit.json").exists()
     assert not (model_dir / "checkpoints" / "ckpt-20.commit.json").exists()
+    # Whether the chief wrote step 20's model files before the launcher stopped it is a race
+    # (a kill during worker 1's position): if it did, the restart must skip them.
+    partial = any((model_dir / "checkpoints").glob("ckpt-20.*"))
 
     statuses = _run_cluster(model_dir, 20, log)
     text = log.read_text()
     assert statuses == [0, 0], text[-4000:]
-    assert "skipping checkpoint" in text and "ckpt-20" in text, text[-4000:]
+    if partial or where != "worker 1 during its own position":
+        assert "skipping checkpoint" in text and "ckpt-20" in text, text[-4000:]
     assert "resumed from" in text and "at step 10" in text, text[-4000:]
     np.testing.assert_allclose(_both_workers_weights(model_dir), single_worker, atol=1e-5)
 
