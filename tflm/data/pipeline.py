@@ -252,7 +252,9 @@ def held_out_mask(token_batch, every_nth):
     text or from prepared shards (same tokenizer). About one document in `every_nth` is held
     out; copies of a document all fall on the same side.
     """
-    keys = tf.strings.reduce_join(tf.strings.as_string(token_batch), axis=-1, separator=" ")
+    # Ids as code points: one string per document in one op (ids in the surrogate range all
+    # read as U+FFFD, which only merges them for the hash).
+    keys = tf.strings.unicode_encode(token_batch, "UTF-8", errors="replace")
     return tf.equal(tf.strings.to_hash_bucket_fast(keys, every_nth), 0)
 
 
