@@ -25,15 +25,17 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2",  # SentencePiece vocabulary training
     "tokenizers>=0.20",  # WordPiece and byte-level BPE vocabulary training
     "tensorflow-serving-api>=2.20,<2.21",  # warmup requests and the gRPC client
+    "sacrebleu>=2.3",  # BLEU and chrF of generated text (tflm.training.text_metrics)
     "numpy>=1.26",
     "pyyaml>=6.0",
 ]
 
 EXTRAS_REQUIRE = {
     # safetensors: an independent reader/writer to check tflm's own against;
-    # nbclient + ipykernel: the example notebooks run top to bottom as tests.
+    # nbclient + ipykernel: the example notebooks run top to bottom as tests;
+    # rouge-score: Google's ROUGE, to check tflm's own ROUGE against.
     "test": ["pytest>=8", "pytest-xdist>=3.5", "safetensors>=0.4", "nbclient>=0.10",
-             "nbformat>=5.9", "ipykernel>=6.29"],
+             "nbformat>=5.9", "ipykernel>=6.29", "rouge-score>=0.1.2"],
     # The plain tensorflow wheel carries no CUDA libraries and silently runs on CPU without them.
     "gpu": ["tensorflow[and-cuda]>=2.20,<2.21"],
 }
