@@ -1,6 +1,7 @@
 """`run_layer_test`: the checks every tflm layer passes (after keras-hub's test_case).
 
-For a layer class and its constructor arguments:
+For a layer class, its constructor arguments and its input data (an array, or
+a dict of arrays passed by name, `layer(**input_data)`):
 1. config round trip: `from_config(get_config())` gives an equal config, also
    through `keras.saving.serialize_keras_object` / `deserialize_keras_object`;
 2. eager call on real data, and a symbolic call on `keras.Input`, with the
@@ -17,7 +18,17 @@ import numpy as np
 
 
 def _call(layer, inputs, call_kwargs):
+    # A dict of inputs is passed by name, e.g. a decoder's inputs and encoder outputs.
+    if isinstance(inputs, dict):
+        return layer(**inputs, **(call_kwargs or {}))
     return layer(inputs, **(call_kwargs or {}))
+
+
+def _symbolic_inputs(input_data, input_dtype):
+    if isinstance(input_data, dict):
+        return {name: keras.Input(batch_shape=value.shape, dtype=value.dtype.name, name=name)
+                for name, value in input_data.items()}
+    return keras.Input(batch_shape=input_data.shape, dtype=input_dtype)
 
 
 def run_layer_test(
@@ -46,19 +57,20 @@ def run_layer_test(
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(eager_output)))
     if expected_num_trainable_weights is not None:
         assert len(layer.trainable_weights) == expected_num_trainable_weights
-    symbolic_input = keras.Input(batch_shape=input_data.shape, dtype=input_dtype)
-    symbolic_output = _call(layer_cls(**init_kwargs), symbolic_input, call_kwargs)
+    symbolic_output = _call(layer_cls(**init_kwargs), _symbolic_inputs(input_data, input_dtype),
+                            call_kwargs)
     assert tuple(symbolic_output.shape) == tuple(expected_output_shape)
 
     # 3. One jit-compiled fit step; a Dense on top gives every layer a gradient.
     fit_layer = layer_cls(**init_kwargs)
-    inputs = keras.Input(batch_shape=input_data.shape, dtype=input_dtype)
+    inputs = _symbolic_inputs(input_data, input_dtype)
     outputs = keras.layers.Dense(1)(keras.ops.cast(_call(fit_layer, inputs, call_kwargs), "float32"))
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
     before = [np.array(w) for w in fit_layer.trainable_weights]
     target = np.random.default_rng(0).standard_normal(tuple(outputs.shape)).astype("float32")
-    history = model.fit(input_data, target, batch_size=input_data.shape[0], epochs=1, verbose=0)
+    batch_size = len(next(iter(input_data.values())) if isinstance(input_data, dict) else input_data)
+    history = model.fit(input_data, target, batch_size=batch_size, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     for old, new in zip(before, fit_layer.trainable_weights):
         assert not np.array_equal(old, np.array(new)), f"{new.path} did not train"

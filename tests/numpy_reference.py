@@ -52,20 +52,34 @@ def attention(q, k, v, mask=None):
     return softmax(scores) @ v
 
 
-def multi_head_attention(x, w_qkv, b_qkv, w_o, b_o, num_heads, mask=None):
-    """x (B, T, D); w_qkv (D, 3*H*d) laid out [Q|K|V]; mask (B, T, T) bool or None."""
-    batch, length, _ = x.shape
-    inner = w_qkv.shape[1] // 3
+def _attention_heads(q, k, v, num_heads, mask):
+    """q (B, T, H*d), k and v (B, S, H*d), mask (B, T, S) bool or None: heads concatenated."""
+    batch, length, inner = q.shape
     head_dim = inner // num_heads
-    qkv = x @ w_qkv + b_qkv
-    q, k, v = qkv[..., :inner], qkv[..., inner : 2 * inner], qkv[..., 2 * inner :]
     out = np.zeros((batch, length, inner))
     for b in range(batch):
         for h in range(num_heads):
             s = slice(h * head_dim, (h + 1) * head_dim)
             m = None if mask is None else mask[b]
             out[b, :, s] = attention(q[b, :, s], k[b, :, s], v[b, :, s], m)
-    return out @ w_o + b_o
+    return out
+
+
+def multi_head_attention(x, w_qkv, b_qkv, w_o, b_o, num_heads, mask=None):
+    """x (B, T, D); w_qkv (D, 3*H*d) laid out [Q|K|V]; mask (B, T, T) bool or None."""
+    inner = w_qkv.shape[1] // 3
+    qkv = x @ w_qkv + b_qkv
+    q, k, v = qkv[..., :inner], qkv[..., inner : 2 * inner], qkv[..., 2 * inner :]
+    return _attention_heads(q, k, v, num_heads, mask) @ w_o + b_o
+
+
+def cross_attention(x, context, w_q, b_q, w_kv, b_kv, w_o, b_o, num_heads, mask=None):
+    """x (B, T, D) queries over context (B, S, C); w_kv (C, 2*H*d) laid out [K|V];
+    mask (B, T, S) bool or None."""
+    inner = w_q.shape[1]
+    kv = context @ w_kv + b_kv
+    k, v = kv[..., :inner], kv[..., inner:]
+    return _attention_heads(x @ w_q + b_q, k, v, num_heads, mask) @ w_o + b_o
 
 
 def feed_forward(x, w1, b1, w2, b2, activation):

@@ -1,6 +1,7 @@
 """Keras layers of tflm: position information, attention, feed-forward, blocks."""
 
 from tflm.layers.adapter import Adapter
+from tflm.layers.cross_attention import CrossAttention
 from tflm.layers.feed_forward import FeedForward
 from tflm.layers.masks import causal_mask, merge_attention_masks
 from tflm.layers.multi_head_attention import MultiHeadAttention
@@ -10,9 +11,11 @@ from tflm.layers.rotary_embedding import RotaryEmbedding
 from tflm.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
 from tflm.layers.token_embedding import TokenEmbedding
 from tflm.layers.transformer_block import TransformerBlock
+from tflm.layers.transformer_decoder_block import TransformerDecoderBlock
 
 __all__ = [
     "Adapter",
+    "CrossAttention",
     "FeedForward",
     "MultiHeadAttention",
     "PositionEmbedding",
@@ -21,6 +24,7 @@ __all__ = [
     "SinusoidalPositionEncoding",
     "TokenEmbedding",
     "TransformerBlock",
+    "TransformerDecoderBlock",
     "causal_mask",
     "make_normalization",
     "merge_attention_masks",

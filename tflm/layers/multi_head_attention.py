@@ -77,22 +77,31 @@ class MultiHeadAttention(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def build(self, input_shape):
-        model_dim = input_shape[-1]
         inner_dim = self.num_heads * self.head_dim
-        dense_args = dict(
+        self.qkv_dense = self._build_dense(3 * inner_dim, input_shape, "qkv")
+        self._build_output(input_shape)
+        self.rotary = None
+        if self.rotary_max_wavelength:
+            self.rotary = RotaryEmbedding(self.rotary_max_wavelength, dtype=self.dtype_policy)
+
+    def _build_dense(self, units, input_shape, name):
+        return build_dense(
+            units,
+            input_shape,
             use_bias=self.use_bias,
             kernel_initializer=self.kernel_initializer,
             bias_initializer=self.bias_initializer,
             dtype=self.dtype_policy,
+            name=name,
         )
-        self.qkv_dense = build_dense(3 * inner_dim, input_shape, name="qkv", **dense_args)
-        self.output_dense = build_dense(
-            model_dim, tuple(input_shape[:-1]) + (inner_dim,), name="output", **dense_args
+
+    def _build_output(self, input_shape):
+        """The output projection back to the width of `input_shape`, and the dropout."""
+        inner_dim = self.num_heads * self.head_dim
+        self.output_dense = self._build_dense(
+            input_shape[-1], tuple(input_shape[:-1]) + (inner_dim,), "output"
         )
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
-        self.rotary = None
-        if self.rotary_max_wavelength:
-            self.rotary = RotaryEmbedding(self.rotary_max_wavelength, dtype=self.dtype_policy)
 
     def call(
         self,

@@ -136,8 +136,40 @@ class TransformerBlock(keras.layers.Layer):
                 adapter.build(input_shape)
                 setattr(self, name, adapter)
 
-    def _adapt(self, adapter, x):
-        return x if adapter is None else adapter(x)
+    def _pre_norm(self, norm, x):
+        return norm(x) if self.norm_first else x
+
+    def _add_residual(self, residual, x, dropout, adapter, norm, training):
+        """`residual + adapter(dropout(x))`, then `norm` in a post-LN block."""
+        x = dropout(x, training=training)
+        if adapter is not None:
+            x = adapter(x)
+        x = residual + x
+        return x if self.norm_first else norm(x)
+
+    def _self_attention_sublayer(self, x, padding_mask, attention_mask, use_causal_mask,
+                                 cache, cache_update_index, positions, training):
+        """The attention sub-layer; returns `(x, cache)` (`cache` `None` without one)."""
+        y = self.attention(
+            self._pre_norm(self.attention_norm, x),
+            padding_mask=padding_mask,
+            attention_mask=attention_mask,
+            use_causal_mask=use_causal_mask,
+            cache=cache,
+            cache_update_index=cache_update_index,
+            positions=positions,
+            training=training,
+        )
+        if cache is not None:
+            y, cache = y
+        x = self._add_residual(x, y, self.attention_dropout_layer, self.attention_adapter,
+                               self.attention_norm, training)
+        return x, cache
+
+    def _feed_forward_sublayer(self, x, training):
+        y = self.feed_forward(self._pre_norm(self.feed_forward_norm, x))
+        return self._add_residual(x, y, self.feed_forward_dropout_layer,
+                                  self.feed_forward_adapter, self.feed_forward_norm, training)
 
     def call(
         self,
@@ -150,36 +182,11 @@ class TransformerBlock(keras.layers.Layer):
         positions=None,
         training=None,
     ):
-        # Attention sub-layer.
-        residual = inputs
-        x = self.attention_norm(inputs) if self.norm_first else inputs
-        x = self.attention(
-            x,
-            padding_mask=padding_mask,
-            attention_mask=attention_mask,
-            use_causal_mask=use_causal_mask,
-            cache=cache,
-            cache_update_index=cache_update_index,
-            positions=positions,
-            training=training,
+        x, cache = self._self_attention_sublayer(
+            inputs, padding_mask, attention_mask, use_causal_mask, cache, cache_update_index,
+            positions, training,
         )
-        if cache is not None:
-            x, cache = x
-        x = residual + self._adapt(self.attention_adapter,
-                                   self.attention_dropout_layer(x, training=training))
-        if not self.norm_first:
-            x = self.attention_norm(x)
-
-        # Feed-forward sub-layer.
-        residual = x
-        if self.norm_first:
-            x = self.feed_forward_norm(x)
-        x = residual + self._adapt(
-            self.feed_forward_adapter,
-            self.feed_forward_dropout_layer(self.feed_forward(x), training=training))
-        if not self.norm_first:
-            x = self.feed_forward_norm(x)
-
+        x = self._feed_forward_sublayer(x, training)
         if cache is not None:
             return x, cache
         return x
