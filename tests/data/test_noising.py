@@ -136,6 +136,13 @@ def test_noise_is_keyed_by_seed_and_row_key_only():
         by_key = noise(rows_again, keys, 1)["inputs"].to_list()
         assert len({tuple(r) for r in by_key}) > 4, "different keys, different noise"
         assert noise(rows, keys, 2)["inputs"].to_list() != first, "another seed"
+    # Short rows alone, or ragged beside a long one: each row's noise is its own.
+    for short in ([[100]] * 80, [list(range(100, 100 + n)) for n in range(1, 5)] * 20):
+        keys = tf.range(len(short))
+        for noise in (lambda r: span_corruption(r, keys, 1, SENTINELS)["inputs"],
+                      lambda r: text_infilling(r, keys, 1, MASK)["inputs"]):
+            wide = noise(tf.ragged.constant(short[:-1] + [list(range(100, 160))])).to_list()
+            assert wide[:-1] == noise(tf.ragged.constant(short)).to_list()[:-1]
 
 
 def test_inside_dataset_map_static_shapes_and_new_noise_each_epoch():

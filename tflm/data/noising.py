@@ -14,9 +14,9 @@ unless static lengths are asked for; then they are dense, padded with `pad_id`
 after each row's end, and a row that does not fit fails with an
 `InvalidArgumentError` naming the length argument (nothing is cut silently).
 
-Neither vocabulary form of the noise exists in every tflm tokenizer: T5's
-sentinels (`<extra_id_N>`) and BART's `<mask>` are ids that the caller
-reserves in its tokenizer (as special tokens) and passes in.
+tflm's vocabularies have no T5 sentinels (`<extra_id_N>`): the tokenizer must
+reserve their ids (as special tokens, so that text never produces them) and
+the caller passes them in. BART's `<mask>` can be the tokenizer's `mask_id`.
 """
 
 import math
@@ -108,7 +108,8 @@ def _random_segmentation(num_items, num_segments, width, keys, seed, stream):
     batch = tf.shape(keys)[0]
     gap = tf.range(width - 1)[None, :]
     scores = tf.where(gap < num_items[:, None] - 1, uniform(keys, width - 1, seed, stream), 2.0)
-    rank = tf.argsort(tf.argsort(scores, axis=1), axis=1)
+    # Stable: ties of the scores broken by position, the same in any batch.
+    rank = tf.argsort(tf.argsort(scores, axis=1, stable=True), axis=1)
     starts = tf.cast(rank < num_segments[:, None] - 1, tf.int32)
     segment = tf.cumsum(tf.pad(starts, [[0, 0], [1, 0]]), axis=1)  # (batch, width)
     present = tf.cast(tf.range(width)[None, :] < num_items[:, None], tf.int32)
@@ -268,7 +269,7 @@ def text_infilling(token_ids, row_keys, seed, mask_id, mask_ratio=0.3, poisson_l
         mask_id: the tokenizer's mask id (BART's `<mask>`).
         mask_ratio: the fraction of tokens to mask (BART: 0.3).
         poisson_lambda: the mean span length (BART: 3).
-        sentence_end_ids: ids that end a sentence (e.g. the id of ".") to
+        sentence_end_ids: a list of ids that end a sentence (e.g. the id of ".") to
             permute sentences, or None for no permutation.
         end_id: an id appended to both inputs and targets, or None.
         pad_id: fills padded outputs.
@@ -293,13 +294,15 @@ def text_infilling(token_ids, row_keys, seed, mask_id, mask_ratio=0.3, poisson_l
     if sentence_end_ids is not None:
         source = _permute_sentences(token_ids, valid, keys, seed, list(sentence_end_ids))
 
-    # Span lengths: Poisson draws until their sum reaches the budget (at most one
-    # per token; were those all too short, the last takes the rest).
+    # Span lengths: Poisson draws until their sum reaches the budget, at most one
+    # per token of the row (were those all too short, the last takes the rest:
+    # rare, and then still a function of the row alone, not of the batch's width).
     num_masked = tf.cast(tf.math.ceil(tf.cast(lengths, tf.float64) * mask_ratio), tf.int32)
     draws = _poisson(uniform(keys, width, seed, _SPAN_LENGTHS), poisson_lambda)
     before = tf.cumsum(draws, axis=1, exclusive=True)
-    num_spans = tf.reduce_sum(tf.cast(before < num_masked[:, None], tf.int32), axis=1)
     slot = tf.range(width)[None, :]
+    num_spans = tf.reduce_sum(
+        tf.cast((before < num_masked[:, None]) & (slot < lengths[:, None]), tf.int32), axis=1)
     span_lengths = tf.where(slot < num_spans[:, None] - 1, draws,
                             tf.where(slot == num_spans[:, None] - 1,
                                      num_masked[:, None] - before, 0))
@@ -310,7 +313,7 @@ def text_infilling(token_ids, row_keys, seed, mask_id, mask_ratio=0.3, poisson_l
     item = tf.range(2 * width)[None, :]
     present = item < num_items[:, None]
     scores = tf.where(present, uniform(keys, 2 * width, seed, _PLACES), 2.0)
-    is_span = tf.argsort(tf.argsort(scores, axis=1), axis=1) < num_spans[:, None]
+    is_span = tf.argsort(tf.argsort(scores, axis=1, stable=True), axis=1) < num_spans[:, None]
     span_index = tf.cumsum(tf.cast(is_span, tf.int32), axis=1) - 1
     consumed = tf.where(is_span, tf.gather(span_lengths, tf.maximum(span_index, 0),
                                            batch_dims=1), 1)
