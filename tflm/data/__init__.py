@@ -4,6 +4,12 @@ from tflm.data.byte_pair import BytePairTokenizer
 from tflm.data.byte_tokenizer import ByteTokenizer
 from tflm.data.corpus import default_corpus_path, resolve_files
 from tflm.data.masking import mask_batch, mask_tokens
+from tflm.data.noising import (
+    span_corruption,
+    span_corruption_lengths,
+    span_corruption_row_length,
+    text_infilling,
+)
 from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from tflm.data.text_cleaning import TextCleaner, replace_invalid_utf8
 from tflm.data.tokenizer import Tokenizer
@@ -49,6 +55,10 @@ __all__ = [
     "mask_batch",
     "mask_tokens",
     "masked_lm_dataset",
+    "span_corruption",
+    "span_corruption_lengths",
+    "span_corruption_row_length",
+    "text_infilling",
     "pack_token_stream",
     "resolve_files",
 ]
