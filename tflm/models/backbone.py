@@ -10,6 +10,7 @@ from tflm.layers.position_embedding import PositionEmbedding
 from tflm.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
 from tflm.layers.token_embedding import TokenEmbedding
 from tflm.layers.transformer_block import TransformerBlock
+from tflm.layers.transformer_decoder_block import TransformerDecoderBlock
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -22,7 +23,7 @@ class TransformerBackbone(keras.Model):
           + position information (learned / sinusoidal; rotary is applied in attention)
           + segment_embedding(segment_ids)           # if num_segments > 0
         x = dropout(embedding_norm(x))               # embedding_norm: BERT
-        for block in blocks: x = block(x, padding_mask, causal)
+        for block in blocks: x = block(x, padding_mask, causal[, encoder output])
         x = final_norm(x)                            # pre-LN models (GPT-2)
         pooled = tanh(dense(x[:, 0]))                # if pooler (BERT)
 
@@ -57,12 +58,18 @@ class TransformerBackbone(keras.Model):
         initializer_range: stddev of the truncated normal weight initializer.
         adapter_dim: bottleneck width of an `Adapter` after each sub-layer of
             every block (adapter fine-tuning); 0 for none.
+        cross_attention: the decoder of an encoder-decoder (`Seq2SeqBackbone`):
+            its blocks also attend to an encoder's output (`TransformerDecoderBlock`).
+        token_embedding: a `TokenEmbedding` to share (an encoder-decoder's shared
+            vocabulary); not part of the config: its owner passes it again.
         dtype: a dtype policy, e.g. `"mixed_bfloat16"`.
 
     Inputs: a dict with `"token_ids"` `(batch, T)` int, `"padding_mask"`
     `(batch, T)` (1 at real tokens), `"segment_ids"` when `num_segments > 0`
     (zeros if absent), and optionally `"positions"` `(batch, T)` (default
-    `0..T-1`; left-padded rows start their real tokens at 0).
+    `0..T-1`; left-padded rows start their real tokens at 0). With
+    `cross_attention`, also `"encoder_sequence_output"` `(batch, S, hidden_dim)`
+    and `"encoder_padding_mask"` `(batch, S)`.
 
     Outputs: a dict with `"sequence_output"` `(batch, T, hidden_dim)` and,
     with a pooler, `"pooled_output"` `(batch, hidden_dim)`.
@@ -100,6 +107,8 @@ class TransformerBackbone(keras.Model):
         rotary_max_wavelength=10000,
         initializer_range=0.02,
         adapter_dim=0,
+        cross_attention=False,
+        token_embedding=None,
         dtype=None,
         **kwargs,
     ):
@@ -132,6 +141,7 @@ class TransformerBackbone(keras.Model):
         self.rotary_max_wavelength = rotary_max_wavelength
         self.initializer_range = float(initializer_range)
         self.adapter_dim = int(adapter_dim)
+        self.cross_attention = bool(cross_attention)
         if self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}."
@@ -140,7 +150,7 @@ class TransformerBackbone(keras.Model):
 
         initializer = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
         policy = self.dtype_policy
-        self.token_embedding = TokenEmbedding(
+        self.token_embedding = token_embedding or TokenEmbedding(
             self.vocabulary_size,
             self.hidden_dim,
             tie_weights=self.tie_embeddings,
@@ -177,8 +187,9 @@ class TransformerBackbone(keras.Model):
         self.embedding_dropout = keras.layers.Dropout(dropout, dtype=policy, name="embedding_dropout")
         # One attribute per block (block_0, block_1, ...), not a list: TensorFlow's
         # checkpoints follow attributes, and do not see into Keras' tracked lists.
+        block_class = TransformerDecoderBlock if self.cross_attention else TransformerBlock
         for i in range(self.num_layers):
-            setattr(self, f"block_{i}", TransformerBlock(
+            setattr(self, f"block_{i}", block_class(
                 num_heads=self.num_heads,
                 intermediate_dim=self.intermediate_dim,
                 activation=activation,
@@ -223,7 +234,8 @@ class TransformerBackbone(keras.Model):
         if self.built:
             return
         hidden_shape = (None, None, self.hidden_dim)
-        self.token_embedding.build((None, None))
+        if not self.token_embedding.built:  # a shared one is built by its owner
+            self.token_embedding.build((None, None))
         for layer in (self.position_embedding, self.embedding_norm_layer, self.final_norm_layer):
             if layer is not None:
                 layer.build(hidden_shape)
@@ -255,13 +267,26 @@ class TransformerBackbone(keras.Model):
         x = self.embed(token_ids, inputs.get("segment_ids"), positions=positions, training=training)
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, use_causal_mask=self.causal,
-                      positions=positions, training=training)
+                      positions=positions, training=training, **self._encoder_arguments(inputs))
         if self.final_norm_layer is not None:
             x = self.final_norm_layer(x)
         outputs = {"sequence_output": x}
         if self.pooler_dense is not None:
             outputs["pooled_output"] = self.pooler_dense(x[:, 0, :])
         return outputs
+
+    def _encoder_arguments(self, inputs):
+        """The encoder output a cross-attending block reads (none for the others)."""
+        if not self.cross_attention:
+            return {}
+        return {"encoder_outputs": inputs["encoder_sequence_output"],
+                "encoder_padding_mask": inputs.get("encoder_padding_mask")}
+
+    def cross_attention_caches(self, encoder_outputs):
+        """Every block's cross-attention keys and values of `encoder_outputs`, computed once
+        per request: `(batch, num_layers, 2, S, heads, head_dim)`."""
+        return ops.stack([block.compute_cross_attention_cache(encoder_outputs)
+                          for block in self.blocks], axis=1)
 
     def init_cache(self, batch_size, max_length):
         """A zero key/value cache `(batch, num_layers, 2, max_length, heads, head_dim)`."""
@@ -271,7 +296,7 @@ class TransformerBackbone(keras.Model):
         )
 
     def call_with_cache(self, token_ids, cache, cache_update_index, padding_mask=None,
-                        positions=None):
+                        positions=None, cross_attention_caches=None, encoder_padding_mask=None):
         """Runs new tokens through a causal decoder, reading and writing the cache.
 
         Args:
@@ -283,6 +308,9 @@ class TransformerBackbone(keras.Model):
                 real tokens (for left-padded prompts); `None` if all are real.
             positions: `(batch, T)` positions of the new tokens (left-padded
                 rows start later); default `cache_update_index + arange(T)`.
+            cross_attention_caches: with `cross_attention`, from
+                `cross_attention_caches` (the encoder output's keys and values).
+            encoder_padding_mask: with `cross_attention`, `(batch, S)`.
 
         Returns:
             `(sequence_output, cache)`: hidden states of the new tokens `(batch,
@@ -294,6 +322,10 @@ class TransformerBackbone(keras.Model):
                        training=False)
         new_caches = []
         for i, block in enumerate(self.blocks):
+            encoder = {}
+            if self.cross_attention:
+                encoder = {"cross_attention_cache": cross_attention_caches[:, i],
+                           "encoder_padding_mask": encoder_padding_mask}
             x, layer_cache = block(
                 x,
                 padding_mask=padding_mask,
@@ -302,6 +334,7 @@ class TransformerBackbone(keras.Model):
                 cache_update_index=cache_update_index,
                 positions=positions,
                 training=False,
+                **encoder,
             )
             new_caches.append(layer_cache)
         if self.final_norm_layer is not None:
@@ -335,6 +368,7 @@ class TransformerBackbone(keras.Model):
                 "rotary_max_wavelength": self.rotary_max_wavelength,
                 "initializer_range": self.initializer_range,
                 "adapter_dim": self.adapter_dim,
+                "cross_attention": self.cross_attention,
             }
         )
         return config
