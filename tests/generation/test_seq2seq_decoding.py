@@ -26,7 +26,8 @@ def model():
 
 
 def _log_probs(model, source, target):
-    """Full forward pass: `(len(target), VOCAB)` log-probabilities of each target token."""
+    """Full forward pass: `(len(target), VOCAB)` log-probabilities of each target position
+    (the decoder reads START and all target tokens but the last)."""
     source, decoder_ids = np.array([source], np.int32), np.array([[START] + target[:-1]], np.int32)
     logits = model({"encoder_token_ids": source, "encoder_padding_mask": np.ones_like(source),
                     "decoder_token_ids": decoder_ids,
@@ -38,6 +39,7 @@ def _uncached_greedy(model, source, steps):
     """The full model on the growing target for every new token."""
     new = []
     for _ in range(steps):
+        # The placeholder's position: the next token given START and `new`.
         token = int(np.argmax(_log_probs(model, source, new + [0])[-1]))
         new.append(token)
         if token == END:
