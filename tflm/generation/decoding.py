@@ -1,4 +1,6 @@
-"""Decoding a causal LM over a key/value cache: sampling loop and beam search.
+"""Decoding over a key/value cache: sampling loop and beam search, for a causal LM
+(`CausalDecoder`) and an encoder-decoder (`Seq2SeqDecoder`, which reads the same loops
+with its own step: see its docstring).
 
 Prompts of different lengths are left-padded to one length `P`; each row's
 real tokens keep their true positions (0, 1, ...) and the padding is masked
@@ -42,7 +44,113 @@ def left_pad(prompts, pad_id):
     return ids, mask, positions, prompt_keys(prompts)
 
 
-class CausalDecoder(tf.Module):
+class _Decoder(tf.Module):
+    """The decoding loops both model kinds share: sampling and beam search over a key/value
+    cache, stopping rows at `end_id`.
+
+    A subclass says how a step runs: `step(token, i, state) -> (logits, state)` feeds the
+    `(rows,)` tokens chosen at step `i - 1` (the start tokens at step 0) and returns the
+    `(rows, vocab)` logits of the next ones; `state` (the cache, a nest of tensors with one
+    row per decoded row) is carried through the loop, and reordered with the beams.
+    """
+
+    def __init__(self, model, end_id, pad_id=0, name=None):
+        super().__init__(name=name)
+        self.model = model
+        self.backbone = model.backbone
+        self.end_id = int(end_id)
+        self.pad_id = int(pad_id)
+
+    def _logits(self, hidden):
+        return self.backbone.token_embedding(hidden, reverse=True)
+
+    def _sample_loop(self, step, state, token, room, max_new_tokens, temperature, top_k, top_p,
+                     seed, keys):
+        """`(tokens, lengths)` of `step`'s rows, each of which holds `room` new tokens."""
+        batch = tf.shape(token)[0]
+        output = tf.fill([batch, max_new_tokens], self.pad_id)
+
+        def body(i, token, state, output, done):
+            logits, state = step(token, i, state)
+            chosen = next_token(logits, i, temperature, top_k, top_p, seed, keys)
+            chosen = tf.where(done, self.pad_id, chosen)
+            output = tf.tensor_scatter_nd_update(
+                output, tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1), chosen)
+            done = done | tf.equal(chosen, self.end_id) | (i + 1 >= room)
+            return i + 1, chosen, state, output, done
+
+        def keep_going(i, token, state, output, done):
+            del token, state, output
+            return (i < max_new_tokens) & ~tf.reduce_all(done)
+
+        _, _, _, output, _ = tf.while_loop(
+            keep_going, body, (tf.constant(0), token, state, output, room <= 0),
+            maximum_iterations=max_new_tokens,
+        )
+        return output, self._lengths(output, room)
+
+    def _lengths(self, output, room):
+        """New tokens per row: up to and including the first end-of-text, or its room."""
+        is_end = tf.equal(output, self.end_id)
+        first_end = tf.argmax(tf.cast(is_end, tf.int32), axis=1, output_type=tf.int32)
+        has_end = tf.reduce_any(is_end, axis=1)
+        return tf.where(has_end, first_end + 1,
+                        tf.clip_by_value(room, 0, tf.shape(output)[1]))
+
+    def _beam_loop(self, step, state, token, room, max_new_tokens, num_beams, length_penalty,
+                   return_scores):
+        """Beam search over `step`'s rows: `num_beams` adjacent rows per input row, all
+        alike at the start; `room` `(rows,)` as in `_sample_loop`."""
+        length_penalty = tf.cast(length_penalty, tf.float32)
+        beams, vocab = num_beams, self.backbone.vocabulary_size
+        batch = tf.shape(token)[0] // beams
+        room = tf.reshape(room, [batch, beams])
+        # Only the first beam is alive at the start: the others would duplicate it.
+        scores = tf.tile(tf.constant([[0.0] + [-1e9] * (beams - 1)]), [batch, 1])
+        tokens = tf.fill([batch, beams, max_new_tokens], self.pad_id)
+        finished = room <= 0
+        lengths = tf.clip_by_value(room, 0, max_new_tokens)
+        # A finished hypothesis can only continue with padding, at no cost.
+        pad_only = tf.where(tf.range(vocab) == self.pad_id, 0.0, -1e9)
+
+        def body(i, token, state, scores, tokens, finished, lengths):
+            logits, state = step(token, i, state)
+            log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+            log_probs = tf.reshape(log_probs, [batch, beams, vocab])
+            log_probs = tf.where(finished[:, :, None], pad_only, log_probs)
+            candidates = tf.reshape(scores[:, :, None] + log_probs, [batch, beams * vocab])
+            scores, best = tf.math.top_k(candidates, k=beams)
+            origin, chosen = best // vocab, best % vocab
+            tokens = tf.gather(tokens, origin, batch_dims=1)
+            finished = tf.gather(finished, origin, batch_dims=1)
+            lengths = tf.gather(lengths, origin, batch_dims=1)
+            tokens = tf.where(tf.range(max_new_tokens) == i, chosen[:, :, None], tokens)
+            ends_now = ~finished & tf.equal(chosen, self.end_id)
+            lengths = tf.where(ends_now, i + 1, lengths)
+            # A hypothesis out of positions ends here: its length is its room already.
+            finished = finished | ends_now | (i + 1 >= room)
+            flat_origin = tf.reshape(origin + tf.range(batch)[:, None] * beams, [-1])
+            state = tf.nest.map_structure(lambda t: tf.gather(t, flat_origin), state)
+            return i + 1, tf.reshape(chosen, [-1]), state, scores, tokens, finished, lengths
+
+        def keep_going(i, token, state, scores, tokens, finished, lengths):
+            del token, state, scores, tokens, lengths
+            return (i < max_new_tokens) & ~tf.reduce_all(finished)
+
+        _, _, _, scores, tokens, _, lengths = tf.while_loop(
+            keep_going, body, (tf.constant(0), token, state, scores, tokens, finished, lengths),
+            maximum_iterations=max_new_tokens,
+        )
+        normalizer = tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, length_penalty)
+        normalized = scores / normalizer
+        best = tf.argmax(normalized, axis=1, output_type=tf.int32)
+        result = (tf.gather(tokens, best, batch_dims=1), tf.gather(lengths, best, batch_dims=1))
+        if return_scores:
+            result += (tf.gather(normalized, best, batch_dims=1),)
+        return result
+
+
+class CausalDecoder(_Decoder):
     """Sampling and beam-search decoding for a `CausalLM`.
 
     Args:
@@ -57,14 +165,7 @@ class CausalDecoder(tf.Module):
     """
 
     def __init__(self, model, end_id, pad_id=0, name="causal_decoder"):
-        super().__init__(name=name)
-        self.model = model
-        self.backbone = model.backbone
-        self.end_id = int(end_id)
-        self.pad_id = int(pad_id)
-
-    def _logits(self, hidden):
-        return self.backbone.token_embedding(hidden, reverse=True)
+        super().__init__(model, end_id, pad_id, name=name)
 
     def max_steps(self, prompt_lengths, max_new_tokens):
         """`max_new_tokens` capped at what the positions left by the shortest prompt hold (of
@@ -98,6 +199,21 @@ class CausalDecoder(tf.Module):
             )
         return cache, key_mask
 
+    def _start(self, ids, mask, positions, max_new_tokens):
+        """`(step, cache, token, room)` for `_Decoder`'s loops: the prompts prefilled, each
+        step one new position."""
+        width = tf.shape(ids)[1]
+        cache, key_mask = self._prefill(ids, mask, positions, max_new_tokens)
+        last_position = positions[:, -1]
+
+        def step(token, i, cache):
+            hidden, cache = self.backbone.call_with_cache(
+                token[:, None], cache, width - 1 + i, padding_mask=key_mask,
+                positions=self._step_positions(last_position, i))
+            return self._logits(hidden)[:, 0], cache
+
+        return step, cache, ids[:, -1], self._room(last_position)
+
     def sample(self, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0):
         """Greedy or sampled continuations.
 
@@ -119,44 +235,11 @@ class CausalDecoder(tf.Module):
                       top_p=1.0, seed=0):
         """`sample` on `left_pad`'s output: dense tensors only, so it compiles with XLA."""
         max_new_tokens = tf.cast(max_new_tokens, tf.int32)
-        batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
-        cache, key_mask = self._prefill(ids, mask, positions, max_new_tokens)
-        last_position = positions[:, -1]
-        room = self._room(last_position)
-        output = tf.fill([batch, max_new_tokens], self.pad_id)
+        return self._sample_loop(*self._start(ids, mask, positions, max_new_tokens),
+                                 max_new_tokens, temperature, top_k, top_p, seed, keys)
 
-        def step(i, token, cache, output, done):
-            hidden, cache = self.backbone.call_with_cache(
-                token[:, None], cache, width - 1 + i, padding_mask=key_mask,
-                positions=self._step_positions(last_position, i))
-            chosen = next_token(self._logits(hidden)[:, 0], i, temperature, top_k, top_p, seed,
-                                keys)
-            chosen = tf.where(done, self.pad_id, chosen)
-            output = tf.tensor_scatter_nd_update(
-                output, tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1), chosen)
-            done = done | tf.equal(chosen, self.end_id) | (i + 1 >= room)
-            return i + 1, chosen, cache, output, done
-
-        def keep_going(i, token, cache, output, done):
-            del token, cache, output
-            return (i < max_new_tokens) & ~tf.reduce_all(done)
-
-        _, _, _, output, _ = tf.while_loop(
-            keep_going, step,
-            (tf.constant(0), ids[:, -1], cache, output, room <= 0),
-            maximum_iterations=max_new_tokens,
-        )
-        return output, self._lengths(output, room)
-
-    def _lengths(self, output, room):
-        """New tokens per row: up to and including the first end-of-text, or its room."""
-        is_end = tf.equal(output, self.end_id)
-        first_end = tf.argmax(tf.cast(is_end, tf.int32), axis=1, output_type=tf.int32)
-        has_end = tf.reduce_any(is_end, axis=1)
-        return tf.where(has_end, first_end + 1,
-                        tf.clip_by_value(room, 0, tf.shape(output)[1]))
-
-    def beam_search(self, prompts, max_new_tokens, num_beams=4, length_penalty=0.6):
+    def beam_search(self, prompts, max_new_tokens, num_beams=4, length_penalty=0.6,
+                    return_scores=False):
         """The most likely continuation under GNMT length normalization.
 
         `num_beams` hypotheses per prompt; each step keeps the `num_beams`
@@ -174,66 +257,114 @@ class CausalDecoder(tf.Module):
         `num_beams` is a Python integer (it fixes shapes).
 
         Returns:
-            `(tokens, lengths)` of the best hypothesis, as `sample` returns them.
+            `(tokens, lengths)` of the best hypothesis, as `sample` returns them;
+            with `return_scores`, also its normalized score `(batch,)`.
         """
         return self.beam_search_padded(*left_pad(prompts, self.pad_id), max_new_tokens,
-                                       num_beams, length_penalty)
+                                       num_beams, length_penalty, return_scores)
 
     def beam_search_padded(self, ids, mask, positions, keys, max_new_tokens, num_beams=4,
-                           length_penalty=0.6):
+                           length_penalty=0.6, return_scores=False):
         """`beam_search` on `left_pad`'s output: dense tensors only, so it compiles with XLA."""
         del keys  # deterministic: no noise
         max_new_tokens = tf.cast(max_new_tokens, tf.int32)
-        length_penalty = tf.cast(length_penalty, tf.float32)
-        batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
-        beams, vocab = num_beams, self.backbone.vocabulary_size
 
         def expand(t):  # (batch, ...) -> (batch * beams, ...), beams of a row adjacent
-            return tf.repeat(t, beams, axis=0)
+            return tf.repeat(t, num_beams, axis=0)
 
-        room = tf.repeat(self._room(positions[:, -1])[:, None], beams, axis=1)
-        ids, mask, positions = expand(ids), expand(mask), expand(positions)
-        cache, key_mask = self._prefill(ids, mask, positions, max_new_tokens)
-        last_position = positions[:, -1]
-        # Only the first beam is alive at the start: the others would duplicate it.
-        scores = tf.tile(tf.constant([[0.0] + [-1e9] * (beams - 1)]), [batch, 1])
-        tokens = tf.fill([batch, beams, max_new_tokens], self.pad_id)
-        finished = room <= 0
-        lengths = tf.clip_by_value(room, 0, max_new_tokens)
-        # A finished hypothesis can only continue with padding, at no cost.
-        pad_only = tf.where(tf.range(vocab) == self.pad_id, 0.0, -1e9)
+        return self._beam_loop(
+            *self._start(expand(ids), expand(mask), expand(positions), max_new_tokens),
+            max_new_tokens, num_beams, length_penalty, return_scores)
 
-        def step(i, token, cache, scores, tokens, finished, lengths):
-            hidden, cache = self.backbone.call_with_cache(
-                token[:, None], cache, width - 1 + i, padding_mask=key_mask,
-                positions=self._step_positions(last_position, i))
-            log_probs = tf.nn.log_softmax(self._logits(hidden)[:, 0], axis=-1)
-            log_probs = tf.reshape(log_probs, [batch, beams, vocab])
-            log_probs = tf.where(finished[:, :, None], pad_only, log_probs)
-            candidates = tf.reshape(scores[:, :, None] + log_probs, [batch, beams * vocab])
-            scores, best = tf.math.top_k(candidates, k=beams)
-            origin, chosen = best // vocab, best % vocab
-            tokens = tf.gather(tokens, origin, batch_dims=1)
-            finished = tf.gather(finished, origin, batch_dims=1)
-            lengths = tf.gather(lengths, origin, batch_dims=1)
-            tokens = tf.where(tf.range(max_new_tokens) == i, chosen[:, :, None], tokens)
-            ends_now = ~finished & tf.equal(chosen, self.end_id)
-            lengths = tf.where(ends_now, i + 1, lengths)
-            # A hypothesis out of positions ends here: its length is its room already.
-            finished = finished | ends_now | (i + 1 >= room)
-            flat_origin = tf.reshape(origin + tf.range(batch)[:, None] * beams, [-1])
-            cache = tf.gather(cache, flat_origin)
-            return i + 1, tf.reshape(chosen, [-1]), cache, scores, tokens, finished, lengths
 
-        def keep_going(i, token, cache, scores, tokens, finished, lengths):
-            del token, cache, scores, tokens, lengths
-            return (i < max_new_tokens) & ~tf.reduce_all(finished)
+def right_pad(sources, pad_id):
+    """Ragged `(batch, None)` source ids → `(ids, mask, keys)`, right-padded to `(batch, S)`
+    (the encoder sees the whole source: its padding may lie anywhere), with `keys` `(batch,)`
+    of `prompt_keys`."""
+    sources = tf.cast(sources, tf.int32)
+    ids = sources.to_tensor(default_value=pad_id)
+    mask = tf.ones_like(sources).to_tensor()
+    return ids, mask, prompt_keys(sources)
 
-        _, _, _, scores, tokens, _, lengths = tf.while_loop(
-            keep_going, step,
-            (tf.constant(0), ids[:, -1], cache, scores, tokens, finished, lengths),
-            maximum_iterations=max_new_tokens,
-        )
-        normalizer = tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, length_penalty)
-        best = tf.argmax(scores / normalizer, axis=1, output_type=tf.int32)
-        return (tf.gather(tokens, best, batch_dims=1), tf.gather(lengths, best, batch_dims=1))
+
+class Seq2SeqDecoder(_Decoder):
+    """Sampling and beam-search decoding for a `Seq2SeqLM`: the target given a source.
+
+    The encoder runs once, and so does every decoder block's projection of its output
+    to cross-attention keys and values; each step then runs the decoder on one token
+    over its self-attention cache, from the decoder start token at position 0::
+
+        memory <- encoder(source)                                 # once
+        cross  <- decoder.cross_attention_caches(memory)          # once (tiled per beam)
+        token  <- start_id
+        for i in range(max_new_tokens):                           # one tf.while_loop
+            logits <- head(decoder(token at position i, cache, cross))
+            token  <- next_token(logits, ...)   or a beam search step
+
+    The decoder reads the start token and every new token but the last, so a target
+    holds at most the decoder's `max_sequence_length` new tokens.
+
+    Args:
+        model: a `Seq2SeqLM`.
+        start_id: the decoder's first token (the one its training targets start with,
+            e.g. the tokenizer's [CLS] or end-of-text id).
+        end_id: a row stops when it emits it.
+        pad_id: fills rows after they stop, and the right of short sources.
+
+    Example:
+    >>> decoder = Seq2SeqDecoder(model, start_id=tokenizer.cls_id, end_id=tokenizer.sep_id)
+    >>> tokens, lengths = decoder.beam_search(source_ids, max_new_tokens=20, num_beams=4)
+    """
+
+    def __init__(self, model, start_id, end_id, pad_id=0, name="seq2seq_decoder"):
+        super().__init__(model, end_id, pad_id, name=name)
+        self.start_id = int(start_id)
+
+    def max_steps(self, max_new_tokens):
+        """`max_new_tokens` capped at what the decoder's positions hold."""
+        return tf.minimum(tf.cast(max_new_tokens, tf.int32), self.backbone.max_sequence_length)
+
+    def _start(self, ids, mask, max_new_tokens, num_beams=1):
+        """`(step, cache, token, room)` for `_Decoder`'s loops, `num_beams` rows per source."""
+        decoder = self.backbone.decoder
+        cross = decoder.cross_attention_caches(self.backbone.encode(ids, mask, training=False))
+        if num_beams > 1:  # beams of a source adjacent, as `_beam_loop` reads them
+            cross, mask = tf.repeat(cross, num_beams, axis=0), tf.repeat(mask, num_beams, axis=0)
+        rows = tf.shape(mask)[0]
+
+        def step(token, i, cache):
+            hidden, cache = decoder.call_with_cache(
+                token[:, None], cache, i, cross_attention_caches=cross,
+                encoder_padding_mask=mask)
+            return self._logits(hidden)[:, 0], cache
+
+        return (step, decoder.init_cache(rows, max_new_tokens), tf.fill([rows], self.start_id),
+                tf.fill([rows], self.backbone.max_sequence_length))
+
+    def sample(self, sources, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+        """Greedy or sampled targets of ragged `(batch, None)` source ids (each at least one
+        token); arguments and results as `CausalDecoder.sample`. A row's draws depend on its
+        source, the seed and the step only."""
+        return self.sample_padded(*right_pad(sources, self.pad_id), max_new_tokens, temperature,
+                                  top_k, top_p, seed)
+
+    def sample_padded(self, ids, mask, keys, max_new_tokens, temperature=0.0, top_k=0,
+                      top_p=1.0, seed=0):
+        """`sample` on `right_pad`'s output: dense tensors only, so it compiles with XLA."""
+        max_new_tokens = tf.cast(max_new_tokens, tf.int32)
+        return self._sample_loop(*self._start(ids, mask, max_new_tokens), max_new_tokens,
+                                 temperature, top_k, top_p, seed, keys)
+
+    def beam_search(self, sources, max_new_tokens, num_beams=4, length_penalty=0.6,
+                    return_scores=False):
+        """The most likely target of each source, as `CausalDecoder.beam_search` ranks them."""
+        return self.beam_search_padded(*right_pad(sources, self.pad_id), max_new_tokens,
+                                       num_beams, length_penalty, return_scores)
+
+    def beam_search_padded(self, ids, mask, keys, max_new_tokens, num_beams=4,
+                           length_penalty=0.6, return_scores=False):
+        """`beam_search` on `right_pad`'s output: dense tensors only, so it compiles with XLA."""
+        del keys  # deterministic: no noise
+        max_new_tokens = tf.cast(max_new_tokens, tf.int32)
+        return self._beam_loop(*self._start(ids, mask, max_new_tokens, num_beams),
+                               max_new_tokens, num_beams, length_penalty, return_scores)
