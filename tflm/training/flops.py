@@ -22,6 +22,15 @@ def training_flops_per_token(backbone, sequence_length):
     is added as `6 * hidden_dim * vocabulary_size`. `12 L H Q T` is the
     attention score and value products, forward and backward.
     """
+    encoder, decoder = getattr(backbone, "encoder", None), getattr(backbone, "decoder", None)
+    if encoder is not None and decoder is not None:
+        # An encoder-decoder (`Seq2SeqBackbone`), per source token with (an estimate) one
+        # target token beside it: the encoder's blocks, the decoder's blocks (their
+        # cross-attention among the parameters) and its output projection. A shared token
+        # embedding is left out of both parameter counts.
+        return (training_flops_per_token(encoder, sequence_length)
+                - 6 * encoder.hidden_dim * encoder.vocabulary_size * encoder.tie_embeddings
+                + training_flops_per_token(decoder, sequence_length))
     n = non_embedding_parameters(backbone)
     if backbone.tie_embeddings:  # an untied output kernel is already among the parameters
         n += backbone.hidden_dim * backbone.vocabulary_size
