@@ -1,7 +1,7 @@
 """The `seq2seq` task: batches of static shape whose rows, shift and weights match a Python
 reference; bad records named by file:line or counted; the tiny config trains through
-tflm-train's path (the loss falls), evaluates, and its saved model.keras gives the same
-logits."""
+tflm-train's path (the loss falls) and evaluates; its saved model.keras gives the same
+logits and --mode=eval the same report."""
 
 import json
 import pathlib
@@ -151,3 +151,6 @@ def test_the_saved_model_gives_the_same_logits(trained):
                                                         split="eval")))
     np.testing.assert_allclose(loaded(features).numpy(), trainer.model(features).numpy(),
                                rtol=1e-5, atol=1e-5)
+    # --mode=eval restores the checkpoint and reports the same numbers.
+    evaluated = run_experiment(config, str(model_dir), mode="eval", **QUIET)
+    assert evaluated.eval_results == trainer.eval_results
