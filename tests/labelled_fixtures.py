@@ -25,3 +25,20 @@ def write_labelled_paragraphs(path, limit=600, max_chars=200):
         for record in records:
             f.write(json.dumps(record) + "\n")
     return len(records)
+
+
+def write_reversal_pairs(path, count=256, seed=0):
+    """JSONL of `{"source": word, "target": word reversed}` for short random lowercase
+    words (3 to 8 letters): a seq2seq task a tiny model learns in seconds. Returns the
+    records."""
+    import random
+
+    rng = random.Random(seed)
+    records = []
+    for _ in range(count):
+        word = "".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8)))
+        records.append({"source": word, "target": word[::-1]})
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    return records

@@ -250,6 +250,7 @@ OUT_OF_RANGE = {
     "regression:model.target_mean": [".nan"], "regression:model.target_scale": ["0", ".inf"],
     "multi_label_classification:model.threshold": ["0", "1"],
     "sentence_embedding:model.temperature": ["0"],
+    "seq2seq:data.target_length": ["1"], "seq2seq:model.num_decoder_layers": ["-1"],
 }
 
 

@@ -1,4 +1,4 @@
-from tflm.models import TransformerBackbone
+from tflm.models import Seq2SeqBackbone, TransformerBackbone
 from tflm.training.flops import non_embedding_parameters, training_flops_per_token
 
 
@@ -22,3 +22,14 @@ def test_untied_output_is_counted_once():
     tied = training_flops_per_token(TransformerBackbone(**kwargs), 8)
     untied = training_flops_per_token(TransformerBackbone(**kwargs, tie_embeddings=False), 8)
     assert tied == untied
+
+
+def test_an_encoder_decoder_counts_both_halves_and_cross_attention():
+    backbone = Seq2SeqBackbone(vocabulary_size=100, num_layers=2, num_decoder_layers=1,
+                               num_heads=2, hidden_dim=8, intermediate_dim=16,
+                               max_sequence_length=8)
+    params = sum(int(v.numpy().size) for v in backbone.trainable_variables)
+    # One shared token table (also the tied output), two learned position tables.
+    n = params - 100 * 8 - 2 * 8 * 8 + 8 * 100
+    attention = 12 * (2 + 2 * 1) * 2 * 4 * 8  # encoder self; decoder self and cross
+    assert training_flops_per_token(backbone, 8) == 6 * n + attention

@@ -429,13 +429,15 @@ def split_records(records, every_nth, split):
 
 
 # -- From an experiment config. ----------------------------------------------------------------
-def records_of_split(config, split, read, what="labelled records"):
+def records_of_split(config, split, read, what="labelled records", fields=None):
     """The records of a split of `config.data`, for any task that reads labelled files.
 
     `read(files, on_bad_record)` reads the split's files (see
     `tflm.data.pipeline.split_source`), raising or counting bad records as
     `data.on_bad_record` says, and returns records with `len` and `select`; then every
     `data.eval_every_nth_document`-th good record is held out (`split_records`).
+    `fields`: the fields the records need, as the error names them (default: the text and
+    label fields).
 
     Raises:
         LabelledDataError: no records at all for the split (naming the files).
@@ -445,8 +447,10 @@ def records_of_split(config, split, read, what="labelled records"):
     files = resolve_files(path)
     records = split_records(read(files, labelled_on_bad_record(data)), every_nth, split)
     if not len(records):
-        raise LabelledDataError(f"{', '.join(files)}: no {what} for the {split} split (text "
-                                f"field {data.text_field!r}, label field {data.label_field!r}).")
+        fields = fields or (f"text field {data.text_field!r}, label field "
+                            f"{data.label_field!r}")
+        raise LabelledDataError(f"{', '.join(files)}: no {what} for the {split} split "
+                                f"({fields}).")
     return records
 
 

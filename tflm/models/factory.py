@@ -1,13 +1,18 @@
-"""Builds a backbone from a `ModelConfig`."""
+"""Builds a backbone from a `ModelConfig` (an encoder or decoder, or an encoder-decoder)."""
 
 import dataclasses
 import inspect
 
 from tflm.models.backbone import TransformerBackbone
+from tflm.models.seq2seq_lm import Seq2SeqBackbone
 
 # The ModelConfig keys that are TransformerBackbone arguments (the others are the task's).
 _BACKBONE_ARGUMENTS = set(inspect.signature(TransformerBackbone.__init__).parameters) - {
     "self", "causal", "adapter_dim", "dtype", "kwargs"}
+# The same for `Seq2SeqBackbone` (the seq2seq task adds `num_decoder_layers` and
+# `shared_embeddings` to its `model` section).
+_SEQ2SEQ_ARGUMENTS = set(inspect.signature(Seq2SeqBackbone.__init__).parameters) - {
+    "self", "dtype", "kwargs"}
 
 
 def build_backbone(model_config, dtype=None, causal=None):
@@ -22,3 +27,11 @@ def build_backbone(model_config, dtype=None, causal=None):
     if model_config.finetune == "adapters":
         kwargs["adapter_dim"] = model_config.adapter_dim
     return TransformerBackbone(dtype=dtype, **kwargs)
+
+
+def build_seq2seq_backbone(model_config, dtype=None):
+    """The `Seq2SeqBackbone` of `model_config` (`num_decoder_layers` 0 or unset: as many
+    decoder blocks as `num_layers`)."""
+    kwargs = {k: v for k, v in dataclasses.asdict(model_config).items()
+              if k in _SEQ2SEQ_ARGUMENTS}
+    return Seq2SeqBackbone(dtype=dtype, **kwargs)

@@ -7,6 +7,7 @@
     regression                   a number per text
     token_classification         BIO tags per character (NER), entity-level F1
     sentence_embedding           contrastive embeddings, retrieval recall
+    seq2seq                      a target text from a source text (encoder-decoder)
 
 A task owns its config checks, model, input pipeline, loss, evaluation report and serving
 signatures (`tflm.tasks.base.Task`); the trainer, `tflm-eval` and `tflm-export` ask the
@@ -26,6 +27,7 @@ from tflm.tasks import (  # noqa: F401 (importing a task module registers it)
     multi_label_classification,
     regression,
     sentence_embedding,
+    seq2seq,
     token_classification,
 )
 from tflm.tasks.base import Task

@@ -4,8 +4,8 @@ A task owns, for its name in `model.task`:
 
 - its own config keys (`config_keys`), their checks (`validate`) and its attention
   direction (`causal`);
-- its model (`create_model`, from a backbone), started from `model.init_checkpoint` and
-  with the parts `model.finetune` names frozen (`build_model`);
+- its model (`create_model`, on the backbone of `create_backbone`), started from
+  `model.init_checkpoint` and with the parts `model.finetune` names frozen (`build_model`);
 - its input pipeline from the `data` section (`batches`);
 - its loss (`loss_sums`: the model's own definition, which `model.fit` uses too);
 - its evaluation (`eval_sums`, added over replicas and batches, and `eval_report`);
@@ -27,10 +27,11 @@ import tensorflow as tf
 
 from tflm.config import ConfigError
 from tflm.data.tokenizers import make_tokenizer
+from tflm.models.factory import build_backbone
 from tflm.models.finetuning import apply_finetuning
 from tflm.models.losses import weighted_correct
 from tflm.tasks.pretrained import init_from_pretrained, load_pretrained_model
-from tflm.tasks.registry import build_task
+from tflm.tasks.registry import architecture_value, build_task
 
 
 class Task(abc.ABC):
@@ -61,6 +62,13 @@ class Task(abc.ABC):
         """Checks the keys this task reads; a `ConfigError` naming the key."""
 
     # -- Model. ----------------------------------------------------------------------------
+    @classmethod
+    def create_backbone(cls, model_config, dtype=None):
+        """The backbone of the task's model: a `TransformerBackbone` in the task's attention
+        direction unless `model.causal` says otherwise."""
+        return build_backbone(model_config, dtype=dtype,
+                              causal=architecture_value(model_config, "causal"))
+
     @classmethod
     def create_model(cls, model_config, backbone, label_names=None):
         """The task's compiled model on `backbone`."""

@@ -14,7 +14,6 @@ import difflib
 
 from tflm.config import ConfigError
 from tflm.errors import TflmError
-from tflm.models.factory import build_backbone
 
 _REGISTRY = {}
 
@@ -84,6 +83,5 @@ def build_task(model_config, dtype=None, label_names=None):
     `model_config.num_classes` is 0).
     """
     cls = task_class(model_config.task)
-    backbone = build_backbone(model_config, dtype=dtype,
-                              causal=architecture_value(model_config, "causal"))
-    return cls.create_model(model_config, backbone, label_names)
+    return cls.create_model(model_config, cls.create_backbone(model_config, dtype),
+                            label_names)

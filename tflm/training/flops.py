@@ -22,6 +22,17 @@ def training_flops_per_token(backbone, sequence_length):
     is added as `6 * hidden_dim * vocabulary_size`. `12 L H Q T` is the
     attention score and value products, forward and backward.
     """
+    encoder, decoder = getattr(backbone, "encoder", None), getattr(backbone, "decoder", None)
+    if encoder is not None and decoder is not None:
+        # An encoder-decoder (`Seq2SeqBackbone`), per source token with (an estimate) one
+        # target token beside it: the encoder's blocks (no output projection), the decoder's
+        # blocks and output projection, and the decoder's cross-attention products over as
+        # many source positions. A shared token embedding is left out of both counts.
+        cross_attention = (12 * decoder.num_layers * decoder.num_heads * decoder.head_dim
+                           * sequence_length)
+        return (training_flops_per_token(encoder, sequence_length)
+                - 6 * encoder.hidden_dim * encoder.vocabulary_size * encoder.tie_embeddings
+                + training_flops_per_token(decoder, sequence_length) + cross_attention)
     n = non_embedding_parameters(backbone)
     if backbone.tie_embeddings:  # an untied output kernel is already among the parameters
         n += backbone.hidden_dim * backbone.vocabulary_size
