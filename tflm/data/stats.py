@@ -31,6 +31,7 @@ COUNTERS = (
     "long_documents_split",  # documents cut into bounded chunks before tokenization
     "documents_added_by_splitting",  # the chunks beyond the first of each cut document
     "tokens",  # tokens produced by the tokenizer (or read from prepared shards)
+    "noised_rows_too_long",  # denoising rows whose noised inputs outgrew the encoder's row
 )
 
 

@@ -8,6 +8,7 @@
     token_classification         BIO tags per character (NER), entity-level F1
     sentence_embedding           contrastive embeddings, retrieval recall
     seq2seq                      a target text from a source text (encoder-decoder)
+    denoising                    encoder-decoder pretraining: span corruption, text infilling
 
 A task owns its config checks, model, input pipeline, loss, evaluation report and serving
 signatures (`tflm.tasks.base.Task`); the trainer, `tflm-eval` and `tflm-export` ask the
@@ -23,6 +24,7 @@ Example:
 from tflm.tasks import (  # noqa: F401 (importing a task module registers it)
     causal_lm,
     classification,
+    denoising,
     masked_lm,
     multi_label_classification,
     regression,

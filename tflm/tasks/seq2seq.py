@@ -156,7 +156,6 @@ def encode_seq2seq(tokenizer, sources, targets, source_length, target_length):
         shifted by one) int32 and weights float32 (0 at padding), `(batch, target_length)`.
     """
     start, end = seq2seq_tokens(tokenizer)
-    pad_id = tokenizer.pad_id or 0
 
     def column(rows, token_id):
         return tf.fill([rows.nrows(), 1], tf.constant(token_id, tf.int32))
@@ -165,17 +164,26 @@ def encode_seq2seq(tokenizer, sources, targets, source_length, target_length):
         return tf.cast(tokenizer.tokenize(texts), tf.int32).with_row_splits_dtype(tf.int64)[
             :, :keep]
 
+    source = ids(sources, source_length - 1)
+    target = ids(targets, target_length - 1)
+    return seq2seq_features(tf.concat([source, column(source, end)], axis=1),
+                            tf.concat([target, column(target, end)], axis=1), start,
+                            tokenizer.pad_id or 0, source_length, target_length)
+
+
+def seq2seq_features(sources, targets, start_id, pad_id, source_length, target_length):
+    """`(features, labels, weights)` of ragged `(batch, None)` int32 rows: `sources` (the
+    encoder's rows, their `[end]` included) and `targets` (`target [end]`, the labels; the
+    decoder reads `[start] target`). Rows must fit their lengths (`to_tensor` cuts)."""
     def dense(rows, length):
         shape = [None, length]
         return (rows.to_tensor(default_value=pad_id, shape=shape),
                 tf.ones_like(rows).to_tensor(shape=shape))
 
-    source = ids(sources, source_length - 1)
-    source = tf.concat([source, column(source, end)], axis=1)
-    target = ids(targets, target_length - 1)
+    start = tf.fill([targets.nrows(), 1], tf.constant(start_id, tf.int32))
     # [start] target [end]: the decoder reads all but the last, predicts all but the first.
-    target = tf.concat([column(target, start), target, column(target, end)], axis=1)
-    encoder_ids, encoder_mask = dense(source, source_length)
+    target = tf.concat([tf.RaggedTensor.from_tensor(start), targets], axis=1)
+    encoder_ids, encoder_mask = dense(sources, source_length)
     decoder_ids, decoder_mask = dense(target[:, :-1], target_length)
     labels, _ = dense(target[:, 1:], target_length)
     features = {"encoder_token_ids": encoder_ids, "encoder_padding_mask": encoder_mask,
@@ -210,6 +218,23 @@ def seq2seq_batches(records, tokenizer, source_length, target_length, batch_size
         batches.map(encode, num_parallel_calls=AUTOTUNE, deterministic=True))
 
 
+def check_seq2seq_model(config, task_name):
+    """What a `Seq2SeqBackbone` does not have (yet): a `ConfigError` naming the key that sets
+    it, rather than ignoring it."""
+    model = config.model
+    unsupported = {"model.causal": model.causal is not None,
+                   "model.num_segments": model.num_segments != 0,
+                   "model.pooler": model.pooler,
+                   "model.final_norm": model.final_norm not in (None, model.norm_first),
+                   "model.init_checkpoint": bool(model.init_checkpoint),
+                   "model.finetune": model.finetune != "full",
+                   "model.freeze_bottom_layers": model.freeze_bottom_layers != 0}
+    for key, is_set in unsupported.items():
+        if is_set:
+            raise ConfigError(f"{key} is not supported by model.task={task_name!r}; leave it "
+                              "at its default.")
+
+
 # -- The task. ----------------------------------------------------------------------------------
 @register_task
 class Seq2SeqTask(Task):
@@ -238,18 +263,7 @@ class Seq2SeqTask(Task):
         if data.source_field == data.target_field:
             raise ConfigError(f"data.source_field and data.target_field are both "
                               f"{data.source_field!r}.")
-        # What a Seq2SeqBackbone does not have (yet): say so rather than ignore the key.
-        unsupported = {"model.causal": model.causal is not None,
-                       "model.num_segments": model.num_segments != 0,
-                       "model.pooler": model.pooler,
-                       "model.final_norm": model.final_norm not in (None, model.norm_first),
-                       "model.init_checkpoint": bool(model.init_checkpoint),
-                       "model.finetune": model.finetune != "full",
-                       "model.freeze_bottom_layers": model.freeze_bottom_layers != 0}
-        for key, is_set in unsupported.items():
-            if is_set:
-                raise ConfigError(f"{key} is not supported by model.task='seq2seq'; leave it "
-                                  "at its default.")
+        check_seq2seq_model(config, cls.name)
 
     @classmethod
     def create_backbone(cls, model_config, dtype=None):
@@ -273,7 +287,7 @@ class Seq2SeqTask(Task):
     # -- Serving: text-to-text export needs decoding, which comes later. ---------------------------
     @classmethod
     def serving_module(cls, model, tokenizer, options):
-        raise TflmError("model.task='seq2seq' cannot be exported yet: its serving signature "
+        raise TflmError(f"model.task={cls.name!r} cannot be exported yet: its serving signature "
                         "needs encoder-decoder decoding.")
 
     @classmethod
