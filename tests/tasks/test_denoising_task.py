@@ -158,3 +158,14 @@ def test_the_tiny_config_trains_and_evaluates(tmp_path):
     assert set(results) >= {"loss", "perplexity", "accuracy", "tokens"}
     assert results["perplexity"] == pytest.approx(np.exp(results["loss"]), rel=1e-6)
     assert 0 < results["accuracy"] <= 1 and results["tokens"] > 0
+
+
+def test_infilled_rows_that_outgrow_the_encoder_are_dropped_and_counted():
+    # Poisson(1) spans are often empty: each adds a [MASK], and some rows outgrow the slack.
+    config = _config("data.noise=text_infilling,data.poisson_lambda=1.0")
+    stats = InputStats()
+    batches = get_task(config).dataset(ByteTokenizer(), stats=stats, training=False,
+                                       split="eval")
+    kept = sum(int(features["encoder_token_ids"].shape[0]) for features, _, _ in batches)
+    dropped = stats.as_dict()["noised_rows_too_long"]
+    assert dropped > 0 and kept > 0
