@@ -126,19 +126,19 @@ def test_each_control_against_full_forward_passes(case):
     # End-of-text: the first token of row 0, so that it ends at once without a minimum.
     end = plain[0][0]
     decoder = decoder_for(end)
-    # A stop id: a token row 1 emits first at step `index` (> 0, before any end-of-text)
-    # without repeated bigrams and ends.
-    varying = {"no_repeat_ngram_size": 2, "min_new_tokens": 1}
-    varied = _rows(*decoder.sample(ragged, STEPS, **varying))[1]
-    index = next(j for j in range(1, len(varied))
-                 if varied[j] not in varied[:j] and end not in varied[:j + 1])
-    stop = varied[index]
+    # A stop id: a token a row emits first at step `index` (>= the minimum of 3 new tokens,
+    # before any end-of-text) without repeated bigrams.
+    varying = {"no_repeat_ngram_size": 2, "min_new_tokens": 3}
+    varied = _rows(*decoder.sample(ragged, STEPS, **varying))
+    row, index = next((r, j) for r in range(2) for j in range(3, len(varied[r]))
+                      if varied[r][j] not in varied[r][:j] and end not in varied[r][:j + 1])
+    stop = varied[row][index]
     for controls, rules in (
             ({}, {}),
             ({"repetition_penalty": 1.8}, {"penalty": 1.8}),
             ({"no_repeat_ngram_size": 2}, {"ngram": 2}),
             ({"min_new_tokens": 4}, {"min_new": 4}),
-            (dict(varying, stop_token_ids=[stop]), {"ngram": 2, "min_new": 1, "stop": (stop,)}),
+            (dict(varying, stop_token_ids=[stop]), {"ngram": 2, "min_new": 3, "stop": (stop,)}),
             ({"repetition_penalty": 0.5, "no_repeat_ngram_size": 3, "min_new_tokens": 2,
               "stop_token_ids": [stop, 0]}, {"penalty": 0.5, "ngram": 3, "min_new": 2,
                                              "stop": (stop, 0)})):
@@ -157,7 +157,7 @@ def test_each_control_against_full_forward_passes(case):
             assert all(end not in r[:rules["min_new"]] and len(r) >= rules["min_new"]
                        for r in got)
         if "stop" in rules and "penalty" not in rules:  # ends there; the stop id not returned
-            assert got[1] == varied[:index]
+            assert got[row] == varied[row][:index]
 
 
 def test_several_sequences_per_prompt(case):
