@@ -14,7 +14,7 @@ from tflm.models import CausalLM, Seq2SeqBackbone, Seq2SeqLM, TransformerBackbon
 VOCAB, END, START, STEPS = 24, 5, 1, 16
 
 
-def _numpy_controls(logits, sequence, step, penalty=1.0, ngram=0, min_new=0, stop=()):
+def _numpy_controls(logits, sequence, step, penalty=1.0, ngram=0, min_new=0, stop=(), end=END):
     """The rules of `control_logits` on one row, written out: `sequence` is the context."""
     logits = np.array(logits, np.float64)
     if penalty != 1.0:
@@ -26,15 +26,15 @@ def _numpy_controls(logits, sequence, step, penalty=1.0, ngram=0, min_new=0, sto
             if sequence[s:s + ngram - 1] == tail:
                 logits[sequence[s + ngram - 1]] = -np.inf
     if step < min_new:
-        logits[[END, *stop]] = -np.inf
+        logits[[end, *stop]] = -np.inf
     return logits
 
 
 def test_control_logits_follow_the_rules():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, VOCAB)).astype(np.float32)
-    # Row 0: a left-padded context then 5 tokens; "3 4" repeats, so 4 -> 9 and 4 -> 3 would
-    # repeat a trigram... the last two tokens are (3, 4): after "3 4" came 9 and 7.
+    # Row 0 (left-padded) ends with "3 4", which came before 9 and 7: with trigrams, those two
+    # are banned. Row 1's last column is not part of the sequence yet.
     rows = [[-1, -1, 3, 4, 9, 3, 4, 7, 3, 4], [2, 2, 2, 6, 6, 8, 6, 2, 8, -1]]
     for penalty, ngram, min_new, stop in ((1.3, 0, 0, ()), (1.0, 3, 0, ()), (1.0, 1, 0, ()),
                                           (0.7, 2, 3, (7, 8)), (1.0, 0, 0, ())):
@@ -94,18 +94,13 @@ def case(request):
 
 def _reference(next_logits, context, row, end, steps=STEPS, **rules):
     """Greedy decoding on full forward passes, with `_numpy_controls`."""
-    global END
     new = []
-    saved, END = END, end
-    try:
-        for step in range(steps):
-            token = int(np.argmax(_numpy_controls(next_logits(row, new), context(row) + new,
-                                                  step, **rules)))
-            new.append(token)
-            if token == end or token in rules.get("stop", ()):
-                break
-    finally:
-        END = saved
+    for step in range(steps):
+        token = int(np.argmax(_numpy_controls(next_logits(row, new), context(row) + new, step,
+                                              end=end, **rules)))
+        new.append(token)
+        if token == end or token in rules.get("stop", ()):
+            break
     return new[:-1] if new and new[-1] in rules.get("stop", ()) else new
 
 
