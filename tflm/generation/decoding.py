@@ -12,8 +12,9 @@ each new token costs one position:
     token <- prompt[:, -1]
     for i in range(max_new_tokens):                        # one tf.while_loop
         logits <- head(backbone(token, cache at P - 1 + i))
+        logits <- control_logits(logits, prompt + new tokens, ...)   # penalties, bans
         token  <- next_token(logits, i, temperature, top_k, top_p, seed)
-        stop a row at the end-of-text token; stop all when every row has
+        stop a row at the end-of-text token (or a stop id); stop all when every row has
 
 All shapes are static inside the loop (the cache is allocated for
 `P + max_new_tokens` positions), so the loop compiles with XLA.
