@@ -14,6 +14,9 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
 
 - CausalLM `generate` (also `serving_default`): prompts, max_new_tokens,
   temperature, top_k, top_p, seed -> text, num_tokens, prompt_truncated.
+  `generate_with_controls`: the same inputs and repetition_penalty, no_repeat_ngram_size,
+  min_new_tokens, stop_token_ids, num_return_sequences -> the same outputs, with
+  num_return_sequences rows per prompt (adjacent).
   `beam_search`: prompts, max_new_tokens, length_penalty -> the same.
   `score`: text -> log_likelihood, perplexity, num_tokens, truncated.
 - MaskedLM `fill_mask`: text (with "[MASK]"; the first is filled), top_k -> tokens, scores,
@@ -32,6 +35,8 @@ from tflm.generation import CausalDecoder, left_pad
 STRINGS = tf.TensorSpec([None], tf.string)
 INT = tf.TensorSpec([], tf.int32)
 FLOAT = tf.TensorSpec([], tf.float32)
+INTS = tf.TensorSpec([None], tf.int32)
+SEED = tf.TensorSpec([], tf.int64)
 
 
 def _truncate_rows(ids, limit, keep="start"):
@@ -152,7 +157,7 @@ class CausalLMServing(tf.Module):
         return {"text": _valid_utf8(self.tokenizer.detokenize(rows)), "num_tokens": lengths,
                 "prompt_truncated": truncated}
 
-    @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, tf.TensorSpec([], tf.int64)])
+    @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, SEED])
     def generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed):
         """Continues each prompt (greedy at temperature 0; else sampled, reproducibly per seed).
 
@@ -169,6 +174,48 @@ class CausalLMServing(tf.Module):
             top_p: in (0, 1]; nucleus sampling; 1 is no limit.
             seed: any int64 (negative too); the same seed and prompt give the same text.
         """
+        return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+
+    @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, SEED, FLOAT, INT, INT, INTS,
+                                  INT])
+    def generate_with_controls(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                               repetition_penalty, no_repeat_ngram_size, min_new_tokens,
+                               stop_token_ids, num_return_sequences):
+        """`generate` with the decoding controls (`tflm.generation.control_logits`); at
+        1, 0, 0, [] and 1 it answers as `generate`.
+
+        Args:
+            prompts, max_new_tokens, temperature, top_k, top_p, seed: as in `generate`.
+            repetition_penalty: finite, > 0; 1 is off; > 1 discourages the tokens of the
+                prompt and of the text so far.
+            no_repeat_ngram_size: >= 0; 0 is off; no n-gram of this size appears twice in
+                prompt + text.
+            min_new_tokens: >= 0; end-of-text and stop ids are excluded until this many
+                tokens are generated.
+            stop_token_ids: token ids (in [0, vocabulary size)) that end a row like
+                end-of-text, but are not returned in its text nor counted in num_tokens.
+            num_return_sequences: >= 1 texts per prompt, each with its own noise (alike
+                when greedy); a prompt's texts are adjacent rows of every output.
+        """
+        vocabulary_size = self.model.backbone.vocabulary_size
+        check_parameter((repetition_penalty > 0.0) & tf.math.is_finite(repetition_penalty),
+                        "repetition_penalty", repetition_penalty, "must be finite and > 0 (1: off)")
+        check_parameter(no_repeat_ngram_size >= 0, "no_repeat_ngram_size", no_repeat_ngram_size,
+                        "must be >= 0 (0: off)")
+        check_parameter(min_new_tokens >= 0, "min_new_tokens", min_new_tokens,
+                        "must be >= 0 (0: off)")
+        check_parameter(tf.reduce_all((stop_token_ids >= 0) & (stop_token_ids < vocabulary_size)),
+                        "stop_token_ids", stop_token_ids,
+                        f"must be token ids in [0, {vocabulary_size})")
+        check_parameter(num_return_sequences >= 1, "num_return_sequences", num_return_sequences,
+                        "must be at least 1")
+        return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                              num_return_sequences, repetition_penalty=repetition_penalty,
+                              no_repeat_ngram_size=no_repeat_ngram_size,
+                              min_new_tokens=min_new_tokens, stop_token_ids=stop_token_ids)
+
+    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                  num_return_sequences=1, **controls):
         check_parameter((temperature >= 0.0) & tf.math.is_finite(temperature), "temperature",
                         temperature, "must be finite and >= 0 (0: greedy)")
         check_parameter(top_k >= 0, "top_k", top_k, "must be >= 0 (0: no limit)")
@@ -178,8 +225,8 @@ class CausalLMServing(tf.Module):
 
         def decode():
             tokens, lengths = self._sample(*self._left_padded(ids), steps, temperature,
-                                           top_k, top_p, seed)
-            return self._finish(tokens, lengths, truncated)
+                                           top_k, top_p, seed, num_return_sequences, **controls)
+            return self._finish(tokens, lengths, tf.repeat(truncated, num_return_sequences))
 
         return unless_empty(tf.size(prompts), decode, self._no_rows)
 
@@ -222,6 +269,7 @@ class CausalLMServing(tf.Module):
     def signatures(self):
         generate = self.generate.get_concrete_function()
         return {"serving_default": generate, "generate": generate,
+                "generate_with_controls": self.generate_with_controls.get_concrete_function(),
                 "beam_search": self.beam_search.get_concrete_function(),
                 "score": self.score.get_concrete_function()}
 

@@ -12,8 +12,9 @@ each new token costs one position:
     token <- prompt[:, -1]
     for i in range(max_new_tokens):                        # one tf.while_loop
         logits <- head(backbone(token, cache at P - 1 + i))
+        logits <- control_logits(logits, prompt + new tokens, ...)   # penalties, bans
         token  <- next_token(logits, i, temperature, top_k, top_p, seed)
-        stop a row at the end-of-text token; stop all when every row has
+        stop a row at the end-of-text token (or a stop id); stop all when every row has
 
 All shapes are static inside the loop (the cache is allocated for
 `P + max_new_tokens` positions), so the loop compiles with XLA.
@@ -27,7 +28,12 @@ shortest prompt leaves.
 
 import tensorflow as tf
 
-from tflm.generation.sampling import next_token, prompt_keys
+from tflm.generation.sampling import control_logits, is_any, next_token, prompt_keys
+
+# The controls of `control_logits`, as keyword arguments of the decoders, and their defaults
+# (which change nothing).
+CONTROLS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0,
+            "stop_token_ids": ()}
 
 
 def left_pad(prompts, pad_id):
@@ -64,19 +70,43 @@ class _Decoder(tf.Module):
     def _logits(self, hidden):
         return self.backbone.token_embedding(hidden, reverse=True)
 
-    def _sample_loop(self, step, state, token, room, max_new_tokens, temperature, top_k, top_p,
-                     seed, keys):
-        """`(tokens, lengths)` of `step`'s rows, each of which holds `room` new tokens."""
+    def _controls(self, controls):
+        """The logits controls (see `control_logits`) as tensors, with their defaults."""
+        unknown = set(controls) - set(CONTROLS)
+        if unknown:
+            raise TypeError(f"Unknown decoding controls: {', '.join(sorted(unknown))}; "
+                            f"expected some of {', '.join(CONTROLS)}.")
+        values = dict(CONTROLS, **controls)
+        values["stop_token_ids"] = tf.reshape(
+            tf.cast(tf.convert_to_tensor(values["stop_token_ids"], tf.int32), tf.int32), [-1])
+        return values
+
+    def _history(self, context, generated, i):
+        """`(rows, W + T)` ids for `control_logits`: the context, then the `i` tokens
+        generated so far; -1 where no token is."""
+        generated = tf.where(tf.range(tf.shape(generated)[1]) < i, generated, -1)
+        return tf.concat([context, generated], axis=1)
+
+    def _sample_loop(self, step, state, token, room, context, max_new_tokens, temperature, top_k,
+                     top_p, seed, keys, controls):
+        """`(tokens, lengths)` of `step`'s rows, each of which holds `room` new tokens;
+        `context` `(rows, W)`: each row's ids before the new ones (-1: none)."""
+        controls = self._controls(controls)
+        stop_ids = controls["stop_token_ids"]
         batch = tf.shape(token)[0]
         output = tf.fill([batch, max_new_tokens], self.pad_id)
+        width = tf.shape(context)[1]
 
         def body(i, token, state, output, done):
             logits, state = step(token, i, state)
+            logits = control_logits(logits, self._history(context, output, i), width + i, i,
+                                     self.end_id, **controls)
             chosen = next_token(logits, i, temperature, top_k, top_p, seed, keys)
             chosen = tf.where(done, self.pad_id, chosen)
             output = tf.tensor_scatter_nd_update(
                 output, tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1), chosen)
-            done = done | tf.equal(chosen, self.end_id) | (i + 1 >= room)
+            done = (done | tf.equal(chosen, self.end_id) | is_any(chosen, stop_ids)
+                    | (i + 1 >= room))
             return i + 1, chosen, state, output, done
 
         def keep_going(i, token, state, output, done):
@@ -87,24 +117,48 @@ class _Decoder(tf.Module):
             keep_going, body, (tf.constant(0), token, state, output, room <= 0),
             maximum_iterations=max_new_tokens,
         )
-        return output, self._lengths(output, room)
+        return self._drop_stop_tokens(output, self._lengths(output, room, stop_ids), stop_ids)
 
-    def _lengths(self, output, room):
-        """New tokens per row: up to and including the first end-of-text, or its room."""
-        is_end = tf.equal(output, self.end_id)
+    def _lengths(self, output, room, stop_ids):
+        """New tokens per row: up to and including the first end-of-text (or stop id), or its
+        room."""
+        is_end = tf.equal(output, self.end_id) | is_any(output, stop_ids)
         first_end = tf.argmax(tf.cast(is_end, tf.int32), axis=1, output_type=tf.int32)
         has_end = tf.reduce_any(is_end, axis=1)
         return tf.where(has_end, first_end + 1,
                         tf.clip_by_value(room, 0, tf.shape(output)[1]))
 
-    def _beam_loop(self, step, state, token, room, max_new_tokens, num_beams, length_penalty,
-                   return_scores):
+    def _drop_stop_tokens(self, tokens, lengths, stop_ids):
+        """`(tokens, lengths)` without a stop id that ends a row: it becomes padding, and the
+        length does not count it (an end-of-text id stays)."""
+        last = tf.maximum(lengths - 1, 0)
+        stopped = (lengths > 0) & is_any(tf.gather(tokens, last, batch_dims=1), stop_ids)
+        drop = stopped[:, None] & tf.equal(tf.range(tf.shape(tokens)[1]), last[:, None])
+        return tf.where(drop, self.pad_id, tokens), lengths - tf.cast(stopped, lengths.dtype)
+
+    @staticmethod
+    def _copies(t, count):
+        """`(rows, ...)` -> `(rows * count, ...)`, the copies of a row adjacent."""
+        return tf.repeat(t, count, axis=0)
+
+    @staticmethod
+    def _copy_keys(keys, count):
+        """Each row's `keys` repeated `count` times, each copy its own noise (copy 0 the
+        row's own key, so one copy draws as the row alone)."""
+        copy = tf.tile(tf.range(count, dtype=tf.int64), [tf.shape(keys)[0]])
+        return tf.repeat(keys, count) + copy
+
+    def _beam_loop(self, step, state, token, room, context, max_new_tokens, num_beams,
+                   length_penalty, return_scores, num_return_sequences, controls):
         """Beam search over `step`'s rows: `num_beams` adjacent rows per input row, all
-        alike at the start; `room` `(rows,)` as in `_sample_loop`."""
+        alike at the start; `room` `(rows,)` and `context` as in `_sample_loop`."""
+        controls = self._controls(controls)
+        stop_ids = controls["stop_token_ids"]
         length_penalty = tf.cast(length_penalty, tf.float32)
         beams, vocab = num_beams, self.backbone.vocabulary_size
         batch = tf.shape(token)[0] // beams
         room = tf.reshape(room, [batch, beams])
+        width = tf.shape(context)[1]
         # Only the first beam is alive at the start: the others would duplicate it.
         scores = tf.tile(tf.constant([[0.0] + [-1e9] * (beams - 1)]), [batch, 1])
         tokens = tf.fill([batch, beams, max_new_tokens], self.pad_id)
@@ -115,7 +169,9 @@ class _Decoder(tf.Module):
 
         def body(i, token, state, scores, tokens, finished, lengths):
             logits, state = step(token, i, state)
-            log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+            history = self._history(context, tf.reshape(tokens, [batch * beams, -1]), i)
+            logits = control_logits(logits, history, width + i, i, self.end_id, **controls)
+            log_probs = tf.nn.log_softmax(logits, axis=-1)
             log_probs = tf.reshape(log_probs, [batch, beams, vocab])
             log_probs = tf.where(finished[:, :, None], pad_only, log_probs)
             candidates = tf.reshape(scores[:, :, None] + log_probs, [batch, beams * vocab])
@@ -125,7 +181,7 @@ class _Decoder(tf.Module):
             finished = tf.gather(finished, origin, batch_dims=1)
             lengths = tf.gather(lengths, origin, batch_dims=1)
             tokens = tf.where(tf.range(max_new_tokens) == i, chosen[:, :, None], tokens)
-            ends_now = ~finished & tf.equal(chosen, self.end_id)
+            ends_now = ~finished & (tf.equal(chosen, self.end_id) | is_any(chosen, stop_ids))
             lengths = tf.where(ends_now, i + 1, lengths)
             # A hypothesis out of positions ends here: its length is its room already.
             finished = finished | ends_now | (i + 1 >= room)
@@ -143,10 +199,19 @@ class _Decoder(tf.Module):
         )
         normalizer = tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, length_penalty)
         normalized = scores / normalizer
-        best = tf.argmax(normalized, axis=1, output_type=tf.int32)
-        result = (tf.gather(tokens, best, batch_dims=1), tf.gather(lengths, best, batch_dims=1))
+        # The best `num_return_sequences` hypotheses of each row, best first (ties: lower beam).
+        count = tf.cast(num_return_sequences, tf.int32)
+        tf.debugging.assert_less_equal(count, beams, message=(
+            f"num_return_sequences must be at most num_beams ({beams})"))
+        ranked = tf.math.top_k(normalized, k=beams).indices[:, :count]
+
+        def best(t):  # (batch, beams, ...) -> (batch * count, ...)
+            t = tf.gather(t, ranked, batch_dims=1)
+            return tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], axis=0))
+
+        result = self._drop_stop_tokens(best(tokens), best(lengths), stop_ids)
         if return_scores:
-            result += (tf.gather(normalized, best, batch_dims=1),)
+            result += (best(normalized),)
         return result
 
 
@@ -200,8 +265,8 @@ class CausalDecoder(_Decoder):
         return cache, key_mask
 
     def _start(self, ids, mask, positions, max_new_tokens):
-        """`(step, cache, token, room)` for `_Decoder`'s loops: the prompts prefilled, each
-        step one new position."""
+        """`(step, cache, token, room, context)` for `_Decoder`'s loops: the prompts
+        prefilled, each step one new position; the context is the prompt."""
         width = tf.shape(ids)[1]
         cache, key_mask = self._prefill(ids, mask, positions, max_new_tokens)
         last_position = positions[:, -1]
@@ -212,9 +277,11 @@ class CausalDecoder(_Decoder):
                 positions=self._step_positions(last_position, i))
             return self._logits(hidden)[:, 0], cache
 
-        return step, cache, ids[:, -1], self._room(last_position)
+        context = tf.where(mask > 0, ids, -1)
+        return step, cache, ids[:, -1], self._room(last_position), context
 
-    def sample(self, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+    def sample(self, prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0,
+               num_return_sequences=1, **controls):
         """Greedy or sampled continuations.
 
         Args:
@@ -222,24 +289,35 @@ class CausalDecoder(_Decoder):
             max_new_tokens: how many tokens to add at most (fewer where the
                 model's positions end first).
             temperature, top_k, top_p, seed: see `next_token`.
+            num_return_sequences: >= 1 continuations per prompt, each with its own
+                noise (copy 0 draws as the prompt alone); they are alike when greedy.
+            **controls: `repetition_penalty`, `no_repeat_ngram_size`, `min_new_tokens`,
+                `stop_token_ids`: see `control_logits` (the context of a row is its prompt
+                and new tokens). A row stops after a stop id as after end-of-text, but the
+                stop id is not returned (it is padding, and not counted in the length).
+            All but `num_beams` may be tensors: one traced loop serves every setting.
 
         Returns:
-            `(tokens, lengths)`: `(batch, max_new_tokens)` new ids (padded with
-            `pad_id` after a row's end-of-text, which is included, or its last
-            position), and the number of new tokens per row (end-of-text counted).
+            `(tokens, lengths)`: `(batch * num_return_sequences, max_new_tokens)` new ids
+            (a prompt's rows adjacent; padded with `pad_id` after a row's end-of-text,
+            which is included, or its last position), and the number of new tokens per
+            row (end-of-text counted).
         """
         return self.sample_padded(*left_pad(prompts, self.pad_id), max_new_tokens, temperature,
-                                  top_k, top_p, seed)
+                                  top_k, top_p, seed, num_return_sequences, **controls)
 
     def sample_padded(self, ids, mask, positions, keys, max_new_tokens, temperature=0.0, top_k=0,
-                      top_p=1.0, seed=0):
+                      top_p=1.0, seed=0, num_return_sequences=1, **controls):
         """`sample` on `left_pad`'s output: dense tensors only, so it compiles with XLA."""
         max_new_tokens = tf.cast(max_new_tokens, tf.int32)
+        count = tf.cast(num_return_sequences, tf.int32)
+        ids, mask, positions = (self._copies(t, count) for t in (ids, mask, positions))
         return self._sample_loop(*self._start(ids, mask, positions, max_new_tokens),
-                                 max_new_tokens, temperature, top_k, top_p, seed, keys)
+                                 max_new_tokens, temperature, top_k, top_p, seed,
+                                 self._copy_keys(keys, count), controls)
 
     def beam_search(self, prompts, max_new_tokens, num_beams=4, length_penalty=0.6,
-                    return_scores=False):
+                    return_scores=False, num_return_sequences=1, **controls):
         """The most likely continuation under GNMT length normalization.
 
         `num_beams` hypotheses per prompt; each step keeps the `num_beams`
@@ -254,17 +332,22 @@ class CausalDecoder(_Decoder):
         its one-beam search is not greedy; and its sampling module draws
         with stateful RNG, which a served model cannot reseed.)
 
-        `num_beams` is a Python integer (it fixes shapes).
+        `num_beams` is a Python integer (it fixes shapes). The `controls` (see `sample`)
+        act on the logits before their log-softmax, so the scores are of the controlled
+        distribution. (Hugging Face applies them to the log-probabilities in beam search.)
 
         Returns:
-            `(tokens, lengths)` of the best hypothesis, as `sample` returns them;
-            with `return_scores`, also its normalized score `(batch,)`.
+            `(tokens, lengths)` of the `num_return_sequences` (at most `num_beams`) best
+            hypotheses of each prompt, best first, as `sample` returns them; with
+            `return_scores`, also their normalized scores `(batch * num_return_sequences,)`.
         """
         return self.beam_search_padded(*left_pad(prompts, self.pad_id), max_new_tokens,
-                                       num_beams, length_penalty, return_scores)
+                                       num_beams, length_penalty, return_scores,
+                                       num_return_sequences, **controls)
 
     def beam_search_padded(self, ids, mask, positions, keys, max_new_tokens, num_beams=4,
-                           length_penalty=0.6, return_scores=False):
+                           length_penalty=0.6, return_scores=False, num_return_sequences=1,
+                           **controls):
         """`beam_search` on `left_pad`'s output: dense tensors only, so it compiles with XLA."""
         del keys  # deterministic: no noise
         max_new_tokens = tf.cast(max_new_tokens, tf.int32)
@@ -274,7 +357,8 @@ class CausalDecoder(_Decoder):
 
         return self._beam_loop(
             *self._start(expand(ids), expand(mask), expand(positions), max_new_tokens),
-            max_new_tokens, num_beams, length_penalty, return_scores)
+            max_new_tokens, num_beams, length_penalty, return_scores, num_return_sequences,
+            controls)
 
 
 def right_pad(sources, pad_id):
@@ -324,12 +408,14 @@ class Seq2SeqDecoder(_Decoder):
         """`max_new_tokens` capped at what the decoder's positions hold."""
         return tf.minimum(tf.cast(max_new_tokens, tf.int32), self.backbone.max_sequence_length)
 
-    def _start(self, ids, mask, max_new_tokens, num_beams=1):
-        """`(step, cache, token, room)` for `_Decoder`'s loops, `num_beams` rows per source."""
+    def _start(self, ids, mask, max_new_tokens, copies=1):
+        """`(step, cache, token, room, context)` for `_Decoder`'s loops, `copies` rows per
+        source (adjacent, as `_beam_loop` reads beams); the context is empty (a target's
+        history is its own tokens)."""
         decoder = self.backbone.decoder
         cross = decoder.cross_attention_caches(self.backbone.encode(ids, mask, training=False))
-        if num_beams > 1:  # beams of a source adjacent, as `_beam_loop` reads them
-            cross, mask = tf.repeat(cross, num_beams, axis=0), tf.repeat(mask, num_beams, axis=0)
+        if not isinstance(copies, int) or copies > 1:
+            cross, mask = self._copies(cross, copies), self._copies(mask, copies)
         rows = tf.shape(mask)[0]
 
         def step(token, i, cache):
@@ -339,32 +425,40 @@ class Seq2SeqDecoder(_Decoder):
             return self._logits(hidden)[:, 0], cache
 
         return (step, decoder.init_cache(rows, max_new_tokens), tf.fill([rows], self.start_id),
-                tf.fill([rows], self.backbone.max_sequence_length))
+                tf.fill([rows], self.backbone.max_sequence_length), tf.zeros([rows, 0], tf.int32))
 
-    def sample(self, sources, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0):
+    def sample(self, sources, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0,
+               num_return_sequences=1, **controls):
         """Greedy or sampled targets of ragged `(batch, None)` source ids (each at least one
-        token); arguments and results as `CausalDecoder.sample`. A row's draws depend on its
-        source, the seed and the step only."""
+        token); arguments and results as `CausalDecoder.sample` (the context of the controls
+        is the target generated so far; the encoder runs once per source). A row's draws
+        depend on its source, its copy, the seed and the step only."""
         return self.sample_padded(*right_pad(sources, self.pad_id), max_new_tokens, temperature,
-                                  top_k, top_p, seed)
+                                  top_k, top_p, seed, num_return_sequences, **controls)
 
     def sample_padded(self, ids, mask, keys, max_new_tokens, temperature=0.0, top_k=0,
-                      top_p=1.0, seed=0):
+                      top_p=1.0, seed=0, num_return_sequences=1, **controls):
         """`sample` on `right_pad`'s output: dense tensors only, so it compiles with XLA."""
         max_new_tokens = tf.cast(max_new_tokens, tf.int32)
-        return self._sample_loop(*self._start(ids, mask, max_new_tokens), max_new_tokens,
-                                 temperature, top_k, top_p, seed, keys)
+        count = tf.cast(num_return_sequences, tf.int32)
+        return self._sample_loop(*self._start(ids, mask, max_new_tokens, count), max_new_tokens,
+                                 temperature, top_k, top_p, seed, self._copy_keys(keys, count),
+                                 controls)
 
     def beam_search(self, sources, max_new_tokens, num_beams=4, length_penalty=0.6,
-                    return_scores=False):
-        """The most likely target of each source, as `CausalDecoder.beam_search` ranks them."""
+                    return_scores=False, num_return_sequences=1, **controls):
+        """The most likely targets of each source, as `CausalDecoder.beam_search` ranks and
+        returns them."""
         return self.beam_search_padded(*right_pad(sources, self.pad_id), max_new_tokens,
-                                       num_beams, length_penalty, return_scores)
+                                       num_beams, length_penalty, return_scores,
+                                       num_return_sequences, **controls)
 
     def beam_search_padded(self, ids, mask, keys, max_new_tokens, num_beams=4,
-                           length_penalty=0.6, return_scores=False):
+                           length_penalty=0.6, return_scores=False, num_return_sequences=1,
+                           **controls):
         """`beam_search` on `right_pad`'s output: dense tensors only, so it compiles with XLA."""
         del keys  # deterministic: no noise
         max_new_tokens = tf.cast(max_new_tokens, tf.int32)
         return self._beam_loop(*self._start(ids, mask, max_new_tokens, num_beams),
-                               max_new_tokens, num_beams, length_penalty, return_scores)
+                               max_new_tokens, num_beams, length_penalty, return_scores,
+                               num_return_sequences, controls)

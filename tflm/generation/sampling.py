@@ -69,3 +69,78 @@ def prompt_keys(prompts):
     """`(batch,)` int64 keys of ragged prompt ids: equal prompts, equal keys."""
     text = tf.strings.reduce_join(tf.strings.as_string(prompts), axis=1, separator=",")
     return tf.strings.to_hash_bucket_fast(text, 2**62)
+
+
+def is_any(ids, candidates):
+    """Whether each of the int `ids` is one of the 1-D `candidates` (False where none)."""
+    return tf.reduce_any(tf.equal(ids[..., None], tf.cast(candidates, ids.dtype)), axis=-1)
+
+
+def _mark(history, flags, vocab):
+    """`(rows, vocab)` float32: 1 at the token `history[r, j]` wherever `flags[r, j]`, else 0."""
+    rows, width = tf.shape(history)[0], tf.shape(history)[1]
+    row = tf.repeat(tf.range(rows), width)
+    indices = tf.stack([row, tf.maximum(tf.reshape(history, [-1]), 0)], axis=1)
+    return tf.tensor_scatter_nd_max(tf.zeros([rows, vocab]), indices,
+                                    tf.cast(tf.reshape(flags, [-1]), tf.float32))
+
+
+def control_logits(logits, history, length, step, end_id, repetition_penalty=1.0,
+                   no_repeat_ngram_size=0, min_new_tokens=0, stop_token_ids=()):
+    """The `(rows, vocab)` float32 logits of the next token under the decoding controls.
+
+    Each control is a tensor (one compiled loop serves every setting), and its default
+    leaves the logits unchanged; those that cost a pass over the history run only when set.
+
+    Args:
+        logits: the model's scores of the next token.
+        history: `(rows, L)` int32: each row's context (for a causal LM its prompt, for an
+            encoder-decoder nothing) and the tokens generated so far, -1 where none
+            (padding, or the steps to come); its first `length` columns hold the sequence
+            the next token extends.
+        length: scalar int32; see `history`.
+        step: how many tokens were generated before this one.
+        end_id: the end-of-text id.
+        repetition_penalty: > 0; 1 is off. Every token of the row's history has its logit
+            divided by it where positive, multiplied by it where not (CTRL's rule, as
+            Hugging Face's `RepetitionPenaltyLogitsProcessor`): > 1 discourages repeats.
+        no_repeat_ngram_size: >= 0; 0 is off. A token that would complete an n-gram of this
+            size already in the row's history is excluded (Hugging Face's
+            `NoRepeatNGramLogitsProcessor`).
+        min_new_tokens: >= 0; until this many tokens are generated, `end_id` and the
+            `stop_token_ids` are excluded.
+        stop_token_ids: 1-D int ids that end a row like `end_id` (see the decoders).
+    """
+    logits = tf.cast(logits, tf.float32)
+    vocab = tf.shape(logits)[-1]
+    penalty = tf.cast(repetition_penalty, tf.float32)
+    size = tf.cast(no_repeat_ngram_size, tf.int32)
+
+    def penalize():
+        seen = _mark(history, history >= 0, vocab) > 0
+        return tf.where(seen, tf.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+    def ban_repeated_ngrams():
+        # An n-gram starting at column s of the history repeats if its first n - 1 tokens are
+        # the last n - 1 of the sequence: then its n-th token (column s + n - 1) is banned.
+        width = tf.shape(history)[1]
+        starts = tf.range(width)
+        suffix = length - (size - 1)
+
+        def compare(k, match):
+            earlier = tf.gather(history, tf.minimum(starts + k, width - 1), axis=1)
+            last = history[:, tf.maximum(suffix + k, 0)][:, None]
+            return k + 1, match & tf.equal(earlier, last) & (last >= 0)
+
+        valid = (starts + size - 1 < length) & (suffix >= 0)
+        _, match = tf.while_loop(lambda k, match: k < size - 1, compare,
+                                 (tf.constant(0), tf.tile(valid[None], [tf.shape(history)[0], 1])))
+        banned = tf.gather(history, tf.minimum(starts + size - 1, width - 1), axis=1)
+        return tf.where(_mark(banned, match & (banned >= 0), vocab) > 0, -float("inf"), logits)
+
+    logits = tf.cond(tf.not_equal(penalty, 1.0), penalize, lambda: logits)
+    logits = tf.cond(size > 0, ban_repeated_ngrams, lambda: logits)
+    ending = is_any(tf.range(vocab), tf.concat(
+        [[end_id], tf.reshape(tf.cast(stop_token_ids, tf.int32), [-1])], axis=0))
+    too_soon = tf.cast(step, tf.int32) < tf.cast(min_new_tokens, tf.int32)
+    return tf.where(too_soon & ending[None], -float("inf"), logits)
