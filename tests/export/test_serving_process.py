@@ -101,7 +101,7 @@ REQUESTS = [
 ]
 
 SIGNATURE_NAMES = {
-    "causal": ["beam_search", "generate", "score", "serving_default"],
+    "causal": ["beam_search", "generate", "generate_with_controls", "score", "serving_default"],
     "masked": ["encode", "fill_mask", "serving_default"],
     "classifier": ["classify", "serving_default"],
     "wordpiece": ["classify", "serving_default"],

@@ -46,6 +46,14 @@ SIGNATURES = {
          "top_k": ("int32", 0), "top_p": ("float32", 0), "seed": ("int64", 0)},
         {"text": "string", "num_tokens": "int32", "prompt_truncated": "bool"},
     ),
+    "generate_with_controls": (
+        {"prompts": ("string", 1), "max_new_tokens": ("int32", 0), "temperature": ("float32", 0),
+         "top_k": ("int32", 0), "top_p": ("float32", 0), "seed": ("int64", 0),
+         "repetition_penalty": ("float32", 0), "no_repeat_ngram_size": ("int32", 0),
+         "min_new_tokens": ("int32", 0), "stop_token_ids": ("int32", 1),
+         "num_return_sequences": ("int32", 0)},
+        {"text": "string", "num_tokens": "int32", "prompt_truncated": "bool"},
+    ),
     "beam_search": (
         {"prompts": ("string", 1), "max_new_tokens": ("int32", 0),
          "length_penalty": ("float32", 0)},

@@ -49,6 +49,12 @@ class CausalLMTask(Task):
             ("generate", {"prompts": WARMUP_TEXT, "max_new_tokens": np.int32(4),
                           "temperature": np.float32(0.0), "top_k": np.int32(0),
                           "top_p": np.float32(1.0), "seed": np.int64(0)}),
+            ("generate_with_controls", {
+                "prompts": WARMUP_TEXT, "max_new_tokens": np.int32(4),
+                "temperature": np.float32(0.0), "top_k": np.int32(0), "top_p": np.float32(1.0),
+                "seed": np.int64(0), "repetition_penalty": np.float32(1.2),
+                "no_repeat_ngram_size": np.int32(2), "min_new_tokens": np.int32(1),
+                "stop_token_ids": np.zeros([0], np.int32), "num_return_sequences": np.int32(2)}),
             ("beam_search", {"prompts": WARMUP_TEXT, "max_new_tokens": np.int32(4),
                              "length_penalty": np.float32(0.6)}),
             ("score", {"text": WARMUP_TEXT}),
