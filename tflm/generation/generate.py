@@ -7,12 +7,13 @@ Example:
 import tensorflow as tf
 
 from tflm.generation.decoding import CausalDecoder, left_pad
+from tflm.generation.stop_strings import cut_at_stop_strings
 
 
 def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=1.0, seed=0,
              num_beams=1, length_penalty=0.6, tokenizer=None, end_id=None, jit_compile=True,
              num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
-             min_new_tokens=0, stop_token_ids=()):
+             min_new_tokens=0, stop_token_ids=(), stop_strings=()):
     """Continues each prompt of the `CausalLM` `model`: greedy, sampled
     (temperature/top-k/top-p) or beam search.
 
@@ -31,6 +32,8 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
         repetition_penalty, no_repeat_ngram_size, min_new_tokens, stop_token_ids: see
             `tflm.generation.control_logits` (defaults: off). A stop id ends a row but is
             not returned.
+        stop_strings: with a tokenizer, each text ends where the first of these starts
+            (not returned; see `cut_at_stop_strings`).
 
     Returns:
         The continuations: strings with a tokenizer, else lists of ids
@@ -97,5 +100,8 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
                                                                 shape=[len(stop_token_ids)])})
     rows = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
     if tokenizer is None:
+        if stop_strings:
+            raise ValueError("stop_strings need a tokenizer (to find them in the text).")
         return rows.to_list()
-    return [t.decode("utf-8", "replace") for t in tokenizer.detokenize(rows).numpy()]
+    text, _ = cut_at_stop_strings(tokenizer.detokenize(rows), list(stop_strings))
+    return [t.decode("utf-8", "replace") for t in text.numpy()]
