@@ -7,5 +7,5 @@ from tflm.generation.generate import generate
 from tflm.generation.sampling import control_logits, next_token, prompt_keys
 from tflm.generation.stop_strings import cut_at_stop_strings
 
-__all__ = ["CausalDecoder", "Seq2SeqDecoder", "control_logits", "cut_at_stop_strings", "generate", "left_pad",
-           "next_token", "prompt_keys", "right_pad"]
+__all__ = ["CausalDecoder", "Seq2SeqDecoder", "control_logits", "cut_at_stop_strings",
+           "generate", "left_pad", "next_token", "prompt_keys", "right_pad"]
