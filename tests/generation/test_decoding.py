@@ -137,7 +137,8 @@ def test_generate_with_a_tokenizer_traces_once_and_xla_agrees():
     assert plain == compiled and len(plain) == 3 and all(isinstance(t, str) for t in plain)
     generate(model, ["other prompts", "of other length"], max_new_tokens=9, tokenizer=tokenizer,
                    jit_compile=False)
-    function = model._generate_functions[(tokenizer.end_of_text_id, 0, 1, False)]
+    key = ("CausalDecoder", None, tokenizer.end_of_text_id, 0, 1, False)
+    function = model._generate_functions[key]
     assert function.experimental_get_tracing_count() == 1
     beams = generate(model, texts, max_new_tokens=6, tokenizer=tokenizer, num_beams=1)
     assert beams == plain

@@ -95,3 +95,30 @@ def test_sampling_is_seeded_per_source_and_top_k_one_is_greedy(model):
     greedy, _ = decoder.sample(sources, 8)
     top_one, _ = decoder.sample(sources, 8, temperature=2.0, top_k=1, seed=3)
     np.testing.assert_array_equal(top_one.numpy(), greedy.numpy())
+
+
+def test_generate_reads_sources_as_training_does_and_returns_the_decoders_text():
+    from tflm.data import ByteTokenizer
+    from tflm.generation import generate
+    from tflm.tasks.seq2seq import encode_seq2seq
+
+    tokenizer = ByteTokenizer()
+    keras.utils.set_random_seed(1)
+    byte_model = Seq2SeqLM(Seq2SeqBackbone(
+        vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=8, dropout=0.0, attention_dropout=0.0))
+    sources = ["abc", "a longer source than eight", ""]
+    texts = generate(byte_model, sources, max_new_tokens=5, tokenizer=tokenizer,
+                     jit_compile=False, num_beams=2, stop_strings=["\x00"])
+    # The encoder rows of training (cut to 8 with [end] kept), decoded by the decoder.
+    features, _, _ = encode_seq2seq(tokenizer, tf.constant(sources), tf.constant(["", "", ""]),
+                                    8, 2)
+    rows = tf.RaggedTensor.from_tensor(features["encoder_token_ids"],
+                                       lengths=tf.reduce_sum(features["encoder_padding_mask"], 1))
+    start, end = tokenizer.cls_id, tokenizer.end_of_text_id
+    decoder = Seq2SeqDecoder(byte_model, start_id=start if start is not None else end,
+                             end_id=end)
+    tokens, lengths = decoder.beam_search(rows, max_new_tokens=5, num_beams=2)
+    expected = tokenizer.detokenize(tf.RaggedTensor.from_tensor(tokens, lengths=lengths))
+    expected = [t.split(b"\x00")[0].decode("utf-8", "replace") for t in expected.numpy()]
+    assert texts == expected and len(texts) == 3

@@ -154,3 +154,22 @@ def test_the_saved_model_gives_the_same_logits(trained):
     # --mode=eval restores the checkpoint and reports the same numbers.
     evaluated = run_experiment(config, str(model_dir), mode="eval", **QUIET)
     assert evaluated.eval_results == trainer.eval_results
+
+
+def test_tflm_generate_prints_the_target_of_each_source(trained, capsys):
+    from absl import flags
+
+    from tflm.cli import generate as generate_cli
+    from tflm.generation import generate
+
+    config, model_dir, trainer = trained
+    sources = ["abcdef", "jihgf"]
+    try:
+        flags.FLAGS(["tflm-generate", f"--model_dir={model_dir}", "--max_new_tokens=10",
+                     *[f"--prompt={s}" for s in sources]])
+        generate_cli.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == generate(trainer.model, sources, max_new_tokens=10,
+                             tokenizer=trainer.tokenizer)

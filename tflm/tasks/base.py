@@ -45,7 +45,7 @@ class Task(abc.ABC):
     name = ""
     model_class = None
     causal = False  # the attention direction when `model.causal` is unset
-    generates_text = False  # whether `tflm.generation.generate` continues its model's text
+    generates_text = False  # whether `tflm.generation.generate` writes text with its model
     # Whether `loss_sums` communicates across replicas (e.g. gathers in-batch negatives);
     # the trainer then runs the forward pass directly in the replica function.
     cross_replica_loss = False

@@ -51,6 +51,7 @@ from tflm.data.classification import (
     text_value,
 )
 from tflm.errors import TflmError
+from tflm.generation.decoding import seq2seq_tokens
 from tflm.models.factory import build_seq2seq_backbone
 from tflm.models.seq2seq_lm import Seq2SeqLM
 from tflm.tasks.base import Task
@@ -133,19 +134,6 @@ def seq2seq_records(config, split="train", stats=None):
 
 
 # -- In-graph encoding. -------------------------------------------------------------------------
-def seq2seq_tokens(tokenizer):
-    """`(start, end)` ids: [CLS] (else end-of-text) starts a target, end-of-text (else [SEP])
-    ends a source and a target."""
-    end = tokenizer.end_of_text_id
-    end = tokenizer.sep_id if end is None else end
-    start = tokenizer.cls_id
-    start = end if start is None else start
-    if end is None:
-        raise TflmError(f"The {tokenizer.kind} tokenizer has no end-of-text or [SEP] token to "
-                        "end a seq2seq source and target.")
-    return start, end
-
-
 def encode_seq2seq(tokenizer, sources, targets, source_length, target_length):
     """Tokenizes and pads `(batch,)` sources and targets into `Seq2SeqLM` rows, in-graph.
 
@@ -243,6 +231,7 @@ class Seq2SeqTask(Task):
     name = "seq2seq"
     model_class = Seq2SeqLM
     causal = False  # the encoder's direction; the decoder is causal by construction
+    generates_text = True
     config_keys = {"data": Seq2SeqData, "model": Seq2SeqModel}
 
     @classmethod
