@@ -251,6 +251,8 @@ OUT_OF_RANGE = {
     "multi_label_classification:model.threshold": ["0", "1"],
     "sentence_embedding:model.temperature": ["0"],
     "seq2seq:data.target_length": ["1"], "seq2seq:model.num_decoder_layers": ["-1"],
+    "seq2seq:data.eval_max_examples": ["-1"], "seq2seq:data.eval_num_beams": ["0"],
+    "seq2seq:data.eval_max_new_tokens": ["-1"],
     "denoising:data.target_length": ["1", "-1"], "denoising:model.num_decoder_layers": ["-1"],
     "denoising:data.noise_density": ["0", "1"], "denoising:data.mean_noise_span_length": ["0.5"],
     "denoising:data.num_sentinels": ["0"], "denoising:data.mask_ratio": ["-0.1", "1.5"],

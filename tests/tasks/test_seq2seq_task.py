@@ -1,14 +1,17 @@
 """The `seq2seq` task: batches of static shape whose rows, shift and weights match a Python
-reference; bad records named by file:line or counted; the tiny config trains through
-tflm-train's path (the loss falls) and evaluates; its saved model.keras gives the same
-logits and --mode=eval the same report."""
+reference, cuts counted; bad records named by file:line or counted; the tiny config trains
+through tflm-train's path (the loss falls) and evaluates, with generation metrics of
+decoding done here; its saved model.keras gives the same logits and --mode=eval the same
+report; a source and a target tokenizer each read their own side."""
 
+import copy
 import json
 import pathlib
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests")]
@@ -16,12 +19,16 @@ from labelled_fixtures import write_reversal_pairs  # noqa: E402
 
 from tflm.config import ConfigError  # noqa: E402
 from tflm.data.byte_tokenizer import ByteTokenizer  # noqa: E402
-from tflm.data.classification import LabelledDataError  # noqa: E402
+from tflm.data.classification import LabelledDataError, evaluation_order  # noqa: E402
+from tflm.data.tokenizers import TokenizerPair, make_tokenizer  # noqa: E402
 from tflm.data.stats import InputStats  # noqa: E402
 from tflm.experiment import load_experiment, run_experiment  # noqa: E402
+from tflm.generation import Seq2SeqDecoder  # noqa: E402
 from tflm.models import Seq2SeqLM  # noqa: E402
 from tflm.run_dir import RunDir, load_keras_model  # noqa: E402
 from tflm.tasks import get_task, task_for_model  # noqa: E402
+from tflm.tasks.seq2seq import seq2seq_records  # noqa: E402
+from tflm.training.text_metrics import generation_report  # noqa: E402
 
 TINY = str(REPO_ROOT / "configs" / "tiny_seq2seq.yaml")
 QUIET = dict(print_fn=lambda line: None)
@@ -154,6 +161,146 @@ def test_the_saved_model_gives_the_same_logits(trained):
     # --mode=eval restores the checkpoint and reports the same numbers.
     evaluated = run_experiment(config, str(model_dir), mode="eval", **QUIET)
     assert evaluated.eval_results == trainer.eval_results
+
+
+def test_cut_sources_and_targets_are_counted_for_real_rows_only(tmp_path):
+    records = [{"source": "a long source", "target": "a long target"},  # both cut
+               {"source": "abc", "target": "xy"},
+               {"source": "a long source", "target": "xy"}]             # the source cut
+    path = _write(tmp_path / "pairs.jsonl", records)
+    config = _config(path, "data.sequence_length=8,data.target_length=6,"
+                           "data.global_batch_size=2,data.eval_every_nth_document=0")
+    stats = InputStats()
+    # Two batches; the second's padding row repeats record 0, which is not counted again.
+    assert len(list(get_task(config).dataset(ByteTokenizer(), stats=stats,
+                                             training=False))) == 2
+    counts = stats.as_dict()
+    assert (counts["sources_truncated"], counts["targets_truncated"]) == (2, 1)
+
+
+def _byte_text(ids):
+    return bytes(i - ByteTokenizer.byte_offset for i in ids
+                 if i >= ByteTokenizer.byte_offset).decode("utf-8", "replace")
+
+
+def _decoded_here(config, model, num_beams, count):
+    """The held-out records in evaluation's order, and their targets decoded here from
+    Python-built byte rows (the source cut to data.sequence_length - 1 and [end])."""
+    tokenizer, data = ByteTokenizer(), config.data
+    records = seq2seq_records(config, "eval")
+    records = records.select(evaluation_order(len(records), config.runtime.seed)[:count])
+    end = tokenizer.end_of_text_id
+    sources = tf.ragged.constant([_byte_ids(s)[:data.sequence_length - 1] + [end]
+                                  for s in records.sources], tf.int32)
+    decoder = Seq2SeqDecoder(model, start_id=tokenizer.cls_id, end_id=end,
+                             pad_id=tokenizer.pad_id)
+    if num_beams > 1:
+        tokens, lengths = decoder.beam_search(sources, data.target_length, num_beams)
+    else:
+        tokens, lengths = decoder.sample(sources, data.target_length)
+    hypotheses = [_byte_text(row[:n]) for row, n in zip(tokens.numpy(), lengths.numpy())]
+    return records, hypotheses
+
+
+def test_evaluation_reports_the_metrics_of_the_decoded_targets(trained):
+    config, model_dir, trainer = trained
+    results = trainer.eval_results
+    records, hypotheses = _decoded_here(config, trainer.model, 1, config.data.eval_max_examples)
+    expected = generation_report(hypotheses, records.targets)
+    assert expected["examples"] == 20
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value) if isinstance(value, float) else \
+            results[key] == value, key
+    assert results["samples"][0] == {"source": records.sources[0],
+                                     "reference": records.targets[0],
+                                     "hypothesis": hypotheses[0]}
+    assert len(results["samples"]) == 5
+    saved = json.loads((model_dir / "eval_results.json").read_text())
+    assert saved["samples"] == results["samples"] and saved["bleu"] == results["bleu"]
+    # TensorBoard gets the numbers, not sacrebleu's signatures nor the samples.
+    tags = {value.tag for event_file in (model_dir / "eval").iterdir()
+            for event in tf.compat.v1.train.summary_iterator(str(event_file))
+            for value in event.summary.value}
+    assert {"bleu", "chrf", "rougeL", "exact_match", "perplexity"} <= tags
+    assert not tags & {"bleu_signature", "samples", "language"}
+
+
+def test_evaluation_decodes_with_beams_or_not_at_all(trained):
+    config, model_dir, trainer = trained
+
+    def report(**data_keys):
+        changed = copy.deepcopy(config)
+        for key, value in data_keys.items():
+            setattr(changed.data, key, value)
+        return get_task(changed).generation_report(trainer.model, trainer.tokenizer)
+
+    beams = report(eval_num_beams=3, eval_max_examples=6)
+    records, hypotheses = _decoded_here(config, trainer.model, 3, 6)
+    assert beams["examples"] == 6
+    assert beams["chrf"] == pytest.approx(generation_report(hypotheses, records.targets)["chrf"])
+    assert [s["hypothesis"] for s in beams["samples"]] == hypotheses[:5]
+    assert report(eval_max_examples=0) == {}
+
+
+def _wordpiece(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s", "big"]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return str(path), {token: i for i, token in enumerate(vocab)}
+
+
+def test_a_source_and_a_target_tokenizer_read_their_own_sides(tmp_path):
+    vocab_path, ids = _wordpiece(tmp_path)
+    path = _write(tmp_path / "pairs.jsonl", [{"source": "héllo", "target": "big worlds"}])
+    config = _config(path, f"data.target_tokenizer=wordpiece,data.target_vocab_path="
+                           f"{vocab_path},model.shared_embeddings=false,"
+                           "data.sequence_length=8,data.target_length=6,"
+                           "data.global_batch_size=1,data.eval_every_nth_document=0")
+    task = get_task(config)
+    pair = task.make_tokenizer()
+    assert isinstance(pair, TokenizerPair)
+    assert (pair.source.kind, pair.target.kind, pair.vocabulary_size) == ("byte", "wordpiece",
+                                                                        262)
+    features, labels, _ = next(iter(task.dataset(pair, training=False)))
+    # The source in bytes and the byte tokenizer's end; the target in word pieces, started
+    # by its [CLS] and ended by its [SEP] (it has no end-of-text).
+    source = _byte_ids("héllo") + [ByteTokenizer().end_of_text_id]
+    assert features["encoder_token_ids"][0].numpy().tolist() == source + [0] * 1
+    target = [ids["big"], ids["world"], ids["##s"]]
+    assert features["decoder_token_ids"][0].numpy().tolist() == [ids["[CLS]"]] + target + \
+        [0, 0]
+    assert labels[0].numpy().tolist() == target + [ids["[SEP]"], 0, 0]
+    # The pair goes to a model_dir's tokenizer/ and comes back.
+    run = RunDir(str(tmp_path / "run"))
+    run.save_tokenizer(pair)
+    loaded = run.load_tokenizer(config)
+    assert isinstance(loaded, TokenizerPair)
+    assert loaded.fingerprint() == pair.fingerprint()
+    assert (loaded.source.fingerprint(), loaded.target.fingerprint()) == \
+        (pair.source.fingerprint(), pair.target.fingerprint())
+    assert loaded.target.tokenize(["big worlds"]).to_list() == [target]
+
+
+def test_tokenizer_config_errors_name_the_key(tmp_path):
+    vocab_path, _ = _wordpiece(tmp_path)
+    with pytest.raises(ConfigError, match=r"^model.shared_embeddings=true needs one tokenizer"):
+        _config("p.jsonl", f"data.source_tokenizer=wordpiece,data.source_vocab_path="
+                           f"{vocab_path}")
+    with pytest.raises(ConfigError, match=r"data.target_tokenizer='wordpiece' needs "
+                                          r"data.target_vocab_path"):
+        _config("p.jsonl", "data.target_tokenizer=wordpiece,model.shared_embeddings=false")
+    with pytest.raises(ConfigError, match=r"data.source_tokenizer: 'bpe' is not one of"):
+        _config("p.jsonl", "data.source_tokenizer=bpe")
+    with pytest.raises(ConfigError, match=r"data.eval_language: 'fr' is not one of"):
+        _config("p.jsonl", "data.eval_language=fr")
+    # The same tokenizer named for both sides shares its embeddings.
+    assert _config("p.jsonl", "data.source_tokenizer=byte").model.shared_embeddings
+    config = _config("p.jsonl", f"data.target_tokenizer=wordpiece,data.target_vocab_path="
+                                f"{vocab_path},model.shared_embeddings=false,"
+                                "model.vocabulary_size=8")
+    with pytest.raises(ConfigError, match=r"model.vocabulary_size=8 is smaller than the pair "
+                                          r"tokenizer's 262 ids"):
+        get_task(config).dataset()
 
 
 def test_tflm_generate_prints_the_target_of_each_source(trained, capsys):

@@ -321,6 +321,11 @@ def encode_token_ids(tokenizer, first, second=None, sequence_length=128, causal=
     return features, truncated
 
 
+def evaluation_order(count, seed=0):
+    """The fixed order (a permutation of `range(count)`) evaluation reads records in."""
+    return np.random.default_rng(seed).permutation(count)
+
+
 def record_index_batches(count, batch_size, training=True, seed=0, input_context=None):
     """Batches of record indices, the order every labelled pipeline reads its records in:
     `(index, real)` with `index` int64 `(batch_size,)` and `real` its number of real rows.
@@ -337,7 +342,7 @@ def record_index_batches(count, batch_size, training=True, seed=0, input_context
     if training:
         indices = tf.data.Dataset.range(count)
     else:
-        order = np.random.default_rng(seed).permutation(count)
+        order = evaluation_order(count, seed)
         indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
     if input_context is not None and input_context.num_input_pipelines > 1:
         indices = indices.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)

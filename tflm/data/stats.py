@@ -32,6 +32,8 @@ COUNTERS = (
     "documents_added_by_splitting",  # the chunks beyond the first of each cut document
     "tokens",  # tokens produced by the tokenizer (or read from prepared shards)
     "noised_rows_too_long",  # denoising rows whose noised inputs outgrew the encoder's row
+    "sources_truncated",  # seq2seq sources cut to fit the encoder's row
+    "targets_truncated",  # seq2seq targets cut to fit the decoder's row
 )
 
 

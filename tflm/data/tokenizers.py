@@ -6,6 +6,8 @@ Kinds (the `kind` field of tokenizer.json, and `data.tokenizer` in a config):
     wordpiece      WordPieceTokenizer     vocab.txt
     sentencepiece  SentencePieceTokenizer sentencepiece.model (unigram or BPE)
     byte_bpe       BytePairTokenizer      vocab.json + merges.txt (GPT-2 formats)
+    pair           TokenizerPair          source/ and target/: one tokenizer each (seq2seq
+                                          with a vocabulary per language; not a data.tokenizer)
 
 Example:
 >>> tokenizer = load_tokenizer("vocab/wordpiece")          # folder from tflm-vocab
@@ -13,6 +15,8 @@ Example:
 >>> tokenizer = make_tokenizer("wordpiece", "bert-base-uncased/vocab.txt")
 """
 
+import hashlib
+import json
 import os
 
 import tensorflow as tf
@@ -22,7 +26,7 @@ from tflm.data import tokenizer_utils
 from tflm.data.byte_pair import MERGES_FILE, BytePairTokenizer
 from tflm.data.byte_tokenizer import ByteTokenizer
 from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
-from tflm.data.tokenizer import CONFIG_FILE
+from tflm.data.tokenizer import CONFIG_FILE, Tokenizer
 from tflm.data.wordpiece import WordPieceTokenizer
 from tflm.errors import BadFileError, MissingFileError
 
@@ -58,6 +62,8 @@ def load_tokenizer(directory):
     config = tokenizer_utils.read_json_file(path, "tokenizer config")
     if not isinstance(config, dict) or "kind" not in config:
         raise BadFileError(f"{path!r} must be a JSON object with a 'kind' field.")
+    if config.get("kind") == TokenizerPair.kind:
+        return TokenizerPair.from_directory(directory)
     cls = _class_for(config.pop("kind"), path)
     try:
         if cls is ByteTokenizer:
@@ -94,3 +100,57 @@ def make_tokenizer(kind, vocab_path=""):
         merges = os.path.join(os.path.dirname(vocab_path), MERGES_FILE)
         return BytePairTokenizer(vocab_path, merges)
     return cls.from_directory(vocab_path)
+
+
+class TokenizerPair(tf.Module):
+    """A seq2seq model's two tokenizers: `source` reads the encoder's text, `target` the
+    decoder's (and detokenizes what it generates), for languages that want their own
+    vocabularies. One embedding table holds both sides' ids, so `vocabulary_size` is the
+    larger of the two.
+
+    Saved as a folder: tokenizer.json of kind "pair", and each tokenizer's own folder in
+    source/ and target/ (`load_tokenizer` reads it back).
+
+    Example:
+    >>> pair = TokenizerPair(make_tokenizer("byte"), make_tokenizer("wordpiece", "zh/vocab.txt"))
+    >>> load_tokenizer(pair.save("run/tokenizer")).target.kind      # "wordpiece"
+    """
+
+    kind = "pair"
+    SIDES = ("source", "target")
+
+    def __init__(self, source, target, name="tokenizer_pair"):
+        super().__init__(name=name)
+        for side, tokenizer in zip(self.SIDES, (source, target)):
+            if not isinstance(tokenizer, Tokenizer):
+                raise TypeError(f"TokenizerPair's {side} must be a tflm Tokenizer; "
+                                f"got {type(tokenizer).__name__}.")
+        self.source = source
+        self.target = target
+
+    @property
+    def vocabulary_size(self):
+        return max(self.source.vocabulary_size, self.target.vocabulary_size)
+
+    @property
+    def pad_id(self):
+        # Padding ids are masked; the target's keeps one value for the decoder's rows.
+        return self.target.pad_id
+
+    def save(self, directory):
+        """Writes source/, target/ and tokenizer.json into `directory`."""
+        for side in self.SIDES:
+            getattr(self, side).save(os.path.join(directory, side))
+        with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILE), "w") as f:
+            f.write(json.dumps({"kind": self.kind, "sides": list(self.SIDES)}, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_directory(cls, directory):
+        return cls(*(load_tokenizer(os.path.join(directory, side)) for side in cls.SIDES))
+
+    def fingerprint(self):
+        """sha256 over both sides' fingerprints."""
+        return hashlib.sha256(" ".join(
+            [self.kind, self.source.fingerprint(), self.target.fingerprint()]).encode()
+        ).hexdigest()

@@ -8,7 +8,8 @@ A task owns, for its name in `model.task`:
   `model.init_checkpoint` and with the parts `model.finetune` names frozen (`build_model`);
 - its input pipeline from the `data` section (`batches`);
 - its loss (`loss_sums`: the model's own definition, which `model.fit` uses too);
-- its evaluation (`eval_sums`, added over replicas and batches, and `eval_report`);
+- its evaluation (`eval_sums`, added over replicas and batches, and `eval_report`; a
+  generating task adds metrics of decoded text in `generation_report`);
 - its serving signatures (`serving_module`) and their warm-up requests (`warmup_inputs`).
 
 The trainer, `tflm-eval` and `tflm-export` call these and nothing task-specific. A new
@@ -176,6 +177,12 @@ class Task(abc.ABC):
         loss = loss_sum / weight
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)),
                 "accuracy": correct / weight, "tokens": int(weight)}
+
+    def generation_report(self, model, tokenizer):
+        """Metrics of text the model generates for held-out inputs (e.g. BLEU), which
+        evaluation adds to `eval_report`'s; by default none."""
+        del model, tokenizer
+        return {}
 
     # -- Serving. --------------------------------------------------------------------------
     @classmethod

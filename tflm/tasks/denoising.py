@@ -53,7 +53,7 @@ from tflm.data.noising import (
     text_infilling,
 )
 from tflm.data.pipeline import AUTOTUNE, _shuffle, pack_token_stream, token_documents
-from tflm.tasks.base import text_input_only
+from tflm.tasks.base import Task, text_input_only
 from tflm.tasks.registry import register_task
 from tflm.tasks.seq2seq import (
     Seq2SeqModel,
@@ -240,6 +240,10 @@ class DenoisingTask(Seq2SeqTask):
             raise ConfigError(f"data.num_sentinels={data.num_sentinels} is fewer than the "
                               f"{num_noise_spans(data)} noise spans of a row.")
         check_seq2seq_model(config, cls.name)
+
+    # One token stream, so one tokenizer; the targets are spans, not text to score.
+    make_tokenizer = Task.make_tokenizer
+    generation_report = Task.generation_report
 
     def batches(self, tokenizer, batch_size, input_context, stats, training, split):
         tokens = token_documents(self.config, tokenizer, input_context, stats, training, split)

@@ -5,7 +5,9 @@ Data: labelled JSONL or CSV records holding a source (`data.source_field`) and a
 either string, or with either blank, is a `LabelledDataError` naming file:line, or with
 `data.on_bad_record=count` is skipped and counted (`records_missing_field`); every
 `data.eval_every_nth_document`-th good record is held out. One tokenizer (`data.tokenizer`)
-reads both sides.
+reads both sides, or each side its own (`data.source_tokenizer`, `data.target_tokenizer`
+and their vocab paths, for languages that want their own vocabularies): a `TokenizerPair`,
+saved with the run.
 
 Batches (`encode_seq2seq`, in-graph), static shapes:
 
@@ -14,24 +16,28 @@ Batches (`encode_seq2seq`, in-graph), static shapes:
     labels                target [end]                (decoder_token_ids shifted by one)
     sample weights        1 at real target tokens, 0 at padding
 
-`[start]` is the tokenizer's [CLS] (else its end-of-text), `[end]` its end-of-text (else
-[SEP]). A side too long for its row is cut and still ends with `[end]`; cuts are not
-counted (as the classifier's rows): size `data.sequence_length` and `data.target_length`
-to the data.
+`[start]` is the (target) tokenizer's [CLS] (else its end-of-text), `[end]` its end-of-text
+(else [SEP]). A side too long for its row is cut and still ends with `[end]`; the cuts are
+counted (`sources_truncated`, `targets_truncated` in the run's input counts): size
+`data.sequence_length` and `data.target_length` to the data.
 
 Model: `Seq2SeqLM` on a `Seq2SeqBackbone` of the `model` keys (`model.num_decoder_layers`:
 decoder blocks, 0 as many as `model.num_layers`; `model.shared_embeddings`: one token
-embedding for both sides). Loss: the mean cross-entropy over the real target tokens,
-with `trainer.label_smoothing`.
+embedding for both sides, which two tokenizers cannot share).
+Loss: the mean cross-entropy over the real target tokens, with `trainer.label_smoothing`.
 
 Evaluation: loss, perplexity of the targets, token accuracy (teacher-forced) and the token
-count. Generation metrics (BLEU, ROUGE) need decoding and come with it.
+count; then the first `data.eval_max_examples` held-out sources are decoded (greedy, or
+beam search with `data.eval_num_beams`, up to `data.eval_max_new_tokens`) and scored
+against their targets: BLEU, chrF, ROUGE-1/2/L and exact match
+(`tflm.training.text_metrics.generation_report`, `data.eval_language`), with a few
+(source, reference, hypothesis) `samples` in eval_results.json.
 
 Example:
 >>> config = tflm.experiment.load_experiment("configs/tiny_seq2seq.yaml",
 ...                                          "data.input_path=pairs.jsonl")
 >>> trainer = tflm.experiment.run_experiment(config, "runs/reverse", "train_and_eval")
->>> trainer.eval_results["perplexity"]
+>>> trainer.eval_results["perplexity"], trainer.eval_results["bleu"]
 """
 
 import dataclasses
@@ -44,18 +50,25 @@ from tflm.data.classification import (
     LABELLED_FORMATS,
     LabelledDataError,
     bad_record_handler,
+    evaluation_order,
     file_records,
     finish_labelled_batches,
     record_index_batches,
     records_of_split,
     text_value,
 )
+from tflm.data.tokenizers import TOKENIZERS, TokenizerPair, make_tokenizer
 from tflm.errors import TflmError
-from tflm.generation.decoding import seq2seq_tokens
+from tflm.generation.decoding import Seq2SeqDecoder, right_pad, seq2seq_tokens
 from tflm.models.factory import build_seq2seq_backbone
 from tflm.models.seq2seq_lm import Seq2SeqLM
 from tflm.tasks.base import Task
 from tflm.tasks.registry import build_task, register_task
+from tflm.training.text_metrics import LANGUAGES, generation_report
+
+SIDES = ("source", "target")
+# How many (source, reference, hypothesis) triples evaluation keeps in eval_results.json.
+NUM_SAMPLES = 5
 
 
 # -- Config. ------------------------------------------------------------------------------------
@@ -67,6 +80,18 @@ class Seq2SeqData:
     target_field: str = "target"
     # Decoder positions: `[start] target` in, `target [end]` out.
     target_length: int = ranged(64, at_least=2)
+    # A side's own tokenizer ("": data.tokenizer and data.vocab_path); its vocab path
+    # ("": data.vocab_path when the side's tokenizer is unset, else none).
+    source_tokenizer: str = ""
+    source_vocab_path: str = ""
+    target_tokenizer: str = ""
+    target_vocab_path: str = ""
+    # Generation metrics in evaluation: how many held-out records are decoded (0: none),
+    # beams (1: greedy), new tokens (0: data.target_length), and the metrics' language.
+    eval_max_examples: int = ranged(200, at_least=0)
+    eval_num_beams: int = ranged(1, at_least=1)
+    eval_max_new_tokens: int = ranged(0, at_least=0)
+    eval_language: str = "auto"  # auto | zh | en (see generation_report)
 
 
 @dataclasses.dataclass
@@ -134,8 +159,33 @@ def seq2seq_records(config, split="train", stats=None):
 
 
 # -- In-graph encoding. -------------------------------------------------------------------------
-def encode_seq2seq(tokenizer, sources, targets, source_length, target_length):
-    """Tokenizes and pads `(batch,)` sources and targets into `Seq2SeqLM` rows, in-graph.
+def sides(tokenizer):
+    """`(source, target)` tokenizers of a `TokenizerPair`, or one tokenizer twice."""
+    return getattr(tokenizer, "source", tokenizer), getattr(tokenizer, "target", tokenizer)
+
+
+def source_rows(tokenizer, sources, source_length):
+    """Ragged `(batch, None)` int32 encoder rows `source [end]` of `(batch,)` source texts,
+    cut to `source_length`, and a bool per row: whether it was cut. `tokenizer`: the source
+    side's (`sides`)."""
+    return _rows(tokenizer, sources, source_length, seq2seq_tokens(tokenizer)[1])
+
+
+def _rows(tokenizer, texts, length, end):
+    ids = tf.cast(tokenizer.tokenize(texts), tf.int32).with_row_splits_dtype(tf.int64)
+    cut = ids.row_lengths() > length - 1
+    ids = ids[:, :length - 1]
+    return tf.concat([ids, tf.fill([ids.nrows(), 1], tf.constant(end, tf.int32))], axis=1), cut
+
+
+def encode_seq2seq(tokenizer, sources, targets, source_length, target_length, stats=None,
+                   real=None):
+    """Tokenizes and pads `(batch,)` sources and targets into `Seq2SeqLM` rows, in-graph
+    (`tokenizer`: one, or a `TokenizerPair` whose sides read their own texts).
+
+    `stats` counts the first `real` rows' (default: all) tokens of both sides, special
+    tokens included, and the sources and targets cut to fit (`sources_truncated`,
+    `targets_truncated`).
 
     Returns:
         `(features, labels, weights)`: features `{"encoder_token_ids",
@@ -143,20 +193,19 @@ def encode_seq2seq(tokenizer, sources, targets, source_length, target_length):
         "decoder_padding_mask"}` `(batch, target_length)` int32; labels (the decoder's ids
         shifted by one) int32 and weights float32 (0 at padding), `(batch, target_length)`.
     """
-    start, end = seq2seq_tokens(tokenizer)
-
-    def column(rows, token_id):
-        return tf.fill([rows.nrows(), 1], tf.constant(token_id, tf.int32))
-
-    def ids(texts, keep):
-        return tf.cast(tokenizer.tokenize(texts), tf.int32).with_row_splits_dtype(tf.int64)[
-            :, :keep]
-
-    source = ids(sources, source_length - 1)
-    target = ids(targets, target_length - 1)
-    return seq2seq_features(tf.concat([source, column(source, end)], axis=1),
-                            tf.concat([target, column(target, end)], axis=1), start,
-                            tokenizer.pad_id or 0, source_length, target_length)
+    source_tokenizer, target_tokenizer = sides(tokenizer)
+    start, end = seq2seq_tokens(target_tokenizer)
+    source, source_cut = source_rows(source_tokenizer, sources, source_length)
+    target, target_cut = _rows(target_tokenizer, targets, target_length, end)
+    features, labels, weights = seq2seq_features(
+        source, target, start, target_tokenizer.pad_id or 0, source_length, target_length)
+    if stats is not None:
+        real = tf.size(sources) if real is None else real
+        stats.add("tokens", tf.reduce_sum(features["encoder_padding_mask"][:real])
+                  + tf.reduce_sum(features["decoder_padding_mask"][:real]))
+        stats.add("sources_truncated", tf.math.count_nonzero(source_cut[:real]))
+        stats.add("targets_truncated", tf.math.count_nonzero(target_cut[:real]))
+    return features, labels, weights
 
 
 def seq2seq_features(sources, targets, start_id, pad_id, source_length, target_length):
@@ -183,7 +232,7 @@ def seq2seq_batches(records, tokenizer, source_length, target_length, batch_size
                     training=True, seed=0, input_context=None, stats=None):
     """`(features, labels, weights)` batches of `records` in the order of
     `record_index_batches` (the final evaluation batch padded with weight-0 rows).
-    `stats` counts the real rows' tokens of both sides (special tokens included)."""
+    `stats` counts the real rows' tokens and cuts (see `encode_seq2seq`)."""
     sources = tf.constant(records.sources, tf.string)
     targets = tf.constant(records.targets, tf.string)
     batches = record_index_batches(len(records), batch_size, training, seed, input_context)
@@ -191,19 +240,60 @@ def seq2seq_batches(records, tokenizer, source_length, target_length, batch_size
     def encode(index, real):
         features, labels, weights = encode_seq2seq(
             tokenizer, tf.gather(sources, index), tf.gather(targets, index), source_length,
-            target_length)
+            target_length, stats, real)
         weights *= tf.sequence_mask(real, batch_size, tf.float32)[:, None]
         source_shape, target_shape = [batch_size, source_length], [batch_size, target_length]
         features = {k: tf.ensure_shape(v, source_shape if k.startswith("encoder") else
                                        target_shape) for k, v in features.items()}
-        if stats is not None:
-            stats.add("tokens", tf.reduce_sum(features["encoder_padding_mask"][:real])
-                      + tf.reduce_sum(features["decoder_padding_mask"][:real]))
         return (features, tf.ensure_shape(labels, target_shape),
                 tf.ensure_shape(weights, target_shape))
 
     return finish_labelled_batches(
         batches.map(encode, num_parallel_calls=AUTOTUNE, deterministic=True))
+
+
+def decode_targets(model, tokenizer, sources, source_length, max_new_tokens, num_beams=1,
+                   batch_size=32):
+    """The targets a `Seq2SeqLM` generates for source texts, as strings: greedy, or beam
+    search with `num_beams > 1`; each source cut to `source_length` as training cuts it,
+    the new ids detokenized by the target tokenizer (special tokens dropped, undecodable
+    bytes replaced)."""
+    source_tokenizer, target_tokenizer = sides(tokenizer)
+    start, end = seq2seq_tokens(target_tokenizer)
+    pad = target_tokenizer.pad_id or 0
+    decoder = Seq2SeqDecoder(model, start_id=start, end_id=end, pad_id=pad)
+
+    def decode(ids, mask, keys):
+        if num_beams > 1:
+            return decoder.beam_search_padded(ids, mask, keys, max_new_tokens, num_beams)
+        return decoder.sample_padded(ids, mask, keys, max_new_tokens)
+
+    matrix = tf.TensorSpec([None, None], tf.int32)
+    decode = tf.function(decode, input_signature=[matrix, matrix, tf.TensorSpec([None], tf.int64)])
+    texts = []
+    for begin in range(0, len(sources), batch_size):
+        rows, _ = source_rows(source_tokenizer, tf.constant(sources[begin:begin + batch_size]),
+                              source_length)
+        tokens, lengths = decode(*right_pad(rows, pad))
+        new = target_tokenizer.detokenize(tf.RaggedTensor.from_tensor(tokens, lengths=lengths))
+        texts += [text.decode("utf-8", errors="replace") for text in new.numpy()]
+    return texts
+
+
+def tokenizer_specs(data):
+    """`{side: (kind, vocab_path)}` of the source and target tokenizers the `data` keys
+    name: a side's own keys, else `data.tokenizer` and `data.vocab_path`."""
+    specs = {}
+    for side in SIDES:
+        kind, path = getattr(data, f"{side}_tokenizer"), getattr(data, f"{side}_vocab_path")
+        specs[side] = (kind or data.tokenizer, path if kind or path else data.vocab_path)
+    return specs
+
+
+def has_own_tokenizers(data):
+    """Whether any `data.<side>_tokenizer` or `data.<side>_vocab_path` is set."""
+    return any(getattr(data, f"{side}_{key}") for side in SIDES
+               for key in ("tokenizer", "vocab_path"))
 
 
 def check_seq2seq_model(config, task_name):
@@ -252,7 +342,33 @@ class Seq2SeqTask(Task):
         if data.source_field == data.target_field:
             raise ConfigError(f"data.source_field and data.target_field are both "
                               f"{data.source_field!r}.")
+        if data.eval_language not in LANGUAGES:
+            raise ConfigError(f"data.eval_language: {data.eval_language!r} is not one of "
+                              f"{LANGUAGES}.")
+        cls._validate_tokenizers(config)
         check_seq2seq_model(config, cls.name)
+
+    @staticmethod
+    def _validate_tokenizers(config):
+        data = config.data
+        specs = tokenizer_specs(data)
+        for side, (kind, path) in specs.items():
+            key = f"data.{side}_tokenizer" if getattr(data, f"{side}_tokenizer") else \
+                "data.tokenizer"
+            if kind not in TOKENIZERS:
+                raise ConfigError(f"{key}: {kind!r} is not one of {tuple(TOKENIZERS)}.")
+            if kind == "byte" and path:
+                raise ConfigError(f"data.{side}_vocab_path={path!r}: the byte tokenizer "
+                                  f"({key}) has no vocabulary file.")
+            if kind != "byte" and not path:
+                raise ConfigError(f"{key}={kind!r} needs data.{side}_vocab_path (a folder "
+                                  "written by tflm-vocab).")
+        if specs["source"] != specs["target"] and config.model.shared_embeddings:
+            raise ConfigError(
+                f"model.shared_embeddings=true needs one tokenizer for both sides; the source "
+                f"is {specs['source']} and the target {specs['target']} (data.source_tokenizer, "
+                "data.target_tokenizer and their vocab paths): set model.shared_embeddings="
+                "false.")
 
     @classmethod
     def create_backbone(cls, model_config, dtype=None):
@@ -263,6 +379,14 @@ class Seq2SeqTask(Task):
         del source, print_fn
         return build_task(self.config.model, dtype=dtype)
 
+    def make_tokenizer(self):
+        """`data.tokenizer`'s tokenizer, or a `TokenizerPair` when a side has its own."""
+        data = self.config.data
+        if not has_own_tokenizers(data):
+            return super().make_tokenizer()
+        specs = tokenizer_specs(data)
+        return TokenizerPair(*(make_tokenizer(*specs[side]) for side in SIDES))
+
     def batches(self, tokenizer, batch_size, input_context, stats, training, split):
         config = self.config
         records = seq2seq_records(config, split, stats)
@@ -271,7 +395,26 @@ class Seq2SeqTask(Task):
                                seed=config.runtime.seed, input_context=input_context,
                                stats=stats)
 
-    # Evaluation: `Task.eval_sums` / `eval_report` (loss, perplexity, token accuracy).
+    # Evaluation: `Task.eval_sums` / `eval_report` (loss, perplexity, token accuracy), and:
+    def generation_report(self, model, tokenizer):
+        """BLEU, chrF, ROUGE and exact match of the targets decoded for the first
+        `data.eval_max_examples` held-out records (in the order evaluation reads them),
+        with the first few as `samples`; {} when it is 0."""
+        config, data = self.config, self.config.data
+        if not data.eval_max_examples:
+            return {}
+        records = seq2seq_records(config, "eval")
+        order = evaluation_order(len(records), config.runtime.seed)
+        records = records.select(order[:data.eval_max_examples])
+        hypotheses = decode_targets(model, tokenizer, records.sources, data.sequence_length,
+                                    data.eval_max_new_tokens or data.target_length,
+                                    data.eval_num_beams, data.global_batch_size)
+        report = generation_report(hypotheses, records.targets, data.eval_language)
+        report["samples"] = [
+            {"source": source, "reference": reference, "hypothesis": hypothesis}
+            for source, reference, hypothesis in zip(records.sources, records.targets,
+                                                     hypotheses[:NUM_SAMPLES])]
+        return report
 
     # -- Serving: text-to-text export needs decoding, which comes later. ---------------------------
     @classmethod

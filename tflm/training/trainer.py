@@ -305,9 +305,10 @@ class Trainer:
 
     def evaluate(self, num_steps=None):
         """Metrics of the task on the held-out split (`Task.eval_report`: perplexity for
-        the language models, accuracy and F1 for classifiers, ...). Results go to the log,
-        to TensorBoard under `model_dir/eval` (the scalars), and to
-        `model_dir/eval_results.json`.
+        the language models, accuracy and F1 for classifiers, ...; and
+        `Task.generation_report`: BLEU, ROUGE, ... of decoded text). Results go to the log,
+        to TensorBoard under `model_dir/eval` (the numbers only, not sacrebleu's signatures
+        nor samples), and to `model_dir/eval_results.json`.
         """
         num_steps = num_steps or self.config.trainer.eval_steps
         if self.worker.num_workers > 1 and not num_steps:
@@ -326,8 +327,10 @@ class Trainer:
             totals = sums if totals is None else totals + sums
         if totals is None or totals[1] == 0:
             raise TrainingError("The evaluation split is empty.")
-        results = {"step": int(self.step.numpy()), **self.task.eval_report(self.model, totals)}
-        line = {k: v for k, v in results.items() if k not in ("per_class", "confusion_matrix")}
+        results = {"step": int(self.step.numpy()), **self.task.eval_report(self.model, totals),
+                   **self.task.generation_report(self.model, self.tokenizer)}
+        line = {k: v for k, v in results.items()
+                if k not in ("per_class", "confusion_matrix", "samples")}
         self.print_fn("tflm-eval: " + json.dumps(line))
         self.writer.write("eval", results["step"], results)
         if self.worker.is_chief:
