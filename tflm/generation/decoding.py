@@ -28,7 +28,6 @@ shortest prompt leaves.
 
 import tensorflow as tf
 
-from tflm.errors import TflmError
 from tflm.generation.sampling import control_logits, is_any, next_token, prompt_keys
 
 # The controls of `control_logits`, as keyword arguments of the decoders, and their defaults
@@ -370,19 +369,6 @@ def right_pad(sources, pad_id):
     ids = sources.to_tensor(default_value=pad_id)
     mask = tf.ones_like(sources).to_tensor()
     return ids, mask, prompt_keys(sources)
-
-
-def seq2seq_tokens(tokenizer):
-    """`(start, end)` ids: [CLS] (else end-of-text) starts a target, end-of-text (else [SEP])
-    ends a source and a target."""
-    end = tokenizer.end_of_text_id
-    end = tokenizer.sep_id if end is None else end
-    start = tokenizer.cls_id
-    start = end if start is None else start
-    if end is None:
-        raise TflmError(f"The {tokenizer.kind} tokenizer has no end-of-text or [SEP] token to "
-                        "end a seq2seq source and target.")
-    return start, end
 
 
 class Seq2SeqDecoder(_Decoder):

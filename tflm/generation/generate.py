@@ -8,13 +8,8 @@ Example:
 
 import tensorflow as tf
 
-from tflm.generation.decoding import (
-    CausalDecoder,
-    Seq2SeqDecoder,
-    left_pad,
-    right_pad,
-    seq2seq_tokens,
-)
+from tflm.generation.decoding import CausalDecoder, Seq2SeqDecoder, left_pad, right_pad
+from tflm.generation.seq2seq_rows import seq2seq_tokens, sides, source_rows
 from tflm.generation.stop_strings import cut_at_stop_strings
 
 _MATRIX = tf.TensorSpec([None, None], tf.int32)
@@ -25,7 +20,7 @@ _FLOAT = tf.TensorSpec([], tf.float32)
 def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=1.0, seed=0,
              num_beams=1, length_penalty=0.6, tokenizer=None, end_id=None, jit_compile=True,
              num_return_sequences=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
-             min_new_tokens=0, stop_token_ids=(), stop_strings=()):
+             min_new_tokens=0, stop_token_ids=(), stop_strings=(), source_length=None):
     """Continues each prompt of the `CausalLM` `model`, or writes the target of each source
     of the `Seq2SeqLM` `model`: greedy, sampled (temperature/top-k/top-p) or beam search.
 
@@ -51,6 +46,8 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
             not returned.
         stop_strings: with a tokenizer, each text ends where the first of these starts
             (not returned; see `cut_at_stop_strings`).
+        source_length: a seq2seq source row's most tokens, [end] included (default: the
+            encoder's positions; training's is `data.sequence_length`).
 
     Returns:
         The continuations: strings with a tokenizer, else lists of ids
@@ -63,12 +60,12 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer (to find them in the text).")
     seq2seq = hasattr(model.backbone, "encoder")
-    source_tokenizer = getattr(tokenizer, "source", tokenizer)
-    target_tokenizer = getattr(tokenizer, "target", tokenizer)
+    source_tokenizer, target_tokenizer = sides(tokenizer)
     pad_id = (target_tokenizer.pad_id or 0) if tokenizer is not None else 0
     if seq2seq:
         start_id, end_id = _seq2seq_ids(target_tokenizer, end_id)
-        ids = _sources(model, prompts, source_tokenizer)
+        ids = _sources(prompts, source_tokenizer,
+                       source_length or model.backbone.encoder.max_sequence_length)
         decoder = Seq2SeqDecoder(model, start_id=start_id, end_id=end_id, pad_id=pad_id)
         padded = right_pad(ids, pad_id)
         steps = decoder.max_steps(max_new_tokens)
@@ -119,16 +116,11 @@ def _seq2seq_ids(tokenizer, end_id):
     return start_id, tokenizer_end if end_id is None else end_id
 
 
-def _sources(model, sources, tokenizer):
-    """A seq2seq model's ragged source ids: `source [end]` as training builds them, cut to
-    the encoder's positions (`encode_seq2seq`)."""
+def _sources(sources, tokenizer, source_length):
+    """A seq2seq model's ragged source ids (`source_rows`: as training builds them)."""
     if tokenizer is None:
         return tf.ragged.constant([list(s) for s in sources], tf.int32, ragged_rank=1)
-    _, end = seq2seq_tokens(tokenizer)
-    keep = model.backbone.encoder.max_sequence_length - 1
-    ids = tf.cast(tokenizer.tokenize(tf.constant(list(sources), tf.string)), tf.int32)
-    ids = ids.with_row_splits_dtype(tf.int64)[:, :keep]
-    return tf.concat([ids, tf.fill([ids.nrows(), 1], end)], axis=1)
+    return source_rows(tokenizer, tf.constant(list(sources), tf.string), source_length)[0]
 
 
 def _decode_function(model, decoder, num_beams, jit_compile, num_padded):

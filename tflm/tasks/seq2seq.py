@@ -59,7 +59,8 @@ from tflm.data.classification import (
 )
 from tflm.data.tokenizers import TOKENIZERS, TokenizerPair, make_tokenizer
 from tflm.errors import TflmError
-from tflm.generation.decoding import Seq2SeqDecoder, right_pad, seq2seq_tokens
+from tflm.generation.generate import generate
+from tflm.generation.seq2seq_rows import ended_rows, seq2seq_tokens, sides, source_rows
 from tflm.models.factory import build_seq2seq_backbone
 from tflm.models.seq2seq_lm import Seq2SeqLM
 from tflm.tasks.base import Task
@@ -159,25 +160,6 @@ def seq2seq_records(config, split="train", stats=None):
 
 
 # -- In-graph encoding. -------------------------------------------------------------------------
-def sides(tokenizer):
-    """`(source, target)` tokenizers of a `TokenizerPair`, or one tokenizer twice."""
-    return getattr(tokenizer, "source", tokenizer), getattr(tokenizer, "target", tokenizer)
-
-
-def source_rows(tokenizer, sources, source_length):
-    """Ragged `(batch, None)` int32 encoder rows `source [end]` of `(batch,)` source texts,
-    cut to `source_length`, and a bool per row: whether it was cut. `tokenizer`: the source
-    side's (`sides`)."""
-    return _rows(tokenizer, sources, source_length, seq2seq_tokens(tokenizer)[1])
-
-
-def _rows(tokenizer, texts, length, end):
-    ids = tf.cast(tokenizer.tokenize(texts), tf.int32).with_row_splits_dtype(tf.int64)
-    cut = ids.row_lengths() > length - 1
-    ids = ids[:, :length - 1]
-    return tf.concat([ids, tf.fill([ids.nrows(), 1], tf.constant(end, tf.int32))], axis=1), cut
-
-
 def encode_seq2seq(tokenizer, sources, targets, source_length, target_length, stats=None,
                    real=None):
     """Tokenizes and pads `(batch,)` sources and targets into `Seq2SeqLM` rows, in-graph
@@ -196,7 +178,7 @@ def encode_seq2seq(tokenizer, sources, targets, source_length, target_length, st
     source_tokenizer, target_tokenizer = sides(tokenizer)
     start, end = seq2seq_tokens(target_tokenizer)
     source, source_cut = source_rows(source_tokenizer, sources, source_length)
-    target, target_cut = _rows(target_tokenizer, targets, target_length, end)
+    target, target_cut = ended_rows(target_tokenizer, targets, target_length, end)
     features, labels, weights = seq2seq_features(
         source, target, start, target_tokenizer.pad_id or 0, source_length, target_length)
     if stats is not None:
@@ -255,28 +237,14 @@ def seq2seq_batches(records, tokenizer, source_length, target_length, batch_size
 def decode_targets(model, tokenizer, sources, source_length, max_new_tokens, num_beams=1,
                    batch_size=32):
     """The targets a `Seq2SeqLM` generates for source texts, as strings: greedy, or beam
-    search with `num_beams > 1`; each source cut to `source_length` as training cuts it,
-    the new ids detokenized by the target tokenizer (special tokens dropped, undecodable
-    bytes replaced)."""
-    source_tokenizer, target_tokenizer = sides(tokenizer)
-    start, end = seq2seq_tokens(target_tokenizer)
-    pad = target_tokenizer.pad_id or 0
-    decoder = Seq2SeqDecoder(model, start_id=start, end_id=end, pad_id=pad)
-
-    def decode(ids, mask, keys):
-        if num_beams > 1:
-            return decoder.beam_search_padded(ids, mask, keys, max_new_tokens, num_beams)
-        return decoder.sample_padded(ids, mask, keys, max_new_tokens)
-
-    matrix = tf.TensorSpec([None, None], tf.int32)
-    decode = tf.function(decode, input_signature=[matrix, matrix, tf.TensorSpec([None], tf.int64)])
+    search with `num_beams > 1`, in batches of `batch_size` (`tflm.generation.generate`:
+    each source cut to `source_length` as training cuts it, the new ids detokenized by the
+    target tokenizer, undecodable bytes replaced)."""
     texts = []
     for begin in range(0, len(sources), batch_size):
-        rows, _ = source_rows(source_tokenizer, tf.constant(sources[begin:begin + batch_size]),
-                              source_length)
-        tokens, lengths = decode(*right_pad(rows, pad))
-        new = target_tokenizer.detokenize(tf.RaggedTensor.from_tensor(tokens, lengths=lengths))
-        texts += [text.decode("utf-8", errors="replace") for text in new.numpy()]
+        texts += generate(model, sources[begin:begin + batch_size], max_new_tokens,
+                          num_beams=num_beams, tokenizer=tokenizer, jit_compile=False,
+                          source_length=source_length)
     return texts
 
 

@@ -1,0 +1,52 @@
+"""How an encoder-decoder reads text: the one definition of its rows, for training
+(`tflm.tasks.seq2seq`), `generate` and the serving signatures.
+
+    encoder row     source [end]          cut to the source length, [end] kept
+    decoder input   [start] target
+    labels          target [end]
+
+`[start]` is the target tokenizer's [CLS] (else its end-of-text), `[end]` its end-of-text
+(else [SEP]). A model trained on two languages may read them with two tokenizers (a
+`TokenizerPair`): sources with `.source`, targets with `.target`.
+
+Example:
+>>> rows, cut = source_rows(tokenizer, tf.constant(["Hello."]), source_length=64)
+"""
+
+import tensorflow as tf
+
+from tflm.errors import TflmError
+
+
+def seq2seq_tokens(tokenizer):
+    """`(start, end)` ids: [CLS] (else end-of-text) starts a target, end-of-text (else [SEP])
+    ends a source and a target."""
+    end = tokenizer.end_of_text_id
+    end = tokenizer.sep_id if end is None else end
+    start = tokenizer.cls_id
+    start = end if start is None else start
+    if end is None:
+        raise TflmError(f"The {tokenizer.kind} tokenizer has no end-of-text or [SEP] token to "
+                        "end a seq2seq source and target.")
+    return start, end
+
+
+def sides(tokenizer):
+    """`(source, target)` tokenizers of a `TokenizerPair`, or one tokenizer twice."""
+    return getattr(tokenizer, "source", tokenizer), getattr(tokenizer, "target", tokenizer)
+
+
+def source_rows(tokenizer, sources, source_length):
+    """Ragged `(batch, None)` int32 encoder rows `source [end]` of `(batch,)` source texts,
+    cut to `source_length`, and a bool per row: whether it was cut. `tokenizer`: the source
+    side's (`sides`)."""
+    return ended_rows(tokenizer, sources, source_length, seq2seq_tokens(tokenizer)[1])
+
+
+def ended_rows(tokenizer, texts, length, end):
+    """Ragged `(batch, None)` int32 rows `text [end]` of `(batch,)` texts, cut to `length`
+    tokens ([end] included), and a bool per row: whether it was cut."""
+    ids = tf.cast(tokenizer.tokenize(texts), tf.int32).with_row_splits_dtype(tf.int64)
+    cut = ids.row_lengths() > length - 1
+    ids = ids[:, :length - 1]
+    return tf.concat([ids, tf.fill([ids.nrows(), 1], tf.constant(end, tf.int32))], axis=1), cut
