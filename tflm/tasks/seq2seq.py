@@ -54,6 +54,7 @@ from tflm.errors import TflmError
 from tflm.models.factory import build_seq2seq_backbone
 from tflm.models.seq2seq_lm import Seq2SeqLM
 from tflm.tasks.base import Task
+from tflm.tasks.pretrained import init_from_pretrained
 from tflm.tasks.registry import build_task, register_task
 
 
@@ -222,11 +223,11 @@ def check_seq2seq_model(config, task_name):
     """What a `Seq2SeqBackbone` does not have (yet): a `ConfigError` naming the key that sets
     it, rather than ignoring it."""
     model = config.model
-    unsupported = {"model.causal": model.causal is not None,
+    # model.causal=false is the encoder's direction (what model.init_checkpoint resolves to).
+    unsupported = {"model.causal": bool(model.causal),
                    "model.num_segments": model.num_segments != 0,
                    "model.pooler": model.pooler,
                    "model.final_norm": model.final_norm not in (None, model.norm_first),
-                   "model.init_checkpoint": bool(model.init_checkpoint),
                    "model.finetune": model.finetune != "full",
                    "model.freeze_bottom_layers": model.freeze_bottom_layers != 0}
     for key, is_set in unsupported.items():
@@ -270,9 +271,12 @@ class Seq2SeqTask(Task):
         return build_seq2seq_backbone(model_config, dtype=dtype)
 
     def build_model(self, dtype=None, source=None, print_fn=None):
-        # No init_checkpoint and no fine-tuning modes yet (`validate` refuses them).
-        del source, print_fn
-        return build_task(self.config.model, dtype=dtype)
+        # From model.init_checkpoint's weights if given; no fine-tuning modes yet (`validate`
+        # refuses them).
+        model = build_task(self.config.model, dtype=dtype)
+        if source is not None:
+            init_from_pretrained(model, self.config.model.init_checkpoint, print_fn, source=source)
+        return model
 
     def batches(self, tokenizer, batch_size, input_context, stats, training, split):
         config = self.config
