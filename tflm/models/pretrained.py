@@ -29,9 +29,14 @@ def model_config_of(backbone, task, config=None):
     return config
 
 
-def _relative(variable):
-    """A backbone variable's path below the backbone (its own name differs per instance)."""
-    return variable.path.split("/", 1)[1]
+def _relative(variable, backbone):
+    """A backbone variable's path below the backbone (its own name differs per instance).
+
+    An encoder-decoder's variables are already below its halves ("encoder/...",
+    "decoder/..."): those names are what tells its two `block_0`s apart.
+    """
+    prefix = backbone.name + "/"
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
 
 
 def architecture_differences(source, target):
@@ -58,10 +63,10 @@ def copy_pretrained_weights(source, model, where="the checkpoint"):
         key, theirs, mine = differences[0]
         raise CheckpointError(f"{where} has model.{key}={theirs!r}, the model to initialize "
                               f"{mine!r}: a checkpoint of another architecture.")
-    targets = {_relative(v): v for v in model.backbone.weights}
+    targets = {_relative(v, model.backbone): v for v in model.backbone.weights}
     copied = set()
     for variable in source.backbone.weights:
-        name = _relative(variable)
+        name = _relative(variable, source.backbone)
         target = targets.get(name)
         if target is None or tuple(target.shape) != tuple(variable.shape):
             raise CheckpointError(f"{where}: tensor {name!r} {tuple(variable.shape)} has no "

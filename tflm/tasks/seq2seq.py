@@ -249,12 +249,6 @@ class Seq2SeqTask(Task):
     @classmethod
     def validate(cls, config):
         model, data = config.model, config.data
-        if data.input_format not in LABELLED_FORMATS:
-            raise ConfigError(f"data.input_format={data.input_format!r}: seq2seq reads "
-                              "source/target pairs from 'jsonl' or 'csv' files.")
-        if not data.input_path:
-            raise ConfigError("model.task='seq2seq' needs data.input_path (JSONL or CSV files "
-                              "with data.source_field and data.target_field).")
         if data.sequence_length < 2:
             raise ConfigError(f"data.sequence_length={data.sequence_length}: a seq2seq source "
                               "row needs at least 2 (a token and [end]).")
@@ -279,7 +273,15 @@ class Seq2SeqTask(Task):
         return model
 
     def batches(self, tokenizer, batch_size, input_context, stats, training, split):
-        config = self.config
+        config, data = self.config, self.config.data
+        # Checked where the data is read: a converted checkpoint's model_dir, loaded to
+        # export or to start a run from (model.init_checkpoint), has no data of its own.
+        if data.input_format not in LABELLED_FORMATS:
+            raise ConfigError(f"data.input_format={data.input_format!r}: seq2seq reads "
+                              "source/target pairs from 'jsonl' or 'csv' files.")
+        if not data.input_path:
+            raise ConfigError("model.task='seq2seq' needs data.input_path (JSONL or CSV files "
+                              "with data.source_field and data.target_field).")
         records = seq2seq_records(config, split, stats)
         return seq2seq_batches(records, tokenizer, config.data.sequence_length,
                                config.data.target_length, batch_size, training=training,
