@@ -1,18 +1,28 @@
 """Hugging Face BART imports exactly (NumPy reference), converts to a seq2seq model_dir, and
 starts a `seq2seq` run through `model.init_checkpoint`."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
 from hf_fixtures import BART_CONFIG, write_bart_folder
 from numpy_reference import bart_forward, random_bart_params
+from tflm.config import ENCODER_DECODER_KEYS, architecture_keys
 from tflm.experiment import load_experiment
 from tflm.models import Seq2SeqLM
-from tflm.models.huggingface import CheckpointError, load_bart, load_huggingface
+from tflm.models.huggingface import (
+    CheckpointError,
+    bart_backbone_kwargs,
+    load_bart,
+    load_huggingface,
+)
 from tflm.tasks import get_task
+from tflm.tasks.registry import architecture_value
 from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
 
 CONFIG = dict(BART_CONFIG, vocab_size=97)
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _inputs(vocab=97):
@@ -125,3 +135,15 @@ def test_seq2seq_run_starts_from_a_converted_bart(converted, tmp_path):
     with pytest.raises(Exception, match="num_layers=3"):
         load_experiment(None, f"model.task=seq2seq,model.init_checkpoint={root / 'bart'},"
                               f"data.input_format=jsonl,data.input_path={pairs},model.num_layers=3")
+
+
+def test_bart_base_config_is_facebook_bart_base():
+    # facebook/bart-base's config.json (its architecture keys) through the importer's mapping.
+    bart_base = dict(BART_CONFIG, vocab_size=50265, d_model=768, encoder_layers=6,
+                     decoder_layers=6, encoder_attention_heads=12, decoder_attention_heads=12,
+                     encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=1024)
+    expected = bart_backbone_kwargs(bart_base)
+    model = load_experiment(str(REPO_ROOT / "configs" / "bart_base.yaml")).model
+    for key in architecture_keys(model):
+        assert architecture_value(model, key) == expected.get(key, architecture_value(model, key)), key
+    assert all(getattr(model, key) == expected[key] for key in ENCODER_DECODER_KEYS)
