@@ -13,7 +13,7 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
-from numpy_reference import random_bert_params, random_gpt2_params
+from numpy_reference import random_bart_params, random_bert_params, random_gpt2_params
 from tflm.data import default_corpus_path
 
 BERT_CONFIG = {
@@ -104,4 +104,37 @@ def write_gpt2_folder(folder, vocab_size=600, seed=0, shards=1):
             weight_map.update({n: file for n in part})
         with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    return config, params
+
+
+BART_CONFIG = {
+    "architectures": ["BartForConditionalGeneration"], "model_type": "bart", "d_model": 32,
+    "encoder_layers": 2, "decoder_layers": 1, "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64,
+    "max_position_embeddings": 64, "activation_function": "gelu", "scale_embedding": False,
+    "dropout": 0.1, "attention_dropout": 0.0, "decoder_start_token_id": 2,
+    "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+}
+
+
+def write_bart_folder(folder, vocab_size=400, seed=0):
+    """A `BartForConditionalGeneration` checkpoint (byte-level BPE with BART's special
+    tokens, "model." names, the tied `lm_head.weight` saved too); returns `(config, params)`
+    with the params named as `numpy_reference.bart_forward` takes them (no prefix)."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    os.makedirs(folder, exist_ok=True)
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(_corpus_lines(), vocab_size=vocab_size, min_frequency=2,
+                                  special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                                  show_progress=False)
+    tokenizer.save_model(folder)
+    # At least the 262 ids of tflm's byte tokenizer, so that a run can also read bytes.
+    config = dict(BART_CONFIG, vocab_size=max(tokenizer.get_vocab_size(), 262))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    params = random_bart_params(config, seed=seed)
+    saved = {("model." + k if k != "final_logits_bias" else k): v for k, v in params.items()}
+    saved["lm_head.weight"] = params["shared.weight"]
+    save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     return config, params

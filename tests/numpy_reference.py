@@ -271,3 +271,89 @@ def random_gpt2_params(config, seed=0):
             p[pre + name + ".weight"] = 1 + w(h, scale=0.1)
             p[pre + name + ".bias"] = w(h, scale=0.1)
     return p
+
+
+def bart_forward(params, config, input_ids, decoder_input_ids, attention_mask=None,
+                 decoder_attention_mask=None):
+    """Hugging Face `BartForConditionalGeneration` forward (names without the "model."
+    prefix): `(encoder_output, decoder_output, logits)`.
+
+    Post-LN blocks, learned positions read at row `i + 2`, `layernorm_embedding` on both
+    sides, exact GELU, the shared embedding as the tied LM head plus `final_logits_bias`.
+    """
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    eps, heads = 1e-5, config["encoder_attention_heads"]
+    scale = math.sqrt(config["d_model"]) if config.get("scale_embedding") else 1.0
+    if attention_mask is None:
+        attention_mask = np.ones_like(input_ids)
+    if decoder_attention_mask is None:
+        decoder_attention_mask = np.ones_like(decoder_input_ids)
+    source_mask = attention_mask.astype(bool)[:, None, :]
+    length = decoder_input_ids.shape[1]
+    target_mask = np.tril(np.ones((length, length), bool))[None] \
+        & decoder_attention_mask.astype(bool)[:, None, :]
+
+    def attend(x, context, name, mask):
+        q = _linear(x, p, name + ".q_proj")
+        k, v = _linear(context, p, name + ".k_proj"), _linear(context, p, name + ".v_proj")
+        return _linear(_attention_heads(q, k, v, heads, mask), p, name + ".out_proj")
+
+    def norm(x, name):
+        return layer_norm(x, p[name + ".weight"], p[name + ".bias"], eps)
+
+    def embed(ids, half):
+        positions = p[f"{half}.embed_positions.weight"][np.arange(ids.shape[1]) + 2]
+        return norm(p["shared.weight"][ids] * scale + positions[None],
+                    f"{half}.layernorm_embedding")
+
+    def feed_forward_sublayer(x, pre):
+        h = _linear(gelu(_linear(x, p, pre + "fc1")), p, pre + "fc2")
+        return norm(x + h, pre + "final_layer_norm")
+
+    x = embed(input_ids, "encoder")
+    for i in range(config["encoder_layers"]):
+        pre = f"encoder.layers.{i}."
+        x = norm(x + attend(x, x, pre + "self_attn", source_mask), pre + "self_attn_layer_norm")
+        x = feed_forward_sublayer(x, pre)
+    memory = x
+    y = embed(decoder_input_ids, "decoder")
+    for i in range(config["decoder_layers"]):
+        pre = f"decoder.layers.{i}."
+        y = norm(y + attend(y, y, pre + "self_attn", target_mask), pre + "self_attn_layer_norm")
+        y = norm(y + attend(y, memory, pre + "encoder_attn", source_mask),
+                 pre + "encoder_attn_layer_norm")
+        y = feed_forward_sublayer(y, pre)
+    logits = y @ p["shared.weight"].T + p["final_logits_bias"]
+    return memory, y, logits
+
+
+def random_bart_params(config, seed=0):
+    """Random parameters in the `BartForConditionalGeneration` layout (without the "model."
+    prefix), `final_logits_bias` zero as BART keeps it."""
+    rng = np.random.default_rng(seed)
+    h = config["d_model"]
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    p = {"shared.weight": w(config["vocab_size"], h),
+         "final_logits_bias": np.zeros((1, config["vocab_size"]), np.float32)}
+    for half, attentions in (("encoder", ("self_attn",)),
+                             ("decoder", ("self_attn", "encoder_attn"))):
+        inter = config[f"{half}_ffn_dim"]
+        p[f"{half}.embed_positions.weight"] = w(config["max_position_embeddings"] + 2, h)
+        for i in range(config[f"{half}_layers"]):
+            pre = f"{half}.layers.{i}."
+            for attention in attentions:
+                for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                    p[f"{pre}{attention}.{proj}.weight"] = w(h, h)
+                    p[f"{pre}{attention}.{proj}.bias"] = w(h)
+            p[pre + "fc1.weight"], p[pre + "fc1.bias"] = w(inter, h), w(inter)
+            p[pre + "fc2.weight"], p[pre + "fc2.bias"] = w(h, inter), w(h)
+        norms = [f"{half}.layernorm_embedding"] + [
+            f"{half}.layers.{i}.{n}" for i in range(config[f"{half}_layers"])
+            for n in [a + "_layer_norm" for a in attentions] + ["final_layer_norm"]]
+        for name in norms:
+            p[name + ".weight"] = 1 + w(h, scale=0.1)
+            p[name + ".bias"] = w(h, scale=0.1)
+    return p

@@ -469,6 +469,18 @@ ARCHITECTURE_KEYS = (
     "norm_first", "norm_epsilon", "embedding_norm", "final_norm", "pooler", "use_bias",
     "tie_embeddings", "causal",
 )
+# The same for the encoder-decoder tasks' own `model` keys (only their configs have them).
+ENCODER_DECODER_KEYS = ("num_decoder_layers", "shared_embeddings")
+
+
+def architecture_keys(*configs):
+    """`ARCHITECTURE_KEYS`, and the `ENCODER_DECODER_KEYS` that all of `configs` (model
+    configs, or backbones' `get_config()` dicts) have."""
+    def has(config, key):
+        return key in config if isinstance(config, dict) else hasattr(config, key)
+
+    return ARCHITECTURE_KEYS + tuple(key for key in ENCODER_DECODER_KEYS
+                                     if all(has(c, key) for c in configs))
 
 
 def validate(config):

@@ -62,7 +62,7 @@ def resolve_init_checkpoint(config, explicit=()):
         source = load_experiment(run.params_file())
     except ConfigError as e:
         raise ConfigError(f"model.init_checkpoint: {e}") from None
-    for key in config_lib.ARCHITECTURE_KEYS:
+    for key in config_lib.architecture_keys(config.model, source.model):
         theirs = architecture_value(source.model, key)
         if f"model.{key}" in explicit:
             mine = architecture_value(config.model, key)

@@ -1,24 +1,26 @@
-"""Hugging Face BERT and GPT-2 checkpoints → tflm models and tokenizers, exactly.
+"""Hugging Face BERT, GPT-2 and BART checkpoints → tflm models and tokenizers, exactly.
 
 Two levels:
 
-- `load_bert` / `load_gpt2` take a Hugging Face `config.json` as a dict and
-  the checkpoint's tensors as a dict of NumPy arrays (names as in
-  `model.safetensors`), and build a `TransformerBackbone` that computes the
-  same function. Every expected tensor must be present with the expected
+- `load_bert` / `load_gpt2` / `load_bart` take a Hugging Face `config.json` as a
+  dict and the checkpoint's tensors as a dict of NumPy arrays (names as in
+  `model.safetensors`), and build a `TransformerBackbone` (a `Seq2SeqBackbone`
+  for BART) that computes the same function. Every expected tensor must be present with the expected
   shape; a missing or mis-shaped one is an error naming the tensor.
 - `load_huggingface(folder)` reads a checkpoint folder as `transformers`
   writes it: `config.json`, `model.safetensors` (or shards with an index),
   and the tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT,
-  `vocab.json` + `merges.txt` for GPT-2), and returns the task model
-  (`MaskedLM` for BERT, `CausalLM` for GPT-2) with its tokenizer. The layouts
+  `vocab.json` + `merges.txt` for GPT-2 and BART), and returns the task model
+  (`MaskedLM` for BERT, `CausalLM` for GPT-2, `Seq2SeqLM` for BART) with its
+  tokenizer. The layouts
   of `bert-base-uncased`, of sentence-transformers BERT models (no `bert.`
   prefix, maybe no pooler) and of `gpt2` all load.
 
 torch `Linear` weights are `(out, in)` and are transposed; GPT-2 `Conv1D`
 weights are already `(in, out)`. BERT's separate query/key/value become the
 fused `[Q | K | V]` kernel of `MultiHeadAttention`; GPT-2's `c_attn` already
-has that layout.
+has that layout. BART's cross-attention keys and values become the fused
+`[K | V]` kernel of `CrossAttention`.
 """
 
 import dataclasses
@@ -26,7 +28,7 @@ import os
 
 import numpy as np
 
-from tflm.data.byte_pair import MERGES_FILE, VOCAB_FILE, BytePairTokenizer
+from tflm.data.byte_pair import MERGES_FILE, VOCAB_FILE, BytePairTokenizer, read_vocab_json
 from tflm.data.tokenizer_utils import read_json_file
 from tflm.data.wordpiece import VOCAB_FILE as WORDPIECE_VOCAB
 from tflm.data.wordpiece import WordPieceTokenizer
@@ -34,6 +36,7 @@ from tflm.errors import MissingFileError, TflmError
 from tflm.models.backbone import TransformerBackbone
 from tflm.models.causal_lm import CausalLM
 from tflm.models.masked_lm import MaskedLM
+from tflm.models.seq2seq_lm import Seq2SeqBackbone, Seq2SeqLM
 from tflm.models.safetensors_file import read_checkpoint_weights
 
 
@@ -258,13 +261,135 @@ def load_gpt2(hf_config, params, source="GPT-2 checkpoint", dtype=None, used=Non
     return backbone
 
 
+# BART's learned positions start at row 2 of `embed_positions` (fairseq's padding offset).
+BART_POSITION_OFFSET = 2
+
+
+def bart_backbone_kwargs(hf_config):
+    """`Seq2SeqBackbone` arguments that express a Hugging Face BART config.
+
+    BART is post-LN (`norm_first=False`) with a norm after the summed embeddings
+    (`layernorm_embedding`) and no final norm, exact GELU, and learned positions.
+    What tflm's encoder-decoder does not have is refused, naming the key:
+    `scale_embedding` (token embeddings times sqrt(d_model)), pre-LN variants
+    (`normalize_before`, `add_final_layer_norm`: mBART) and unequal halves.
+    """
+    def refuse(key, why):
+        raise CheckpointError(f"config.json: {key}={hf_config[key]!r}: {why}")
+
+    if hf_config.get("activation_function", "gelu") != "gelu":
+        refuse("activation_function", "only erf 'gelu' is supported for BART.")
+    for key in ("scale_embedding", "normalize_before", "add_final_layer_norm"):
+        if hf_config.get(key):
+            refuse(key, "tflm's encoder-decoder has no such option (BART has it false).")
+    for a, b in (("encoder_attention_heads", "decoder_attention_heads"),
+                 ("encoder_ffn_dim", "decoder_ffn_dim")):
+        if hf_config[a] != hf_config[b]:
+            refuse(b, f"differs from {a}={hf_config[a]!r}; tflm's encoder and decoder blocks "
+                      "have the same heads and width.")
+    if hf_config.get("tie_word_embeddings", True) is False:
+        refuse("tie_word_embeddings", "tflm imports BART with the tied output projection.")
+    return dict(
+        vocabulary_size=hf_config["vocab_size"],
+        num_layers=hf_config["encoder_layers"],
+        num_decoder_layers=hf_config["decoder_layers"],
+        num_heads=hf_config["encoder_attention_heads"],
+        hidden_dim=hf_config["d_model"],
+        intermediate_dim=hf_config["encoder_ffn_dim"],
+        max_sequence_length=hf_config["max_position_embeddings"],
+        position_encoding="learned",
+        activation="gelu",
+        normalization="layer_norm",
+        norm_first=False,
+        norm_epsilon=1e-5,  # torch.nn.LayerNorm's default, which BART uses
+        embedding_norm=True,
+        dropout=hf_config.get("dropout", 0.1),
+        attention_dropout=hf_config.get("attention_dropout", 0.0),
+        shared_embeddings=True,
+        tie_embeddings=True,
+        initializer_range=hf_config.get("init_std", 0.02),
+    )
+
+
+def _set_attention(attention, reader, name, hidden):
+    """BART's separate q/k/v/out projections into a `MultiHeadAttention` ([Q|K|V] fused) or a
+    `CrossAttention` (query, [K|V] fused)."""
+    weights = {n: reader.get(f"{name}.{n}_proj.weight", (hidden, hidden)).T for n in "qkv"}
+    biases = {n: reader.get(f"{name}.{n}_proj.bias", (hidden,)) for n in "qkv"}
+    if hasattr(attention, "qkv_dense"):
+        attention.qkv_dense.kernel.assign(np.concatenate([weights[n] for n in "qkv"], axis=1))
+        attention.qkv_dense.bias.assign(np.concatenate([biases[n] for n in "qkv"]))
+    else:
+        attention.query_dense.kernel.assign(weights["q"])
+        attention.query_dense.bias.assign(biases["q"])
+        attention.key_value_dense.kernel.assign(np.concatenate([weights["k"], weights["v"]], 1))
+        attention.key_value_dense.bias.assign(np.concatenate([biases["k"], biases["v"]]))
+    _set_dense(attention.output_dense, reader, name + ".out_proj", hidden, hidden, True)
+
+
+def _set_bart_half(half, reader, name, hidden):
+    """One half (`encoder` / `decoder`) of a BART: positions, embedding norm, blocks."""
+    table = reader.get(f"{name}.embed_positions.weight",
+                       (half.max_sequence_length + BART_POSITION_OFFSET, hidden))
+    half.position_embedding.position_embeddings.assign(table[BART_POSITION_OFFSET:])
+    _set_norm(half.embedding_norm_layer, reader, f"{name}.layernorm_embedding", hidden)
+    inter = half.intermediate_dim
+    for i, block in enumerate(half.blocks):
+        pre = f"{name}.layers.{i}."
+        _set_attention(block.attention, reader, pre + "self_attn", hidden)
+        _set_norm(block.attention_norm, reader, pre + "self_attn_layer_norm", hidden)
+        if half.cross_attention:
+            _set_attention(block.cross_attention, reader, pre + "encoder_attn", hidden)
+            _set_norm(block.cross_attention_norm, reader, pre + "encoder_attn_layer_norm", hidden)
+        _set_dense(block.feed_forward.intermediate_dense, reader, pre + "fc1", hidden, inter, True)
+        _set_dense(block.feed_forward.output_dense, reader, pre + "fc2", inter, hidden, True)
+        _set_norm(block.feed_forward_norm, reader, pre + "final_layer_norm", hidden)
+
+
+def load_bart(hf_config, params, source="BART checkpoint", dtype=None, used=None):
+    """A `Seq2SeqBackbone` with a Hugging Face BART's weights (`BartModel` or
+    `BartForConditionalGeneration`: shared, tied token embedding).
+
+    Positions `i` read row `i + 2` of `embed_positions`, as BART does. The LM's
+    `final_logits_bias` is a buffer BART never trains: it must be zero (tflm's
+    logits have no bias); a nonzero one is an error naming it.
+
+    `used`, a set, receives the names of the tensors that were read.
+    """
+    params = _strip_prefix(params, ("model.",))
+    backbone = Seq2SeqBackbone(**bart_backbone_kwargs(hf_config), dtype=dtype)
+    reader = _Reader(params, source)
+    h = backbone.hidden_dim
+    backbone.token_embedding.embeddings.assign(
+        reader.get("shared.weight", (backbone.vocabulary_size, h)))
+    for half in ("encoder", "decoder"):
+        _check_tied(reader, f"{half}.embed_tokens.weight", "shared.weight")
+        _set_bart_half(getattr(backbone, half), reader, half, h)
+    _check_tied(reader, "lm_head.weight", "shared.weight")
+    if "final_logits_bias" in params:
+        bias = reader.get("final_logits_bias", (1, backbone.vocabulary_size))
+        if np.any(bias):
+            raise CheckpointError(f"{source}: tensor 'final_logits_bias' is not zero: a logits "
+                                  "bias, which tflm's Seq2SeqLM does not have.")
+    if used is not None:
+        used.update(reader.used)
+    return backbone
+
+
 # -- Checkpoint folders. ----------------------------------------------------------------------
 CONFIG_FILE = "config.json"
-KINDS = ("bert", "gpt2")
+KINDS = ("bert", "gpt2", "bart")
+# The `architectures` names of each kind (when config.json has no model_type).
+_ARCHITECTURE_PREFIXES = {"bert": "Bert", "gpt2": "GPT2", "bart": "Bart"}
+# The model-class prefixes of the kinds' tensor names.
+_PREFIXES = ("bert.", "transformer.", "model.")
 # Buffers that old `transformers` versions saved next to the weights; not parameters.
 _BUFFERS = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")
-# A tensor that only one of the two architectures has: names the other in errors.
-_MARKERS = {"bert": "encoder.layer.0.attention.self.query.weight", "gpt2": "h.0.attn.c_attn.weight"}
+# A tensor that only one of the architectures has: names the other in errors.
+_MARKERS = {"bert": "encoder.layer.0.attention.self.query.weight", "gpt2": "h.0.attn.c_attn.weight",
+            "bart": "encoder.layers.0.self_attn.q_proj.weight"}
+# BART's special tokens (fairseq's dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3, and <mask>).
+BART_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
 
 @dataclasses.dataclass
@@ -272,11 +397,13 @@ class ImportedCheckpoint:
     """What `load_huggingface` read.
 
     Attributes:
-        model: `MaskedLM` (BERT) or `CausalLM` (GPT-2) with the checkpoint's weights.
+        model: `MaskedLM` (BERT), `CausalLM` (GPT-2) or `Seq2SeqLM` (BART) with the
+            checkpoint's weights.
         tokenizer: the tflm tokenizer built from the checkpoint's vocabulary files.
-        kind: "bert" or "gpt2".
+        kind: "bert", "gpt2" or "bart".
         head_loaded: whether the task head came from the checkpoint (BERT's masked-LM
-            head; GPT-2's output projection is the tied embedding, always loaded).
+            head; GPT-2's and BART's output projection is the tied embedding, always
+            loaded).
         unused_tensors: tensors of the checkpoint that are not part of the model
             (e.g. a `BertForSequenceClassification` classifier, or NSP weights).
     """
@@ -289,16 +416,17 @@ class ImportedCheckpoint:
 
 
 def checkpoint_kind(hf_config, source=CONFIG_FILE):
-    """"bert" or "gpt2" from `model_type` (or `architectures`); else a `CheckpointError`."""
+    """"bert", "gpt2" or "bart" from `model_type` (or `architectures`); else a
+    `CheckpointError`."""
     model_type = hf_config.get("model_type")
     if model_type in KINDS:
         return model_type
     for architecture in hf_config.get("architectures") or []:
-        for kind, prefix in (("bert", "Bert"), ("gpt2", "GPT2")):
+        for kind, prefix in _ARCHITECTURE_PREFIXES.items():
             if str(architecture).startswith(prefix):
                 return kind
     raise CheckpointError(f"{source}: model_type={model_type!r}; tflm imports "
-                          f"{' and '.join(KINDS)} checkpoints.")
+                          f"{', '.join(KINDS)} checkpoints.")
 
 
 def read_huggingface(directory):
@@ -347,7 +475,8 @@ def bert_tokenizer_options(directory):
 
 
 def huggingface_tokenizer(directory, kind):
-    """The tflm tokenizer of a checkpoint folder: WordPiece (BERT) or byte-level BPE (GPT-2)."""
+    """The tflm tokenizer of a checkpoint folder: WordPiece (BERT) or byte-level BPE (GPT-2,
+    BART: its special tokens are those of `BART_SPECIAL_TOKENS` in its vocabulary)."""
     if kind == "bert":
         path = os.path.join(directory, WORDPIECE_VOCAB)
         if not os.path.exists(path):
@@ -355,19 +484,24 @@ def huggingface_tokenizer(directory, kind):
         return WordPieceTokenizer(path, **bert_tokenizer_options(directory))
     for name in (VOCAB_FILE, MERGES_FILE):
         if not os.path.exists(os.path.join(directory, name)):
-            raise MissingFileError(f"{directory}: no {name} (the GPT-2 vocabulary is "
+            raise MissingFileError(f"{directory}: no {name} (the {kind} vocabulary is "
                                     f"{VOCAB_FILE} + {MERGES_FILE}).")
-    return BytePairTokenizer(os.path.join(directory, VOCAB_FILE),
-                             os.path.join(directory, MERGES_FILE))
+    vocabulary, merges = os.path.join(directory, VOCAB_FILE), os.path.join(directory, MERGES_FILE)
+    if kind == "bart":
+        tokens = read_vocab_json(vocabulary)
+        special = tuple(t for t in BART_SPECIAL_TOKENS if t in tokens)
+        return BytePairTokenizer(vocabulary, merges, special_tokens=special)
+    return BytePairTokenizer(vocabulary, merges)
 
 
 def load_huggingface(directory, dtype=None):
-    """Reads a Hugging Face BERT or GPT-2 checkpoint folder; returns an `ImportedCheckpoint`.
+    """Reads a Hugging Face BERT, GPT-2 or BART checkpoint folder; returns an
+    `ImportedCheckpoint`.
 
     Raises:
         FileNotFoundError: the folder, config.json, weights or vocabulary files are missing.
         CheckpointError: an unsupported architecture, or a tensor missing, mis-shaped or
-            of the other architecture (named).
+            of another architecture (named).
     """
 
     hf_config, kind, params = read_huggingface(directory)
@@ -376,13 +510,16 @@ def load_huggingface(directory, dtype=None):
     try:
         if kind == "bert":
             backbone, head = load_bert(hf_config, params, source, dtype=dtype, used=used)
-        else:
+        elif kind == "gpt2":
             backbone, head = load_gpt2(hf_config, params, source, dtype=dtype, used=used), None
+        else:
+            backbone, head = load_bart(hf_config, params, source, dtype=dtype, used=used), None
     except CheckpointError as e:
-        other = "gpt2" if kind == "bert" else "bert"
-        if any(name.endswith(_MARKERS[other]) for name in params) and "is missing" in str(e):
-            raise CheckpointError(f"{e} config.json says {kind!r}, but the weights are those of "
-                                  f"a {other!r} model ({_MARKERS[other]!r}).") from None
+        for other in KINDS:
+            if other != kind and "is missing" in str(e) and any(
+                    name.endswith(_MARKERS[other]) for name in params):
+                raise CheckpointError(f"{e} config.json says {kind!r}, but the weights are those "
+                                      f"of a {other!r} model ({_MARKERS[other]!r}).") from None
         raise
     tokenizer = huggingface_tokenizer(directory, kind)
     if tokenizer.vocabulary_size > backbone.vocabulary_size:
@@ -393,13 +530,14 @@ def load_huggingface(directory, dtype=None):
                          next_sentence_prediction="next_sentence_kernel" in (head or {}))
         if head is not None:
             set_masked_lm_head(model, head)
-    else:
+    elif kind == "gpt2":
         model = CausalLM(backbone)
-    prefixes = ("bert.", "transformer.")
+    else:
+        model = Seq2SeqLM(backbone)
     unused = sorted(
         name for name in params
-        if not any(name.startswith(p) and name[len(p):] in used for p in prefixes)
+        if not any(name.startswith(p) and name[len(p):] in used for p in _PREFIXES)
         and name not in used and not any(name.endswith(b) for b in _BUFFERS))
     return ImportedCheckpoint(model=model, tokenizer=tokenizer, kind=kind,
-                              head_loaded=kind == "gpt2" or "output_bias" in (head or {}),
+                              head_loaded=kind != "bert" or "output_bias" in (head or {}),
                               unused_tensors=unused)

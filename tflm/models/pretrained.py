@@ -11,30 +11,41 @@ Example:
 
 import dataclasses
 
-from tflm.config import ARCHITECTURE_KEYS, ModelConfig
+from tflm.config import ModelConfig, architecture_keys
 from tflm.models.huggingface import CheckpointError
 
 
-def model_config_of(backbone, task):
-    """The `ModelConfig` that rebuilds `backbone` for `task`."""
-    values = backbone.get_config()
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    config = ModelConfig(task=task, **{k: v for k, v in values.items()
-                                       if k in fields and k not in ("task", "adapter_dim")})
-    config.causal = backbone.causal
+def model_config_of(backbone, task, config=None):
+    """The `ModelConfig` that rebuilds `backbone` for `task`: `config` (a task's extended
+    `model` section, say) filled in, else a new `ModelConfig`."""
+    config = ModelConfig() if config is None else config
+    fields = {f.name for f in dataclasses.fields(config)}
+    for key, value in backbone.get_config().items():
+        if key in fields and key not in ("task", "adapter_dim"):
+            setattr(config, key, value)
+    config.task = task
+    # An encoder-decoder has no one direction: its task's default (see `architecture_value`).
+    config.causal = getattr(backbone, "causal", None)
     return config
 
 
-def _relative(variable):
-    """A backbone variable's path below the backbone (its own name differs per instance)."""
-    return variable.path.split("/", 1)[1]
+def _relative(variable, backbone):
+    """A backbone variable's path below the backbone (its own name differs per instance).
+
+    An encoder-decoder's variables are already below its halves ("encoder/...",
+    "decoder/..."): those names are what tells its two `block_0`s apart.
+    """
+    prefix = backbone.name + "/"
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
 
 
 def architecture_differences(source, target):
-    """`[(key, source value, target value)]` of the backbones' architecture keys."""
+    """`[(key, source value, target value)]` of the backbones' architecture keys (a key one
+    kind of backbone lacks, e.g. an encoder-decoder's `pooler`, reads None)."""
     a, b = source.get_config(), target.get_config()
-    a["causal"], b["causal"] = source.causal, target.causal
-    return [(key, a[key], b[key]) for key in ARCHITECTURE_KEYS if a[key] != b[key]]
+    a["causal"], b["causal"] = getattr(source, "causal", None), getattr(target, "causal", None)
+    return [(key, a.get(key), b.get(key)) for key in architecture_keys(a, b)
+            if a.get(key) != b.get(key)]
 
 
 def copy_pretrained_weights(source, model, where="the checkpoint"):
@@ -52,10 +63,10 @@ def copy_pretrained_weights(source, model, where="the checkpoint"):
         key, theirs, mine = differences[0]
         raise CheckpointError(f"{where} has model.{key}={theirs!r}, the model to initialize "
                               f"{mine!r}: a checkpoint of another architecture.")
-    targets = {_relative(v): v for v in model.backbone.weights}
+    targets = {_relative(v, model.backbone): v for v in model.backbone.weights}
     copied = set()
     for variable in source.backbone.weights:
-        name = _relative(variable)
+        name = _relative(variable, source.backbone)
         target = targets.get(name)
         if target is None or tuple(target.shape) != tuple(variable.shape):
             raise CheckpointError(f"{where}: tensor {name!r} {tuple(variable.shape)} has no "

@@ -28,8 +28,8 @@ SENTENCE_EMBEDDING = "sentence_embedding"
 def experiment_of_model(model, tokenizer):
     """The `ExperimentConfig` that rebuilds `model` (a tflm task model) with `tokenizer`."""
     task = task_for_model(model)
-    experiment = config_lib.ExperimentConfig()
-    experiment.model = model_config_of(model.backbone, task.name)
+    experiment = config_lib.experiment_config_class(config_keys_of(task.name))()
+    experiment.model = model_config_of(model.backbone, task.name, experiment.model)
     task.describe_model(model, experiment)
     experiment.data.tokenizer = tokenizer.kind
     experiment.data.sequence_length = min(experiment.data.sequence_length,
@@ -85,7 +85,7 @@ def sentence_transformers_modules(directory):
 
 
 def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
-    """Converts a Hugging Face BERT or GPT-2 checkpoint folder into a tflm model_dir.
+    """Converts a Hugging Face BERT, GPT-2 or BART checkpoint folder into a tflm model_dir.
 
     Returns the `ImportedCheckpoint` (see `tflm.models.huggingface.load_huggingface`).
     """

@@ -65,7 +65,8 @@ def task_for_model(model):
 
 def architecture_value(model_config, key):
     """`model_config.<key>` with the defaults that depend on other keys filled in: `causal`
-    unset is the task's own direction, `final_norm` unset follows `norm_first`."""
+    unset is the task's own direction, `final_norm` unset follows `norm_first`,
+    `num_decoder_layers` 0 is `num_layers`."""
     if key == "causal":
         if model_config.causal is None:
             return task_class(model_config.task).causal
@@ -73,6 +74,8 @@ def architecture_value(model_config, key):
     if key == "final_norm":
         return model_config.norm_first if model_config.final_norm is None else \
             model_config.final_norm
+    if key == "num_decoder_layers":
+        return model_config.num_decoder_layers or model_config.num_layers
     return getattr(model_config, key)
 
 

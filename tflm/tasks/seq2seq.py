@@ -64,6 +64,7 @@ from tflm.generation.seq2seq_rows import ended_rows, seq2seq_tokens, sides, sour
 from tflm.models.factory import build_seq2seq_backbone
 from tflm.models.seq2seq_lm import Seq2SeqLM
 from tflm.tasks.base import Task
+from tflm.tasks.pretrained import init_from_pretrained
 from tflm.tasks.registry import build_task, register_task
 from tflm.training.text_metrics import LANGUAGES, generation_report
 
@@ -268,11 +269,11 @@ def check_seq2seq_model(config, task_name):
     """What a `Seq2SeqBackbone` does not have (yet): a `ConfigError` naming the key that sets
     it, rather than ignoring it."""
     model = config.model
-    unsupported = {"model.causal": model.causal is not None,
+    # model.causal=false is the encoder's direction (what model.init_checkpoint resolves to).
+    unsupported = {"model.causal": bool(model.causal),
                    "model.num_segments": model.num_segments != 0,
                    "model.pooler": model.pooler,
                    "model.final_norm": model.final_norm not in (None, model.norm_first),
-                   "model.init_checkpoint": bool(model.init_checkpoint),
                    "model.finetune": model.finetune != "full",
                    "model.freeze_bottom_layers": model.freeze_bottom_layers != 0}
     for key, is_set in unsupported.items():
@@ -295,12 +296,6 @@ class Seq2SeqTask(Task):
     @classmethod
     def validate(cls, config):
         model, data = config.model, config.data
-        if data.input_format not in LABELLED_FORMATS:
-            raise ConfigError(f"data.input_format={data.input_format!r}: seq2seq reads "
-                              "source/target pairs from 'jsonl' or 'csv' files.")
-        if not data.input_path:
-            raise ConfigError("model.task='seq2seq' needs data.input_path (JSONL or CSV files "
-                              "with data.source_field and data.target_field).")
         if data.sequence_length < 2:
             raise ConfigError(f"data.sequence_length={data.sequence_length}: a seq2seq source "
                               "row needs at least 2 (a token and [end]).")
@@ -343,9 +338,12 @@ class Seq2SeqTask(Task):
         return build_seq2seq_backbone(model_config, dtype=dtype)
 
     def build_model(self, dtype=None, source=None, print_fn=None):
-        # No init_checkpoint and no fine-tuning modes yet (`validate` refuses them).
-        del source, print_fn
-        return build_task(self.config.model, dtype=dtype)
+        # From model.init_checkpoint's weights if given; no fine-tuning modes yet (`validate`
+        # refuses them).
+        model = build_task(self.config.model, dtype=dtype)
+        if source is not None:
+            init_from_pretrained(model, self.config.model.init_checkpoint, print_fn, source=source)
+        return model
 
     def make_tokenizer(self):
         """`data.tokenizer`'s tokenizer, or a `TokenizerPair` when a side has its own."""
@@ -356,7 +354,15 @@ class Seq2SeqTask(Task):
         return TokenizerPair(*(make_tokenizer(*specs[side]) for side in SIDES))
 
     def batches(self, tokenizer, batch_size, input_context, stats, training, split):
-        config = self.config
+        config, data = self.config, self.config.data
+        # Checked where the data is read: a converted checkpoint's model_dir, loaded to
+        # export or to start a run from (model.init_checkpoint), has no data of its own.
+        if data.input_format not in LABELLED_FORMATS:
+            raise ConfigError(f"data.input_format={data.input_format!r}: seq2seq reads "
+                              "source/target pairs from 'jsonl' or 'csv' files.")
+        if not data.input_path:
+            raise ConfigError("model.task='seq2seq' needs data.input_path (JSONL or CSV files "
+                              "with data.source_field and data.target_field).")
         records = seq2seq_records(config, split, stats)
         return seq2seq_batches(records, tokenizer, config.data.sequence_length,
                                config.data.target_length, batch_size, training=training,
