@@ -132,6 +132,13 @@ def test_seq2seq_run_starts_from_a_converted_bart(converted, tmp_path):
     source = load_pretrained(str(root / "bart"))[0]
     inputs = _inputs(config["vocab_size"])
     np.testing.assert_allclose(np.asarray(model(inputs)), np.asarray(source(inputs)), atol=1e-6)
+    # BART's tokenizer reads the pairs: `abc </s>` in, `<s> cba` to the decoder, `cba </s>` out.
+    tokenizer = task.make_tokenizer()
+    features, labels, weights = next(iter(task.dataset(tokenizer, training=False, split="train")))
+    real = int(features["encoder_padding_mask"][0].numpy().sum())
+    target = int(weights[0].numpy().sum())
+    assert features["encoder_token_ids"][0, real - 1] == 2 and labels[0, target - 1] == 2
+    assert features["decoder_token_ids"][0, 0] == 0 and tokenizer.pad_id == 1
     with pytest.raises(Exception, match="num_layers=3"):
         load_experiment(None, f"model.task=seq2seq,model.init_checkpoint={root / 'bart'},"
                               f"data.input_format=jsonl,data.input_path={pairs},model.num_layers=3")

@@ -12,7 +12,8 @@ Interface:
     word_starts(ids)       bool, same shape: True where a token begins a new word
                            (whole-word masking groups a word's pieces)
     vocabulary_size, special_tokens, special_ids, token_to_id(token), id_to_token(id)
-    pad_id, unk_id, cls_id, sep_id, mask_id, end_of_text_id    (None where absent)
+    pad_id, unk_id, cls_id, sep_id, mask_id, end_of_text_id    (None where absent; BERT's
+                           [PAD] [UNK] [CLS] [SEP] [MASK], else <pad> <unk> <s> </s> <mask>)
     save(directory)        readable vocabulary files + tokenizer.json
     fingerprint()          sha256 of the saved vocabulary: identifies the exact tokenizer
 `tflm.data.tokenizers.load_tokenizer(directory)` reads back what `save` wrote.
@@ -54,28 +55,33 @@ class Tokenizer(tf.Module):
         """Default: every token is its own word."""
         return tf.ones_like(ids, dtype=tf.bool)
 
-    def _special_id(self, token):
-        return self.token_to_id(token) if token in self.special_tokens else None
+    def _special_id(self, *tokens):
+        """The id of the first of `tokens` (a role's names: BERT's, then RoBERTa's and BART's)
+        that is a special token, else None."""
+        for token in tokens:
+            if token in self.special_tokens:
+                return self.token_to_id(token)
+        return None
 
     @property
     def pad_id(self):
-        return self._special_id("[PAD]")
+        return self._special_id("[PAD]", "<pad>")
 
     @property
     def unk_id(self):
-        return self._special_id("[UNK]")
+        return self._special_id("[UNK]", "<unk>")
 
     @property
     def cls_id(self):
-        return self._special_id("[CLS]")
+        return self._special_id("[CLS]", "<s>")
 
     @property
     def sep_id(self):
-        return self._special_id("[SEP]")
+        return self._special_id("[SEP]", "</s>")
 
     @property
     def mask_id(self):
-        return self._special_id("[MASK]")
+        return self._special_id("[MASK]", "<mask>")
 
     @property
     def end_of_text_id(self):
