@@ -27,6 +27,10 @@ with `trainer.label_smoothing`.
 Evaluation: loss, perplexity of the targets, token accuracy (teacher-forced) and the token
 count. Generation metrics (BLEU, ROUGE) need decoding and come with it.
 
+Serving (`Seq2SeqLMServing`): `generate` (`serving_default`; sampling and the decoding
+controls), `beam_search` and `score` (a target's log-likelihood given its source), text in
+and text out.
+
 Example:
 >>> config = tflm.experiment.load_experiment("configs/tiny_seq2seq.yaml",
 ...                                          "data.input_path=pairs.jsonl")
@@ -36,6 +40,7 @@ Example:
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from tflm.config import ConfigError, ranged
@@ -51,10 +56,14 @@ from tflm.data.classification import (
     text_value,
 )
 from tflm.errors import TflmError
+from tflm.export.serving import Seq2SeqLMServing
 from tflm.models.factory import build_seq2seq_backbone
 from tflm.models.seq2seq_lm import Seq2SeqLM
 from tflm.tasks.base import Task
 from tflm.tasks.registry import build_task, register_task
+
+# Warm-up requests of the export: a source and an empty one.
+WARMUP_SOURCES = np.array([b"It is a truth universally acknowledged", b""])
 
 
 # -- Config. ------------------------------------------------------------------------------------
@@ -174,7 +183,8 @@ def encode_seq2seq(tokenizer, sources, targets, source_length, target_length):
 def seq2seq_features(sources, targets, start_id, pad_id, source_length, target_length):
     """`(features, labels, weights)` of ragged `(batch, None)` int32 rows: `sources` (the
     encoder's rows, their `[end]` included) and `targets` (`target [end]`, the labels; the
-    decoder reads `[start] target`). Rows must fit their lengths (`to_tensor` cuts)."""
+    decoder reads `[start] target`). Rows must fit their lengths (`to_tensor` cuts); a length
+    None pads to the longest row."""
     def dense(rows, length):
         shape = [None, length]
         return (rows.to_tensor(default_value=pad_id, shape=shape),
@@ -284,12 +294,28 @@ class Seq2SeqTask(Task):
 
     # Evaluation: `Task.eval_sums` / `eval_report` (loss, perplexity, token accuracy).
 
-    # -- Serving: text-to-text export needs decoding, which comes later. ---------------------------
+    # -- Serving. ---------------------------------------------------------------------------
     @classmethod
     def serving_module(cls, model, tokenizer, options):
-        raise TflmError(f"model.task={cls.name!r} cannot be exported yet: its serving signature "
-                        "needs encoder-decoder decoding.")
+        return Seq2SeqLMServing(model, tokenizer, num_beams=options.num_beams,
+                                jit_compile=options.jit_compile)
 
     @classmethod
     def warmup_inputs(cls, module):
-        return []
+        plain = {"sources": WARMUP_SOURCES, "max_new_tokens": np.int32(4),
+                 "temperature": np.float32(0.0), "top_k": np.int32(0), "top_p": np.float32(1.0),
+                 "seed": np.int64(0), "repetition_penalty": np.float32(1.0),
+                 "no_repeat_ngram_size": np.int32(0), "min_new_tokens": np.int32(0),
+                 "stop_token_ids": np.zeros([0], np.int32), "num_return_sequences": np.int32(1)}
+        controls = dict(plain, temperature=np.float32(0.7), top_k=np.int32(20),
+                        top_p=np.float32(0.9), repetition_penalty=np.float32(1.2),
+                        no_repeat_ngram_size=np.int32(2), min_new_tokens=np.int32(1),
+                        stop_token_ids=np.array([module.end_id], np.int32),
+                        num_return_sequences=np.int32(2))
+        return [
+            ("generate", plain),
+            ("generate", controls),
+            ("beam_search", {"sources": WARMUP_SOURCES, "max_new_tokens": np.int32(4),
+                             "length_penalty": np.float32(0.6)}),
+            ("score", {"sources": WARMUP_SOURCES, "targets": np.array([b"truth", b""])}),
+        ]
