@@ -21,8 +21,8 @@ START, END = seq2seq_tokens(TOKENIZER)
 LONG = "x" * 40  # over the 32 positions: kept are its first 31 tokens and [end]
 SOURCES = ["It is a truth", "", "héllo wörld", LONG]
 CONTROLS = dict(temperature=0.9, top_k=20, top_p=0.9, seed=7, repetition_penalty=1.3,
-                no_repeat_ngram_size=2, min_new_tokens=2, stop_token_ids=[TOKENIZER.byte_offset + 32],
-                num_return_sequences=2)
+                no_repeat_ngram_size=2, min_new_tokens=2,
+                stop_token_ids=[TOKENIZER.byte_offset + 32], num_return_sequences=2)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The `seq2seq` task: batches of static shape whose rows, shift and weights match a Python
 reference; bad records named by file:line or counted; the tiny config trains through
 tflm-train's path (the loss falls) and evaluates; its saved model.keras gives the same
-logits and --mode=eval the same report."""
+logits and --mode=eval the same report; `tflm-export --model_dir` exports it text to text."""
 
 import json
 import pathlib
@@ -154,3 +154,24 @@ def test_the_saved_model_gives_the_same_logits(trained):
     # --mode=eval restores the checkpoint and reports the same numbers.
     evaluated = run_experiment(config, str(model_dir), mode="eval", **QUIET)
     assert evaluated.eval_results == trainer.eval_results
+
+
+def test_the_model_dir_exports_text_to_text(trained, tmp_path):
+    """tflm-export --model_dir of a seq2seq run: its beam_search is the trained model's."""
+    import tensorflow as tf
+
+    from tflm.experiment import export_model_dir
+    from tflm.generation import Seq2SeqDecoder
+    from tflm.tasks.seq2seq import seq2seq_tokens
+
+    _, model_dir, trainer = trained
+    loaded = tf.saved_model.load(export_model_dir(str(model_dir), str(tmp_path)))
+    sources = ["abcdef", "hij"]
+    answer = loaded.signatures["beam_search"](sources=tf.constant(sources),
+                                              max_new_tokens=tf.constant(10),
+                                              length_penalty=tf.constant(0.6))
+    start, end = seq2seq_tokens(trainer.tokenizer)
+    ids = tf.ragged.constant([_byte_ids(s) + [end] for s in sources], tf.int32)
+    tokens, lengths = Seq2SeqDecoder(trainer.model, start, end).beam_search(ids, 10, num_beams=4)
+    expected = trainer.tokenizer.detokenize(tf.RaggedTensor.from_tensor(tokens, lengths=lengths))
+    assert answer["text"].numpy().tolist() == expected.numpy().tolist()

@@ -89,6 +89,7 @@ def check_parameter(condition, name, value, rule):
 
 
 def check_max_new_tokens(max_new_tokens):
+    """`max_new_tokens` >= 1 (a larger request than the positions hold is capped, not refused)."""
     check_parameter(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be at least 1")
 
 
@@ -118,6 +119,7 @@ def check_controls(vocabulary_size, repetition_penalty, no_repeat_ngram_size, mi
 
 
 def check_length_penalty(length_penalty):
+    """Beam search's `length_penalty`: finite, >= 0."""
     check_parameter((length_penalty >= 0.0) & tf.math.is_finite(length_penalty),
                     "length_penalty", length_penalty, "must be finite and >= 0")
 
