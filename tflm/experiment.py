@@ -179,8 +179,8 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
 
     `label_names` default to the classifier's own; `text_pair` and
     `sequence_length` shape the `classify` signature as the model was trained;
-    `jit_compile` makes a causal LM's decoding loops XLA programs (see
-    `CausalLMServing`).
+    `jit_compile` makes a causal LM's (or an encoder-decoder's) decoding loops XLA
+    programs (see `CausalLMServing`).
 
     Raises:
         ExportError: the version exists already.

@@ -29,8 +29,9 @@ the real server would feed it and fail somewhere inside the graph.
 Models are served like TF Serving's default version policy: the highest
 numeric version folder under each base path.
 
-Also here: `tiny_models()`, the tiny tflm models the export tests use, and
-`shared_tiny_exports()`, their exports made once per test run.
+Also here: `tiny_models()` and `tiny_seq2seq()`, the tiny tflm models the export tests
+use, and `shared_tiny_exports()` and `shared_seq2seq_export()`, their exports made once per
+test run.
 """
 
 import base64
@@ -471,6 +472,39 @@ def load_tiny_models(directory):
         with np.load(os.path.join(str(directory), f"{kind}.npz")) as saved:
             model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
     return models
+
+
+def tiny_seq2seq(seed=0):
+    """A byte-level `Seq2SeqLM` as tiny as `tiny_models`' (one layer each side, hidden 16, 32
+    positions, no dropout; an untied output projection, whose random weights greedy-decode
+    varied bytes, where tied ones repeat the start token); the same weights for the same seed."""
+    import keras
+
+    from tflm.models import Seq2SeqBackbone, Seq2SeqLM
+
+    keras.utils.set_random_seed(seed)
+    return Seq2SeqLM(Seq2SeqBackbone(vocabulary_size=262, num_layers=1, num_heads=2,
+                                     hidden_dim=16, intermediate_dim=32, max_sequence_length=32,
+                                     norm_first=True, dropout=0, attention_dropout=0,
+                                     tie_embeddings=False))
+
+
+def shared_seq2seq_export(tmp_path_factory):
+    """`(model, export base path)`: `tiny_seq2seq()` exported once per test run (its own
+    folder: only the tests that serve it pay for it)."""
+    from tflm.data import ByteTokenizer
+    from tflm.experiment import export_saved_model
+
+    def make(directory):
+        model = tiny_seq2seq()
+        export_saved_model(model, ByteTokenizer(), str(directory / "seq2seq"))
+        np.savez(str(directory / "seq2seq.npz"), *model.get_weights())
+
+    directory = shared_once(tmp_path_factory, "tiny_seq2seq_export", make)
+    model = tiny_seq2seq()
+    with np.load(str(directory / "seq2seq.npz")) as saved:
+        model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
+    return model, str(directory / "seq2seq")
 
 
 def shared_once(tmp_path_factory, name, make):

@@ -1,7 +1,8 @@
 """The exports outside tflm: a fresh process with only what TF Serving has, and saved_model_cli.
 
 One module fixture starts every subprocess at once (each costs seconds of
-TensorFlow import): one Python process that loads the three tiny exports with
+TensorFlow import): one Python process that loads the tiny exports (the encoder-decoder's
+too) with
 only `tensorflow` and `tensorflow_text` (importing `tflm` there is refused
 and would fail the load) and runs every signature, and one
 `saved_model_cli show --all` per export. The answers must be those of the
@@ -24,13 +25,15 @@ from serving_adapters import (
     LABELS,
     load_tiny_models,
     shared_once,
+    shared_seq2seq_export,
     shared_tiny_exports,
     tiny_tokenizers,
 )
 
 from tflm.data import ByteTokenizer
 from tflm.export.client import SIGNATURES
-from tflm.generation import generate
+from tflm.generation import Seq2SeqDecoder, generate
+from tflm.tasks.seq2seq import seq2seq_tokens
 
 # Runs in the fresh process: argv[1] the requests (JSON), argv[2] where to write the answers.
 RUNNER = r'''
@@ -85,6 +88,11 @@ TEXTS = ["Mr. Darcy", "", "y" * 50]
 WORDPIECE_TEXTS = ["Mr. Darcy is happy!", "", "the truth " * 20, "Naïve THING, 中",
                    "a [SEP] b[MASK]"]
 
+# Sampled, every control on (source over-long: kept is its start).
+SEQ2SEQ_CONTROLS = {"max_new_tokens": 6, "temperature": 0.9, "top_k": 20, "top_p": 0.9,
+                    "seed": 7, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2,
+                    "min_new_tokens": 2, "stop_token_ids": [40], "num_return_sequences": 2}
+
 REQUESTS = [
     ("causal", "generate", {"prompts": PROMPTS, "max_new_tokens": 6, "temperature": 0.0,
                             "top_k": 0, "top_p": 1.0, "seed": 0}),
@@ -98,6 +106,9 @@ REQUESTS = [
     ("masked", "encode", {"text": TEXTS}),
     ("classifier", "classify", {"text": TEXTS}),
     ("wordpiece", "classify", {"text": WORDPIECE_TEXTS}),
+    ("seq2seq", "generate", {"sources": PROMPTS, **SEQ2SEQ_CONTROLS}),
+    ("seq2seq", "beam_search", {"sources": PROMPTS, "max_new_tokens": 5, "length_penalty": 0.6}),
+    ("seq2seq", "score", {"sources": PROMPTS, "targets": TEXTS + ["z"]}),
 ]
 
 SIGNATURE_NAMES = {
@@ -105,6 +116,7 @@ SIGNATURE_NAMES = {
     "masked": ["encode", "fill_mask", "serving_default"],
     "classifier": ["classify", "serving_default"],
     "wordpiece": ["classify", "serving_default"],
+    "seq2seq": ["beam_search", "generate", "score", "serving_default"],
 }
 # saved_model_cli runs on these (the byte-level classifier's listing is the wordpiece one's).
 CLI_KINDS = ("causal", "masked", "wordpiece")
@@ -156,12 +168,13 @@ def _run_subprocesses(bases, work):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     directory, bases = shared_tiny_exports(tmp_path_factory)
+    seq2seq, bases["seq2seq"] = shared_seq2seq_export(tmp_path_factory)
     if not os.path.exists(_saved_model_cli()):
         pytest.skip(f"no saved_model_cli beside {sys.executable}")
     work = shared_once(tmp_path_factory, "fresh_process", lambda w: _run_subprocesses(bases, w))
     return {"answers": json.loads((work / "answers.json").read_text()),
             "cli": {kind: (work / f"{kind}.out").read_text() for kind in CLI_KINDS},
-            "models": load_tiny_models(directory), "bases": bases}
+            "models": dict(load_tiny_models(directory), seq2seq=seq2seq), "bases": bases}
 
 
 def _answer(runs, kind, signature, index=0):
@@ -260,6 +273,26 @@ def test_score_gives_the_python_models_log_likelihood(runs):
     np.testing.assert_allclose(answer["perplexity"],
                                np.exp(-np.array(expected) / np.maximum(counts, 1)), rtol=1e-5)
     assert answer["truncated"].tolist() == [False, False, True, False]
+
+
+def test_seq2seq_gives_the_python_decoders_tokens(runs):
+    start, end = seq2seq_tokens(ByteTokenizer())
+    sources = tf.ragged.constant([ids[:31] + [end] for ids in _byte_ids(PROMPTS)], tf.int32)
+    decoder = Seq2SeqDecoder(runs["models"]["seq2seq"], start_id=start, end_id=end)
+    controls = {k: v for k, v in SEQ2SEQ_CONTROLS.items() if k != "max_new_tokens"}
+    cut = [False, False, True, False]
+    for signature, (tokens, lengths), copies in [
+            ("generate", decoder.sample(sources, 6, **controls), 2),
+            ("beam_search", decoder.beam_search(sources, 5, num_beams=4), 1)]:
+        rows = [row[:n] for row, n in zip(tokens.numpy().tolist(), lengths.numpy())]
+        answer = _answer(runs, "seq2seq", signature)
+        assert answer["num_tokens"].tolist() == [len(row) for row in rows]
+        assert answer["text"].tolist() == _texts(rows)
+        assert answer["source_truncated"].tolist() == np.repeat(cut, copies).tolist()
+    answer = _answer(runs, "seq2seq", "score")
+    assert answer["num_tokens"].tolist() == [10, 1, 32, 2]  # target [end], at most 32
+    assert answer["target_truncated"].tolist() == [False, False, True, False]
+    assert np.all(answer["log_likelihood"] < 0)
 
 
 def test_fill_mask_gives_the_python_models_probabilities(runs):

@@ -2,7 +2,8 @@
 reference, cuts counted; bad records named by file:line or counted; the tiny config trains
 through tflm-train's path (the loss falls) and evaluates, with generation metrics of
 decoding done here; its saved model.keras gives the same logits and --mode=eval the same
-report; a source and a target tokenizer each read their own side."""
+report; `tflm-export --model_dir` exports it text to text; a source and a target
+tokenizer each read their own side."""
 
 import copy
 import json
@@ -321,3 +322,24 @@ def test_tflm_generate_prints_the_target_of_each_source(trained, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines == generate(trainer.model, sources, max_new_tokens=10,
                              tokenizer=trainer.tokenizer)
+
+
+def test_the_model_dir_exports_text_to_text(trained, tmp_path):
+    """tflm-export --model_dir of a seq2seq run: its beam_search is the trained model's."""
+    import tensorflow as tf
+
+    from tflm.experiment import export_model_dir
+    from tflm.generation import Seq2SeqDecoder
+    from tflm.tasks.seq2seq import seq2seq_tokens
+
+    _, model_dir, trainer = trained
+    loaded = tf.saved_model.load(export_model_dir(str(model_dir), str(tmp_path)))
+    sources = ["abcdef", "hij"]
+    answer = loaded.signatures["beam_search"](sources=tf.constant(sources),
+                                              max_new_tokens=tf.constant(10),
+                                              length_penalty=tf.constant(0.6))
+    start, end = seq2seq_tokens(trainer.tokenizer)
+    ids = tf.ragged.constant([_byte_ids(s) + [end] for s in sources], tf.int32)
+    tokens, lengths = Seq2SeqDecoder(trainer.model, start, end).beam_search(ids, 10, num_beams=4)
+    expected = trainer.tokenizer.detokenize(tf.RaggedTensor.from_tensor(tokens, lengths=lengths))
+    assert answer["text"].numpy().tolist() == expected.numpy().tolist()

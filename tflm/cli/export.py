@@ -16,10 +16,10 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("export_dir", None, "Base folder of the versioned SavedModels.")
 flags.DEFINE_integer("version", None, "Version folder to write; default: the next free one.")
-flags.DEFINE_integer("num_beams", 4, "Beams of the causal LM's beam_search signature.")
+flags.DEFINE_integer("num_beams", 4, "Beams of a causal LM's or seq2seq model's beam_search.")
 flags.DEFINE_string("serving_release", "2.20", "TF Serving release whose ops the export must use.")
 flags.DEFINE_boolean("jit_compile", False,
-                     "Compile a causal LM's decoding loops with XLA (several times faster; TF "
+                     "Compile a causal LM's or seq2seq model's decoding loops with XLA (faster; TF "
                      "Serving then needs --xla_cpu_compilation_enabled on a CPU).")
 flags.DEFINE_list("label_names", None,
                   "Classifier label names, in class-id order; default: the model's own.")

@@ -79,6 +79,30 @@ SIGNATURES = {
     ),
 }
 
+# An encoder-decoder's signatures (`Seq2SeqLMServing`) have the causal LM's names and read
+# `sources`: `declared_signature` tells them apart by their inputs.
+_GENERATED = {"text": "string", "num_tokens": "int32", "source_truncated": "bool"}
+SEQ2SEQ_SIGNATURES = {
+    "generate": (
+        {"sources": ("string", 1), "max_new_tokens": ("int32", 0), "temperature": ("float32", 0),
+         "top_k": ("int32", 0), "top_p": ("float32", 0), "seed": ("int64", 0),
+         "repetition_penalty": ("float32", 0), "no_repeat_ngram_size": ("int32", 0),
+         "min_new_tokens": ("int32", 0), "stop_token_ids": ("int32", 1),
+         "num_return_sequences": ("int32", 0)},
+        _GENERATED,
+    ),
+    "beam_search": (
+        {"sources": ("string", 1), "max_new_tokens": ("int32", 0),
+         "length_penalty": ("float32", 0)},
+        _GENERATED,
+    ),
+    "score": (
+        {"sources": ("string", 1), "targets": ("string", 1)},
+        {"log_likelihood": "float32", "perplexity": "float32", "num_tokens": "int32",
+         "source_truncated": "bool", "target_truncated": "bool"},
+    ),
+}
+
 PROTOCOLS = ("rest", "grpc")
 
 # Messages up to 256 MiB (per-token embeddings of a large batch are big).
@@ -152,10 +176,19 @@ def _strings(name, value):
     return out.reshape(array.shape)
 
 
+def declared_signature(signature, inputs):
+    """The `(inputs, outputs)` declaration of a tflm signature called with `inputs`: an
+    encoder-decoder's (`SEQ2SEQ_SIGNATURES`) when they name `sources`, else `SIGNATURES`';
+    None for a signature tflm does not export."""
+    if signature in SEQ2SEQ_SIGNATURES and "sources" in inputs:
+        return SEQ2SEQ_SIGNATURES[signature]
+    return SIGNATURES.get(signature)
+
+
 def typed_inputs(signature, inputs):
     """`inputs` as NumPy arrays of the dtypes the signature declares.
 
-    For a tflm signature (see `SIGNATURES`) every input must be present,
+    For a tflm signature (see `declared_signature`) every input must be present,
     of the declared rank, and convertible without loss: e.g. `top_k=5` becomes
     an int32 scalar, `seed=1` an int64 scalar, `prompts` an object array of
     UTF-8 bytes. For any other signature, NumPy values keep their dtype,
@@ -164,7 +197,8 @@ def typed_inputs(signature, inputs):
     Raises:
         ValueError / TypeError naming the input.
     """
-    if signature not in SIGNATURES:
+    declaration = declared_signature(signature, inputs)
+    if declaration is None:
         typed = {}
         for name, value in inputs.items():
             if not isinstance(value, np.ndarray):
@@ -173,7 +207,7 @@ def typed_inputs(signature, inputs):
                 value = np.asarray(value, dtype=object) if texts else np.asarray(value)
             typed[name] = _strings(name, value) if value.dtype.kind in "OUS" else value
         return typed
-    declared, _ = SIGNATURES[signature]
+    declared, _ = declaration
     missing = sorted(set(declared) - set(inputs))
     extra = sorted(set(inputs) - set(declared))
     if missing or extra:
@@ -338,7 +372,7 @@ class ServingClient:
             raise ServingError(self._model_url() + ":predict", "rest", 200,
                                f"the answer has no 'outputs': {str(answer)[:200]}")
         outputs = answer["outputs"]
-        dtypes = SIGNATURES.get(signature, (None, {}))[1]
+        dtypes = (declared_signature(signature, inputs) or (None, {}))[1]
         # TF Serving drops the name when a signature has one output: a bare value (a list, a
         # number, a string or one {"b64": ...}) instead of {name: value}.
         if isinstance(outputs, dict) and set(outputs) != {"b64"}:

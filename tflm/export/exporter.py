@@ -39,8 +39,8 @@ class ServingOptions:
         text_pair: `classify` takes a second text (a classifier fine-tuned on pairs).
         sequence_length: a classifier's longest row, as in training (default: the
             model's positions).
-        num_beams: beams of a causal LM's `beam_search`.
-        jit_compile: a causal LM's decoding loops as XLA programs (see `CausalLMServing`).
+        num_beams: beams of a causal LM's or an encoder-decoder's `beam_search`.
+        jit_compile: their decoding loops as XLA programs (see `CausalLMServing`).
     """
 
     label_names: typing.Optional[list] = None

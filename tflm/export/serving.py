@@ -6,7 +6,7 @@ graph: out-of-range parameters fail with an `InvalidArgument` message naming
 the parameter and its value, e.g. "top_p: 1.5; must be in (0, 1]" (TF Serving
 returns it as the error text); inputs longer than the model's positions are
 truncated and an output says so; `max_new_tokens` is capped at the positions
-a prompt leaves (`num_tokens` says how many came); invalid UTF-8 reads as
+a prompt (or the decoder) leaves (`num_tokens` says how many came); invalid UTF-8 reads as
 U+FFFD, as in training; an empty text is a valid input, and an empty batch
 gives empty outputs.
 
@@ -19,6 +19,12 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
   num_return_sequences rows per prompt (adjacent).
   `beam_search`: prompts, max_new_tokens, length_penalty -> the same.
   `score`: text -> log_likelihood, perplexity, num_tokens, truncated.
+- Seq2SeqLM `generate` (also `serving_default`): sources, max_new_tokens, temperature,
+  top_k, top_p, seed and the controls of `generate_with_controls` -> text, num_tokens,
+  source_truncated (num_return_sequences rows per source, adjacent).
+  `beam_search`: sources, max_new_tokens, length_penalty -> the same.
+  `score`: sources, targets -> log_likelihood (of `target [end]`, teacher-forced),
+  perplexity, num_tokens, source_truncated, target_truncated.
 - MaskedLM `fill_mask`: text (with "[MASK]"; the first is filled), top_k -> tokens, scores,
   has_mask, truncated;
   `encode`: text -> pooled_output, sequence_output, padding_mask, truncated.
@@ -30,7 +36,14 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
 import tensorflow as tf
 
 from tflm.data.classification import encode_classification, encode_token_ids
-from tflm.generation import CausalDecoder, left_pad
+from tflm.generation import CausalDecoder, Seq2SeqDecoder, left_pad, right_pad
+from tflm.generation.seq2seq_rows import (
+    ended_rows,
+    seq2seq_features,
+    seq2seq_tokens,
+    sides,
+    source_rows,
+)
 
 STRINGS = tf.TensorSpec([None], tf.string)
 INT = tf.TensorSpec([], tf.int32)
@@ -80,6 +93,47 @@ def check_parameter(condition, name, value, rule):
     """Fails the request unless `condition`, with the message "`name`: `value`; `rule`" (e.g.
     "top_p: 1.5; must be in (0, 1]"), an InvalidArgument TF Serving returns to the client."""
     tf.debugging.Assert(condition, [tf.strings.format(name + ": {}; " + rule, value)])
+
+
+def check_max_new_tokens(max_new_tokens):
+    """`max_new_tokens` >= 1 (a larger request than the positions hold is capped, not refused)."""
+    check_parameter(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be at least 1")
+
+
+def check_sampling(temperature, top_k, top_p):
+    """The checks of `generate`'s sampling parameters."""
+    check_parameter((temperature >= 0.0) & tf.math.is_finite(temperature), "temperature",
+                    temperature, "must be finite and >= 0 (0: greedy)")
+    check_parameter(top_k >= 0, "top_k", top_k, "must be >= 0 (0: no limit)")
+    check_parameter((top_p > 0.0) & (top_p <= 1.0), "top_p", top_p,
+                    "must be in (0, 1] (1: no limit)")
+
+
+def check_controls(vocabulary_size, repetition_penalty, no_repeat_ngram_size, min_new_tokens,
+                   stop_token_ids, num_return_sequences):
+    """The checks of the decoding controls (`tflm.generation.control_logits`)."""
+    check_parameter((repetition_penalty > 0.0) & tf.math.is_finite(repetition_penalty),
+                    "repetition_penalty", repetition_penalty, "must be finite and > 0 (1: off)")
+    check_parameter(no_repeat_ngram_size >= 0, "no_repeat_ngram_size", no_repeat_ngram_size,
+                    "must be >= 0 (0: off)")
+    check_parameter(min_new_tokens >= 0, "min_new_tokens", min_new_tokens,
+                    "must be >= 0 (0: off)")
+    check_parameter(tf.reduce_all((stop_token_ids >= 0) & (stop_token_ids < vocabulary_size)),
+                    "stop_token_ids", stop_token_ids,
+                    f"must be token ids in [0, {vocabulary_size})")
+    check_parameter(num_return_sequences >= 1, "num_return_sequences", num_return_sequences,
+                    "must be at least 1")
+
+
+def check_length_penalty(length_penalty):
+    """Beam search's `length_penalty`: finite, >= 0."""
+    check_parameter((length_penalty >= 0.0) & tf.math.is_finite(length_penalty),
+                    "length_penalty", length_penalty, "must be finite and >= 0")
+
+
+def detokenized(tokenizer, tokens, lengths):
+    """The text of the first `lengths` of each row of `tokens` (valid UTF-8)."""
+    return _valid_utf8(tokenizer.detokenize(tf.RaggedTensor.from_tensor(tokens, lengths=lengths)))
 
 
 # With an XLA decode, prompts are left-padded to a multiple of this many tokens, so that
@@ -133,8 +187,7 @@ class CausalLMServing(tf.Module):
     def _prompts(self, prompts, max_new_tokens):
         """`(ids, truncated, steps)`: the prompts' ids, whether each was cut, and the decode
         loop's length (`max_new_tokens` capped at what the positions hold)."""
-        check_parameter(max_new_tokens >= 1, "max_new_tokens", max_new_tokens,
-                        "must be at least 1")
+        check_max_new_tokens(max_new_tokens)
         ids = self.tokenizer.tokenize(_valid_utf8(prompts))
         # An empty prompt starts from the end-of-text token, as GPT-2 does.
         empty = tf.equal(ids.row_lengths(), 0)
@@ -153,8 +206,7 @@ class CausalLMServing(tf.Module):
                 "prompt_truncated": tf.zeros([0], tf.bool)}
 
     def _finish(self, tokens, lengths, truncated):
-        rows = tf.RaggedTensor.from_tensor(tokens, lengths=lengths)
-        return {"text": _valid_utf8(self.tokenizer.detokenize(rows)), "num_tokens": lengths,
+        return {"text": detokenized(self.tokenizer, tokens, lengths), "num_tokens": lengths,
                 "prompt_truncated": truncated}
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, SEED])
@@ -197,18 +249,8 @@ class CausalLMServing(tf.Module):
             num_return_sequences: >= 1 texts per prompt, each with its own noise (alike
                 when greedy); a prompt's texts are adjacent rows of every output.
         """
-        vocabulary_size = self.model.backbone.vocabulary_size
-        check_parameter((repetition_penalty > 0.0) & tf.math.is_finite(repetition_penalty),
-                        "repetition_penalty", repetition_penalty, "must be finite and > 0 (1: off)")
-        check_parameter(no_repeat_ngram_size >= 0, "no_repeat_ngram_size", no_repeat_ngram_size,
-                        "must be >= 0 (0: off)")
-        check_parameter(min_new_tokens >= 0, "min_new_tokens", min_new_tokens,
-                        "must be >= 0 (0: off)")
-        check_parameter(tf.reduce_all((stop_token_ids >= 0) & (stop_token_ids < vocabulary_size)),
-                        "stop_token_ids", stop_token_ids,
-                        f"must be token ids in [0, {vocabulary_size})")
-        check_parameter(num_return_sequences >= 1, "num_return_sequences", num_return_sequences,
-                        "must be at least 1")
+        check_controls(self.model.backbone.vocabulary_size, repetition_penalty,
+                       no_repeat_ngram_size, min_new_tokens, stop_token_ids, num_return_sequences)
         return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
                               num_return_sequences, repetition_penalty=repetition_penalty,
                               no_repeat_ngram_size=no_repeat_ngram_size,
@@ -216,11 +258,7 @@ class CausalLMServing(tf.Module):
 
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
                   num_return_sequences=1, **controls):
-        check_parameter((temperature >= 0.0) & tf.math.is_finite(temperature), "temperature",
-                        temperature, "must be finite and >= 0 (0: greedy)")
-        check_parameter(top_k >= 0, "top_k", top_k, "must be >= 0 (0: no limit)")
-        check_parameter((top_p > 0.0) & (top_p <= 1.0), "top_p", top_p,
-                        "must be in (0, 1] (1: no limit)")
+        check_sampling(temperature, top_k, top_p)
         ids, truncated, steps = self._prompts(prompts, max_new_tokens)
 
         def decode():
@@ -236,8 +274,7 @@ class CausalLMServing(tf.Module):
 
         `prompts` and `max_new_tokens` as in `generate`; `length_penalty`: finite, >= 0.
         """
-        check_parameter((length_penalty >= 0.0) & tf.math.is_finite(length_penalty),
-                        "length_penalty", length_penalty, "must be finite and >= 0")
+        check_length_penalty(length_penalty)
         ids, truncated, steps = self._prompts(prompts, max_new_tokens)
 
         def decode():
@@ -270,6 +307,155 @@ class CausalLMServing(tf.Module):
         generate = self.generate.get_concrete_function()
         return {"serving_default": generate, "generate": generate,
                 "generate_with_controls": self.generate_with_controls.get_concrete_function(),
+                "beam_search": self.beam_search.get_concrete_function(),
+                "score": self.score.get_concrete_function()}
+
+
+class Seq2SeqLMServing(tf.Module):
+    """`generate`, `beam_search` and `score` for a `Seq2SeqLM`: a target text from a source.
+
+    The source row is `source [end]`, as in training (`tflm.tasks.seq2seq.encode_seq2seq`),
+    cut to the encoder's positions keeping its start; the target is generated from
+    `[start]` (`tflm.generation.Seq2SeqDecoder`). A tokenizer with `source` and `target`
+    attributes reads sources with the one and writes targets with the other. With
+    `jit_compile=True` the decoding loops are XLA programs, as in `CausalLMServing`
+    (sources right-padded to a multiple of `PROMPT_BUCKET` tokens).
+    """
+
+    def __init__(self, model, tokenizer, num_beams=4, jit_compile=False,
+                 name="seq2seq_lm_serving"):
+        super().__init__(name=name)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source, self.target = sides(tokenizer)
+        self.start_id, self.end_id = seq2seq_tokens(self.target)
+        # Pads the sources too: padding is masked out, its id does not matter.
+        self.pad_id = self.target.pad_id or 0
+        self.decoder = Seq2SeqDecoder(model, start_id=self.start_id, end_id=self.end_id,
+                                      pad_id=self.pad_id)
+        self.max_length = int(model.backbone.max_sequence_length)
+        self.num_beams = int(num_beams)
+        self.jit_compile = bool(jit_compile)
+        decoder = self.decoder
+
+        def beam_search(ids, mask, keys, max_new_tokens, length_penalty):
+            return decoder.beam_search_padded(ids, mask, keys, max_new_tokens, self.num_beams,
+                                              length_penalty)
+
+        self._sample, self._beam_search = decoder.sample_padded, beam_search
+        if self.jit_compile:
+            self._sample = tf.function(decoder.sample_padded, jit_compile=True)
+            self._beam_search = tf.function(beam_search, jit_compile=True)
+
+    def _sources(self, sources):
+        """`(rows, truncated)`: ragged `source [end]` ids within the encoder's positions (a
+        longer source keeps its start), and whether each source was cut."""
+        return source_rows(self.source, _valid_utf8(sources), self.max_length)
+
+    def _right_padded(self, ids):
+        """`right_pad`, and for an XLA decode the source width rounded up to a bucket."""
+        ids, mask, keys = right_pad(ids, self.pad_id)
+        if self.jit_compile:
+            pad = [[0, 0], [0, -tf.shape(ids)[1] % PROMPT_BUCKET]]
+            ids, mask = tf.pad(ids, pad, constant_values=self.pad_id), tf.pad(mask, pad)
+        return ids, mask, keys
+
+    @staticmethod
+    def _no_rows():
+        return {"text": tf.zeros([0], tf.string), "num_tokens": tf.zeros([0], tf.int32),
+                "source_truncated": tf.zeros([0], tf.bool)}
+
+    def _finish(self, tokens, lengths, truncated):
+        return {"text": detokenized(self.target, tokens, lengths), "num_tokens": lengths,
+                "source_truncated": truncated}
+
+    @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, SEED, FLOAT, INT, INT, INTS,
+                                  INT])
+    def generate(self, sources, max_new_tokens, temperature, top_k, top_p, seed,
+                 repetition_penalty, no_repeat_ngram_size, min_new_tokens, stop_token_ids,
+                 num_return_sequences):
+        """The target of each source (greedy at temperature 0; else sampled, reproducibly
+        per seed), with the decoding controls.
+
+        Args:
+            sources: texts; an empty one is valid (the row is `[end]`). A source keeps its
+                first `max_sequence_length - 1` tokens (`source_truncated`); invalid UTF-8
+                reads as U+FFFD.
+            max_new_tokens: >= 1; at most this many target tokens (and at most the decoder's
+                `max_sequence_length`; `num_tokens` says how many came, [end] counted).
+            temperature, top_k, top_p, seed: as in `CausalLMServing.generate`.
+            repetition_penalty, no_repeat_ngram_size, min_new_tokens, stop_token_ids,
+                num_return_sequences: as in `CausalLMServing.generate_with_controls` (the
+                context of the penalties is the target so far); at 1, 0, 0, [] and 1 they
+                are off. A source's texts are adjacent rows of every output.
+        """
+        check_max_new_tokens(max_new_tokens)
+        check_sampling(temperature, top_k, top_p)
+        check_controls(self.model.backbone.vocabulary_size, repetition_penalty,
+                       no_repeat_ngram_size, min_new_tokens, stop_token_ids, num_return_sequences)
+        ids, truncated = self._sources(sources)
+
+        def decode():
+            tokens, lengths = self._sample(
+                *self._right_padded(ids), self.decoder.max_steps(max_new_tokens), temperature,
+                top_k, top_p, seed, num_return_sequences, repetition_penalty=repetition_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size, min_new_tokens=min_new_tokens,
+                stop_token_ids=stop_token_ids)
+            return self._finish(tokens, lengths, tf.repeat(truncated, num_return_sequences))
+
+        return unless_empty(tf.size(sources), decode, self._no_rows)
+
+    @tf.function(input_signature=[STRINGS, INT, FLOAT])
+    def beam_search(self, sources, max_new_tokens, length_penalty):
+        """The most likely target over `num_beams` beams (fixed at export).
+
+        `sources` and `max_new_tokens` as in `generate`; `length_penalty`: finite, >= 0.
+        """
+        check_max_new_tokens(max_new_tokens)
+        check_length_penalty(length_penalty)
+        ids, truncated = self._sources(sources)
+
+        def decode():
+            tokens, lengths = self._beam_search(*self._right_padded(ids),
+                                                self.decoder.max_steps(max_new_tokens),
+                                                length_penalty)
+            return self._finish(tokens, lengths, truncated)
+
+        return unless_empty(tf.size(sources), decode, self._no_rows)
+
+    @tf.function(input_signature=[STRINGS, STRINGS])
+    def score(self, sources, targets):
+        """Log-likelihood of each target given its source: the sum of log p over
+        `target [end]`, teacher-forced from `[start]` (training's rows). A target keeps its
+        first `max_sequence_length - 1` tokens (`target_truncated`)."""
+        check_input(tf.equal(tf.size(sources), tf.size(targets)),
+                    "sources and targets must have the same number of rows")
+        source_ids, source_truncated = self._sources(sources)
+        target_ids, target_truncated = ended_rows(self.target, _valid_utf8(targets),
+                                                  self.max_length, self.end_id)
+        # Lengths None: padded to the longest row of the batch.
+        features, labels, weights = seq2seq_features(source_ids, target_ids, self.start_id,
+                                                     self.pad_id, None, None)
+
+        def log_probs():
+            logits = self.model(features, training=False)
+            return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+
+        def nothing():
+            return tf.zeros([0, 0, self.model.backbone.vocabulary_size])
+
+        token_log_probs = tf.gather(unless_empty(tf.size(sources), log_probs, nothing), labels,
+                                    axis=-1, batch_dims=2)
+        log_likelihood = tf.reduce_sum(token_log_probs * weights, axis=1)
+        count = tf.reduce_sum(weights, axis=1)
+        return {"log_likelihood": log_likelihood,
+                "perplexity": tf.exp(-log_likelihood / tf.maximum(count, 1.0)),
+                "num_tokens": tf.cast(count, tf.int32), "source_truncated": source_truncated,
+                "target_truncated": target_truncated}
+
+    def signatures(self):
+        generate = self.generate.get_concrete_function()
+        return {"serving_default": generate, "generate": generate,
                 "beam_search": self.beam_search.get_concrete_function(),
                 "score": self.score.get_concrete_function()}
 

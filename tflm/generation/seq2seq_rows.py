@@ -50,3 +50,24 @@ def ended_rows(tokenizer, texts, length, end):
     cut = ids.row_lengths() > length - 1
     ids = ids[:, :length - 1]
     return tf.concat([ids, tf.fill([ids.nrows(), 1], tf.constant(end, tf.int32))], axis=1), cut
+
+
+def seq2seq_features(sources, targets, start_id, pad_id, source_length, target_length):
+    """`(features, labels, weights)` of ragged `(batch, None)` int32 rows: `sources` (the
+    encoder's rows, their `[end]` included) and `targets` (`target [end]`, the labels; the
+    decoder reads `[start] target`). Rows must fit their lengths (`to_tensor` cuts); a length
+    None pads to the longest row."""
+    def dense(rows, length):
+        shape = [None, length]
+        return (rows.to_tensor(default_value=pad_id, shape=shape),
+                tf.ones_like(rows).to_tensor(shape=shape))
+
+    start = tf.fill([targets.nrows(), 1], tf.constant(start_id, tf.int32))
+    # [start] target [end]: the decoder reads all but the last, predicts all but the first.
+    target = tf.concat([tf.RaggedTensor.from_tensor(start), targets], axis=1)
+    encoder_ids, encoder_mask = dense(sources, source_length)
+    decoder_ids, decoder_mask = dense(target[:, :-1], target_length)
+    labels, _ = dense(target[:, 1:], target_length)
+    features = {"encoder_token_ids": encoder_ids, "encoder_padding_mask": encoder_mask,
+                "decoder_token_ids": decoder_ids, "decoder_padding_mask": decoder_mask}
+    return features, labels, tf.cast(decoder_mask, tf.float32)

@@ -33,7 +33,8 @@ of the model's vocabulary are the sentinels, `model.vocabulary_size - 1` the fir
 never gives them. Text infilling's mask is the tokenizer's [MASK], else the top id of the
 model's vocabulary (reserved the same way).
 
-Model, loss and evaluation: `seq2seq`'s (a `Seq2SeqLM`; loss, perplexity, token accuracy).
+Model, loss, evaluation and serving: `seq2seq`'s (a `Seq2SeqLM`; loss, perplexity, token
+accuracy; `Seq2SeqLMServing`).
 
 Example:
 >>> config = tflm.experiment.load_experiment("configs/tiny_denoising.yaml")

@@ -33,6 +33,10 @@ against their targets: BLEU, chrF, ROUGE-1/2/L and exact match
 (`tflm.training.text_metrics.generation_report`, `data.eval_language`), with a few
 (source, reference, hypothesis) `samples` in eval_results.json.
 
+Serving (`Seq2SeqLMServing`): `generate` (`serving_default`; sampling and the decoding
+controls), `beam_search` and `score` (a target's log-likelihood given its source), text in
+and text out.
+
 Example:
 >>> config = tflm.experiment.load_experiment("configs/tiny_seq2seq.yaml",
 ...                                          "data.input_path=pairs.jsonl")
@@ -42,6 +46,7 @@ Example:
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from tflm.config import ConfigError, ranged
@@ -59,8 +64,15 @@ from tflm.data.classification import (
 )
 from tflm.data.tokenizers import TOKENIZERS, TokenizerPair, make_tokenizer
 from tflm.errors import TflmError
+from tflm.export.serving import Seq2SeqLMServing
 from tflm.generation.generate import generate
-from tflm.generation.seq2seq_rows import ended_rows, seq2seq_tokens, sides, source_rows
+from tflm.generation.seq2seq_rows import (
+    ended_rows,
+    seq2seq_features,
+    seq2seq_tokens,
+    sides,
+    source_rows,
+)
 from tflm.models.factory import build_seq2seq_backbone
 from tflm.models.seq2seq_lm import Seq2SeqLM
 from tflm.tasks.base import Task
@@ -71,6 +83,9 @@ from tflm.training.text_metrics import LANGUAGES, generation_report
 SIDES = ("source", "target")
 # How many (source, reference, hypothesis) triples evaluation keeps in eval_results.json.
 NUM_SAMPLES = 5
+
+# Warm-up requests of the export: a source and an empty one.
+WARMUP_SOURCES = np.array([b"It is a truth universally acknowledged", b""])
 
 
 # -- Config. ------------------------------------------------------------------------------------
@@ -189,26 +204,6 @@ def encode_seq2seq(tokenizer, sources, targets, source_length, target_length, st
         stats.add("sources_truncated", tf.math.count_nonzero(source_cut[:real]))
         stats.add("targets_truncated", tf.math.count_nonzero(target_cut[:real]))
     return features, labels, weights
-
-
-def seq2seq_features(sources, targets, start_id, pad_id, source_length, target_length):
-    """`(features, labels, weights)` of ragged `(batch, None)` int32 rows: `sources` (the
-    encoder's rows, their `[end]` included) and `targets` (`target [end]`, the labels; the
-    decoder reads `[start] target`). Rows must fit their lengths (`to_tensor` cuts)."""
-    def dense(rows, length):
-        shape = [None, length]
-        return (rows.to_tensor(default_value=pad_id, shape=shape),
-                tf.ones_like(rows).to_tensor(shape=shape))
-
-    start = tf.fill([targets.nrows(), 1], tf.constant(start_id, tf.int32))
-    # [start] target [end]: the decoder reads all but the last, predicts all but the first.
-    target = tf.concat([tf.RaggedTensor.from_tensor(start), targets], axis=1)
-    encoder_ids, encoder_mask = dense(sources, source_length)
-    decoder_ids, decoder_mask = dense(target[:, :-1], target_length)
-    labels, _ = dense(target[:, 1:], target_length)
-    features = {"encoder_token_ids": encoder_ids, "encoder_padding_mask": encoder_mask,
-                "decoder_token_ids": decoder_ids, "decoder_padding_mask": decoder_mask}
-    return features, labels, tf.cast(decoder_mask, tf.float32)
 
 
 def seq2seq_batches(records, tokenizer, source_length, target_length, batch_size,
@@ -390,12 +385,28 @@ class Seq2SeqTask(Task):
                                                      hypotheses[:NUM_SAMPLES])]
         return report
 
-    # -- Serving: text-to-text export needs decoding, which comes later. ---------------------------
+    # -- Serving. ---------------------------------------------------------------------------
     @classmethod
     def serving_module(cls, model, tokenizer, options):
-        raise TflmError(f"model.task={cls.name!r} cannot be exported yet: its serving signature "
-                        "needs encoder-decoder decoding.")
+        return Seq2SeqLMServing(model, tokenizer, num_beams=options.num_beams,
+                                jit_compile=options.jit_compile)
 
     @classmethod
     def warmup_inputs(cls, module):
-        return []
+        plain = {"sources": WARMUP_SOURCES, "max_new_tokens": np.int32(4),
+                 "temperature": np.float32(0.0), "top_k": np.int32(0), "top_p": np.float32(1.0),
+                 "seed": np.int64(0), "repetition_penalty": np.float32(1.0),
+                 "no_repeat_ngram_size": np.int32(0), "min_new_tokens": np.int32(0),
+                 "stop_token_ids": np.zeros([0], np.int32), "num_return_sequences": np.int32(1)}
+        controls = dict(plain, temperature=np.float32(0.7), top_k=np.int32(20),
+                        top_p=np.float32(0.9), repetition_penalty=np.float32(1.2),
+                        no_repeat_ngram_size=np.int32(2), min_new_tokens=np.int32(1),
+                        stop_token_ids=np.array([module.end_id], np.int32),
+                        num_return_sequences=np.int32(2))
+        return [
+            ("generate", plain),
+            ("generate", controls),
+            ("beam_search", {"sources": WARMUP_SOURCES, "max_new_tokens": np.int32(4),
+                             "length_penalty": np.float32(0.6)}),
+            ("score", {"sources": WARMUP_SOURCES, "targets": np.array([b"truth", b""])}),
+        ]
