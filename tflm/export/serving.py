@@ -263,9 +263,10 @@ class CausalLMServing(tf.Module):
             num_return_sequences: >= 1 texts per prompt, each with its own noise (alike
                 when greedy); a prompt's texts are adjacent rows of every output.
             stop_strings: each text ends before the first of these it holds (not returned;
-                `stopped` says whether one did); empty strings are ignored, [] is off. A stop
-                string may span tokens; it is found in the text once decoded, so decoding
-                does not end at it: `num_tokens` counts the tokens decoded.
+                `stopped` says whether one did); empty strings are ignored, [] is off;
+                invalid UTF-8 reads as U+FFFD, as in the text. A stop string may span
+                tokens; it is found in the text once decoded, so decoding does not end at
+                it: `num_tokens` counts the tokens decoded.
         """
         check_controls(self.model.backbone.vocabulary_size, repetition_penalty,
                        no_repeat_ngram_size, min_new_tokens, stop_token_ids, num_return_sequences)
