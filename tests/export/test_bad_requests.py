@@ -168,6 +168,34 @@ def test_invalid_utf8_is_repaired_as_in_training(causal, masked, classifier):
                                atol=1e-6)
 
 
+def _stop_at(causal, stop_strings, prompts=("It is", "", INVALID_UTF8)):
+    """generate_with_controls, greedy with the controls off, stopping at `stop_strings`."""
+    args = {"prompts": tf.constant(list(prompts), tf.string), "max_new_tokens": tf.constant(8),
+            "temperature": tf.constant(0.0), "top_k": tf.constant(0), "top_p": tf.constant(1.0),
+            "seed": tf.constant(0, tf.int64), "repetition_penalty": tf.constant(1.0),
+            "no_repeat_ngram_size": tf.constant(0), "min_new_tokens": tf.constant(0),
+            "stop_token_ids": tf.zeros([0], tf.int32), "num_return_sequences": tf.constant(1),
+            "stop_strings": tf.constant(stop_strings, tf.string, shape=[len(stop_strings)])}
+    return {k: v.numpy() for k, v in causal["generate_with_controls"](**args).items()}
+
+
+def test_stop_strings_are_plain_text(causal):
+    """An empty stop string is ignored; RE2's special characters match themselves; an invalid
+    UTF-8 stop string reads as U+FFFD, as request text does."""
+    plain = _stop_at(causal, [])
+    np.testing.assert_array_equal(_stop_at(causal, [""])["text"], plain["text"])
+    assert _stop_at(causal, [""])["stopped"].tolist() == [False] * 3
+    texts = [t.decode() for t in plain["text"]]
+    special = [".", "(", "\\", "a|b", "^"]
+    starts = [[t.find(s) for s in special if s in t] for t in texts]
+    got = _stop_at(causal, special)
+    assert [t.decode() for t in got["text"]] == [
+        t[:min(s)] if s else t for t, s in zip(texts, starts)]
+    assert got["stopped"].tolist() == [bool(s) for s in starts]
+    for key, value in _stop_at(causal, [b"\xff"]).items():
+        np.testing.assert_array_equal(value, _stop_at(causal, ["\ufffd"])[key], err_msg=key)
+
+
 def test_fill_mask_without_a_mask_and_with_several(masked, masked_lm):
     """No [MASK]: empty candidates with score 0. Several: the first is predicted, the others
     stay [MASK] tokens of its context."""

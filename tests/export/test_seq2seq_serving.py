@@ -39,7 +39,8 @@ def _tensors(signature, **inputs):
 def _generate_args(sources=SOURCES, max_new_tokens=6, **overrides):
     args = dict(sources=sources, max_new_tokens=max_new_tokens, temperature=0.0, top_k=0,
                 top_p=1.0, seed=0, repetition_penalty=1.0, no_repeat_ngram_size=0,
-                min_new_tokens=0, stop_token_ids=np.zeros([0], np.int32), num_return_sequences=1)
+                min_new_tokens=0, stop_token_ids=np.zeros([0], np.int32), num_return_sequences=1,
+                stop_strings=[])
     return _tensors("generate", **dict(args, **overrides))
 
 
@@ -68,6 +69,7 @@ def test_generate_gives_the_decoders_tokens(served, controls):
     assert answer["text"].numpy().tolist() == _texts(tokens, lengths)
     copies = controls.get("num_return_sequences", 1)
     assert answer["source_truncated"].numpy().tolist() == [False] * 3 * copies + [True] * copies
+    assert answer["stopped"].numpy().tolist() == [False] * 4 * copies
     if not controls:
         default = loaded.signatures["serving_default"](**_generate_args())
         assert default["text"].numpy().tolist() == answer["text"].numpy().tolist()
@@ -75,6 +77,26 @@ def test_generate_gives_the_decoders_tokens(served, controls):
         cut = loaded.signatures["generate"](**_generate_args([LONG[:31]]))
         assert cut["text"].numpy().tolist() == answer["text"].numpy().tolist()[-1:]
         assert cut["source_truncated"].numpy().tolist() == [False]
+
+
+def test_a_stop_string_ends_the_text_before_it(served):
+    """Cut before the first stop string (not returned; `stopped`), the tokens all decoded; a
+    stop string the text lacks (longer than its 6 bytes) changes nothing."""
+    _, loaded, _ = served
+    full = loaded.signatures["generate"](**_generate_args())
+    texts = [t.decode() for t in full["text"].numpy()]
+    row = next(i for i, t in enumerate(texts) if len(t) >= 3)
+    stop = texts[row][1:3]
+    cut = loaded.signatures["generate"](**_generate_args(stop_strings=[stop, "not in 6 bytes"]))
+    assert [t.decode() for t in cut["text"].numpy()] == [
+        t[:t.find(stop)] if stop in t else t for t in texts]
+    assert cut["text"].numpy()[row].decode() == texts[row][:1]
+    assert cut["stopped"].numpy().tolist() == [stop in t for t in texts]
+    assert cut["stopped"].numpy()[row]
+    assert cut["num_tokens"].numpy().tolist() == full["num_tokens"].numpy().tolist()
+    absent = loaded.signatures["generate"](**_generate_args(stop_strings=["not in 6 bytes"]))
+    assert absent["text"].numpy().tolist() == full["text"].numpy().tolist()
+    assert absent["stopped"].numpy().tolist() == [False] * 4
 
 
 def test_beam_search_gives_the_decoders_tokens(served):

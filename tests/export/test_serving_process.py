@@ -82,22 +82,30 @@ with open(sys.argv[2], "w") as f:
                "signatures": {e: sorted(m.signatures) for e, m in loaded.items()}}, f)
 '''
 
+END = ByteTokenizer().end_of_text_id
 PROMPTS = ["It is a truth", "", "x" * 40, "héllo wörld"]  # empty; over-long (kept: its end)
 MASKED = ["It is a [MASK] truth", "[MASK] and prejudice", "no mask at all"]
 TEXTS = ["Mr. Darcy", "", "y" * 50]
 WORDPIECE_TEXTS = ["Mr. Darcy is happy!", "", "the truth " * 20, "Naïve THING, 中",
                    "a [SEP] b[MASK]"]
 
-# Sampled, every control on (source over-long: kept is its start).
-SEQ2SEQ_CONTROLS = {"max_new_tokens": 6, "temperature": 0.9, "top_k": 20, "top_p": 0.9,
-                    "seed": 7, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2,
-                    "min_new_tokens": 2, "stop_token_ids": [40], "num_return_sequences": 2}
+# Stop strings: a cut (invalid) byte of the random output reads as U+FFFD; "." is RE2's
+# "any character" unless escaped.
+STOP_STRINGS = ["\ufffd", ".", ""]
+# Sampled, every control on (an over-long prompt keeps its end, a source its start).
+CONTROLS = {"max_new_tokens": 6, "temperature": 0.9, "top_k": 20, "top_p": 0.9,
+            "seed": 7, "repetition_penalty": 1.3, "no_repeat_ngram_size": 2, "min_new_tokens": 2,
+            "stop_token_ids": [40], "num_return_sequences": 2, "stop_strings": STOP_STRINGS}
+# The same for the Python decoders (which give tokens: no stop strings).
+DECODER_CONTROLS = {k: v for k, v in CONTROLS.items()
+                    if k not in ("max_new_tokens", "stop_strings")}
 
 REQUESTS = [
     ("causal", "generate", {"prompts": PROMPTS, "max_new_tokens": 6, "temperature": 0.0,
                             "top_k": 0, "top_p": 1.0, "seed": 0}),
     ("causal", "generate", {"prompts": PROMPTS, "max_new_tokens": 6, "temperature": 0.9,
                             "top_k": 20, "top_p": 0.9, "seed": 7}),
+    ("causal", "generate_with_controls", {"prompts": PROMPTS, **CONTROLS}),
     ("causal", "serving_default", {"prompts": PROMPTS, "max_new_tokens": 6, "temperature": 0.0,
                                    "top_k": 0, "top_p": 1.0, "seed": 0}),
     ("causal", "beam_search", {"prompts": PROMPTS, "max_new_tokens": 5, "length_penalty": 0.6}),
@@ -106,7 +114,7 @@ REQUESTS = [
     ("masked", "encode", {"text": TEXTS}),
     ("classifier", "classify", {"text": TEXTS}),
     ("wordpiece", "classify", {"text": WORDPIECE_TEXTS}),
-    ("seq2seq", "generate", {"sources": PROMPTS, **SEQ2SEQ_CONTROLS}),
+    ("seq2seq", "generate", {"sources": PROMPTS, **CONTROLS}),
     ("seq2seq", "beam_search", {"sources": PROMPTS, "max_new_tokens": 5, "length_penalty": 0.6}),
     ("seq2seq", "score", {"sources": PROMPTS, "targets": TEXTS + ["z"]}),
 ]
@@ -126,8 +134,8 @@ OUTPUT_SHAPES = {
     "perplexity": "(-1)", "truncated": "(-1)", "tokens": "(-1, -1)", "scores": "(-1, -1)",
     "has_mask": "(-1)", "pooled_output": "(-1, 16)", "sequence_output": "(-1, -1, 16)",
     "padding_mask": "(-1, -1)", "label": "(-1)", "label_id": "(-1)", "probabilities": "(-1, 3)",
+    "stopped": "(-1)",
 }
-END = ByteTokenizer().end_of_text_id
 
 DT = {"string": "DT_STRING", "int32": "DT_INT32", "int64": "DT_INT64", "float32": "DT_FLOAT",
       "bool": "DT_BOOL"}
@@ -214,6 +222,17 @@ def _texts(rows):
     return [_valid_utf8(bytes(i - offset for i in row if i >= offset)) for row in rows]
 
 
+def _cut_at_stop_strings(texts):
+    """`(texts, stopped)`: each text before the earliest of STOP_STRINGS it holds (Python's
+    str.find), and whether it held one."""
+    cut, stopped = [], []
+    for text in texts:
+        starts = [text.decode().find(s) for s in STOP_STRINGS if s and s in text.decode()]
+        cut.append(text.decode()[:min(starts)].encode() if starts else text)
+        stopped.append(bool(starts))
+    return cut, stopped
+
+
 def _encoder_features(text_ids, tokenizer=None):
     """[CLS] ids [SEP], truncated to the 32 positions, padded: one row per text."""
     tokenizer = tokenizer or ByteTokenizer()
@@ -241,16 +260,23 @@ def test_fresh_process_has_no_tflm(runs):
     ("generate", 1, {"temperature": 0.9, "top_k": 20, "top_p": 0.9, "seed": 7}),
     ("serving_default", 0, {}),
     ("beam_search", 0, {"num_beams": 4, "length_penalty": 0.6}),
-], ids=["greedy", "sampled", "serving_default", "beam_search"])
+    ("generate_with_controls", 0, DECODER_CONTROLS),
+], ids=["greedy", "sampled", "serving_default", "beam_search", "with_controls"])
 def test_generate_gives_the_python_models_tokens(runs, signature, index, kwargs):
     max_new_tokens = 5 if signature == "beam_search" else 6
     ids = _prompt_ids()
     new = generate(runs["models"]["causal"], ids, max_new_tokens=max_new_tokens, end_id=END,
                    jit_compile=False, **kwargs)
     answer = _answer(runs, "causal", signature, index)
+    copies = kwargs.get("num_return_sequences", 1)
     assert answer["num_tokens"].tolist() == [len(row) for row in new]
-    assert answer["text"].tolist() == _texts(new)
-    assert answer["prompt_truncated"].tolist() == [False, False, True, False]
+    texts = _texts(new)
+    if signature == "generate_with_controls":
+        texts, stopped = _cut_at_stop_strings(texts)
+        assert answer["stopped"].tolist() == stopped
+    assert answer["text"].tolist() == texts
+    assert answer["prompt_truncated"].tolist() == np.repeat([False, False, True, False],
+                                                             copies).tolist()
 
 
 def test_score_gives_the_python_models_log_likelihood(runs):
@@ -279,15 +305,18 @@ def test_seq2seq_gives_the_python_decoders_tokens(runs):
     start, end = seq2seq_tokens(ByteTokenizer())
     sources = tf.ragged.constant([ids[:31] + [end] for ids in _byte_ids(PROMPTS)], tf.int32)
     decoder = Seq2SeqDecoder(runs["models"]["seq2seq"], start_id=start, end_id=end)
-    controls = {k: v for k, v in SEQ2SEQ_CONTROLS.items() if k != "max_new_tokens"}
     cut = [False, False, True, False]
     for signature, (tokens, lengths), copies in [
-            ("generate", decoder.sample(sources, 6, **controls), 2),
+            ("generate", decoder.sample(sources, 6, **DECODER_CONTROLS), 2),
             ("beam_search", decoder.beam_search(sources, 5, num_beams=4), 1)]:
         rows = [row[:n] for row, n in zip(tokens.numpy().tolist(), lengths.numpy())]
         answer = _answer(runs, "seq2seq", signature)
         assert answer["num_tokens"].tolist() == [len(row) for row in rows]
-        assert answer["text"].tolist() == _texts(rows)
+        texts = _texts(rows)
+        if signature == "generate":
+            texts, stopped = _cut_at_stop_strings(texts)
+            assert answer["stopped"].tolist() == stopped
+        assert answer["text"].tolist() == texts
         assert answer["source_truncated"].tolist() == np.repeat(cut, copies).tolist()
     answer = _answer(runs, "seq2seq", "score")
     assert answer["num_tokens"].tolist() == [10, 1, 32, 2]  # target [end], at most 32

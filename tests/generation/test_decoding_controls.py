@@ -190,10 +190,27 @@ def test_generate_and_the_export_take_the_controls():
             "top_p": tf.constant(1.0), "seed": tf.constant(2, tf.int64)}
     controls = {"repetition_penalty": tf.constant(1.5), "no_repeat_ngram_size": tf.constant(2),
                 "min_new_tokens": tf.constant(0), "stop_token_ids": tf.constant([], tf.int32),
-                "num_return_sequences": tf.constant(2)}
+                "num_return_sequences": tf.constant(2), "stop_strings": tf.constant([], tf.string)}
     out = module.generate_with_controls(**args, **controls)
-    assert [t.decode() for t in out["text"].numpy()] == expected
+    texts = [t.decode() for t in out["text"].numpy()]
+    assert texts == expected
     assert out["prompt_truncated"].shape == (4,)
+    assert out["stopped"].numpy().tolist() == [False] * 4
+    # A stop string ends each text holding it, before it; the tokens were all decoded. One
+    # longer than any text (6 bytes) changes nothing.
+    assert len(texts[0]) >= 3, texts
+    stop = texts[0][1:3]
+    cut = module.generate_with_controls(
+        **args, **dict(controls, stop_strings=tf.constant([stop, "not in 6 bytes"])))
+    assert [t.decode() for t in cut["text"].numpy()] == [
+        t[:t.find(stop)] if stop in t else t for t in texts]
+    assert cut["stopped"].numpy().tolist() == [stop in t for t in texts]
+    assert cut["stopped"].numpy()[0] and cut["text"].numpy()[0].decode() == texts[0][:1]
+    np.testing.assert_array_equal(cut["num_tokens"], out["num_tokens"])
+    absent = module.generate_with_controls(
+        **args, **dict(controls, stop_strings=tf.constant(["not in 6 bytes"])))
+    np.testing.assert_array_equal(absent["text"], out["text"])
+    assert absent["stopped"].numpy().tolist() == [False] * 4
     # The defaults answer as `generate`.
     off = dict(controls, repetition_penalty=tf.constant(1.0),
                no_repeat_ngram_size=tf.constant(0), num_return_sequences=tf.constant(1))

@@ -51,8 +51,8 @@ SIGNATURES = {
          "top_k": ("int32", 0), "top_p": ("float32", 0), "seed": ("int64", 0),
          "repetition_penalty": ("float32", 0), "no_repeat_ngram_size": ("int32", 0),
          "min_new_tokens": ("int32", 0), "stop_token_ids": ("int32", 1),
-         "num_return_sequences": ("int32", 0)},
-        {"text": "string", "num_tokens": "int32", "prompt_truncated": "bool"},
+         "num_return_sequences": ("int32", 0), "stop_strings": ("string", 1)},
+        {"text": "string", "num_tokens": "int32", "prompt_truncated": "bool", "stopped": "bool"},
     ),
     "beam_search": (
         {"prompts": ("string", 1), "max_new_tokens": ("int32", 0),
@@ -88,8 +88,8 @@ SEQ2SEQ_SIGNATURES = {
          "top_k": ("int32", 0), "top_p": ("float32", 0), "seed": ("int64", 0),
          "repetition_penalty": ("float32", 0), "no_repeat_ngram_size": ("int32", 0),
          "min_new_tokens": ("int32", 0), "stop_token_ids": ("int32", 1),
-         "num_return_sequences": ("int32", 0)},
-        _GENERATED,
+         "num_return_sequences": ("int32", 0), "stop_strings": ("string", 1)},
+        dict(_GENERATED, stopped="bool"),
     ),
     "beam_search": (
         {"sources": ("string", 1), "max_new_tokens": ("int32", 0),

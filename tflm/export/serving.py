@@ -15,13 +15,14 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
 - CausalLM `generate` (also `serving_default`): prompts, max_new_tokens,
   temperature, top_k, top_p, seed -> text, num_tokens, prompt_truncated.
   `generate_with_controls`: the same inputs and repetition_penalty, no_repeat_ngram_size,
-  min_new_tokens, stop_token_ids, num_return_sequences -> the same outputs, with
-  num_return_sequences rows per prompt (adjacent).
+  min_new_tokens, stop_token_ids, num_return_sequences, stop_strings -> the same outputs
+  and stopped, with num_return_sequences rows per prompt (adjacent); a text ends before
+  the first stop string (stopped: whether one did).
   `beam_search`: prompts, max_new_tokens, length_penalty -> the same.
   `score`: text -> log_likelihood, perplexity, num_tokens, truncated.
 - Seq2SeqLM `generate` (also `serving_default`): sources, max_new_tokens, temperature,
   top_k, top_p, seed and the controls of `generate_with_controls` -> text, num_tokens,
-  source_truncated (num_return_sequences rows per source, adjacent).
+  source_truncated, stopped (num_return_sequences rows per source, adjacent).
   `beam_search`: sources, max_new_tokens, length_penalty -> the same.
   `score`: sources, targets -> log_likelihood (of `target [end]`, teacher-forced),
   perplexity, num_tokens, source_truncated, target_truncated.
@@ -36,7 +37,13 @@ Signatures (all inputs and outputs batched along the first axis, except scalars)
 import tensorflow as tf
 
 from tflm.data.classification import encode_classification, encode_token_ids
-from tflm.generation import CausalDecoder, Seq2SeqDecoder, left_pad, right_pad
+from tflm.generation import (
+    CausalDecoder,
+    Seq2SeqDecoder,
+    cut_at_stop_strings,
+    left_pad,
+    right_pad,
+)
 from tflm.generation.seq2seq_rows import (
     ended_rows,
     seq2seq_features,
@@ -136,6 +143,13 @@ def detokenized(tokenizer, tokens, lengths):
     return _valid_utf8(tokenizer.detokenize(tf.RaggedTensor.from_tensor(tokens, lengths=lengths)))
 
 
+def cut_at_stops(outputs, stop_strings):
+    """`outputs` with each text cut before its first stop string, and `stopped` (whether one
+    was); the tokens were all decoded (`num_tokens` counts them), only the text is cut."""
+    text, stopped = cut_at_stop_strings(outputs["text"], _valid_utf8(stop_strings))
+    return dict(outputs, text=text, stopped=stopped)
+
+
 # With an XLA decode, prompts are left-padded to a multiple of this many tokens, so that
 # requests of any prompt length share a few compiled programs.
 PROMPT_BUCKET = 32
@@ -229,12 +243,12 @@ class CausalLMServing(tf.Module):
         return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed)
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, SEED, FLOAT, INT, INT, INTS,
-                                  INT])
+                                  INT, STRINGS])
     def generate_with_controls(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
                                repetition_penalty, no_repeat_ngram_size, min_new_tokens,
-                               stop_token_ids, num_return_sequences):
-        """`generate` with the decoding controls (`tflm.generation.control_logits`); at
-        1, 0, 0, [] and 1 it answers as `generate`.
+                               stop_token_ids, num_return_sequences, stop_strings):
+        """`generate` with the decoding controls (`tflm.generation.control_logits`) and stop
+        strings; at 1, 0, 0, [], 1 and [] it answers as `generate` (and `stopped` False).
 
         Args:
             prompts, max_new_tokens, temperature, top_k, top_p, seed: as in `generate`.
@@ -248,13 +262,19 @@ class CausalLMServing(tf.Module):
                 end-of-text, but are not returned in its text nor counted in num_tokens.
             num_return_sequences: >= 1 texts per prompt, each with its own noise (alike
                 when greedy); a prompt's texts are adjacent rows of every output.
+            stop_strings: each text ends before the first of these it holds (not returned;
+                `stopped` says whether one did); empty strings are ignored, [] is off;
+                invalid UTF-8 reads as U+FFFD, as in the text. A stop string may span
+                tokens; it is found in the text once decoded, so decoding does not end at
+                it: `num_tokens` counts the tokens decoded.
         """
         check_controls(self.model.backbone.vocabulary_size, repetition_penalty,
                        no_repeat_ngram_size, min_new_tokens, stop_token_ids, num_return_sequences)
-        return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
-                              num_return_sequences, repetition_penalty=repetition_penalty,
-                              no_repeat_ngram_size=no_repeat_ngram_size,
-                              min_new_tokens=min_new_tokens, stop_token_ids=stop_token_ids)
+        outputs = self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed,
+                                 num_return_sequences, repetition_penalty=repetition_penalty,
+                                 no_repeat_ngram_size=no_repeat_ngram_size,
+                                 min_new_tokens=min_new_tokens, stop_token_ids=stop_token_ids)
+        return cut_at_stops(outputs, stop_strings)
 
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed,
                   num_return_sequences=1, **controls):
@@ -370,10 +390,10 @@ class Seq2SeqLMServing(tf.Module):
                 "source_truncated": truncated}
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT, INT, FLOAT, SEED, FLOAT, INT, INT, INTS,
-                                  INT])
+                                  INT, STRINGS])
     def generate(self, sources, max_new_tokens, temperature, top_k, top_p, seed,
                  repetition_penalty, no_repeat_ngram_size, min_new_tokens, stop_token_ids,
-                 num_return_sequences):
+                 num_return_sequences, stop_strings):
         """The target of each source (greedy at temperature 0; else sampled, reproducibly
         per seed), with the decoding controls.
 
@@ -385,9 +405,11 @@ class Seq2SeqLMServing(tf.Module):
                 `max_sequence_length`; `num_tokens` says how many came, [end] counted).
             temperature, top_k, top_p, seed: as in `CausalLMServing.generate`.
             repetition_penalty, no_repeat_ngram_size, min_new_tokens, stop_token_ids,
-                num_return_sequences: as in `CausalLMServing.generate_with_controls` (the
-                context of the penalties is the target so far); at 1, 0, 0, [] and 1 they
-                are off. A source's texts are adjacent rows of every output.
+                num_return_sequences, stop_strings: as in
+                `CausalLMServing.generate_with_controls` (the context of the penalties is
+                the target so far; `num_tokens` counts the tokens decoded, a stop string
+                cuts only the text, and `stopped` says whether one did); at 1, 0, 0, [], 1
+                and [] they are off. A source's texts are adjacent rows of every output.
         """
         check_max_new_tokens(max_new_tokens)
         check_sampling(temperature, top_k, top_p)
@@ -403,7 +425,7 @@ class Seq2SeqLMServing(tf.Module):
                 stop_token_ids=stop_token_ids)
             return self._finish(tokens, lengths, tf.repeat(truncated, num_return_sequences))
 
-        return unless_empty(tf.size(sources), decode, self._no_rows)
+        return cut_at_stops(unless_empty(tf.size(sources), decode, self._no_rows), stop_strings)
 
     @tf.function(input_signature=[STRINGS, INT, FLOAT])
     def beam_search(self, sources, max_new_tokens, length_penalty):

@@ -397,12 +397,13 @@ class Seq2SeqTask(Task):
                  "temperature": np.float32(0.0), "top_k": np.int32(0), "top_p": np.float32(1.0),
                  "seed": np.int64(0), "repetition_penalty": np.float32(1.0),
                  "no_repeat_ngram_size": np.int32(0), "min_new_tokens": np.int32(0),
-                 "stop_token_ids": np.zeros([0], np.int32), "num_return_sequences": np.int32(1)}
+                 "stop_token_ids": np.zeros([0], np.int32), "num_return_sequences": np.int32(1),
+                 "stop_strings": np.zeros([0], bytes)}
         controls = dict(plain, temperature=np.float32(0.7), top_k=np.int32(20),
                         top_p=np.float32(0.9), repetition_penalty=np.float32(1.2),
                         no_repeat_ngram_size=np.int32(2), min_new_tokens=np.int32(1),
                         stop_token_ids=np.array([module.end_id], np.int32),
-                        num_return_sequences=np.int32(2))
+                        num_return_sequences=np.int32(2), stop_strings=np.array([b"\n"]))
         return [
             ("generate", plain),
             ("generate", controls),
