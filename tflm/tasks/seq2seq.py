@@ -63,7 +63,6 @@ from tflm.data.classification import (
     text_value,
 )
 from tflm.data.tokenizers import TOKENIZERS, TokenizerPair, make_tokenizer
-from tflm.errors import TflmError
 from tflm.export.serving import Seq2SeqLMServing
 from tflm.generation.generate import generate
 from tflm.generation.seq2seq_rows import (
