@@ -127,7 +127,6 @@ def test_eval_without_checkpoint_is_an_error(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     import signal
-    import time
 
     model_dir = tmp_path / "preempted"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")

@@ -3,7 +3,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from tflm.models import Seq2SeqBackbone, Seq2SeqLM
 

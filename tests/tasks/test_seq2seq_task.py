@@ -21,7 +21,7 @@ from labelled_fixtures import write_reversal_pairs  # noqa: E402
 from tflm.config import ConfigError  # noqa: E402
 from tflm.data.byte_tokenizer import ByteTokenizer  # noqa: E402
 from tflm.data.classification import LabelledDataError, evaluation_order  # noqa: E402
-from tflm.data.tokenizers import TokenizerPair, make_tokenizer  # noqa: E402
+from tflm.data.tokenizers import TokenizerPair  # noqa: E402
 from tflm.data.stats import InputStats  # noqa: E402
 from tflm.experiment import load_experiment, run_experiment  # noqa: E402
 from tflm.generation import Seq2SeqDecoder  # noqa: E402

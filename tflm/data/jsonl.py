@@ -233,7 +233,6 @@ def _scan(lines):
     # Each token's container (object, array or _TOP): the last open bracket
     # one level out. Sorting tokens by (line, level) then position puts it
     # last among the open brackets before the token in its group.
-    token_index = tf.range(tf.size(kind))
     entry_token = _row_ids(tf.concat([[0], tf.cumsum(1 + tf.cast(is_open, tf.int32))], 0))
     setter = tf.equal(entry_token, _shift_right(entry_token, -1))  # an open's second entry
     entry_level = tf.gather(level, entry_token)
