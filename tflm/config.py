@@ -27,8 +27,8 @@ from tflm.errors import TflmError
 
 # The allowed values of the keys that choose a layer, a model part or a schedule, defined once:
 # the layers and models import them from here, and `validate` checks against them.
-POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary")
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary", "relative")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu", "geglu")
 NORMALIZATIONS = ("layer_norm", "rms_norm")
 FINETUNE_MODES = ("full", "feature_extraction", "adapters")
 POOLINGS = ("pooled", "first", "last", "mean")
@@ -120,9 +120,9 @@ class ModelConfig:
     hidden_dim: int = ranged(128, at_least=1)
     intermediate_dim: int = ranged(512, at_least=1)
     max_sequence_length: int = ranged(128, at_least=1)
-    position_encoding: str = "learned"  # learned | sinusoidal | rotary
+    position_encoding: str = "learned"  # learned | sinusoidal | rotary | relative (T5)
     num_segments: int = ranged(0, at_least=0)
-    activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | swiglu
+    activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | swiglu | geglu
     normalization: str = "layer_norm"  # layer_norm | rms_norm
     norm_first: bool = True
     norm_epsilon: float = ranged(1e-5, above=0)

@@ -261,6 +261,8 @@ def load_gpt2(hf_config, params, source="GPT-2 checkpoint", dtype=None, used=Non
     return backbone
 
 
+# T5's `feed_forward_proj` → tflm's feed-forward activation.
+T5_ACTIVATIONS = {"relu": "relu", "gated-gelu": "geglu"}
 # BART's learned positions start at row 2 of `embed_positions` (fairseq's padding offset).
 BART_POSITION_OFFSET = 2
 
@@ -371,6 +373,121 @@ def load_bart(hf_config, params, source="BART checkpoint", dtype=None, used=None
         if np.any(bias):
             raise CheckpointError(f"{source}: tensor 'final_logits_bias' is not zero: a logits "
                                   "bias, which tflm's Seq2SeqLM does not have.")
+    if used is not None:
+        used.update(reader.used)
+    return backbone
+
+
+def t5_backbone_kwargs(hf_config):
+    """`Seq2SeqBackbone` arguments that express a Hugging Face T5 config (T5, T5 v1.1,
+    flan-t5).
+
+    T5 is pre-norm with RMSNorm (no mean, no bias), no biases anywhere, a relative position
+    bias per stack and no position embeddings, `d_kv`-wide heads, and a relu (T5) or
+    gated tanh-GELU (`feed_forward_proj: gated-gelu`, v1.1) feed-forward. The output
+    projection is the shared embedding (`tie_word_embeddings`, T5) or `lm_head` (v1.1).
+    T5 has no position limit; `n_positions` (512) bounds the decoder's cache.
+    """
+    def refuse(key, why):
+        raise CheckpointError(f"config.json: {key}={hf_config[key]!r}: {why}")
+
+    if hf_config.get("feed_forward_proj", "relu") not in T5_ACTIVATIONS:
+        refuse("feed_forward_proj", "tflm imports 'relu' (T5) and 'gated-gelu' (T5 v1.1).")
+    if hf_config.get("is_encoder_decoder", True) is False:
+        refuse("is_encoder_decoder", "tflm imports T5's encoder-decoder.")
+    return dict(
+        vocabulary_size=hf_config["vocab_size"],
+        num_layers=hf_config["num_layers"],
+        num_decoder_layers=hf_config.get("num_decoder_layers") or hf_config["num_layers"],
+        num_heads=hf_config["num_heads"],
+        hidden_dim=hf_config["d_model"],
+        intermediate_dim=hf_config["d_ff"],
+        head_dim=hf_config["d_kv"],
+        max_sequence_length=hf_config.get("n_positions", 512),
+        position_encoding="relative",
+        relative_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
+        relative_max_distance=hf_config.get("relative_attention_max_distance", 128),
+        activation=T5_ACTIVATIONS[hf_config.get("feed_forward_proj", "relu")],
+        normalization="rms_norm",
+        norm_first=True,
+        norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6),
+        dropout=hf_config.get("dropout_rate", 0.1),
+        attention_dropout=hf_config.get("dropout_rate", 0.1),
+        use_bias=False,
+        shared_embeddings=True,
+        tie_embeddings=hf_config.get("tie_word_embeddings", True),
+    )
+
+
+def _set_t5_attention(attention, reader, name, hidden, inner):
+    """T5's q/k/v/o (no biases) into a `MultiHeadAttention` ([Q|K|V] fused) or a
+    `CrossAttention` (query, [K|V] fused). T5 does not scale its logits by 1/sqrt(d_kv):
+    the queries are scaled up by sqrt(d_kv) instead, which computes the same scores."""
+    weights = {n: reader.get(f"{name}.{n}.weight", (inner, hidden)).T for n in "qkv"}
+    weights["q"] = weights["q"] * np.sqrt(attention.head_dim)
+    if hasattr(attention, "qkv_dense"):
+        attention.qkv_dense.kernel.assign(np.concatenate([weights[n] for n in "qkv"], axis=1))
+    else:
+        attention.query_dense.kernel.assign(weights["q"])
+        attention.key_value_dense.kernel.assign(np.concatenate([weights["k"], weights["v"]], 1))
+    attention.output_dense.kernel.assign(reader.get(f"{name}.o.weight", (hidden, inner)).T)
+
+
+def _set_t5_stack(half, reader, name, hidden, output_scale=1.0):
+    """One stack (`encoder` / `decoder`) of a T5: the relative bias of block 0 (which every
+    block uses), the blocks, the final norm (times `output_scale`)."""
+    inner, ff = half.num_heads * half.head_dim, half.intermediate_dim
+    half.relative_position_bias.embeddings.assign(reader.get(
+        f"{name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        (half.relative_num_buckets, half.num_heads)))
+    for i, block in enumerate(half.blocks):
+        pre = f"{name}.block.{i}.layer."
+        _set_t5_attention(block.attention, reader, pre + "0.SelfAttention", hidden, inner)
+        block.attention_norm.scale.assign(reader.get(pre + "0.layer_norm.weight", (hidden,)))
+        if half.cross_attention:
+            _set_t5_attention(block.cross_attention, reader, pre + "1.EncDecAttention", hidden,
+                              inner)
+            block.cross_attention_norm.scale.assign(
+                reader.get(pre + "1.layer_norm.weight", (hidden,)))
+        ffn = pre + ("2." if half.cross_attention else "1.")
+        wi = ("wi_0", "wi_1") if half.activation == "geglu" else ("wi",)  # [gate | up]
+        block.feed_forward.intermediate_dense.kernel.assign(np.concatenate(
+            [reader.get(f"{ffn}DenseReluDense.{n}.weight", (ff, hidden)).T for n in wi], 1))
+        block.feed_forward.output_dense.kernel.assign(
+            reader.get(ffn + "DenseReluDense.wo.weight", (hidden, ff)).T)
+        block.feed_forward_norm.scale.assign(reader.get(ffn + "layer_norm.weight", (hidden,)))
+    half.final_norm_layer.scale.assign(
+        reader.get(f"{name}.final_layer_norm.weight", (hidden,)) * output_scale)
+
+
+def load_t5(hf_config, params, source="T5 checkpoint", dtype=None, used=None):
+    """A `Seq2SeqBackbone` with a Hugging Face T5's weights (`T5ForConditionalGeneration`:
+    T5, T5 v1.1, flan-t5; its `lm_head.weight` is read when not tied).
+
+    Two of T5's constant factors are folded into weights, so the model computes T5's
+    logits with tflm's layers: T5's unscaled attention logits (the queries are scaled by
+    sqrt(d_kv)), and, with the tied output projection, T5's `d_model ** -0.5` on the
+    decoder output (the decoder's final norm is scaled by it; so its
+    `decoder_sequence_output` is T5's times that factor).
+
+    `used`, a set, receives the names of the tensors that were read.
+    """
+    kwargs = t5_backbone_kwargs(hf_config)
+    backbone = Seq2SeqBackbone(**kwargs, dtype=dtype)
+    reader = _Reader(params, source)
+    h = backbone.hidden_dim
+    backbone.token_embedding.embeddings.assign(
+        reader.get("shared.weight", (backbone.vocabulary_size, h)))
+    for half in ("encoder", "decoder"):
+        _check_tied(reader, f"{half}.embed_tokens.weight", "shared.weight")
+    _set_t5_stack(backbone.encoder, reader, "encoder", h)
+    if kwargs["tie_embeddings"]:
+        _set_t5_stack(backbone.decoder, reader, "decoder", h, output_scale=h ** -0.5)
+        _check_tied(reader, "lm_head.weight", "shared.weight")
+    else:
+        _set_t5_stack(backbone.decoder, reader, "decoder", h)
+        backbone.token_embedding.reverse_embeddings.assign(
+            reader.get("lm_head.weight", (backbone.vocabulary_size, h)).T)
     if used is not None:
         used.update(reader.used)
     return backbone
