@@ -413,7 +413,9 @@ class TransformerBackbone(keras.Model):
                 "rotary_max_wavelength": self.rotary_max_wavelength,
                 "relative_num_buckets": self.relative_num_buckets,
                 "relative_max_distance": self.relative_max_distance,
-                "head_dim": self.head_dim,
+                # 0: the default width, as in ModelConfig (configs written before the key agree).
+                "head_dim": (0 if self.head_dim * self.num_heads == self.hidden_dim
+                             else self.head_dim),
                 "initializer_range": self.initializer_range,
                 "adapter_dim": self.adapter_dim,
                 "cross_attention": self.cross_attention,

@@ -1,17 +1,17 @@
-"""Hugging Face BERT, GPT-2 and BART checkpoints → tflm models and tokenizers, exactly.
+"""Hugging Face BERT, GPT-2, BART and T5 checkpoints → tflm models and tokenizers, exactly.
 
 Two levels:
 
-- `load_bert` / `load_gpt2` / `load_bart` take a Hugging Face `config.json` as a
+- `load_bert` / `load_gpt2` / `load_bart` / `load_t5` take a Hugging Face `config.json` as a
   dict and the checkpoint's tensors as a dict of NumPy arrays (names as in
   `model.safetensors`), and build a `TransformerBackbone` (a `Seq2SeqBackbone`
-  for BART) that computes the same function. Every expected tensor must be present with the expected
-  shape; a missing or mis-shaped one is an error naming the tensor.
+  for BART and T5) that computes the same function. Every expected tensor must be present
+  with the expected shape; a missing or mis-shaped one is an error naming the tensor.
 - `load_huggingface(folder)` reads a checkpoint folder as `transformers`
   writes it: `config.json`, `model.safetensors` (or shards with an index),
   and the tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT,
-  `vocab.json` + `merges.txt` for GPT-2 and BART), and returns the task model
-  (`MaskedLM` for BERT, `CausalLM` for GPT-2, `Seq2SeqLM` for BART) with its
+  `vocab.json` + `merges.txt` for GPT-2 and BART, `spiece.model` for T5), and returns the
+  task model (`MaskedLM` for BERT, `CausalLM` for GPT-2, `Seq2SeqLM` for BART and T5) with its
   tokenizer. The layouts
   of `bert-base-uncased`, of sentence-transformers BERT models (no `bert.`
   prefix, maybe no pooler) and of `gpt2` all load.
@@ -19,7 +19,7 @@ Two levels:
 torch `Linear` weights are `(out, in)` and are transposed; GPT-2 `Conv1D`
 weights are already `(in, out)`. BERT's separate query/key/value become the
 fused `[Q | K | V]` kernel of `MultiHeadAttention`; GPT-2's `c_attn` already
-has that layout. BART's cross-attention keys and values become the fused
+has that layout. BART's and T5's cross-attention keys and values become the fused
 `[K | V]` kernel of `CrossAttention`.
 """
 
@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from tflm.data.byte_pair import MERGES_FILE, VOCAB_FILE, BytePairTokenizer, read_vocab_json
+from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from tflm.data.tokenizer_utils import read_json_file
 from tflm.data.wordpiece import VOCAB_FILE as WORDPIECE_VOCAB
 from tflm.data.wordpiece import WordPieceTokenizer
@@ -495,18 +496,21 @@ def load_t5(hf_config, params, source="T5 checkpoint", dtype=None, used=None):
 
 # -- Checkpoint folders. ----------------------------------------------------------------------
 CONFIG_FILE = "config.json"
-KINDS = ("bert", "gpt2", "bart")
+KINDS = ("bert", "gpt2", "bart", "t5")
 # The `architectures` names of each kind (when config.json has no model_type).
-_ARCHITECTURE_PREFIXES = {"bert": "Bert", "gpt2": "GPT2", "bart": "Bart"}
+_ARCHITECTURE_PREFIXES = {"bert": "Bert", "gpt2": "GPT2", "bart": "Bart", "t5": "T5"}
 # The model-class prefixes of the kinds' tensor names.
 _PREFIXES = ("bert.", "transformer.", "model.")
 # Buffers that old `transformers` versions saved next to the weights; not parameters.
 _BUFFERS = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")
 # A tensor that only one of the architectures has: names the other in errors.
 _MARKERS = {"bert": "encoder.layer.0.attention.self.query.weight", "gpt2": "h.0.attn.c_attn.weight",
-            "bart": "encoder.layers.0.self_attn.q_proj.weight"}
+            "bart": "encoder.layers.0.self_attn.q_proj.weight",
+            "t5": "encoder.block.0.layer.0.SelfAttention.q.weight"}
 # BART's special tokens (fairseq's dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3, and <mask>).
 BART_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+# T5's SentencePiece model (its pieces <pad>=0, </s>=1, <unk>=2; it normalizes text itself).
+T5_SPIECE_FILE = "spiece.model"
 
 
 @dataclasses.dataclass
@@ -514,13 +518,13 @@ class ImportedCheckpoint:
     """What `load_huggingface` read.
 
     Attributes:
-        model: `MaskedLM` (BERT), `CausalLM` (GPT-2) or `Seq2SeqLM` (BART) with the
+        model: `MaskedLM` (BERT), `CausalLM` (GPT-2) or `Seq2SeqLM` (BART, T5) with the
             checkpoint's weights.
         tokenizer: the tflm tokenizer built from the checkpoint's vocabulary files.
-        kind: "bert", "gpt2" or "bart".
+        kind: "bert", "gpt2", "bart" or "t5".
         head_loaded: whether the task head came from the checkpoint (BERT's masked-LM
-            head; GPT-2's and BART's output projection is the tied embedding, always
-            loaded).
+            head; the output projection of GPT-2, BART and T5, the tied embedding or
+            T5 v1.1's `lm_head`, is always loaded).
         unused_tensors: tensors of the checkpoint that are not part of the model
             (e.g. a `BertForSequenceClassification` classifier, or NSP weights).
     """
@@ -533,7 +537,7 @@ class ImportedCheckpoint:
 
 
 def checkpoint_kind(hf_config, source=CONFIG_FILE):
-    """"bert", "gpt2" or "bart" from `model_type` (or `architectures`); else a
+    """"bert", "gpt2", "bart" or "t5" from `model_type` (or `architectures`); else a
     `CheckpointError`."""
     model_type = hf_config.get("model_type")
     if model_type in KINDS:
@@ -592,8 +596,14 @@ def bert_tokenizer_options(directory):
 
 
 def huggingface_tokenizer(directory, kind):
-    """The tflm tokenizer of a checkpoint folder: WordPiece (BERT) or byte-level BPE (GPT-2,
-    BART: its special tokens are those of `BART_SPECIAL_TOKENS` in its vocabulary)."""
+    """The tflm tokenizer of a checkpoint folder: WordPiece (BERT), byte-level BPE (GPT-2,
+    BART: its special tokens are those of `BART_SPECIAL_TOKENS` in its vocabulary) or
+    SentencePiece (T5's `spiece.model`)."""
+    if kind == "t5":
+        path = os.path.join(directory, T5_SPIECE_FILE)
+        if not os.path.exists(path):
+            raise MissingFileError(f"{directory}: no {T5_SPIECE_FILE} (the T5 vocabulary).")
+        return SentencePieceTokenizer(path, nfkc=False)
     if kind == "bert":
         path = os.path.join(directory, WORDPIECE_VOCAB)
         if not os.path.exists(path):
@@ -612,7 +622,7 @@ def huggingface_tokenizer(directory, kind):
 
 
 def load_huggingface(directory, dtype=None):
-    """Reads a Hugging Face BERT, GPT-2 or BART checkpoint folder; returns an
+    """Reads a Hugging Face BERT, GPT-2, BART or T5 checkpoint folder; returns an
     `ImportedCheckpoint`.
 
     Raises:
@@ -629,8 +639,10 @@ def load_huggingface(directory, dtype=None):
             backbone, head = load_bert(hf_config, params, source, dtype=dtype, used=used)
         elif kind == "gpt2":
             backbone, head = load_gpt2(hf_config, params, source, dtype=dtype, used=used), None
-        else:
+        elif kind == "bart":
             backbone, head = load_bart(hf_config, params, source, dtype=dtype, used=used), None
+        else:
+            backbone, head = load_t5(hf_config, params, source, dtype=dtype, used=used), None
     except CheckpointError as e:
         for other in KINDS:
             if other != kind and "is missing" in str(e) and any(

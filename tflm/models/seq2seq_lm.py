@@ -78,6 +78,7 @@ class Seq2SeqBackbone(keras.Model):
             num_layers=self.num_decoder_layers, causal=True, cross_attention=True,
             token_embedding=self.encoder.token_embedding if self.shared_embeddings else None,
             name="decoder", **common)
+        self._common["head_dim"] = self.encoder.get_config()["head_dim"]  # 0: the default width
         # The attributes a backbone's users read (generation, FLOP counts, ...).
         self.vocabulary_size = self.decoder.vocabulary_size
         self.hidden_dim = self.decoder.hidden_dim
