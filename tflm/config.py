@@ -122,7 +122,7 @@ class ModelConfig:
     max_sequence_length: int = ranged(128, at_least=1)
     position_encoding: str = "learned"  # learned | sinusoidal | rotary | relative (T5)
     # relative: the distance buckets, and the distance from which they share the last
-    relative_num_buckets: int = ranged(32, at_least=2)
+    relative_num_buckets: int = ranged(32, at_least=4)
     relative_max_distance: int = ranged(128, at_least=1)
     head_dim: int = ranged(0, at_least=0)  # 0: hidden_dim // num_heads (T5's d_kv may differ)
     num_segments: int = ranged(0, at_least=0)
