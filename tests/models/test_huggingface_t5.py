@@ -86,6 +86,8 @@ def test_cached_decoding_equals_the_full_forward():
 def test_unsupported_t5_config_names_the_key(change, match):
     with pytest.raises(CheckpointError, match=match):
         load_t5(dict(T5_CONFIG, vocab_size=VOCAB, **change), {})
+    with pytest.raises(CheckpointError, match="no 'd_kv'"):
+        load_t5({k: v for k, v in dict(T5_CONFIG, vocab_size=VOCAB).items() if k != "d_kv"}, {})
 
 
 def test_bad_t5_tensors_are_named():

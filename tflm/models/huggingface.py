@@ -392,6 +392,9 @@ def t5_backbone_kwargs(hf_config):
     def refuse(key, why):
         raise CheckpointError(f"config.json: {key}={hf_config[key]!r}: {why}")
 
+    for key in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
+        if key not in hf_config:
+            raise CheckpointError(f"config.json: no {key!r}, which a T5 config has.")
     if hf_config.get("feed_forward_proj", "relu") not in T5_ACTIVATIONS:
         refuse("feed_forward_proj", "tflm imports 'relu' (T5) and 'gated-gelu' (T5 v1.1).")
     if hf_config.get("is_encoder_decoder", True) is False:
