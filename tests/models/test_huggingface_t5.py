@@ -1,18 +1,24 @@
 """Hugging Face T5 (original and v1.1) imports exactly (NumPy reference), decodes with its
 cache as without, and converts to a seq2seq model_dir."""
 
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from hf_fixtures import T5_CONFIG, T5_V1_1_CONFIG, write_t5_folder
 from numpy_reference import random_t5_params, t5_forward
+from tflm.config import ENCODER_DECODER_KEYS, architecture_keys
+from tflm.experiment import load_experiment
 from tflm.generation import Seq2SeqDecoder
 from tflm.models import Seq2SeqLM
-from tflm.models.huggingface import CheckpointError, load_huggingface, load_t5
+from tflm.models.huggingface import CheckpointError, load_huggingface, load_t5, t5_backbone_kwargs
 from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
+from tflm.tasks.registry import architecture_value
 
 VOCAB = 97
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _inputs(vocab=VOCAB):
@@ -125,3 +131,14 @@ def test_t5_folder_converts_and_reloads_exactly(tmp_path):
     assert (experiment.model.position_encoding, experiment.model.head_dim,
             experiment.model.num_decoder_layers) == ("relative", 0, 1)
     np.testing.assert_allclose(np.asarray(model(inputs)), expected, atol=1e-4)
+
+
+def test_t5_small_config_is_t5_small():
+    # t5-small's config.json (its architecture keys) through the importer's mapping.
+    t5_small = dict(T5_CONFIG, vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6,
+                    num_decoder_layers=6, num_heads=8, n_positions=512)
+    expected = dict(t5_backbone_kwargs(t5_small), head_dim=0)  # 0: 512 / 8 heads
+    model = load_experiment(str(REPO_ROOT / "configs" / "t5_small.yaml")).model
+    for key in architecture_keys(model):
+        assert architecture_value(model, key) == expected.get(key, architecture_value(model, key)), key
+    assert all(getattr(model, key) == expected[key] for key in ENCODER_DECODER_KEYS)
