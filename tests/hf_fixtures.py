@@ -13,7 +13,8 @@ import os
 import numpy as np
 from safetensors.numpy import save_file
 
-from numpy_reference import random_bart_params, random_bert_params, random_gpt2_params
+from numpy_reference import (random_bart_params, random_bert_params, random_gpt2_params,
+                             random_t5_params)
 from tflm.data import default_corpus_path
 
 BERT_CONFIG = {
@@ -136,5 +137,39 @@ def write_bart_folder(folder, vocab_size=400, seed=0):
     params = random_bart_params(config, seed=seed)
     saved = {("model." + k if k != "final_logits_bias" else k): v for k, v in params.items()}
     saved["lm_head.weight"] = params["shared.weight"]
+    save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    return config, params
+
+
+T5_CONFIG = {
+    "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "d_model": 32,
+    "d_kv": 8, "d_ff": 48, "num_layers": 2, "num_decoder_layers": 1, "num_heads": 4,
+    "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+    "layer_norm_epsilon": 1e-6, "feed_forward_proj": "relu", "tie_word_embeddings": True,
+    "dropout_rate": 0.1, "is_encoder_decoder": True, "decoder_start_token_id": 0,
+    "pad_token_id": 0, "eos_token_id": 1,
+}
+# T5 v1.1 / flan-t5: gated tanh-GELU, an untied lm_head, heads narrower than d_model / heads.
+T5_V1_1_CONFIG = dict(T5_CONFIG, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                      num_heads=3)
+
+
+def write_t5_folder(folder, config=T5_CONFIG, vocab_size=300, seed=0):
+    """A `T5ForConditionalGeneration` checkpoint with a SentencePiece `spiece.model` laid out as
+    T5's (<pad>=0, </s>=1, <unk>=2, no <s>), the tied copy `encoder.embed_tokens.weight` saved
+    too; returns `(config, params)` as `numpy_reference.t5_forward` takes them."""
+    import sentencepiece as spm
+
+    os.makedirs(folder, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus_lines()), model_prefix=os.path.join(folder, "spiece"),
+        vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        minloglevel=2)
+    os.remove(os.path.join(folder, "spiece.vocab"))
+    config = dict(config, vocab_size=vocab_size + 28)  # T5's embeddings outnumber its pieces
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    params = random_t5_params(config, seed=seed)
+    saved = dict(params, **{"encoder.embed_tokens.weight": params["shared.weight"]})
     save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     return config, params

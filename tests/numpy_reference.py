@@ -93,6 +93,9 @@ def feed_forward(x, w1, b1, w2, b2, activation):
     elif activation == "swiglu":
         gate, up = np.split(h, 2, axis=-1)
         h = silu(gate) * up
+    elif activation == "geglu":
+        gate, up = np.split(h, 2, axis=-1)
+        h = gelu_tanh(gate) * up
     return h @ w2 + b2
 
 
@@ -356,4 +359,143 @@ def random_bart_params(config, seed=0):
         for name in norms:
             p[name + ".weight"] = 1 + w(h, scale=0.1)
             p[name + ".bias"] = w(h, scale=0.1)
+    return p
+
+
+def t5_relative_bucket(relative_position, bidirectional, num_buckets=32, max_distance=128):
+    """Hugging Face `T5Attention._relative_position_bucket`, its log in float32 as torch's."""
+    buckets = np.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0) * num_buckets
+        distance = np.abs(relative_position)
+    else:
+        distance = -np.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    # (The exact distances, 0 among them, take the other branch of the `where`.)
+    ratio = np.log(np.maximum(distance, 1).astype(np.float32) / np.float32(max_exact))
+    large = max_exact + (ratio / np.float32(math.log(max_distance / max_exact))
+                         * np.float32(num_buckets - max_exact)).astype(np.int64)
+    large = np.minimum(large, num_buckets - 1)
+    return buckets + np.where(distance < max_exact, distance, large)
+
+
+def t5_forward(params, config, input_ids, decoder_input_ids, attention_mask=None,
+               decoder_attention_mask=None):
+    """Hugging Face `T5ForConditionalGeneration` forward: `(encoder_output, decoder_output,
+    logits)`.
+
+    Pre-norm blocks with T5's RMSNorm (no mean, no bias), no biases anywhere, attention
+    logits unscaled plus the relative position bias of block 0 of each stack (bidirectional
+    buckets in the encoder, causal in the decoder, none in cross-attention), relu or
+    gated-gelu feed-forward, a final norm on each stack; with `tie_word_embeddings` (the
+    default) the decoder output times `d_model ** -0.5` through the shared embedding, else
+    through `lm_head.weight`.
+    """
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    eps, heads, d_kv = config["layer_norm_epsilon"], config["num_heads"], config["d_kv"]
+    num_buckets = config.get("relative_attention_num_buckets", 32)
+    max_distance = config.get("relative_attention_max_distance", 128)
+    gated = config.get("feed_forward_proj", "relu").startswith("gated-")
+    if attention_mask is None:
+        attention_mask = np.ones_like(input_ids)
+    if decoder_attention_mask is None:
+        decoder_attention_mask = np.ones_like(decoder_input_ids)
+    source_keys = attention_mask.astype(bool)[:, None, :]
+    length = decoder_input_ids.shape[1]
+    target_mask = np.tril(np.ones((length, length), bool))[None] \
+        & decoder_attention_mask.astype(bool)[:, None, :]
+
+    def norm(x, name):
+        return rms_norm(x, p[name + ".weight"], eps)
+
+    def position_bias(stack, query_length, key_length, bidirectional):
+        distance = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
+        buckets = t5_relative_bucket(distance, bidirectional, num_buckets, max_distance)
+        table = p[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+        return table[buckets].transpose(2, 0, 1)  # (heads, T, S)
+
+    def attend(x, context, name, mask, bias):
+        q = x @ p[f"{name}.q.weight"].T
+        k, v = context @ p[f"{name}.k.weight"].T, context @ p[f"{name}.v.weight"].T
+        batch, t = x.shape[0], x.shape[1]
+        out = np.zeros((batch, t, heads * d_kv))
+        for b in range(batch):
+            for h in range(heads):
+                c = slice(h * d_kv, (h + 1) * d_kv)
+                scores = q[b, :, c] @ k[b, :, c].T  # T5 does not scale the logits
+                if bias is not None:
+                    scores = scores + bias[h]
+                scores = np.where(mask[b], scores, -1e30)
+                out[b, :, c] = softmax(scores) @ v[b, :, c]
+        return out @ p[f"{name}.o.weight"].T
+
+    def feed_forward_sublayer(x, pre):
+        h = norm(x, pre + "layer_norm")
+        name = pre + "DenseReluDense."
+        if gated:
+            h = gelu_tanh(h @ p[name + "wi_0.weight"].T) * (h @ p[name + "wi_1.weight"].T)
+        else:
+            h = np.maximum(0.0, h @ p[name + "wi.weight"].T)
+        return x + h @ p[name + "wo.weight"].T
+
+    x = p["shared.weight"][input_ids]
+    bias = position_bias("encoder", x.shape[1], x.shape[1], True)
+    for i in range(config["num_layers"]):
+        pre = f"encoder.block.{i}.layer."
+        h = norm(x, pre + "0.layer_norm")
+        x = x + attend(h, h, pre + "0.SelfAttention", source_keys, bias)
+        x = feed_forward_sublayer(x, pre + "1.")
+    memory = norm(x, "encoder.final_layer_norm")
+    y = p["shared.weight"][decoder_input_ids]
+    bias = position_bias("decoder", length, length, False)
+    for i in range(config.get("num_decoder_layers") or config["num_layers"]):
+        pre = f"decoder.block.{i}.layer."
+        h = norm(y, pre + "0.layer_norm")
+        y = y + attend(h, h, pre + "0.SelfAttention", target_mask, bias)
+        y = y + attend(norm(y, pre + "1.layer_norm"), memory, pre + "1.EncDecAttention",
+                       source_keys, None)
+        y = feed_forward_sublayer(y, pre + "2.")
+    decoded = norm(y, "decoder.final_layer_norm")
+    if config.get("tie_word_embeddings", True):
+        logits = (decoded * config["d_model"] ** -0.5) @ p["shared.weight"].T
+    else:
+        logits = decoded @ p["lm_head.weight"].T
+    return memory, decoded, logits
+
+
+def random_t5_params(config, seed=0):
+    """Random parameters in the `T5ForConditionalGeneration` layout (`lm_head.weight` only
+    when `tie_word_embeddings` is false)."""
+    rng = np.random.default_rng(seed)
+    h, inner, ff = config["d_model"], config["num_heads"] * config["d_kv"], config["d_ff"]
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    gated = config.get("feed_forward_proj", "relu").startswith("gated-")
+    buckets = config.get("relative_attention_num_buckets", 32)
+    p = {"shared.weight": w(config["vocab_size"], h, scale=1.0)}
+    if not config.get("tie_word_embeddings", True):
+        p["lm_head.weight"] = w(config["vocab_size"], h)
+    layers = {"encoder": config["num_layers"],
+              "decoder": config.get("num_decoder_layers") or config["num_layers"]}
+    for stack, count in layers.items():
+        attentions = ["SelfAttention"] + (["EncDecAttention"] if stack == "decoder" else [])
+        p[f"{stack}.final_layer_norm.weight"] = 1 + w(h, scale=0.1)
+        p[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = \
+            w(buckets, config["num_heads"], scale=1.0)
+        for i in range(count):
+            pre = f"{stack}.block.{i}.layer."
+            for j, attention in enumerate(attentions):
+                for proj in "qkv":
+                    p[f"{pre}{j}.{attention}.{proj}.weight"] = w(inner, h)
+                p[f"{pre}{j}.{attention}.o.weight"] = w(h, inner)
+                p[f"{pre}{j}.layer_norm.weight"] = 1 + w(h, scale=0.1)
+            ff_layer = f"{pre}{len(attentions)}."
+            wi = ("wi_0", "wi_1") if gated else ("wi",)
+            for name in wi:
+                p[f"{ff_layer}DenseReluDense.{name}.weight"] = w(ff, h)
+            p[f"{ff_layer}DenseReluDense.wo.weight"] = w(h, ff)
+            p[f"{ff_layer}layer_norm.weight"] = 1 + w(h, scale=0.1)
     return p

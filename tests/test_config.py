@@ -226,6 +226,8 @@ OUT_OF_RANGE = {
     "model.vocabulary_size": ["0"], "model.num_layers": ["0"], "model.num_heads": ["-2"],
     "model.hidden_dim": ["0"], "model.intermediate_dim": ["0"],
     "model.max_sequence_length": ["0"], "model.num_segments": ["-1"],
+    "model.head_dim": ["-1"], "model.relative_num_buckets": ["3"],
+    "model.relative_max_distance": ["0"],
     "model.norm_epsilon": ["0", ".nan"], "model.dropout": ["1", "-0.1", ".nan"],
     "model.attention_dropout": ["1"], "model.initializer_range": ["0", ".inf"],
     "model.freeze_bottom_layers": ["-1"], "model.adapter_dim": ["0"],

@@ -27,8 +27,8 @@ from tflm.errors import TflmError
 
 # The allowed values of the keys that choose a layer, a model part or a schedule, defined once:
 # the layers and models import them from here, and `validate` checks against them.
-POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary")
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary", "relative")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu", "geglu")
 NORMALIZATIONS = ("layer_norm", "rms_norm")
 FINETUNE_MODES = ("full", "feature_extraction", "adapters")
 POOLINGS = ("pooled", "first", "last", "mean")
@@ -120,9 +120,13 @@ class ModelConfig:
     hidden_dim: int = ranged(128, at_least=1)
     intermediate_dim: int = ranged(512, at_least=1)
     max_sequence_length: int = ranged(128, at_least=1)
-    position_encoding: str = "learned"  # learned | sinusoidal | rotary
+    position_encoding: str = "learned"  # learned | sinusoidal | rotary | relative (T5)
+    # relative: the distance buckets, and the distance from which they share the last
+    relative_num_buckets: int = ranged(32, at_least=4)
+    relative_max_distance: int = ranged(128, at_least=1)
+    head_dim: int = ranged(0, at_least=0)  # 0: hidden_dim // num_heads (T5's d_kv may differ)
     num_segments: int = ranged(0, at_least=0)
-    activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | swiglu
+    activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | swiglu | geglu
     normalization: str = "layer_norm"  # layer_norm | rms_norm
     norm_first: bool = True
     norm_epsilon: float = ranged(1e-5, above=0)
@@ -467,7 +471,7 @@ ARCHITECTURE_KEYS = (
     "vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim",
     "max_sequence_length", "position_encoding", "num_segments", "activation", "normalization",
     "norm_first", "norm_epsilon", "embedding_norm", "final_norm", "pooler", "use_bias",
-    "tie_embeddings", "causal",
+    "tie_embeddings", "causal", "head_dim", "relative_num_buckets", "relative_max_distance",
 )
 # The same for the encoder-decoder tasks' own `model` keys (only their configs have them).
 ENCODER_DECODER_KEYS = ("num_decoder_layers", "shared_embeddings")

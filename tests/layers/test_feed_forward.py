@@ -18,7 +18,7 @@ def test_layer_contract(activation):
     )
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu", "geglu"])
 def test_matches_numpy(activation):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 6, 16)).astype("float32")

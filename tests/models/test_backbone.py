@@ -15,6 +15,9 @@ VARIANTS = {
     "sinusoidal_encoder": dict(SMALL, position_encoding="sinusoidal"),
     "rotary_rms_swiglu_decoder": dict(GPT_LIKE, position_encoding="rotary", normalization="rms_norm",
                                       activation="swiglu", use_bias=False, tie_embeddings=False),
+    # T5's decoder stack, alone: the relative position bias of causal buckets.
+    "relative_geglu_decoder": dict(GPT_LIKE, position_encoding="relative", normalization="rms_norm",
+                                   activation="geglu", use_bias=False),
 }
 
 
@@ -49,7 +52,7 @@ def test_weights_exist_at_construction():
     assert len(backbone.trainable_weights) == 1 + 1 + 1 + 2 + 2 * 12 + 2
 
 
-@pytest.mark.parametrize("name", ["gpt", "rotary_rms_swiglu_decoder"])
+@pytest.mark.parametrize("name", ["gpt", "rotary_rms_swiglu_decoder", "relative_geglu_decoder"])
 def test_decoder_has_no_causal_leak(name):
     backbone = TransformerBackbone(**VARIANTS[name])
     inputs = _inputs(batch=1, length=12)
@@ -93,7 +96,7 @@ def test_padding_invariance(name):
         )
 
 
-@pytest.mark.parametrize("name", ["gpt", "rotary_rms_swiglu_decoder"])
+@pytest.mark.parametrize("name", ["gpt", "rotary_rms_swiglu_decoder", "relative_geglu_decoder"])
 def test_cached_decoding_matches_full_pass(name):
     backbone = TransformerBackbone(**VARIANTS[name])
     inputs = _inputs(batch=2, length=9)

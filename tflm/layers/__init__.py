@@ -7,6 +7,7 @@ from tflm.layers.masks import causal_mask, merge_attention_masks
 from tflm.layers.multi_head_attention import MultiHeadAttention
 from tflm.layers.normalization import RMSNormalization, make_normalization
 from tflm.layers.position_embedding import PositionEmbedding
+from tflm.layers.relative_position_bias import RelativePositionBias
 from tflm.layers.rotary_embedding import RotaryEmbedding
 from tflm.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
 from tflm.layers.token_embedding import TokenEmbedding
@@ -20,6 +21,7 @@ __all__ = [
     "MultiHeadAttention",
     "PositionEmbedding",
     "RMSNormalization",
+    "RelativePositionBias",
     "RotaryEmbedding",
     "SinusoidalPositionEncoding",
     "TokenEmbedding",

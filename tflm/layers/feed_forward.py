@@ -1,14 +1,18 @@
-"""Position-wise feed-forward block: ReLU, GELU or SwiGLU."""
+"""Position-wise feed-forward block: ReLU, GELU, SwiGLU or GeGLU."""
 
 import keras
 from keras import ops
 
 from tflm.config import ACTIVATIONS
+
+# Activations of a gated unit: `activation(x W_gate) * (x W_up)`.
+GATED_ACTIVATIONS = ("swiglu", "geglu")
 from tflm.layers.layer_utils import build_dense
 
 
 def activate(x, activation):
-    """Applies a pointwise activation by name; `"swiglu"` applies its gate, SiLU."""
+    """Applies a pointwise activation by name; a gated one (`GATED_ACTIVATIONS`) applies its
+    gate's: SiLU for `"swiglu"`, tanh GELU for `"geglu"`."""
     if activation == "relu":
         return ops.relu(x)
     if activation == "gelu":
@@ -17,6 +21,8 @@ def activate(x, activation):
         return ops.gelu(x, approximate=True)
     if activation == "swiglu":
         return ops.silu(x)
+    if activation == "geglu":
+        return ops.gelu(x, approximate=True)
     raise ValueError(f"Unknown activation {activation!r}; expected one of {ACTIVATIONS}.")
 
 
@@ -29,11 +35,12 @@ class FeedForward(keras.layers.Layer):
     - `"gelu_tanh"`: the tanh approximation of GELU (GPT-2);
     - `"swiglu"`: `(silu(x W_gate) * (x W_up)) W2` (Shazeer, 2020), with
       `W_gate` and `W_up` fused into one `(d_model, 2 * intermediate_dim)`
-      projection laid out `[gate | up]`.
+      projection laid out `[gate | up]`;
+    - `"geglu"`: the same with the tanh GELU as the gate (T5 v1.1's "gated-gelu").
 
     Args:
         intermediate_dim: width of the hidden projection.
-        activation: one of `"relu"`, `"gelu"`, `"gelu_tanh"`, `"swiglu"`.
+        activation: one of `"relu"`, `"gelu"`, `"gelu_tanh"`, `"swiglu"`, `"geglu"`.
         use_bias: whether the projections have biases.
         kernel_initializer, bias_initializer: initializers of the projections.
         **kwargs: other keyword arguments of `keras.layers.Layer`.
@@ -65,7 +72,8 @@ class FeedForward(keras.layers.Layer):
 
     def build(self, input_shape):
         model_dim = input_shape[-1]
-        width = 2 * self.intermediate_dim if self.activation == "swiglu" else self.intermediate_dim
+        gated = self.activation in GATED_ACTIVATIONS
+        width = 2 * self.intermediate_dim if gated else self.intermediate_dim
         dense_args = dict(
             use_bias=self.use_bias,
             kernel_initializer=self.kernel_initializer,
@@ -79,9 +87,9 @@ class FeedForward(keras.layers.Layer):
 
     def call(self, inputs):
         x = self.intermediate_dense(inputs)
-        if self.activation == "swiglu":
+        if self.activation in GATED_ACTIVATIONS:
             gate, up = ops.split(x, 2, axis=-1)
-            x = activate(gate, "swiglu") * up
+            x = activate(gate, self.activation) * up
         else:
             x = activate(x, self.activation)
         return self.output_dense(x)

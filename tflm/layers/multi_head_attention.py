@@ -48,6 +48,8 @@ class MultiHeadAttention(keras.layers.Layer):
         cache_update_index: position of the first new token in the cache.
         positions: optional `(batch, T)` positions of the tokens, for rotary
             embedding with left-padded rows (default: their index).
+        attention_bias: optional `(batch or 1, num_heads, T, S)` added to the
+            scaled scores before the mask (T5's relative position bias).
         training: whether dropout is active.
 
     Example:
@@ -112,6 +114,7 @@ class MultiHeadAttention(keras.layers.Layer):
         cache=None,
         cache_update_index=None,
         positions=None,
+        attention_bias=None,
         training=None,
     ):
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
@@ -141,18 +144,20 @@ class MultiHeadAttention(keras.layers.Layer):
             use_causal_mask=use_causal_mask,
             start_index=start_index,
         )
-        outputs = self._attend(query, key, value, mask, training)
+        outputs = self._attend(query, key, value, mask, training, attention_bias)
         outputs = ops.reshape(outputs, (batch, length, self.num_heads * self.head_dim))
         outputs = self.output_dense(outputs)
         if cache is not None:
             return outputs, cache
         return outputs
 
-    def _attend(self, query, key, value, mask, training):
+    def _attend(self, query, key, value, mask, training, attention_bias=None):
         # Scale queries before the product: one multiply of T*d, not T*S.
         query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
         scores = ops.einsum("bthd,bshd->bhts", query, key)
         scores = ops.cast(scores, "float32")
+        if attention_bias is not None:
+            scores = scores + ops.cast(attention_bias, "float32")
         if mask is not None:
             scores = ops.where(mask[:, None, :, :], scores, _MASKED_SCORE)
         probs = ops.softmax(scores, axis=-1)

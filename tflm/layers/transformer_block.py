@@ -45,8 +45,9 @@ class TransformerBlock(keras.layers.Layer):
     Call arguments:
         inputs: `(batch, T, d_model)`.
         padding_mask, attention_mask, use_causal_mask, cache,
-        cache_update_index, positions: as in `MultiHeadAttention`; with a
-            cache the block returns `(outputs, updated_cache)`.
+        cache_update_index, positions, attention_bias: as in
+            `MultiHeadAttention`; with a cache the block returns
+            `(outputs, updated_cache)`.
         training: whether dropout is active.
 
     Example:
@@ -148,7 +149,8 @@ class TransformerBlock(keras.layers.Layer):
         return x if self.norm_first else norm(x)
 
     def _self_attention_sublayer(self, x, padding_mask, attention_mask, use_causal_mask,
-                                 cache, cache_update_index, positions, training):
+                                 cache, cache_update_index, positions, training,
+                                 attention_bias=None):
         """The attention sub-layer; returns `(x, cache)` (`cache` `None` without one)."""
         y = self.attention(
             self._pre_norm(self.attention_norm, x),
@@ -158,6 +160,7 @@ class TransformerBlock(keras.layers.Layer):
             cache=cache,
             cache_update_index=cache_update_index,
             positions=positions,
+            attention_bias=attention_bias,
             training=training,
         )
         if cache is not None:
@@ -180,11 +183,12 @@ class TransformerBlock(keras.layers.Layer):
         cache=None,
         cache_update_index=None,
         positions=None,
+        attention_bias=None,
         training=None,
     ):
         x, cache = self._self_attention_sublayer(
             inputs, padding_mask, attention_mask, use_causal_mask, cache, cache_update_index,
-            positions, training,
+            positions, training, attention_bias,
         )
         x = self._feed_forward_sublayer(x, training)
         if cache is not None:

@@ -49,7 +49,8 @@ class TransformerDecoderBlock(TransformerBlock):
         encoder_padding_mask: `(batch, S)`, nonzero at real encoder tokens.
         attention_mask: `(batch, T, T)` explicit self-attention mask.
         use_causal_mask: whether the self-attention is causal (default `True`).
-        cache, cache_update_index, positions: the self-attention's, as in
+        cache, cache_update_index, positions, attention_bias: the
+            self-attention's, as in
             `MultiHeadAttention`; with a cache the block returns
             `(outputs, updated_cache)`.
         cross_attention_cache: `(batch, 2, S, num_heads, head_dim)` from
@@ -108,11 +109,12 @@ class TransformerDecoderBlock(TransformerBlock):
         cache_update_index=None,
         cross_attention_cache=None,
         positions=None,
+        attention_bias=None,
         training=None,
     ):
         x, cache = self._self_attention_sublayer(
             inputs, padding_mask, attention_mask, use_causal_mask, cache, cache_update_index,
-            positions, training,
+            positions, training, attention_bias,
         )
         y = self.cross_attention(
             self._pre_norm(self.cross_attention_norm, x),

@@ -7,6 +7,7 @@ from tflm.config import POSITION_ENCODINGS
 from tflm.layers.layer_utils import clone_initializer
 from tflm.layers.normalization import make_normalization
 from tflm.layers.position_embedding import PositionEmbedding
+from tflm.layers.relative_position_bias import RelativePositionBias, relative_positions
 from tflm.layers.sinusoidal_position_encoding import SinusoidalPositionEncoding
 from tflm.layers.token_embedding import TokenEmbedding
 from tflm.layers.transformer_block import TransformerBlock
@@ -20,10 +21,11 @@ class TransformerBackbone(keras.Model):
     Reads top to bottom::
 
         x = token_embedding(token_ids)
-          + position information (learned / sinusoidal; rotary is applied in attention)
+          + position information (learned / sinusoidal; rotary and relative act in attention)
           + segment_embedding(segment_ids)           # if num_segments > 0
         x = dropout(embedding_norm(x))               # embedding_norm: BERT
-        for block in blocks: x = block(x, padding_mask, causal[, encoder output])
+        bias = relative_position_bias(key - query)   # relative (T5): one for all blocks
+        for block in blocks: x = block(x, padding_mask, causal[, bias][, encoder output])
         x = final_norm(x)                            # pre-LN models (GPT-2)
         pooled = tanh(dense(x[:, 0]))                # if pooler (BERT)
 
@@ -32,6 +34,9 @@ class TransformerBackbone(keras.Model):
     embedding_norm=True, final_norm=False, pooler=True`.
     GPT-2: `causal=True, norm_first=True, activation="gelu_tanh",
     norm_epsilon=1e-5, position_encoding="learned", final_norm=True`.
+    A T5 stack: `position_encoding="relative", normalization="rms_norm",
+    norm_first=True, norm_epsilon=1e-6, use_bias=False, activation="relu"`
+    (T5 v1.1: `"geglu"`).
 
     Args:
         vocabulary_size: number of token ids.
@@ -41,9 +46,11 @@ class TransformerBackbone(keras.Model):
         intermediate_dim: feed-forward width.
         max_sequence_length: longest input (size of the learned position table).
         causal: decoder (causal attention) if `True`, encoder otherwise.
-        position_encoding: `"learned"`, `"sinusoidal"` or `"rotary"`.
+        position_encoding: `"learned"`, `"sinusoidal"`, `"rotary"` or `"relative"`
+            (T5's `RelativePositionBias`, bidirectional unless `causal`).
         num_segments: size of the segment (token type) vocabulary; 0 for none.
-        activation: feed-forward activation (`"relu"`, `"gelu"`, `"gelu_tanh"`, `"swiglu"`).
+        activation: feed-forward activation (`"relu"`, `"gelu"`, `"gelu_tanh"`, `"swiglu"`,
+            `"geglu"`).
         normalization: `"layer_norm"` or `"rms_norm"`.
         norm_first: pre-LN blocks if `True`, post-LN if `False`.
         norm_epsilon: epsilon of every norm.
@@ -55,6 +62,10 @@ class TransformerBackbone(keras.Model):
         use_bias: whether projections have biases.
         tie_embeddings: whether the output projection reuses the token embeddings.
         rotary_max_wavelength: base of the rotary frequencies.
+        relative_num_buckets, relative_max_distance: the relative position bias's
+            buckets and the distance from which they share the last (T5: 32, 128).
+        head_dim: size of each attention head; 0 or `None`: `hidden_dim // num_heads`
+            (T5's `d_kv` may differ).
         initializer_range: stddev of the truncated normal weight initializer.
         adapter_dim: bottleneck width of an `Adapter` after each sub-layer of
             every block (adapter fine-tuning); 0 for none.
@@ -105,6 +116,9 @@ class TransformerBackbone(keras.Model):
         use_bias=True,
         tie_embeddings=True,
         rotary_max_wavelength=10000,
+        relative_num_buckets=32,
+        relative_max_distance=128,
+        head_dim=None,
         initializer_range=0.02,
         adapter_dim=0,
         cross_attention=False,
@@ -139,14 +153,16 @@ class TransformerBackbone(keras.Model):
         self.use_bias = bool(use_bias)
         self.tie_embeddings = bool(tie_embeddings)
         self.rotary_max_wavelength = rotary_max_wavelength
+        self.relative_num_buckets = int(relative_num_buckets)
+        self.relative_max_distance = int(relative_max_distance)
         self.initializer_range = float(initializer_range)
         self.adapter_dim = int(adapter_dim)
         self.cross_attention = bool(cross_attention)
-        if self.hidden_dim % self.num_heads:
+        if not head_dim and self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}."
             )
-        self.head_dim = self.hidden_dim // self.num_heads
+        self.head_dim = int(head_dim or self.hidden_dim // self.num_heads)
 
         initializer = keras.initializers.TruncatedNormal(stddev=self.initializer_range)
         policy = self.dtype_policy
@@ -170,6 +186,17 @@ class TransformerBackbone(keras.Model):
             self.position_embedding = SinusoidalPositionEncoding(
                 dtype=policy, name="position_encoding"
             )
+        self.relative_position_bias = None
+        if position_encoding == "relative":
+            self.relative_position_bias = RelativePositionBias(
+                self.num_heads,
+                num_buckets=self.relative_num_buckets,
+                max_distance=self.relative_max_distance,
+                bidirectional=not self.causal,
+                embeddings_initializer=clone_initializer(initializer),
+                dtype=policy,
+                name="relative_position_bias",
+            )
         self.segment_embedding = None
         if self.num_segments > 0:
             self.segment_embedding = keras.layers.Embedding(
@@ -192,6 +219,7 @@ class TransformerBackbone(keras.Model):
             setattr(self, f"block_{i}", block_class(
                 num_heads=self.num_heads,
                 intermediate_dim=self.intermediate_dim,
+                head_dim=self.head_dim,
                 activation=activation,
                 normalization=normalization,
                 norm_first=self.norm_first,
@@ -241,6 +269,8 @@ class TransformerBackbone(keras.Model):
                 layer.build(hidden_shape)
         if self.segment_embedding is not None:
             self.segment_embedding.build((None, None))
+        if self.relative_position_bias is not None:
+            self.relative_position_bias.build((None, None, None))
         for block in self.blocks:
             block.build(hidden_shape)
         if self.pooler_dense is not None:
@@ -265,15 +295,27 @@ class TransformerBackbone(keras.Model):
         padding_mask = inputs.get("padding_mask")
         positions = inputs.get("positions")  # optional, e.g. for left-padded rows
         x = self.embed(token_ids, inputs.get("segment_ids"), positions=positions, training=training)
+        length = ops.shape(token_ids)[1]
+        bias = self._relative_bias(length, length)
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, use_causal_mask=self.causal,
-                      positions=positions, training=training, **self._encoder_arguments(inputs))
+                      positions=positions, attention_bias=bias, training=training,
+                      **self._encoder_arguments(inputs))
         if self.final_norm_layer is not None:
             x = self.final_norm_layer(x)
         outputs = {"sequence_output": x}
         if self.pooler_dense is not None:
             outputs["pooled_output"] = self.pooler_dense(x[:, 0, :])
         return outputs
+
+    def _relative_bias(self, query_length, key_length, start_index=0):
+        """`(1, heads, T, S)` relative position bias of the queries from `start_index` over
+        keys from 0, shared by every block; `None` without one. Distances are between indices:
+        in a left-padded row they equal the distances between its real tokens' positions."""
+        if self.relative_position_bias is None:
+            return None
+        return self.relative_position_bias(
+            relative_positions(query_length, key_length, start_index)[None])
 
     def _encoder_arguments(self, inputs):
         """The encoder output a cross-attending block reads (none for the others)."""
@@ -320,6 +362,8 @@ class TransformerBackbone(keras.Model):
             raise ValueError("call_with_cache needs a causal backbone (causal=True).")
         x = self.embed(token_ids, start_index=cache_update_index, positions=positions,
                        training=False)
+        bias = self._relative_bias(ops.shape(token_ids)[1], ops.shape(cache)[3],
+                                   cache_update_index)
         new_caches = []
         for i, block in enumerate(self.blocks):
             encoder = {}
@@ -333,6 +377,7 @@ class TransformerBackbone(keras.Model):
                 cache=cache[:, i],
                 cache_update_index=cache_update_index,
                 positions=positions,
+                attention_bias=bias,
                 training=False,
                 **encoder,
             )
@@ -366,6 +411,11 @@ class TransformerBackbone(keras.Model):
                 "use_bias": self.use_bias,
                 "tie_embeddings": self.tie_embeddings,
                 "rotary_max_wavelength": self.rotary_max_wavelength,
+                "relative_num_buckets": self.relative_num_buckets,
+                "relative_max_distance": self.relative_max_distance,
+                # 0: the default width, as in ModelConfig (configs written before the key agree).
+                "head_dim": (0 if self.head_dim * self.num_heads == self.hidden_dim
+                             else self.head_dim),
                 "initializer_range": self.initializer_range,
                 "adapter_dim": self.adapter_dim,
                 "cross_attention": self.cross_attention,

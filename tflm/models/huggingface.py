@@ -1,17 +1,17 @@
-"""Hugging Face BERT, GPT-2 and BART checkpoints → tflm models and tokenizers, exactly.
+"""Hugging Face BERT, GPT-2, BART and T5 checkpoints → tflm models and tokenizers, exactly.
 
 Two levels:
 
-- `load_bert` / `load_gpt2` / `load_bart` take a Hugging Face `config.json` as a
+- `load_bert` / `load_gpt2` / `load_bart` / `load_t5` take a Hugging Face `config.json` as a
   dict and the checkpoint's tensors as a dict of NumPy arrays (names as in
   `model.safetensors`), and build a `TransformerBackbone` (a `Seq2SeqBackbone`
-  for BART) that computes the same function. Every expected tensor must be present with the expected
-  shape; a missing or mis-shaped one is an error naming the tensor.
+  for BART and T5) that computes the same function. Every expected tensor must be present
+  with the expected shape; a missing or mis-shaped one is an error naming the tensor.
 - `load_huggingface(folder)` reads a checkpoint folder as `transformers`
   writes it: `config.json`, `model.safetensors` (or shards with an index),
   and the tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT,
-  `vocab.json` + `merges.txt` for GPT-2 and BART), and returns the task model
-  (`MaskedLM` for BERT, `CausalLM` for GPT-2, `Seq2SeqLM` for BART) with its
+  `vocab.json` + `merges.txt` for GPT-2 and BART, `spiece.model` for T5), and returns the
+  task model (`MaskedLM` for BERT, `CausalLM` for GPT-2, `Seq2SeqLM` for BART and T5) with its
   tokenizer. The layouts
   of `bert-base-uncased`, of sentence-transformers BERT models (no `bert.`
   prefix, maybe no pooler) and of `gpt2` all load.
@@ -19,7 +19,7 @@ Two levels:
 torch `Linear` weights are `(out, in)` and are transposed; GPT-2 `Conv1D`
 weights are already `(in, out)`. BERT's separate query/key/value become the
 fused `[Q | K | V]` kernel of `MultiHeadAttention`; GPT-2's `c_attn` already
-has that layout. BART's cross-attention keys and values become the fused
+has that layout. BART's and T5's cross-attention keys and values become the fused
 `[K | V]` kernel of `CrossAttention`.
 """
 
@@ -29,6 +29,7 @@ import os
 import numpy as np
 
 from tflm.data.byte_pair import MERGES_FILE, VOCAB_FILE, BytePairTokenizer, read_vocab_json
+from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from tflm.data.tokenizer_utils import read_json_file
 from tflm.data.wordpiece import VOCAB_FILE as WORDPIECE_VOCAB
 from tflm.data.wordpiece import WordPieceTokenizer
@@ -261,6 +262,8 @@ def load_gpt2(hf_config, params, source="GPT-2 checkpoint", dtype=None, used=Non
     return backbone
 
 
+# T5's `feed_forward_proj` → tflm's feed-forward activation.
+T5_ACTIVATIONS = {"relu": "relu", "gated-gelu": "geglu"}
 # BART's learned positions start at row 2 of `embed_positions` (fairseq's padding offset).
 BART_POSITION_OFFSET = 2
 
@@ -376,20 +379,141 @@ def load_bart(hf_config, params, source="BART checkpoint", dtype=None, used=None
     return backbone
 
 
+def t5_backbone_kwargs(hf_config):
+    """`Seq2SeqBackbone` arguments that express a Hugging Face T5 config (T5, T5 v1.1,
+    flan-t5).
+
+    T5 is pre-norm with RMSNorm (no mean, no bias), no biases anywhere, a relative position
+    bias per stack and no position embeddings, `d_kv`-wide heads, and a relu (T5) or
+    gated tanh-GELU (`feed_forward_proj: gated-gelu`, v1.1) feed-forward. The output
+    projection is the shared embedding (`tie_word_embeddings`, T5) or `lm_head` (v1.1).
+    T5 has no position limit; `n_positions` (512) bounds the decoder's cache.
+    """
+    def refuse(key, why):
+        raise CheckpointError(f"config.json: {key}={hf_config[key]!r}: {why}")
+
+    for key in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads"):
+        if key not in hf_config:
+            raise CheckpointError(f"config.json: no {key!r}, which a T5 config has.")
+    if hf_config.get("feed_forward_proj", "relu") not in T5_ACTIVATIONS:
+        refuse("feed_forward_proj", "tflm imports 'relu' (T5) and 'gated-gelu' (T5 v1.1).")
+    if hf_config.get("is_encoder_decoder", True) is False:
+        refuse("is_encoder_decoder", "tflm imports T5's encoder-decoder.")
+    return dict(
+        vocabulary_size=hf_config["vocab_size"],
+        num_layers=hf_config["num_layers"],
+        num_decoder_layers=hf_config.get("num_decoder_layers") or hf_config["num_layers"],
+        num_heads=hf_config["num_heads"],
+        hidden_dim=hf_config["d_model"],
+        intermediate_dim=hf_config["d_ff"],
+        head_dim=hf_config["d_kv"],
+        max_sequence_length=hf_config.get("n_positions", 512),
+        position_encoding="relative",
+        relative_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
+        relative_max_distance=hf_config.get("relative_attention_max_distance", 128),
+        activation=T5_ACTIVATIONS[hf_config.get("feed_forward_proj", "relu")],
+        normalization="rms_norm",
+        norm_first=True,
+        norm_epsilon=hf_config.get("layer_norm_epsilon", 1e-6),
+        dropout=hf_config.get("dropout_rate", 0.1),
+        attention_dropout=hf_config.get("dropout_rate", 0.1),
+        use_bias=False,
+        shared_embeddings=True,
+        tie_embeddings=hf_config.get("tie_word_embeddings", True),
+    )
+
+
+def _set_t5_attention(attention, reader, name, hidden, inner):
+    """T5's q/k/v/o (no biases) into a `MultiHeadAttention` ([Q|K|V] fused) or a
+    `CrossAttention` (query, [K|V] fused). T5 does not scale its logits by 1/sqrt(d_kv):
+    the queries are scaled up by sqrt(d_kv) instead, which computes the same scores."""
+    weights = {n: reader.get(f"{name}.{n}.weight", (inner, hidden)).T for n in "qkv"}
+    weights["q"] = weights["q"] * np.sqrt(attention.head_dim)
+    if hasattr(attention, "qkv_dense"):
+        attention.qkv_dense.kernel.assign(np.concatenate([weights[n] for n in "qkv"], axis=1))
+    else:
+        attention.query_dense.kernel.assign(weights["q"])
+        attention.key_value_dense.kernel.assign(np.concatenate([weights["k"], weights["v"]], 1))
+    attention.output_dense.kernel.assign(reader.get(f"{name}.o.weight", (hidden, inner)).T)
+
+
+def _set_t5_stack(half, reader, name, hidden, output_scale=1.0):
+    """One stack (`encoder` / `decoder`) of a T5: the relative bias of block 0 (which every
+    block uses), the blocks, the final norm (times `output_scale`)."""
+    inner, ff = half.num_heads * half.head_dim, half.intermediate_dim
+    half.relative_position_bias.embeddings.assign(reader.get(
+        f"{name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        (half.relative_num_buckets, half.num_heads)))
+    for i, block in enumerate(half.blocks):
+        pre = f"{name}.block.{i}.layer."
+        _set_t5_attention(block.attention, reader, pre + "0.SelfAttention", hidden, inner)
+        block.attention_norm.scale.assign(reader.get(pre + "0.layer_norm.weight", (hidden,)))
+        if half.cross_attention:
+            _set_t5_attention(block.cross_attention, reader, pre + "1.EncDecAttention", hidden,
+                              inner)
+            block.cross_attention_norm.scale.assign(
+                reader.get(pre + "1.layer_norm.weight", (hidden,)))
+        ffn = pre + ("2." if half.cross_attention else "1.")
+        wi = ("wi_0", "wi_1") if half.activation == "geglu" else ("wi",)  # [gate | up]
+        block.feed_forward.intermediate_dense.kernel.assign(np.concatenate(
+            [reader.get(f"{ffn}DenseReluDense.{n}.weight", (ff, hidden)).T for n in wi], 1))
+        block.feed_forward.output_dense.kernel.assign(
+            reader.get(ffn + "DenseReluDense.wo.weight", (hidden, ff)).T)
+        block.feed_forward_norm.scale.assign(reader.get(ffn + "layer_norm.weight", (hidden,)))
+    half.final_norm_layer.scale.assign(
+        reader.get(f"{name}.final_layer_norm.weight", (hidden,)) * output_scale)
+
+
+def load_t5(hf_config, params, source="T5 checkpoint", dtype=None, used=None):
+    """A `Seq2SeqBackbone` with a Hugging Face T5's weights (`T5ForConditionalGeneration`:
+    T5, T5 v1.1, flan-t5; its `lm_head.weight` is read when not tied).
+
+    Two of T5's constant factors are folded into weights, so the model computes T5's
+    logits with tflm's layers: T5's unscaled attention logits (the queries are scaled by
+    sqrt(d_kv)), and, with the tied output projection, T5's `d_model ** -0.5` on the
+    decoder output (the decoder's final norm is scaled by it; so its
+    `decoder_sequence_output` is T5's times that factor).
+
+    `used`, a set, receives the names of the tensors that were read.
+    """
+    kwargs = t5_backbone_kwargs(hf_config)
+    backbone = Seq2SeqBackbone(**kwargs, dtype=dtype)
+    reader = _Reader(params, source)
+    h = backbone.hidden_dim
+    backbone.token_embedding.embeddings.assign(
+        reader.get("shared.weight", (backbone.vocabulary_size, h)))
+    for half in ("encoder", "decoder"):
+        _check_tied(reader, f"{half}.embed_tokens.weight", "shared.weight")
+    _set_t5_stack(backbone.encoder, reader, "encoder", h)
+    if kwargs["tie_embeddings"]:
+        _set_t5_stack(backbone.decoder, reader, "decoder", h, output_scale=h ** -0.5)
+        _check_tied(reader, "lm_head.weight", "shared.weight")
+    else:
+        _set_t5_stack(backbone.decoder, reader, "decoder", h)
+        backbone.token_embedding.reverse_embeddings.assign(
+            reader.get("lm_head.weight", (backbone.vocabulary_size, h)).T)
+    if used is not None:
+        used.update(reader.used)
+    return backbone
+
+
 # -- Checkpoint folders. ----------------------------------------------------------------------
 CONFIG_FILE = "config.json"
-KINDS = ("bert", "gpt2", "bart")
+KINDS = ("bert", "gpt2", "bart", "t5")
 # The `architectures` names of each kind (when config.json has no model_type).
-_ARCHITECTURE_PREFIXES = {"bert": "Bert", "gpt2": "GPT2", "bart": "Bart"}
+_ARCHITECTURE_PREFIXES = {"bert": "Bert", "gpt2": "GPT2", "bart": "Bart", "t5": "T5"}
 # The model-class prefixes of the kinds' tensor names.
 _PREFIXES = ("bert.", "transformer.", "model.")
 # Buffers that old `transformers` versions saved next to the weights; not parameters.
 _BUFFERS = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")
 # A tensor that only one of the architectures has: names the other in errors.
 _MARKERS = {"bert": "encoder.layer.0.attention.self.query.weight", "gpt2": "h.0.attn.c_attn.weight",
-            "bart": "encoder.layers.0.self_attn.q_proj.weight"}
+            "bart": "encoder.layers.0.self_attn.q_proj.weight",
+            "t5": "encoder.block.0.layer.0.SelfAttention.q.weight"}
 # BART's special tokens (fairseq's dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3, and <mask>).
 BART_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+# T5's SentencePiece model (its pieces <pad>=0, </s>=1, <unk>=2; it normalizes text itself).
+T5_SPIECE_FILE = "spiece.model"
 
 
 @dataclasses.dataclass
@@ -397,13 +521,13 @@ class ImportedCheckpoint:
     """What `load_huggingface` read.
 
     Attributes:
-        model: `MaskedLM` (BERT), `CausalLM` (GPT-2) or `Seq2SeqLM` (BART) with the
+        model: `MaskedLM` (BERT), `CausalLM` (GPT-2) or `Seq2SeqLM` (BART, T5) with the
             checkpoint's weights.
         tokenizer: the tflm tokenizer built from the checkpoint's vocabulary files.
-        kind: "bert", "gpt2" or "bart".
+        kind: "bert", "gpt2", "bart" or "t5".
         head_loaded: whether the task head came from the checkpoint (BERT's masked-LM
-            head; GPT-2's and BART's output projection is the tied embedding, always
-            loaded).
+            head; the output projection of GPT-2, BART and T5, the tied embedding or
+            T5 v1.1's `lm_head`, is always loaded).
         unused_tensors: tensors of the checkpoint that are not part of the model
             (e.g. a `BertForSequenceClassification` classifier, or NSP weights).
     """
@@ -416,7 +540,7 @@ class ImportedCheckpoint:
 
 
 def checkpoint_kind(hf_config, source=CONFIG_FILE):
-    """"bert", "gpt2" or "bart" from `model_type` (or `architectures`); else a
+    """"bert", "gpt2", "bart" or "t5" from `model_type` (or `architectures`); else a
     `CheckpointError`."""
     model_type = hf_config.get("model_type")
     if model_type in KINDS:
@@ -475,8 +599,14 @@ def bert_tokenizer_options(directory):
 
 
 def huggingface_tokenizer(directory, kind):
-    """The tflm tokenizer of a checkpoint folder: WordPiece (BERT) or byte-level BPE (GPT-2,
-    BART: its special tokens are those of `BART_SPECIAL_TOKENS` in its vocabulary)."""
+    """The tflm tokenizer of a checkpoint folder: WordPiece (BERT), byte-level BPE (GPT-2,
+    BART: its special tokens are those of `BART_SPECIAL_TOKENS` in its vocabulary) or
+    SentencePiece (T5's `spiece.model`)."""
+    if kind == "t5":
+        path = os.path.join(directory, T5_SPIECE_FILE)
+        if not os.path.exists(path):
+            raise MissingFileError(f"{directory}: no {T5_SPIECE_FILE} (the T5 vocabulary).")
+        return SentencePieceTokenizer(path, nfkc=False)
     if kind == "bert":
         path = os.path.join(directory, WORDPIECE_VOCAB)
         if not os.path.exists(path):
@@ -495,7 +625,7 @@ def huggingface_tokenizer(directory, kind):
 
 
 def load_huggingface(directory, dtype=None):
-    """Reads a Hugging Face BERT, GPT-2 or BART checkpoint folder; returns an
+    """Reads a Hugging Face BERT, GPT-2, BART or T5 checkpoint folder; returns an
     `ImportedCheckpoint`.
 
     Raises:
@@ -512,8 +642,10 @@ def load_huggingface(directory, dtype=None):
             backbone, head = load_bert(hf_config, params, source, dtype=dtype, used=used)
         elif kind == "gpt2":
             backbone, head = load_gpt2(hf_config, params, source, dtype=dtype, used=used), None
-        else:
+        elif kind == "bart":
             backbone, head = load_bart(hf_config, params, source, dtype=dtype, used=used), None
+        else:
+            backbone, head = load_t5(hf_config, params, source, dtype=dtype, used=used), None
     except CheckpointError as e:
         for other in KINDS:
             if other != kind and "is missing" in str(e) and any(

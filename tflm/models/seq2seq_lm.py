@@ -26,8 +26,10 @@ class Seq2SeqBackbone(keras.Model):
     Args:
         vocabulary_size, hidden_dim, num_heads, intermediate_dim, max_sequence_length,
         position_encoding, activation, normalization, norm_first, norm_epsilon, dropout,
-        attention_dropout, use_bias, initializer_range, embedding_norm: as
-            `TransformerBackbone`, for both halves.
+        attention_dropout, use_bias, initializer_range, embedding_norm, head_dim,
+        relative_num_buckets, relative_max_distance: as `TransformerBackbone`, for both
+            halves (`position_encoding="relative"`: each half has its own bias, the
+            encoder's bidirectional, the decoder's causal, as T5's).
         num_layers: encoder blocks.
         num_decoder_layers: decoder blocks (default: `num_layers`).
         shared_embeddings: one token embedding for source and target; else the encoder has
@@ -53,7 +55,8 @@ class Seq2SeqBackbone(keras.Model):
                  activation="gelu", normalization="layer_norm", norm_first=False,
                  norm_epsilon=1e-5, embedding_norm=False, dropout=0.1, attention_dropout=0.1,
                  use_bias=True, shared_embeddings=True, tie_embeddings=True,
-                 initializer_range=0.02, dtype=None, **kwargs):
+                 initializer_range=0.02, head_dim=None, relative_num_buckets=32,
+                 relative_max_distance=128, dtype=None, **kwargs):
         super().__init__(dtype=dtype, **kwargs)
         self.num_decoder_layers = int(num_decoder_layers or num_layers)
         self.shared_embeddings = bool(shared_embeddings)
@@ -64,7 +67,9 @@ class Seq2SeqBackbone(keras.Model):
             normalization=normalization, norm_first=norm_first, norm_epsilon=norm_epsilon,
             embedding_norm=embedding_norm, dropout=dropout, attention_dropout=attention_dropout,
             use_bias=use_bias, tie_embeddings=tie_embeddings,
-            initializer_range=initializer_range, dtype=self.dtype_policy,
+            initializer_range=initializer_range, head_dim=head_dim,
+            relative_num_buckets=relative_num_buckets,
+            relative_max_distance=relative_max_distance, dtype=self.dtype_policy,
         )
         self._common = common
         self.encoder = TransformerBackbone(num_layers=num_layers, causal=False, name="encoder",
@@ -73,6 +78,7 @@ class Seq2SeqBackbone(keras.Model):
             num_layers=self.num_decoder_layers, causal=True, cross_attention=True,
             token_embedding=self.encoder.token_embedding if self.shared_embeddings else None,
             name="decoder", **common)
+        self._common["head_dim"] = self.encoder.get_config()["head_dim"]  # 0: the default width
         # The attributes a backbone's users read (generation, FLOP counts, ...).
         self.vocabulary_size = self.decoder.vocabulary_size
         self.hidden_dim = self.decoder.hidden_dim
