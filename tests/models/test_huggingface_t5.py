@@ -12,6 +12,7 @@ from numpy_reference import random_t5_params, t5_forward
 from tflm.config import ENCODER_DECODER_KEYS, architecture_keys
 from tflm.experiment import load_experiment
 from tflm.generation import Seq2SeqDecoder
+from tflm.generation.seq2seq_rows import seq2seq_tokens
 from tflm.models import Seq2SeqLM
 from tflm.models.huggingface import CheckpointError, load_huggingface, load_t5, t5_backbone_kwargs
 from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
@@ -116,6 +117,8 @@ def test_t5_folder_converts_and_reloads_exactly(tmp_path):
     tokenizer = imported.tokenizer
     assert [tokenizer.token_to_id(t) for t in ("<pad>", "</s>", "<unk>")] == [0, 1, 2]
     assert (tokenizer.pad_id, tokenizer.sep_id) == (0, 1)
+    # Targets start with <pad> and end with </s>, as T5's decoder_start_token_id says.
+    assert seq2seq_tokens(tokenizer) == (config["decoder_start_token_id"], 1)
     ids = np.asarray(tokenizer.tokenize(["It is a truth universally acknowledged"]).to_tensor(),
                      "int32")
     ids = np.concatenate([ids, [[1]]], 1)  # T5's sources end with </s>

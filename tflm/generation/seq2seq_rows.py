@@ -5,9 +5,10 @@
     decoder input   [start] target
     labels          target [end]
 
-`[start]` is the target tokenizer's [CLS] (else its end-of-text), `[end]` its end-of-text
-(else [SEP]). A model trained on two languages may read them with two tokenizers (a
-`TokenizerPair`): sources with `.source`, targets with `.target`.
+`[start]` is the target tokenizer's [CLS] or <s> (else its pad token, as T5 starts; else
+its end-of-text), `[end]` its end-of-text (else [SEP] or </s>). A model trained on two
+languages may read them with two tokenizers (a `TokenizerPair`): sources with `.source`,
+targets with `.target`.
 
 Example:
 >>> rows, cut = source_rows(tokenizer, tf.constant(["Hello."]), source_length=64)
@@ -19,15 +20,15 @@ from tflm.errors import TflmError
 
 
 def seq2seq_tokens(tokenizer):
-    """`(start, end)` ids: [CLS] (else end-of-text) starts a target, end-of-text (else [SEP])
-    ends a source and a target."""
+    """`(start, end)` ids: [CLS] (or <s>; else the pad token, T5's decoder start; else
+    end-of-text) starts a target, end-of-text (else [SEP] or </s>) ends a source and a
+    target."""
     end = tokenizer.end_of_text_id
     end = tokenizer.sep_id if end is None else end
-    start = tokenizer.cls_id
-    start = end if start is None else start
     if end is None:
         raise TflmError(f"The {tokenizer.kind} tokenizer has no end-of-text or [SEP] token to "
                         "end a seq2seq source and target.")
+    start = next((i for i in (tokenizer.cls_id, tokenizer.pad_id, end) if i is not None))
     return start, end
 
 
