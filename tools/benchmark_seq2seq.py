@@ -8,8 +8,8 @@ generation, in one process, alternating.
 
 The shape (`--layers` encoder and as many decoder blocks, `--hidden_dim`, `--num_heads`,
 `--intermediate_dim`, `--vocabulary_size`, `--source_length`, `--target_length`) is
-built twice from random init: tflm's `Seq2SeqLM` (post-norm, normed embeddings, learned positions, GELU,
-tied embeddings: BART's layout) and keras-hub's `BartSeq2SeqLM` on a `BartBackbone`
+built twice from random init: tflm's `Seq2SeqLM` (post-norm, normed embeddings, learned
+positions, GELU, tied embeddings: BART's layout) and keras-hub's `BartSeq2SeqLM` on a `BartBackbone`
 (no preset: nothing is downloaded). Both read the same random token batches. Both sides
 run in this one process, alternating, so that a loaded machine slows both alike; each
 prints one JSON line with the medians and the ratio tflm / keras-hub (above 1: tflm faster).
