@@ -8,7 +8,8 @@ a Chinese poem, trained from scratch on a CPU and scored by greedy decoding.
 translation: the Debian Reference's English -> Chinese paragraph pairs
 (`../shared/data/en_zh_debian_reference.jsonl`, every 10th held out by the task's
 `data.eval_every_nth_document=10`), `configs/small_translation.yaml`.
-1. One SentencePiece vocabulary (unigram, `--vocab_size` ids) for both languages, trained
+1. One SentencePiece vocabulary (unigram, `--vocab_size` ids, no NFKC: the references keep
+   their full-width punctuation) for both languages, trained
    by `tflm.data.vocab_training` on the pairs' training split (both sides), the poems and
    the start of Austen's novels.
 2. From scratch: `seq2seq` for `--steps` steps.
@@ -227,7 +228,10 @@ def translation(args):
     raw_text = os.path.join(work, "raw_text.txt")
     lines = write_raw_text(raw_text, config)
     start = time.perf_counter()
-    tokenizer = train_vocabulary("sentencepiece_unigram", raw_text, args.vocab_size, vocab)
+    # No NFKC: it turns Chinese full-width punctuation (，。（）) into ASCII, which the
+    # references keep, and BLEU/chrF would count every one of them wrong.
+    tokenizer = train_vocabulary("sentencepiece_unigram", raw_text, args.vocab_size, vocab,
+                                 nfkc=False)
     results = [_print({"stage": "vocabulary", "kind": "sentencepiece_unigram",
                        "ids": tokenizer.vocabulary_size, "lines": lines,
                        "seconds": round(time.perf_counter() - start, 1)})]
@@ -292,7 +296,8 @@ def poems(args):
     else:
         raw_text = os.path.join(work, "raw_text.txt")
         write_raw_text(raw_text, load_experiment(CONFIG, f"data.input_path={PAIRS}"))
-        tokenizer = train_vocabulary("sentencepiece_unigram", raw_text, args.vocab_size, vocab)
+        tokenizer = train_vocabulary("sentencepiece_unigram", raw_text, args.vocab_size, vocab,
+                                 nfkc=False)
     overrides = (f"{POEM_OVERRIDES},data.input_path={pairs},data.vocab_path={vocab},"
                  f"model.vocabulary_size={tokenizer.vocabulary_size + SENTINELS},"
                  f"trainer.train_steps={args.steps},trainer.checkpoint_every={args.steps},"
