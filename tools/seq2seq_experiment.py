@@ -27,7 +27,8 @@ poems: `../shared/data/zh_tang_song_poems.txt`, each line of a poem's body -> it
 (titles and authors left out; every 10th pair held out), the same vocabulary and
 model on rows of 32; ROUGE-L (Han characters as tokens), BLEU, chrF and a few samples.
 
-Each stage prints one JSON line (steps, wall seconds, the held-out loss and the scores);
+Each stage prints one JSON line (steps; seconds and ms_per_step: the run's wall time,
+compilation and the held-out loss included, decoding not; the held-out loss and the scores);
 the last line is a summary of them all. Times are of whatever machine runs it.
 """
 
@@ -170,6 +171,7 @@ def train(config, model_dir, init_model=None):
     """Trains `config` in `model_dir` (mode train_and_eval); with `init_model`, its weights
     are copied into the new model before the first step. Returns `(trainer, seconds)`."""
     from tflm.experiment import run_experiment
+    from tflm.run_dir import RunDir
     from tflm.tasks import get_task
     from tflm.training.trainer import Trainer
 
@@ -178,8 +180,6 @@ def train(config, model_dir, init_model=None):
         trainer = run_experiment(config, model_dir, "train_and_eval", print_fn=_progress)
         return trainer, time.perf_counter() - start
     # run_experiment's steps, with the weights copied in between building and training.
-    from tflm.run_dir import RunDir
-
     trainer = Trainer(get_task(config), model_dir, print_fn=_progress)
     # `copy_pretrained_weights` reads encoder-only and decoder-only backbones; an
     # encoder-decoder's weights are the same list in the same order (the same config).
