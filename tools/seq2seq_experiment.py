@@ -16,9 +16,7 @@ translation: the Debian Reference's English -> Chinese paragraph pairs
 3. Pretrained: `denoising` (T5 span corruption) for half the steps on raw English and
    Chinese text (the pairs' training split, one paragraph a line, the poems, the start of
    Austen), then `seq2seq` for the other half starting from its weights: the same model and
-   the same total steps. The weights come through `model.init_checkpoint` where the seq2seq
-   task takes one; otherwise they are copied into the fine-tuning model
-   (`set_weights` of the backbone) before its first step, and the record says which.
+   the same total steps, the weights coming through `model.init_checkpoint`.
 Both are scored on the held-out pairs: greedy targets (`Seq2SeqDecoder.sample_padded`
 under XLA, at most `data.target_length` tokens) against the references,
 `generation_report` (sacrebleu's BLEU with its zh tokenizer, chrF, ROUGE).
@@ -167,28 +165,12 @@ def score(model, tokenizer, config, samples=0):
 
 
 # -- Training. --------------------------------------------------------------------------------
-def train(config, model_dir, init_model=None):
-    """Trains `config` in `model_dir` (mode train_and_eval); with `init_model`, its weights
-    are copied into the new model before the first step. Returns `(trainer, seconds)`."""
+def train(config, model_dir):
+    """Trains `config` in `model_dir` (mode train_and_eval). Returns `(trainer, seconds)`."""
     from tflm.experiment import run_experiment
-    from tflm.run_dir import RunDir
-    from tflm.tasks import get_task
-    from tflm.training.trainer import Trainer
 
     start = time.perf_counter()
-    if init_model is None:
-        trainer = run_experiment(config, model_dir, "train_and_eval", print_fn=_progress)
-        return trainer, time.perf_counter() - start
-    # run_experiment's steps, with the weights copied in between building and training.
-    trainer = Trainer(get_task(config), model_dir, print_fn=_progress)
-    # `copy_pretrained_weights` reads encoder-only and decoder-only backbones; an
-    # encoder-decoder's weights are the same list in the same order (the same config).
-    trainer.model.backbone.set_weights(init_model.backbone.get_weights())
-    run = RunDir(model_dir)
-    run.write_config(config)
-    run.save_tokenizer(trainer.tokenizer)
-    trainer.status = trainer.train()
-    trainer.eval_results = trainer.evaluate()
+    trainer = run_experiment(config, model_dir, "train_and_eval", print_fn=_progress)
     return trainer, time.perf_counter() - start
 
 
@@ -206,7 +188,6 @@ def _scores(report):
 
 
 def translation(args):
-    from tflm.config import ConfigError
     from tflm.data.vocab_training import train_vocabulary
     from tflm.experiment import load_experiment
 
@@ -264,17 +245,10 @@ def translation(args):
     results.append(_print(_stage("denoising_pretraining", denoise, pretrainer,
                                  pretrain_seconds)))
 
-    try:
-        finetune = seq2seq_config(args.steps - half, f"model.init_checkpoint={pretrained_dir}")
-        trainer, seconds = train(finetune, os.path.join(work, "finetuned"))
-        how = "model.init_checkpoint"
-    except ConfigError as error:  # the seq2seq task takes no init_checkpoint yet
-        finetune = seq2seq_config(args.steps - half)
-        trainer, seconds = train(finetune, os.path.join(work, "finetuned"),
-                                 init_model=pretrainer.model)
-        how = f"weights copied in the script ({error})"
+    finetune = seq2seq_config(args.steps - half, f"model.init_checkpoint={pretrained_dir}")
+    trainer, seconds = train(finetune, os.path.join(work, "finetuned"))
     results.append(_print(_stage(
-        "translation_after_denoising", finetune, trainer, seconds, initialized_by=how,
+        "translation_after_denoising", finetune, trainer, seconds,
         total_steps=half + finetune.trainer.train_steps,
         total_seconds=round(pretrain_seconds + seconds, 1),
         **_scores(score(trainer.model, trainer.tokenizer, finetune, samples=3)))))

@@ -83,6 +83,16 @@ def test_jsonl_inputs_train_on_their_text_field(tmp_path):
     assert "good" in vocabulary and not {"label", "positive", '"'} & set(vocabulary)
 
 
+def test_several_fields_each_give_a_text(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"en": "Hello", "zh": "你好"}\n{"en": "Bye"}\n', encoding="utf-8")
+    stats = {}
+    lines = list(cleaned_lines([str(path)], TextCleaner(), stats, text_field="en, zh"))
+    # A batch's texts field by field: every "en", then every "zh"; one "zh" missing.
+    assert lines == ["Hello", "Bye", "你好"]
+    assert stats["missing_field"] == 1 and stats["lines"] == 2
+
+
 def test_empty_glob_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_dir/\\*.txt"):
         train_vocabulary("wordpiece", str(tmp_path / "no_such_dir" / "*.txt"), 500, str(tmp_path))

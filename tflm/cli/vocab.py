@@ -33,7 +33,8 @@ flags.DEFINE_integer("min_frequency", 2, "wordpiece, byte_bpe: least count of a 
 flags.DEFINE_float("character_coverage", 0.9995, "sentencepiece: share of characters that get "
                    "pieces; the rest fall back to bytes. 1.0 for small alphabets.")
 flags.DEFINE_string("text_field", "", "Read the inputs as JSON Lines and train on this field "
-                    "of each line (e.g. text); empty: plain text lines.")
+                    "of each line (e.g. text), or these comma-separated fields (e.g. en,zh); "
+                    "empty: plain text lines.")
 flags.DEFINE_integer("max_sentences", 0, "sentencepiece: sample this many lines (0: all).")
 
 

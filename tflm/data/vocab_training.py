@@ -81,13 +81,15 @@ def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):
     """Yields each input line, cleaned by `cleaner`, as str; counts into `stats`.
 
     With `text_field` the files are JSON Lines and each line's string value of
-    that field is the text (lines without it are counted in `missing_field`).
+    that field is the text; several comma-separated fields (e.g. "en,zh", both sides of
+    translation pairs) each give a text. A field a line lacks is counted in
+    `missing_field`.
     `stats` gets `lines` (read), `characters` (yielded) and
     `repaired` (invalid UTF-8 sequences replaced by U+FFFD).
     """
     stats.update(lines=0, characters=0, repaired=0)
+    fields = [field.strip() for field in text_field.split(",") if field.strip()]
     if text_field:
-    
         stats["missing_field"] = 0
 
     def prepare(lines):
@@ -98,9 +100,12 @@ def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):
         # Repair first (counted): the JSON field's regexes need valid UTF-8.
         texts, repaired = replace_invalid_utf8(lines)
         blank = tf.equal(tf.strings.length(tf.strings.strip(texts)), 0)
-        texts, found = extract_string_field(texts, text_field)
-        missing = tf.reduce_sum(tf.cast(~found & ~blank, tf.int64))
-        return cleaner(tf.boolean_mask(texts, found)), repaired, missing, tf.size(lines)
+        kept = []
+        for field in fields:
+            values, found = extract_string_field(texts, field)
+            missing += tf.reduce_sum(tf.cast(~found & ~blank, tf.int64))
+            kept.append(tf.boolean_mask(values, found))
+        return cleaner(tf.concat(kept, axis=0)), repaired, missing, tf.size(lines)
 
     dataset = tf.data.TextLineDataset(files).batch(_LINES_PER_BATCH)
     dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
