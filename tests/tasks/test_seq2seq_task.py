@@ -283,6 +283,44 @@ def test_a_source_and_a_target_tokenizer_read_their_own_sides(tmp_path):
     assert loaded.target.tokenize(["big worlds"]).to_list() == [target]
 
 
+def test_a_run_with_two_tokenizers_trains_and_exports_both(tmp_path):
+    import tensorflow as tf
+
+    from tflm.experiment import export_model_dir, load_trained
+    from tflm.export.client import typed_inputs
+    from tflm.generation import generate
+
+    vocab_path, _ = _wordpiece(tmp_path)
+    path = _write(tmp_path / "pairs.jsonl", [{"source": "héllo", "target": "big worlds"},
+                                             {"source": "abc", "target": "world"}] * 4)
+    config = _config(path, f"data.target_tokenizer=wordpiece,data.target_vocab_path="
+                           f"{vocab_path},model.shared_embeddings=false,"
+                           "data.sequence_length=8,data.target_length=6,"
+                           "data.global_batch_size=4,data.eval_every_nth_document=0,"
+                           "trainer.train_steps=2,trainer.log_every=1,"
+                           "trainer.steps_per_loop=1,trainer.jit_compile=false")
+    run_experiment(config, str(tmp_path / "run"), mode="train", **QUIET)
+    model, pair, _ = load_trained(str(tmp_path / "run"))
+    assert isinstance(pair, TokenizerPair) and pair.target.kind == "wordpiece"
+    loaded = tf.saved_model.load(export_model_dir(str(tmp_path / "run"), str(tmp_path / "export")))
+    sources = ["héllo", "abc"]
+    answer = loaded.signatures["generate"](**{k: tf.constant(v) for k, v in typed_inputs(
+        "generate", dict(sources=sources, max_new_tokens=4, temperature=0.0, top_k=0, top_p=1.0,
+                         seed=0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                         min_new_tokens=3, stop_token_ids=[], num_return_sequences=1,
+                         stop_strings=[])).items()})
+    # Sources in bytes, targets in word pieces (at least 3), in the export as in Python.
+    expected = generate(model, sources, max_new_tokens=4, min_new_tokens=3, tokenizer=pair,
+                        jit_compile=False)
+    texts = [t.decode("utf-8") for t in answer["text"].numpy()]
+    assert texts == expected
+    assert all(t and set(t.replace(" ", "")) <= set("helowrdbigs[]UNK") for t in texts), texts
+    scored = loaded.signatures["score"](sources=tf.constant(sources),
+                                        targets=tf.constant(["big worlds", "world"]))
+    # `big world ##s [SEP]` and `world [SEP]`: the target tokenizer's pieces.
+    assert scored["num_tokens"].numpy().tolist() == [4, 2]
+
+
 def test_tokenizer_config_errors_name_the_key(tmp_path):
     vocab_path, _ = _wordpiece(tmp_path)
     with pytest.raises(ConfigError, match=r"^model.shared_embeddings=true needs one tokenizer"):
