@@ -25,7 +25,7 @@ import tensorflow_text as tf_text
 from tflm.config import DOCUMENT_SPLITS
 from tflm.data.jsonl import extract_string_field
 from tflm.data.text_cleaning import replace_invalid_utf8
-from tflm.errors import BadFileError
+from tflm.errors import BadFileError, assertion_message
 
 AUTOTUNE = tf.data.AUTOTUNE
 INPUT_FORMATS = ("text", "jsonl")
@@ -283,14 +283,7 @@ def read_documents(
 def bad_record_error(error):
     """The `BadFileError` ("file:line: what") of a bad record that stopped a pipeline, from
     the TensorFlow error it raised; None for any other error."""
-    message = getattr(error, "message", None) or str(error)
-    at = message.find(BAD_RECORD_TAG)
-    if at < 0:
+    text = assertion_message(getattr(error, "message", None) or str(error))
+    if text is None or not text.startswith(BAD_RECORD_TAG):
         return None
-    # The assertion prints its message as "[<C-escaped text>] [Condition ...".
-    text = message[at + len(BAD_RECORD_TAG):].split("] [", 1)[0].splitlines()[0]
-    try:
-        text = text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        pass  # already plain text
-    return BadFileError(text.strip())
+    return BadFileError(text[len(BAD_RECORD_TAG):].strip())

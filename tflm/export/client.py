@@ -27,14 +27,13 @@ Only the standard library speaks HTTP; the gRPC path needs
 
 import base64
 import json
-import re
 import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 
-from tflm.errors import TflmError
+from tflm.errors import TflmError, assertion_message
 
 # Inputs and outputs of the tflm signatures (tflm.export.serving), as declared
 # in the SavedModel: input name -> (dtype, rank); output name -> dtype.
@@ -126,12 +125,8 @@ class ServingError(TflmError, RuntimeError):
         self.protocol = protocol
         self.status = status
         self.details = details
-        # "assertion failed: [message]" then the condition (assert_equal) or the node.
-        match = re.search(r"assertion failed: \[(.*?)\](?= \[Condition|\s*\[\[|\s*$)",
-                          details or "", re.S)
-        # The Assert op C-escapes its message (model\'s): undo the quotes.
-        self.reason = (match.group(1).replace("\\'", "'").replace('\\"', '"') if match
-                       else details)
+        reason = assertion_message(details)
+        self.reason = details if reason is None else reason
         message = f"{where}: {self.reason}"
         if status is not None:
             message = f"{where}: {status}: {self.reason}"
