@@ -173,3 +173,15 @@ def write_t5_folder(folder, config=T5_CONFIG, vocab_size=300, seed=0):
     saved = dict(params, **{"encoder.embed_tokens.weight": params["shared.weight"]})
     save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
     return config, params
+
+
+def padded_seq2seq_inputs(vocab, source_length, source_real):
+    """Random `Seq2SeqLM` inputs padded on both sides: 2 rows, the second source keeping its
+    first `source_real` of `source_length` tokens and the first target 5 of its 7."""
+    rng = np.random.default_rng(0)
+    source, target = rng.integers(0, vocab, (2, source_length)), rng.integers(0, vocab, (2, 7))
+    source_mask, target_mask = np.ones_like(source), np.ones_like(target)
+    source_mask[1, source_real:] = 0
+    target_mask[0, 5:] = 0
+    return {"encoder_token_ids": source.astype("int32"), "encoder_padding_mask": source_mask,
+            "decoder_token_ids": target.astype("int32"), "decoder_padding_mask": target_mask}

@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from hf_fixtures import BART_CONFIG, write_bart_folder
+from hf_fixtures import BART_CONFIG, padded_seq2seq_inputs, write_bart_folder
 from numpy_reference import bart_forward, random_bart_params
 from tflm.config import ENCODER_DECODER_KEYS, architecture_keys
 from tflm.experiment import load_experiment
@@ -26,13 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _inputs(vocab=97):
-    rng = np.random.default_rng(0)
-    source, target = rng.integers(0, vocab, (2, 11)), rng.integers(0, vocab, (2, 7))
-    source_mask, target_mask = np.ones_like(source), np.ones_like(target)
-    source_mask[1, 8:] = 0
-    target_mask[0, 5:] = 0
-    return {"encoder_token_ids": source.astype("int32"), "encoder_padding_mask": source_mask,
-            "decoder_token_ids": target.astype("int32"), "decoder_padding_mask": target_mask}
+    return padded_seq2seq_inputs(vocab, 11, 8)
 
 
 def _reference(params, config, inputs):

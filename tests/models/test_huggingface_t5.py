@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hf_fixtures import T5_CONFIG, T5_V1_1_CONFIG, write_t5_folder
+from hf_fixtures import T5_CONFIG, T5_V1_1_CONFIG, padded_seq2seq_inputs, write_t5_folder
 from numpy_reference import random_t5_params, t5_forward
 from tflm.config import ENCODER_DECODER_KEYS, architecture_keys
 from tflm.experiment import load_experiment
@@ -23,15 +23,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _inputs(vocab=VOCAB):
-    """A batch padded on both sides: the second source and the first target are short."""
-    rng = np.random.default_rng(0)
     # 20 source tokens: distances past 8 fall in the encoder's log-spaced buckets.
-    source, target = rng.integers(0, vocab, (2, 20)), rng.integers(0, vocab, (2, 7))
-    source_mask, target_mask = np.ones_like(source), np.ones_like(target)
-    source_mask[1, 13:] = 0
-    target_mask[0, 5:] = 0
-    return {"encoder_token_ids": source.astype("int32"), "encoder_padding_mask": source_mask,
-            "decoder_token_ids": target.astype("int32"), "decoder_padding_mask": target_mask}
+    return padded_seq2seq_inputs(vocab, 20, 13)
 
 
 def _reference(params, config, inputs):
