@@ -30,7 +30,10 @@ from tflm.errors import TflmError
 POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary", "relative")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu", "geglu")
 NORMALIZATIONS = ("layer_norm", "rms_norm")
-FINETUNE_MODES = ("full", "feature_extraction", "adapters")
+FINETUNE_MODES = ("full", "feature_extraction", "adapters", "lora")
+# The projections of a block that `model.finetune=lora` can adapt (`model.lora_targets`).
+LORA_TARGETS = ("query", "key", "value", "attention_output", "feed_forward_in",
+                "feed_forward_out")
 POOLINGS = ("pooled", "first", "last", "mean")
 DECAYS = ("cosine", "linear", "polynomial", "constant")
 DOCUMENT_SPLITS = ("file", "line", "blank_line", "delimiter")
@@ -144,10 +147,17 @@ class ModelConfig:
     # checkpoint converted by tools/convert_checkpoint.py). Architecture keys this config
     # does not set are taken from it; keys it sets must agree with it.
     init_checkpoint: str = ""
-    finetune: str = "full"  # full | feature_extraction (frozen backbone) | adapters
+    finetune: str = "full"  # full | feature_extraction (frozen backbone) | adapters | lora
     # full: also freeze the embeddings and the lowest N blocks
     freeze_bottom_layers: int = ranged(0, at_least=0)
     adapter_dim: int = ranged(64, at_least=1)  # adapters: bottleneck width
+    # lora: trainable low-rank factors A B * lora_alpha / lora_rank added to the frozen
+    # kernels of lora_targets (any of LORA_TARGETS; cross-attention's count as the same)
+    lora_rank: int = ranged(8, at_least=1)
+    lora_alpha: float = ranged(16.0, above=0)
+    lora_dropout: float = ranged(0.0, at_least=0, below=1)
+    lora_targets: typing.List[str] = dataclasses.field(
+        default_factory=lambda: ["query", "value"])
     # classification only:
     # 0: one per label name (data.label_names or the training labels)
     num_classes: int = ranged(0, at_least=0)
@@ -579,6 +589,14 @@ def _validate_finetuning(config):
     if model.freeze_bottom_layers and model.finetune != "full":
         raise ConfigError(f"model.freeze_bottom_layers is for model.finetune='full'; "
                           f"{model.finetune!r} already chooses what trains.")
+    if model.finetune == "lora":
+        unknown = [t for t in model.lora_targets if t not in LORA_TARGETS]
+        if unknown or not model.lora_targets:
+            raise ConfigError(f"model.lora_targets={model.lora_targets!r}: expected a non-empty "
+                              f"list of {LORA_TARGETS}" + (f"; unknown {unknown!r}" if unknown
+                                                          else "") + ".")
+        if len(set(model.lora_targets)) != len(model.lora_targets):
+            raise ConfigError(f"model.lora_targets={model.lora_targets!r} names a target twice.")
 
 
 def labelled_on_bad_record(data):

@@ -23,6 +23,7 @@ import numpy as np
 from tflm import config as config_lib
 from tflm.config import ConfigError
 from tflm.export.exporter import DEFAULT_RELEASE, ServingOptions, write_saved_model
+from tflm.models.lora import merge_lora
 from tflm.models.pretrained import copy_pretrained_weights
 from tflm.run_dir import RunDir
 from tflm.tasks import (
@@ -160,10 +161,13 @@ def _restore_saved_model(trainer, run):
     return run.model_path
 
 
-def load_trained(model_dir):
+def load_trained(model_dir, lora_path=None):
     """`(model, tokenizer, config)` of a tflm model_dir (a `tflm-train` run or a converted
-    checkpoint): params.yaml, the latest checkpoint or model.keras, and its tokenizer."""
-    model, config = load_model_dir(model_dir)
+    checkpoint): params.yaml, the latest checkpoint or model.keras, and its tokenizer.
+
+    `lora_path`: a LoRA run's factors file to load onto the base its params name (see
+    `tflm.tasks.pretrained.load_model_dir`)."""
+    model, config = load_model_dir(model_dir, lora_path=lora_path)
     return model, RunDir(model_dir).load_tokenizer(config), config
 
 
@@ -177,6 +181,9 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
                        sequence_length=None, jit_compile=False):
     """Writes `export_dir/<version>/` with the signatures of `model`'s task; returns its path.
 
+    A LoRA model is served merged (`merge_lora`: plain kernels, no LoRA ops); `model`
+    itself is not changed.
+
     `label_names` default to the classifier's own; `text_pair` and
     `sequence_length` shape the `classify` signature as the model was trained;
     `jit_compile` makes a causal LM's (or an encoder-decoder's) decoding loops XLA
@@ -187,6 +194,7 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
         UnsupportedOpError: the graph has an op the target TF Serving lacks.
         TflmError: `model` is not the model of a tflm task.
     """
+    model = merge_lora(model)  # first: what follows sees the plain, merged model
     module = serving_module(model, tokenizer, label_names=label_names, text_pair=text_pair,
                             sequence_length=sequence_length, num_beams=num_beams,
                             jit_compile=jit_compile)
@@ -196,10 +204,13 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
 
 
 def export_model_dir(model_dir, export_dir, version=None, label_names=None, num_beams=4,
-                     serving_release=DEFAULT_RELEASE, jit_compile=False):
+                     serving_release=DEFAULT_RELEASE, jit_compile=False, lora_path=None):
     """`tflm-export`: the model of a model_dir as `export_dir/<version>/`, shaped as it was
-    trained (a classifier's text pairs and row length); returns its path."""
-    model, tokenizer, config = load_trained(model_dir)
+    trained (a classifier's text pairs and row length); returns its path.
+
+    `lora_path`: export the base of a LoRA run (its `model.init_checkpoint`) with this
+    factors file instead of the run's own weights."""
+    model, tokenizer, config = load_trained(model_dir, lora_path=lora_path)
     return export_saved_model(
         model, tokenizer, export_dir, version=version, label_names=label_names,
         num_beams=num_beams, serving_release=serving_release,

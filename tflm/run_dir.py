@@ -18,11 +18,14 @@ Every file of a model_dir is read and written here, and nowhere else::
                              when the run starts again (`remove_partial_writes`)
       train/, eval/          TensorBoard logs
       model.keras            the finished task model (also the whole of a converted checkpoint)
+      lora.safetensors       (model.finetune=lora) what the run trained: the LoRA factors and
+                             the head (`tflm.models.lora`); with params.yaml, tokenizer/ and the
+                             base model_dir its model.init_checkpoint names, the whole model
       eval_results.json      the last evaluation
       conversion.json        (converted checkpoints) the source, the tensors left out, the head
 
-A tflm-train run prefers `checkpoints/` over `model.keras`; a converted Hugging Face checkpoint
-has only `model.keras`. `RunDir(path)` names each of these; the functions below read and write
+A tflm-train run prefers `checkpoints/` over `model.keras`, and both over `lora.safetensors`
+(a LoRA run may keep only that); a converted Hugging Face checkpoint has only `model.keras`. `RunDir(path)` names each of these; the functions below read and write
 them (whole files first written under a temporary name where a reader could see half of one).
 
 Example:
@@ -50,6 +53,7 @@ CHECKPOINT_DIR = "checkpoints"
 DATA_DIR = "data"
 TMP_DIR = "tmp"
 MODEL_FILE = "model.keras"
+LORA_FILE = "lora.safetensors"
 EVAL_RESULTS_FILE = "eval_results.json"
 CONVERSION_FILE = "conversion.json"
 HUGGINGFACE_CONFIG_FILE = "config.json"
@@ -89,6 +93,10 @@ class RunDir:
     @property
     def model_path(self):
         return self.join(MODEL_FILE)
+
+    @property
+    def lora_path(self):
+        return self.join(LORA_FILE)
 
     @property
     def eval_results_path(self):

@@ -1,10 +1,12 @@
 """tflm-export: a trained model_dir → a versioned SavedModel for TF Serving.
 
     tflm-export --model_dir=runs/tiny_gpt --export_dir=runs/export
+    tflm-export --model_dir=runs/lora_a --lora=runs/lora_b/lora.safetensors --export_dir=...
 
 Writes `export_dir/<version>/` (next free version unless --version) with the
 tokenizer inside the graph, signatures for the model's task, warmup requests
-and the list of its ops, checked against the ops of --serving_release.
+and the list of its ops, checked against the ops of --serving_release. A LoRA run's
+factors are merged into the base kernels first.
 """
 
 from absl import app, flags
@@ -21,6 +23,10 @@ flags.DEFINE_string("serving_release", "2.20", "TF Serving release whose ops the
 flags.DEFINE_boolean("jit_compile", False,
                      "Compile a causal LM's or seq2seq model's decoding loops with XLA (faster; TF "
                      "Serving then needs --xla_cpu_compilation_enabled on a CPU).")
+flags.DEFINE_string("lora", None,
+                    "A LoRA factors file (a LoRA run's lora.safetensors) to export on the base "
+                    "that --model_dir's model.init_checkpoint names; default: --model_dir's own "
+                    "weights. LoRA factors are always merged into the kernels.")
 flags.DEFINE_list("label_names", None,
                   "Classifier label names, in class-id order; default: the model's own.")
 
@@ -30,7 +36,8 @@ def export():
         raise app.UsageError("--model_dir and --export_dir are required.")
     return export_model_dir(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
                             label_names=FLAGS.label_names, num_beams=FLAGS.num_beams,
-                            serving_release=FLAGS.serving_release, jit_compile=FLAGS.jit_compile)
+                            serving_release=FLAGS.serving_release, jit_compile=FLAGS.jit_compile,
+                            lora_path=FLAGS.lora)
 
 
 def main(argv):

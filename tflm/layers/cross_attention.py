@@ -28,6 +28,8 @@ class CrossAttention(MultiHeadAttention):
         dropout: dropout rate on the attention probabilities.
         use_bias: whether the projections have biases.
         kernel_initializer, bias_initializer: initializers of the projections.
+        lora: optional LoRA of the projections: `{"rank", "alpha", "dropout", "targets"}`
+            (see `tflm.layers.lora`); None for none.
         **kwargs: other keyword arguments of `keras.layers.Layer`.
 
     Call arguments:
@@ -58,6 +60,7 @@ class CrossAttention(MultiHeadAttention):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        lora=None,
         **kwargs,
     ):
         super().__init__(
@@ -67,6 +70,7 @@ class CrossAttention(MultiHeadAttention):
             use_bias=use_bias,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
+            lora=lora,
             **kwargs,
         )
 
@@ -75,8 +79,10 @@ class CrossAttention(MultiHeadAttention):
         # be as wide as the queries.
         context_shape = inputs_shape if context_shape is None else context_shape
         inner_dim = self.num_heads * self.head_dim
-        self.query_dense = self._build_dense(inner_dim, inputs_shape, "query")
-        self.key_value_dense = self._build_dense(2 * inner_dim, context_shape, "key_value")
+        self.query_dense = self._build_dense(inner_dim, inputs_shape, "query",
+                                             [("query", inner_dim)])
+        self.key_value_dense = self._build_dense(2 * inner_dim, context_shape, "key_value",
+                                                 [("key", inner_dim), ("value", inner_dim)])
         self._build_output(inputs_shape)
 
     def _key_value(self, context):

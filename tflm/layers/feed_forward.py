@@ -8,6 +8,7 @@ from tflm.config import ACTIVATIONS
 # Activations of a gated unit: `activation(x W_gate) * (x W_up)`.
 GATED_ACTIVATIONS = ("swiglu", "geglu")
 from tflm.layers.layer_utils import build_dense
+from tflm.layers.lora import lora_spec_for
 
 
 def activate(x, activation):
@@ -43,6 +44,8 @@ class FeedForward(keras.layers.Layer):
         activation: one of `"relu"`, `"gelu"`, `"gelu_tanh"`, `"swiglu"`, `"geglu"`.
         use_bias: whether the projections have biases.
         kernel_initializer, bias_initializer: initializers of the projections.
+        lora: optional LoRA of the projections: `{"rank", "alpha", "dropout", "targets"}`
+            (see `tflm.layers.lora`); None for none.
         **kwargs: other keyword arguments of `keras.layers.Layer`.
 
     Example:
@@ -57,9 +60,11 @@ class FeedForward(keras.layers.Layer):
         use_bias=True,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        lora=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.lora = dict(lora) if lora else None
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"Unknown feed-forward activation {activation!r}; expected one of {ACTIVATIONS}."
@@ -80,9 +85,12 @@ class FeedForward(keras.layers.Layer):
             bias_initializer=self.bias_initializer,
             dtype=self.dtype_policy,
         )
-        self.intermediate_dense = build_dense(width, input_shape, name="intermediate", **dense_args)
+        self.intermediate_dense = build_dense(
+            width, input_shape, name="intermediate",
+            lora=lora_spec_for(self.lora, [("feed_forward_in", width)]), **dense_args)
         self.output_dense = build_dense(
-            model_dim, tuple(input_shape[:-1]) + (self.intermediate_dim,), name="output", **dense_args
+            model_dim, tuple(input_shape[:-1]) + (self.intermediate_dim,), name="output",
+            lora=lora_spec_for(self.lora, [("feed_forward_out", model_dim)]), **dense_args
         )
 
     def call(self, inputs):
@@ -106,6 +114,7 @@ class FeedForward(keras.layers.Layer):
                 "use_bias": self.use_bias,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "lora": self.lora,
             }
         )
         return config

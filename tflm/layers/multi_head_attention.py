@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from tflm.layers.layer_utils import build_dense
+from tflm.layers.lora import lora_spec_for
 from tflm.layers.masks import merge_attention_masks
 from tflm.layers.rotary_embedding import RotaryEmbedding
 
@@ -34,6 +35,8 @@ class MultiHeadAttention(keras.layers.Layer):
         rotary_max_wavelength: if set, applies rotary position embedding with
             this base to queries and keys.
         kernel_initializer, bias_initializer: initializers of the projections.
+        lora: optional LoRA of the projections: `{"rank", "alpha", "dropout", "targets"}`
+            (see `tflm.layers.lora`); None for none.
         **kwargs: other keyword arguments of `keras.layers.Layer`.
 
     Call arguments:
@@ -67,9 +70,11 @@ class MultiHeadAttention(keras.layers.Layer):
         rotary_max_wavelength=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        lora=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.lora = dict(lora) if lora else None
         self.num_heads = int(num_heads)
         self.head_dim = int(head_dim)
         self.dropout = float(dropout)
@@ -80,13 +85,17 @@ class MultiHeadAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         inner_dim = self.num_heads * self.head_dim
-        self.qkv_dense = self._build_dense(3 * inner_dim, input_shape, "qkv")
+        self.qkv_dense = self._build_dense(
+            3 * inner_dim, input_shape, "qkv",
+            [("query", inner_dim), ("key", inner_dim), ("value", inner_dim)])
         self._build_output(input_shape)
         self.rotary = None
         if self.rotary_max_wavelength:
             self.rotary = RotaryEmbedding(self.rotary_max_wavelength, dtype=self.dtype_policy)
 
-    def _build_dense(self, units, input_shape, name):
+    def _build_dense(self, units, input_shape, name, lora_parts):
+        """A projection; `lora_parts`: the LoRA targets its output columns hold, as
+        `[(target, width)]`."""
         return build_dense(
             units,
             input_shape,
@@ -95,13 +104,15 @@ class MultiHeadAttention(keras.layers.Layer):
             bias_initializer=self.bias_initializer,
             dtype=self.dtype_policy,
             name=name,
+            lora=lora_spec_for(self.lora, lora_parts),
         )
 
     def _build_output(self, input_shape):
         """The output projection back to the width of `input_shape`, and the dropout."""
         inner_dim = self.num_heads * self.head_dim
         self.output_dense = self._build_dense(
-            input_shape[-1], tuple(input_shape[:-1]) + (inner_dim,), "output"
+            input_shape[-1], tuple(input_shape[:-1]) + (inner_dim,), "output",
+            [("attention_output", input_shape[-1])],
         )
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
@@ -178,6 +189,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 "rotary_max_wavelength": self.rotary_max_wavelength,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "lora": self.lora,
             }
         )
         return config

@@ -40,6 +40,8 @@ class TransformerBlock(keras.layers.Layer):
         rotary_max_wavelength: if set, rotary position embedding in attention.
         kernel_initializer: initializer of the projection kernels.
         adapter_dim: bottleneck width of the adapters; 0 for none.
+        lora: optional LoRA of the attention and feed-forward projections:
+            `{"rank", "alpha", "dropout", "targets"}` (see `tflm.layers.lora`).
         **kwargs: other keyword arguments of `keras.layers.Layer`.
 
     Call arguments:
@@ -70,10 +72,12 @@ class TransformerBlock(keras.layers.Layer):
         rotary_max_wavelength=None,
         kernel_initializer="glorot_uniform",
         adapter_dim=0,
+        lora=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.adapter_dim = int(adapter_dim)
+        self.lora = dict(lora) if lora else None
         self.num_heads = int(num_heads)
         self.intermediate_dim = int(intermediate_dim)
         self.head_dim = head_dim
@@ -104,6 +108,7 @@ class TransformerBlock(keras.layers.Layer):
             use_bias=self.use_bias,
             rotary_max_wavelength=self.rotary_max_wavelength,
             kernel_initializer=clone_initializer(self.kernel_initializer),
+            lora=self.lora,
             dtype=self.dtype_policy,
             name="attention",
         )
@@ -117,6 +122,7 @@ class TransformerBlock(keras.layers.Layer):
             activation=self.activation,
             use_bias=self.use_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
+            lora=self.lora,
             dtype=self.dtype_policy,
             name="feed_forward",
         )
@@ -215,6 +221,7 @@ class TransformerBlock(keras.layers.Layer):
                 "rotary_max_wavelength": self.rotary_max_wavelength,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "adapter_dim": self.adapter_dim,
+                "lora": self.lora,
             }
         )
         return config

@@ -71,6 +71,7 @@ class TransformerDecoderBlock(TransformerBlock):
             dropout=self.attention_dropout,
             use_bias=self.use_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
+            lora=self.lora,
             dtype=self.dtype_policy,
             name="cross_attention",
         )

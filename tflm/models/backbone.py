@@ -69,6 +69,8 @@ class TransformerBackbone(keras.Model):
         initializer_range: stddev of the truncated normal weight initializer.
         adapter_dim: bottleneck width of an `Adapter` after each sub-layer of
             every block (adapter fine-tuning); 0 for none.
+        lora: LoRA factors on the blocks' projections (LoRA fine-tuning):
+            `{"rank", "alpha", "dropout", "targets"}` (see `tflm.layers.lora`); None for none.
         cross_attention: the decoder of an encoder-decoder (`Seq2SeqBackbone`):
             its blocks also attend to an encoder's output (`TransformerDecoderBlock`).
         token_embedding: a `TokenEmbedding` to share (an encoder-decoder's shared
@@ -121,6 +123,7 @@ class TransformerBackbone(keras.Model):
         head_dim=None,
         initializer_range=0.02,
         adapter_dim=0,
+        lora=None,
         cross_attention=False,
         token_embedding=None,
         dtype=None,
@@ -157,6 +160,7 @@ class TransformerBackbone(keras.Model):
         self.relative_max_distance = int(relative_max_distance)
         self.initializer_range = float(initializer_range)
         self.adapter_dim = int(adapter_dim)
+        self.lora = dict(lora) if lora else None
         self.cross_attention = bool(cross_attention)
         if not head_dim and self.hidden_dim % self.num_heads:
             raise ValueError(
@@ -232,6 +236,7 @@ class TransformerBackbone(keras.Model):
                 ),
                 kernel_initializer=clone_initializer(initializer),
                 adapter_dim=self.adapter_dim,
+                lora=self.lora,
                 dtype=policy,
                 name=f"block_{i}",
             ))
@@ -418,6 +423,7 @@ class TransformerBackbone(keras.Model):
                              else self.head_dim),
                 "initializer_range": self.initializer_range,
                 "adapter_dim": self.adapter_dim,
+                "lora": self.lora,
                 "cross_attention": self.cross_attention,
             }
         )

@@ -1,4 +1,5 @@
-"""What a fine-tuning run trains: full, frozen bottom layers, feature extraction, adapters.
+"""What a fine-tuning run trains: full, frozen bottom layers, feature extraction, adapters,
+LoRA.
 
 `apply_finetuning(model, mode)` sets `trainable` on the parts of a task's
 backbone; the task head (classifier, masked-LM head) always trains:
@@ -8,6 +9,9 @@ backbone; the task head (classifier, masked-LM head) always trains:
                          mode (no dropout), as Keras' transfer-learning guide does
     adapters             the head and the `Adapter`s inside every block (the backbone
                          must be built with `adapter_dim > 0`); dropout stays on
+    lora                 the head and the low-rank factors of every `LoraDense` (the
+                         backbone must be built with `lora`); every base weight is
+                         frozen, so it stays bit-identical; dropout stays on
 
 Call it before `compile`/`fit` (or before the trainer builds its optimizer):
 the optimizer keeps slots for the variables that are trainable then.
@@ -15,7 +19,8 @@ the optimizer keeps slots for the variables that are trainable then.
 `layer_lr_multipliers(model, decay)` gives discriminative learning rates
 (layer-wise decay as in ELECTRA): the head and the backbone's final norm and
 pooler 1, block `i` of `L` `decay^(L - i)`, the embeddings `decay^(L + 1)`;
-adapters train at the full rate, being new.
+adapters train at the full rate, being new; LoRA factors at their block's rate, being
+that block's weight update.
 
 Example:
 >>> model = SequenceClassifier(backbone, num_classes=3)
@@ -24,6 +29,7 @@ Example:
 """
 
 from tflm.config import FINETUNE_MODES
+from tflm.layers.lora import LoraDense
 
 
 def embedding_layers(backbone):
@@ -63,10 +69,23 @@ def apply_finetuning(model, mode="full", freeze_bottom_layers=0):
                        block.feed_forward_norm]
         for layer in frozen:
             layer.trainable = False
+    elif mode == "lora":
+        if not _has_lora(backbone):
+            raise ValueError("mode='lora' needs a backbone built with lora "
+                             "(model.finetune=lora in a config does that).")
+        # Freeze every layer that holds no factors; a LoraDense's own kernel and bias
+        # are frozen variables, so only its factors train.
+        for layer in backbone._flatten_layers(include_self=False):
+            if not _has_lora(layer):
+                layer.trainable = False
     elif freeze_bottom_layers:
         for layer in embedding_layers(backbone) + blocks[:freeze_bottom_layers]:
             layer.trainable = False
     return model
+
+
+def _has_lora(layer):
+    return any(isinstance(sub, LoraDense) for sub in layer._flatten_layers())
 
 
 def layer_lr_multipliers(model, decay):

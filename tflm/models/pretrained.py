@@ -29,7 +29,7 @@ def model_config_of(backbone, task, config=None):
     return config
 
 
-def _relative(variable, backbone):
+def backbone_relative_path(variable, backbone):
     """A backbone variable's path below the backbone (its own name differs per instance).
 
     An encoder-decoder's variables are already below its halves ("encoder/...",
@@ -63,10 +63,10 @@ def copy_pretrained_weights(source, model, where="the checkpoint"):
         key, theirs, mine = differences[0]
         raise CheckpointError(f"{where} has model.{key}={theirs!r}, the model to initialize "
                               f"{mine!r}: a checkpoint of another architecture.")
-    targets = {_relative(v, model.backbone): v for v in model.backbone.weights}
+    targets = {backbone_relative_path(v, model.backbone): v for v in model.backbone.weights}
     copied = set()
     for variable in source.backbone.weights:
-        name = _relative(variable, source.backbone)
+        name = backbone_relative_path(variable, source.backbone)
         target = targets.get(name)
         if target is None or tuple(target.shape) != tuple(variable.shape):
             raise CheckpointError(f"{where}: tensor {name!r} {tuple(variable.shape)} has no "

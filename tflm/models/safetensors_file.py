@@ -48,8 +48,8 @@ def _bf16_to_f32(raw):
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
-def read_safetensors(path):
-    """`{name: np.ndarray}` of one `.safetensors` file (memory-mapped, read-only)."""
+def _read_header(path):
+    """`(header, header_size, file_size)` of one `.safetensors` file."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         prefix = f.read(8)
@@ -65,6 +65,17 @@ def read_safetensors(path):
             raise SafetensorsError(f"{path}: the header is not valid JSON ({e}).") from None
     if not isinstance(header, dict):
         raise SafetensorsError(f"{path}: the header is not a JSON object.")
+    return header, header_size, size
+
+
+def read_safetensors_metadata(path):
+    """The `{str: str}` metadata of one `.safetensors` file (empty if it has none)."""
+    return _read_header(path)[0].get("__metadata__") or {}
+
+
+def read_safetensors(path):
+    """`{name: np.ndarray}` of one `.safetensors` file (memory-mapped, read-only)."""
+    header, header_size, size = _read_header(path)
     header.pop("__metadata__", None)
     data_start, data_size = 8 + header_size, size - 8 - header_size
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(data_size,)) \

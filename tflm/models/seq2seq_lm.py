@@ -27,7 +27,7 @@ class Seq2SeqBackbone(keras.Model):
         vocabulary_size, hidden_dim, num_heads, intermediate_dim, max_sequence_length,
         position_encoding, activation, normalization, norm_first, norm_epsilon, dropout,
         attention_dropout, use_bias, initializer_range, embedding_norm, head_dim,
-        relative_num_buckets, relative_max_distance: as `TransformerBackbone`, for both
+        relative_num_buckets, relative_max_distance, lora: as `TransformerBackbone`, for both
             halves (`position_encoding="relative"`: each half has its own bias, the
             encoder's bidirectional, the decoder's causal, as T5's).
         num_layers: encoder blocks.
@@ -56,7 +56,7 @@ class Seq2SeqBackbone(keras.Model):
                  norm_epsilon=1e-5, embedding_norm=False, dropout=0.1, attention_dropout=0.1,
                  use_bias=True, shared_embeddings=True, tie_embeddings=True,
                  initializer_range=0.02, head_dim=None, relative_num_buckets=32,
-                 relative_max_distance=128, dtype=None, **kwargs):
+                 relative_max_distance=128, lora=None, dtype=None, **kwargs):
         super().__init__(dtype=dtype, **kwargs)
         self.num_decoder_layers = int(num_decoder_layers or num_layers)
         self.shared_embeddings = bool(shared_embeddings)
@@ -69,7 +69,7 @@ class Seq2SeqBackbone(keras.Model):
             use_bias=use_bias, tie_embeddings=tie_embeddings,
             initializer_range=initializer_range, head_dim=head_dim,
             relative_num_buckets=relative_num_buckets,
-            relative_max_distance=relative_max_distance, dtype=self.dtype_policy,
+            relative_max_distance=relative_max_distance, lora=lora, dtype=self.dtype_policy,
         )
         self._common = common
         self.encoder = TransformerBackbone(num_layers=num_layers, causal=False, name="encoder",

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tflm import config as config_lib
 from tflm.models.huggingface import CheckpointError, load_huggingface
+from tflm.models.lora import load_lora
 from tflm.models.pretrained import copy_pretrained_weights, model_config_of
 from tflm.run_dir import RunDir, write_new_run_dir
 from tflm.tasks.registry import build_task, config_keys_of, task_class, task_for_model
@@ -129,12 +130,28 @@ def _model_dir_config(run):
     return config
 
 
-def load_model_dir(model_dir, dtype=None):
-    """`(model, config)` of a tflm model_dir: the latest checkpoint, else model.keras."""
+def load_model_dir(model_dir, dtype=None, lora_path=None):
+    """`(model, config)` of a tflm model_dir: the latest checkpoint, else model.keras, else
+    (a LoRA run) its base and lora.safetensors.
+
+    `lora_path`: a LoRA factors file to load instead, onto the base that the run's
+    `model.init_checkpoint` names (another variant of the same run's config).
+    """
     run = RunDir(model_dir)
     config = _model_dir_config(run)
     latest = run.latest_checkpoint()
-    if latest is not None:
+    if lora_path is None and latest is None and not run.has_saved_model() \
+            and config.model.finetune == "lora" and tf.io.gfile.exists(run.lora_path):
+        lora_path = run.lora_path
+    if lora_path is not None:
+        if config.model.finetune != "lora" or not config.model.init_checkpoint:
+            raise CheckpointError(f"{run.params_path}: a LoRA factors file loads onto a run "
+                                  "with model.finetune=lora and the base as "
+                                  "model.init_checkpoint.")
+        model = build_task(config.model, dtype=dtype, label_names=config.data.label_names or None)
+        init_from_pretrained(model, config.model.init_checkpoint)
+        load_lora(model, lora_path)
+    elif latest is not None:
         model = build_task(config.model, dtype=dtype, label_names=config.data.label_names or None)
         try:
             tf.train.Checkpoint(model=model).read(latest).expect_partial() \

@@ -268,7 +268,7 @@ def check_seq2seq_model(config, task_name):
                    "model.num_segments": model.num_segments != 0,
                    "model.pooler": model.pooler,
                    "model.final_norm": model.final_norm not in (None, model.norm_first),
-                   "model.finetune": model.finetune != "full",
+                   "model.finetune": model.finetune not in ("full", "lora"),
                    "model.freeze_bottom_layers": model.freeze_bottom_layers != 0}
     for key, is_set in unsupported.items():
         if is_set:

@@ -49,6 +49,7 @@ import tensorflow as tf
 
 from tflm.data.stats import InputStats
 from tflm.errors import TflmError
+from tflm.models.lora import has_lora, save_lora
 from tflm.run_dir import RunDir
 from tflm.training.actions import (
     NaNGuard,
@@ -240,6 +241,8 @@ class Trainer:
             status = "stopped"
         if status == "completed" and self.worker.is_chief:
             self.run_dir.save_model(self.model)
+            if has_lora(self.model):  # the small file that, with the base, is the model
+                save_lora(self.model, self.run_dir.lora_path)
         return status
 
     def consumed(self):
