@@ -4,6 +4,7 @@ models and reloaded factors answer as the trained model; config errors name the 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tflm.config import ConfigError, load_experiment
 from tflm.layers.lora import LoraDense
@@ -60,6 +61,19 @@ def test_lora_dense_is_its_dense_until_trained_and_folds_into_one_kernel():
     assert not np.allclose(dense(x, training=True), expected)  # dropout on the factors' input
     clone = LoraDense.from_config(dense.get_config())
     assert clone.get_config() == dense.get_config()
+
+
+def test_a_lora_model_round_trips_through_checkpoints_and_model_keras(tmp_path):
+    build = lambda: CausalLM(TransformerBackbone(**SMALL, causal=True, lora=_lora()))  # noqa
+    model = build()
+    _randomize_factors(model)
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    restored = build()
+    tf.train.Checkpoint(model=restored).read(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(restored(_ids()), model(_ids()))
+    model.save(str(tmp_path / "model.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "model.keras"))
+    np.testing.assert_array_equal(loaded(_ids()), model(_ids()))
 
 
 def test_only_factors_and_head_train_and_every_base_weight_stays_bit_identical():

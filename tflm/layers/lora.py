@@ -67,14 +67,25 @@ class LoraDense(keras.layers.Dense):
         if self.bias is not None:
             self.bias.trainable = False
         input_dim = input_shape[-1]
-        self.lora_a, self.lora_b = [], []
+        # One attribute per factor, not a list: TensorFlow's checkpoints follow attributes,
+        # and do not see into Keras' tracked lists.
         for target, start, stop in self.slices:
             # PEFT's kaiming_uniform(a=sqrt(5)): uniform within 1/sqrt(input_dim).
-            self.lora_a.append(self.add_weight(
+            setattr(self, f"lora_a_{target}", self.add_weight(
                 name=f"lora_a_{target}", shape=(input_dim, self.rank),
                 initializer=keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")))
-            self.lora_b.append(self.add_weight(
+            setattr(self, f"lora_b_{target}", self.add_weight(
                 name=f"lora_b_{target}", shape=(self.rank, stop - start), initializer="zeros"))
+
+    @property
+    def lora_a(self):
+        """The `A` factor of each slice."""
+        return [getattr(self, f"lora_a_{target}") for target, _, _ in self.slices]
+
+    @property
+    def lora_b(self):
+        """The `B` factor of each slice."""
+        return [getattr(self, f"lora_b_{target}") for target, _, _ in self.slices]
 
     @property
     def scale(self):
@@ -101,6 +112,14 @@ class LoraDense(keras.layers.Dense):
         x = self.dropout_layer(inputs, training=training)
         update = ops.matmul(ops.matmul(x, ops.cast(a, x.dtype)), ops.cast(b, x.dtype))
         return outputs + update * ops.cast(self.scale, update.dtype)
+
+    # Dense saves its kernel and bias alone (its quantization formats); a LoraDense saves
+    # every variable, as a plain Layer does, so model.keras keeps the factors.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
 
     def get_config(self):
         config = super().get_config()

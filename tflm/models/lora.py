@@ -8,7 +8,7 @@ each targeted projection. Around it:
   rounding) with no LoRA ops or variables. `model` itself is left untouched, so it can
   keep training or be saved as it was. `tflm.experiment.export_saved_model` calls it first.
 - `save_lora(model, path)` / `load_lora(model, path)`: what LoRA fine-tuning trained (the
-  factors, and the task head's trainable weights) as one small `.safetensors` file,
+  factors, and the task head: the weights outside the backbone) as one small `.safetensors` file,
   with the rank, alpha, dropout and targets in its metadata. Loaded onto a model built
   from the same config and holding the base weights (`model.init_checkpoint`), it gives
   the trained model back: several variants of one base each keep only their file.
@@ -79,14 +79,16 @@ def lora_config(model):
 
 def _names(model):
     """`{name: variable}` of what LoRA fine-tuning trains: the factors ("backbone/<path
-    below the backbone>") and the head ("head/<path below the model>")."""
-    in_backbone = {id(v) for v in model.backbone.weights}
+    below the backbone>") and the head, every weight outside the backbone ("head/<path
+    below the model>")."""
     names = {}
-    for variable in model.trainable_variables:
-        if id(variable) in in_backbone:
+    for layer in lora_layers(model.backbone):
+        for variable in layer.lora_a + layer.lora_b:
             names["backbone/" + backbone_relative_path(variable, model.backbone)] = variable
-        else:
-            prefix = model.name + "/"
+    in_backbone = {id(v) for v in model.backbone.weights}
+    prefix = model.name + "/"
+    for variable in model.weights:
+        if id(variable) not in in_backbone:
             path = variable.path
             names["head/" + (path[len(prefix):] if path.startswith(prefix) else path)] = variable
     return names
