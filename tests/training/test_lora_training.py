@@ -45,7 +45,7 @@ def _assert_base_unchanged(model, base_dir):
         np.testing.assert_array_equal(after[name], before[name], err_msg=name)
 
 
-def test_a_causal_lm_adapts_new_text_resumes_and_exports_merged(tmp_path, converted):
+def test_a_causal_lm_adapts_new_text_resumes_and_reloads_from_its_factors(tmp_path, converted):
     config = load_experiment(None, (
         f"model.task=causal_lm,model.init_checkpoint={converted / 'gpt2'},model.finetune=lora,"
         "model.lora_targets=[query,key,value,attention_output,feed_forward_in,feed_forward_out],"
