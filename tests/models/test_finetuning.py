@@ -92,7 +92,7 @@ def test_bad_requests_are_errors():
     with pytest.raises(ValueError, match=r"must be in \[0, 3\]"):
         apply_finetuning(_classifier(), "full", freeze_bottom_layers=4)
     with pytest.raises(ValueError, match="Unknown fine-tuning mode"):
-        apply_finetuning(_classifier(), "lora")
+        apply_finetuning(_classifier(), "prefix_tuning")
 
 
 def test_layer_multipliers():
