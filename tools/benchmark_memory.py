@@ -10,8 +10,10 @@ is its own: the process's peak resident set (`ru_maxrss`) and, on a GPU, the all
 (`tf.config.experimental.get_memory_info`). The run is the `Trainer`'s compiled step (what
 `tflm-train` runs: forward, backward, AdamW) on the tiny_gpt config made deep and long, fed
 one cached batch so the input pipeline adds nothing; the first step (tracing, compiling) is
-not timed. `rss_before_mib` is the resident set once the model and optimizer are built, so
-`peak - before` is what the steps added. Each variant prints one JSON line; then a summary
+not timed. `rss_before_mib` is the peak resident set once the model and optimizer are built,
+so `peak - before` is what the steps (and compiling them) added; `rss_peak_of_steps_mib` is
+the peak of the timed steps alone (the kernel's count restarted after the first step, which
+leaves out XLA's compiler, whose own peak can exceed the step's). Each variant prints one JSON line; then a summary
 line per XLA setting with the ratios on/off.
 """
 
@@ -39,6 +41,25 @@ def _rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _reset_peak_rss():
+    """Restarts the kernel's peak-RSS count (VmHWM; Linux): what follows is measured without
+    the compiler's own peak. False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_since_reset_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 def child(args):
     """One variant in this process: one JSON line."""
     import tensorflow as tf
@@ -63,11 +84,16 @@ def child(args):
         rss_before = _rss_mib()
         one = tf.constant(1, tf.int32)
         times = []
-        for _ in range(args.steps + 1):
+        steps_peak = None
+        for step in range(args.steps + 1):
             start = time.perf_counter()
             losses, _ = trainer.train_step.train_loop(one)
             losses.numpy()
             times.append(time.perf_counter() - start)
+            if step == 0 and _reset_peak_rss():
+                steps_peak = 0.0
+        if steps_peak is not None:
+            steps_peak = _peak_rss_since_reset_mib()
     gpus = tf.config.list_logical_devices("GPU")
     device_peak = (tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
                    if gpus else None)
@@ -77,6 +103,7 @@ def child(args):
         "step_s_median": round(statistics.median(times[1:]), 3),
         "first_step_s": round(times[0], 1),
         "rss_before_mib": round(rss_before), "rss_peak_mib": round(_rss_mib()),
+        "rss_peak_of_steps_mib": None if steps_peak is None else round(steps_peak),
         "device_peak_mib": None if device_peak is None else round(device_peak),
         "loss": float(losses.numpy()[-1]),
         "shape": overrides,
@@ -108,6 +135,8 @@ def main():
                    "rss_peak_mib": [off["rss_peak_mib"], on["rss_peak_mib"]],
                    "rss_added_by_steps_mib": added,
                    "added_ratio_on_off": round(added[1] / max(added[0], 1), 3),
+                   "rss_peak_of_steps_mib": [off["rss_peak_of_steps_mib"],
+                                             on["rss_peak_of_steps_mib"]],
                    "step_time_ratio_on_off": round(on["step_s_median"] / off["step_s_median"], 3),
                    "same_loss": abs(on["loss"] - off["loss"]) <= 1e-4 * abs(off["loss"])}
         if off["device_peak_mib"] is not None:
