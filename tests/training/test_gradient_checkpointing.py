@@ -1,6 +1,6 @@
 """Gradient checkpointing (`trainer.gradient_checkpointing`): each block recomputed in the
 backward pass gives the plain gradients, dropout included, with and without XLA, and the
-trainer's steps (accumulated, fused or under a strategy) the plain weights. Two replicas:
+trainer's accumulated steps the plain weights. Two replicas under MirroredStrategy:
 tests/training/test_multi_process.py."""
 
 import keras
