@@ -225,6 +225,9 @@ class TrainerConfig:
     # Global-norm clipping of the whole gradient; null: none.
     clipnorm: typing.Optional[float] = ranged(1.0, above=0)
     gradient_accumulation_steps: int = ranged(1, at_least=1)  # micro-batches per update
+    # Recompute each transformer block in the backward pass: activation memory of one block,
+    # not all of them, for about one more forward pass of time; the same gradients.
+    gradient_checkpointing: bool = False
     label_smoothing: float = ranged(0.0, at_least=0, below=1)
     # Discriminative learning rates: block i of L gets decay^(L - i), the embeddings
     # decay^(L + 1), the head 1 (layer-wise decay as in ELECTRA); 1.0: off.

@@ -4,6 +4,7 @@
 
 With TFLM_TEST_LOGICAL_CPUS=2 the CPU is split into two logical devices and
 the run uses MirroredStrategy over both (two replicas in one process).
+TFLM_TEST_OVERRIDES adds `--params_override`-style settings (e.g. trainer.gradient_checkpointing=true).
 
 The input is sharded by global batch (`data.sharding=global_batch`): every
 worker reads the same global batches and keeps its rows, so a run on W workers
@@ -87,9 +88,11 @@ def main():
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
         strategy = "mirrored"
+    extra = os.environ.get("TFLM_TEST_OVERRIDES")
     config = load_experiment(
         "configs/tiny_gpt.yaml",
-        f"{OVERRIDES},trainer.train_steps={train_steps},runtime.distribution_strategy={strategy}",
+        f"{OVERRIDES},trainer.train_steps={train_steps},runtime.distribution_strategy={strategy}"
+        + (f",{extra}" if extra else ""),
     )
     task = get_task(config)
 
@@ -110,6 +113,8 @@ def main():
     trainer = Trainer(task, model_dir, dataset_fn=dataset_fn,
                       print_fn=lambda line: print(line, flush=True))
     _install_fault(model_dir, trainer.worker.worker_index)
+    print(f"job: gradient_checkpointing={trainer.model.backbone.gradient_checkpointing}",
+          flush=True)
     status = trainer.train(until_step=until_step)
     weights = np.concatenate([np.ravel(v.numpy()) for v in trainer.model.trainable_variables])
     np.save(os.path.join(model_dir, f"weights-worker-{trainer.worker.worker_index}.npy"), weights)

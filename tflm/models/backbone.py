@@ -1,6 +1,7 @@
 """TransformerBackbone: embeddings, a stack of transformer blocks, a final norm."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from tflm.config import POSITION_ENCODINGS
@@ -26,6 +27,8 @@ class TransformerBackbone(keras.Model):
         x = dropout(embedding_norm(x))               # embedding_norm: BERT
         bias = relative_position_bias(key - query)   # relative (T5): one for all blocks
         for block in blocks: x = block(x, padding_mask, causal[, bias][, encoder output])
+                                                     # recomputed in the backward pass with
+                                                     # gradient_checkpointing (training only)
         x = final_norm(x)                            # pre-LN models (GPT-2)
         pooled = tanh(dense(x[:, 0]))                # if pooler (BERT)
 
@@ -162,6 +165,8 @@ class TransformerBackbone(keras.Model):
         self.adapter_dim = int(adapter_dim)
         self.lora = dict(lora) if lora else None
         self.cross_attention = bool(cross_attention)
+        # A training setting, not part of the config: `set_gradient_checkpointing`.
+        self.gradient_checkpointing = False
         if not head_dim and self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}."
@@ -302,10 +307,14 @@ class TransformerBackbone(keras.Model):
         x = self.embed(token_ids, inputs.get("segment_ids"), positions=positions, training=training)
         length = ops.shape(token_ids)[1]
         bias = self._relative_bias(length, length)
+        arguments = dict(padding_mask=padding_mask, use_causal_mask=self.causal,
+                         positions=positions, attention_bias=bias,
+                         **self._encoder_arguments(inputs))
         for block in self.blocks:
-            x = block(x, padding_mask=padding_mask, use_causal_mask=self.causal,
-                      positions=positions, attention_bias=bias, training=training,
-                      **self._encoder_arguments(inputs))
+            if self.gradient_checkpointing and training:
+                x = recompute_block(block, x, **arguments)
+            else:
+                x = block(x, training=training, **arguments)
         if self.final_norm_layer is not None:
             x = self.final_norm_layer(x)
         outputs = {"sequence_output": x}
@@ -432,3 +441,45 @@ class TransformerBackbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+# The block arguments that carry gradients (to the relative position bias, to the encoder).
+DIFFERENTIABLE_ARGUMENTS = ("attention_bias", "encoder_outputs")
+
+
+def recompute_block(block, x, **arguments):
+    """`block(x, **arguments, training=True)` whose activations are recomputed in the
+    backward pass (`tf.recompute_grad`) instead of kept from the forward pass.
+
+    Gradients flow to `x`, to the `DIFFERENTIABLE_ARGUMENTS` given (not `None`) and to the
+    block's variables; the other arguments (masks, positions, flags) get none. Each dropout
+    of the block draws, when recomputed, the mask it drew in the forward pass: Keras' seed
+    generators advance a state variable at each draw, so their states are read before the
+    block and put back at the start of each of its two runs (a no-op in the first). Both
+    runs leave the states where one plain forward pass would: a run with checkpointing
+    trains as one without.
+    """
+    names = [name for name in DIFFERENTIABLE_ARGUMENTS if arguments.get(name) is not None]
+    fixed = {name: value for name, value in arguments.items() if name not in names}
+    states = [generator.state for layer in block._flatten_layers(include_self=True)
+              for generator in layer._seed_generators]
+    seeds = [tf.identity(state.value) for state in states]
+
+    def forward(x, *tensors):
+        for state, seed in zip(states, seeds):
+            state.assign(seed)
+        return block(x, training=True, **dict(zip(names, tensors)), **fixed)
+
+    return tf.recompute_grad(forward)(x, *[arguments[name] for name in names])
+
+
+def set_gradient_checkpointing(model, enabled=True):
+    """Turns gradient checkpointing on (or off) in every `TransformerBackbone` of `model`
+    (one in an encoder or a decoder, two in an encoder-decoder): each block's forward pass
+    is recomputed in the backward pass (`recompute_block`), so training keeps the
+    activations of one block instead of all of them. Returns how many backbones."""
+    backbones = [layer for layer in model._flatten_layers(include_self=True)
+                 if isinstance(layer, TransformerBackbone)]
+    for backbone in backbones:
+        backbone.gradient_checkpointing = bool(enabled)
+    return len(backbones)

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from tflm.config import ConfigError
 from tflm.data.tokenizers import make_tokenizer
+from tflm.models.backbone import set_gradient_checkpointing
 from tflm.models.factory import build_backbone
 from tflm.models.finetuning import apply_finetuning
 from tflm.models.losses import weighted_correct
@@ -98,12 +99,13 @@ class Task(abc.ABC):
 
     def build_model(self, dtype=None, source=None, print_fn=None):
         """The task's model: from `source`'s weights (see `load_init_checkpoint`) if given,
-        with `model.finetune` applied."""
+        with `model.finetune` applied and `trainer.gradient_checkpointing` set."""
         model_config = self.config.model
         model = build_task(model_config, dtype=dtype, label_names=self.label_names())
         if source is not None:
             init_from_pretrained(model, model_config.init_checkpoint, print_fn, source=source)
         apply_finetuning(model, model_config.finetune, model_config.freeze_bottom_layers)
+        set_gradient_checkpointing(model, self.config.trainer.gradient_checkpointing)
         return model
 
     # -- Data. -----------------------------------------------------------------------------
