@@ -20,9 +20,9 @@ its own weight.
 
 With a teacher (`trainer.distill_from`) each micro-batch also runs through it, in
 inference mode and in the same replica function (under XLA, the same computation), and
-the loss sums become `(1 - distill_weight) * task sums + distill_weight * the task's
-`distill_sums``: the soft loss counts the positions the task's loss counts and is divided
-by the same global weight.
+the loss sums become `(1 - distill_weight) * loss_sums + distill_weight * distill_sums`
+(both the task's): the soft loss counts the positions the task's loss counts and is
+divided by the same global weight.
 """
 
 import tensorflow as tf

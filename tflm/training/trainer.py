@@ -23,7 +23,8 @@ resume restores the model state only.
 Everything that depends on the task (`tflm.tasks`) comes from the task
 object: its model (from `model.init_checkpoint` on a fresh run, with the
 parts `model.finetune` names frozen), its input pipeline, its loss (and with
-`trainer.distill_from` its teacher and soft loss) and its evaluation report. The trainer knows no task by name.
+`trainer.distill_from` its teacher and soft loss) and its evaluation report. The
+trainer knows no task by name.
 
 Why not orbit's Controller and its `SaveCheckpointIfPreempted`: the driver here is orbit's
 loop (call, then actions) with two things the Controller does not do. A checkpoint is every
