@@ -26,6 +26,7 @@ from tflm.data.byte_tokenizer import ByteTokenizer  # noqa: E402
 from tflm.data.wordpiece import WordPieceTokenizer  # noqa: E402
 from tflm.experiment import load_experiment, run_experiment  # noqa: E402
 from tflm.tasks import get_task  # noqa: E402
+from tflm.tasks.multi_label_classification import sigmoid_distillation_sums  # noqa: E402
 from tflm.training.trainer import Trainer  # noqa: E402
 
 QUIET = dict(print_fn=lambda line: None)
@@ -94,6 +95,17 @@ def test_loss_is_the_numpy_mix_and_the_teacher_never_changes(tmp_path, teacher, 
     for before, after in zip(teacher_before, trainer.teacher.weights):
         np.testing.assert_array_equal(after.numpy(), before)
     assert not np.allclose(_weights(trainer), student_before)
+
+
+def test_multi_label_distillation_is_the_numpy_bernoulli_kl():
+    rng = np.random.default_rng(0)
+    teacher_logits, logits = rng.normal(size=(2, 3, 4)) * 3
+    weights = np.array([1.0, 0.0, 2.0])
+    soft_sum, weight_sum = sigmoid_distillation_sums(teacher_logits, logits, weights, 2.0)
+    p, q = (1 / (1 + np.exp(-x / 2.0)) for x in (teacher_logits, logits))
+    kl = p * np.log(p / q) + (1 - p) * np.log((1 - p) / (1 - q))
+    np.testing.assert_allclose(soft_sum, 4.0 * (kl.mean(-1) * weights).sum(), rtol=1e-5)
+    assert weight_sum == 3.0
 
 
 def _wordpiece(*words):
