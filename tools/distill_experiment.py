@@ -1,9 +1,8 @@
 """Knowledge distillation on real data: a 2-layer student distilled from a 6-layer teacher
 against the same student trained alone for the same steps, on a CPU.
 
-    python tools/distill_experiment.py all --work_dir=runs/distill
+    python tools/distill_experiment.py all --work_dir=runs/distill    # ~22 min on 2 busy cores
     python tools/distill_experiment.py causal_lm --work_dir=runs/distill --steps=600
-    python tools/distill_experiment.py reviews --work_dir=runs/distill --steps=300
     python tools/distill_experiment.py all --quick        # a few steps each: does it run?
 
 causal_lm: `configs/tiny_gpt.yaml` (byte-level, width 128) on Jane Austen's novels
@@ -20,6 +19,13 @@ For each: the teacher (`--teacher_layers`, `--teacher_steps`), then the student
 `trainer.distill_from=<teacher>` (`--temperature`, `--weight`), from the same seed, on
 the same batches. Each run prints one JSON line (its held-out metrics, steps, seconds:
 the run's wall time with compilation and evaluation); the last line sums them up.
+
+Measured with the defaults (teacher 6 layers x 450 steps, students 2 layers x 150 steps,
+T=2, weight 0.5, width 128, one seed; a 2-core CPU shared with other jobs):
+causal_lm held-out perplexity: teacher 7.94, student alone 11.75, distilled 11.86 (no gain
+this short); reviews held-out accuracy (3,513 reviews): teacher 0.810, student alone 0.770,
+distilled 0.787. The distilled student's steps took 1.8x (causal_lm) and 1.5x (reviews)
+the wall time of the student's alone (the teacher's forward).
 """
 
 import argparse
@@ -99,7 +105,7 @@ def main():
     parser.add_argument("which", choices=["causal_lm", "reviews", "all"])
     parser.add_argument("--work_dir", default="runs/distill")
     parser.add_argument("--steps", type=int, default=0,
-                        help="student steps (default 600 for causal_lm, 300 for reviews)")
+                        help="student steps (default 150)")
     parser.add_argument("--teacher_steps", type=int, default=0,
                         help="teacher steps (default 3x the students')")
     parser.add_argument("--teacher_layers", type=int, default=6)
@@ -110,7 +116,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a few steps each")
     args = parser.parse_args()
     summary = {}
-    for which, run, steps in (("causal_lm", causal_lm, 600), ("reviews", reviews, 300)):
+    for which, run, steps in (("causal_lm", causal_lm, 150), ("reviews", reviews, 150)):
         if args.which not in (which, "all"):
             continue
         run_args = argparse.Namespace(**vars(args))
