@@ -1,7 +1,7 @@
 """Knowledge distillation on real data: a 2-layer student distilled from a 6-layer teacher
 against the same student trained alone for the same steps, on a CPU.
 
-    python tools/distill_experiment.py all --work_dir=runs/distill    # ~22 min on 2 busy cores
+    python tools/distill_experiment.py all --work_dir=runs/distill    # ~20 min on 2 busy cores
     python tools/distill_experiment.py causal_lm --work_dir=runs/distill --steps=600
     python tools/distill_experiment.py all --quick        # a few steps each: does it run?
 
