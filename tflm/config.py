@@ -248,6 +248,12 @@ class TrainerConfig:
     # Resuming on another number of workers with data.sharding=files: error | restart
     # (the input starts again from its beginning; the model state is kept).
     on_input_position_mismatch: str = "error"
+    # Knowledge distillation: a teacher model_dir (same tokenizer, same task) whose outputs,
+    # softened by the temperature, the model also learns; "" off. The loss is
+    # (1 - distill_weight) * the task's loss + distill_weight * T^2 * KL(teacher || model).
+    distill_from: str = ""
+    distill_temperature: float = ranged(2.0, above=0)
+    distill_weight: float = ranged(0.5, at_least=0, at_most=1)
 
 
 @dataclasses.dataclass

@@ -23,6 +23,21 @@ def weighted_cross_entropy(labels, logits, weights, label_smoothing=0.0):
     return tf.reduce_sum(nll * weights), tf.reduce_sum(weights)
 
 
+def distillation_sums(teacher_logits, logits, weights, temperature=1.0):
+    """`(sum of w * T^2 * KL(p_T || q_T), sum of w)` over all positions, in float32.
+
+    `p_T` and `q_T` are the softmax over the last axis of the teacher's and the student's
+    logits divided by `T`. The `T^2` keeps the soft loss's gradients on the scale of the
+    hard loss's as `T` grows (Hinton et al., 2015). As sums, the trainer divides them by
+    the weight of the whole global batch, as it does `weighted_cross_entropy`'s.
+    """
+    teacher_log_p = tf.nn.log_softmax(tf.cast(teacher_logits, tf.float32) / temperature)
+    log_q = tf.nn.log_softmax(tf.cast(logits, tf.float32) / temperature)
+    kl = tf.reduce_sum(tf.exp(teacher_log_p) * (teacher_log_p - log_q), axis=-1)
+    weights = tf.cast(weights, tf.float32)
+    return temperature ** 2 * tf.reduce_sum(kl * weights), tf.reduce_sum(weights)
+
+
 def weighted_correct(labels, logits, weights):
     """Sum of the weights of positions whose argmax is the label."""
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)

@@ -7,7 +7,9 @@ A task owns, for its name in `model.task`:
 - its model (`create_model`, on the backbone of `create_backbone`), started from
   `model.init_checkpoint` and with the parts `model.finetune` names frozen (`build_model`);
 - its input pipeline from the `data` section (`batches`);
-- its loss (`loss_sums`: the model's own definition, which `model.fit` uses too);
+- its loss (`loss_sums`: the model's own definition, which `model.fit` uses too), and
+  with `trainer.distill_from` a teacher (`load_teacher`) and the soft loss against its
+  outputs (`distill_sums`);
 - its evaluation (`eval_sums`, added over replicas and batches, and `eval_report`; a
   generating task adds metrics of decoded text in `generation_report`);
 - its serving signatures (`serving_module`) and their warm-up requests (`warmup_inputs`).
@@ -31,8 +33,9 @@ from tflm.data.tokenizers import make_tokenizer
 from tflm.models.backbone import set_gradient_checkpointing
 from tflm.models.factory import build_backbone
 from tflm.models.finetuning import apply_finetuning
-from tflm.models.losses import weighted_correct
-from tflm.tasks.pretrained import init_from_pretrained, load_pretrained_model
+from tflm.models.losses import distillation_sums, weighted_correct
+from tflm.run_dir import RunDir
+from tflm.tasks.pretrained import init_from_pretrained, load_pretrained, load_pretrained_model
 from tflm.tasks.registry import architecture_value, build_task
 
 
@@ -51,6 +54,9 @@ class Task(abc.ABC):
     # Whether `loss_sums` communicates across replicas (e.g. gathers in-batch negatives);
     # the trainer then runs the forward pass directly in the replica function.
     cross_replica_loss = False
+    # Whether `trainer.distill_from` applies: the outputs are the logits of distributions
+    # (over tokens, classes or tags) that a teacher's can be compared with.
+    distillable = True
     # The task's own config keys: {section: dataclass of keys with defaults}, e.g.
     # {"data": TokenClassificationData}; they join that section for this task only.
     config_keys = {}
@@ -166,6 +172,61 @@ class Task(abc.ABC):
         loss_sum, weight_sum = model.loss_sums(labels, outputs, weights)
         return tf.stack([loss_sum, weight_sum, weighted_correct(labels, outputs, weights)])
 
+    # -- Distillation. -----------------------------------------------------------------------
+    def load_teacher(self, tokenizer, dtype=None):
+        """The frozen teacher model of `trainer.distill_from` (a model_dir or Hugging Face
+        folder), or None when it is unset.
+
+        The trainer calls it in its strategy's scope, so the teacher's variables are placed
+        as the student's and its forward runs inside the same distributed step. The teacher
+        must be a model of this task's kind (`model_class`) whose tokenizer is `tokenizer`
+        (the same kind and vocabulary) and whose classes, if any, are this run's in the same
+        order; otherwise a `ConfigError` names trainer.distill_from.
+        """
+        path = self.config.trainer.distill_from
+        if not path:
+            return None
+        key = f"trainer.distill_from={path!r}"
+        if not self.distillable:
+            raise ConfigError(f"{key}: the {self.name} task's outputs are not a distribution "
+                              "over tokens or classes, so there is nothing to distill "
+                              "(distillation is for the language models, classifiers and "
+                              "seq2seq); unset trainer.distill_from.")
+        if not tf.io.gfile.isdir(path):
+            raise ConfigError(f"{key} does not exist.")
+        teacher, teacher_tokenizer, teacher_config = load_pretrained(path, dtype=dtype)
+        if type(teacher) is not self.model_class:
+            raise ConfigError(f"{key} is a {type(teacher).__name__} ({teacher_config.model.task}"
+                              f"); model.task={self.name!r} learns from a "
+                              f"{self.model_class.__name__}.")
+        if (teacher_tokenizer.kind, teacher_tokenizer.fingerprint()) != (
+                tokenizer.kind, tokenizer.fingerprint()):
+            raise ConfigError(
+                f"{key}: teacher and student must share the tokenizer, but the teacher's is "
+                f"{teacher_tokenizer.kind} of {teacher_tokenizer.vocabulary_size} ids "
+                f"(fingerprint {teacher_tokenizer.fingerprint()[:12]}) and this run's "
+                f"{tokenizer.kind} of {tokenizer.vocabulary_size} ids (fingerprint "
+                f"{tokenizer.fingerprint()[:12]}): set data.tokenizer and data.vocab_path to "
+                f"the teacher's ({RunDir(path).tokenizer_dir}).")
+        names, teacher_names = self.label_names(), getattr(teacher, "label_names", None)
+        if names is not None and teacher_names is not None and \
+                list(map(str, names)) != list(map(str, teacher_names)):
+            raise ConfigError(f"{key}: the teacher's classes are {list(teacher_names)}, this "
+                              f"run's {list(names)}: they must be the same, in the same order "
+                              "(set data.label_names).")
+        teacher.trainable = False
+        return teacher
+
+    def distill_sums(self, model, teacher_outputs, outputs, weights):
+        """`(sum of w * soft loss, sum of w)` of a batch, shaped as `loss_sums`' sums: the
+        KL divergence of the teacher's tempered distribution over the last axis (tokens,
+        classes, tags) from the model's, times T^2 (`distillation_sums`), over the positions
+        (or examples) that the task's loss counts, with its weights."""
+        del model
+        check_teacher_outputs(teacher_outputs, outputs)
+        return distillation_sums(teacher_outputs, outputs, weights,
+                                 self.config.trainer.distill_temperature)
+
     def after_evaluation(self, model, results, run_dir):
         """Keeps in `run_dir` (a `RunDir`) what an evaluation decided about the model, such as
         thresholds tuned on the held-out split; the chief calls it after writing
@@ -199,6 +260,16 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def warmup_inputs(cls, module):
         """One small, valid request per signature, as `(signature, {input: value})`."""
+
+
+def check_teacher_outputs(teacher_outputs, outputs):
+    """A `ConfigError` unless the teacher gives as many values per position (the vocabulary
+    or the classes) as the model; checked on the static shapes, when the step is traced."""
+    if teacher_outputs.shape[-1] != outputs.shape[-1]:
+        raise ConfigError(
+            f"trainer.distill_from: the teacher has {teacher_outputs.shape[-1]} outputs per "
+            f"position (vocabulary or classes) and this model {outputs.shape[-1]}: they must "
+            "agree (model.vocabulary_size, model.num_classes).")
 
 
 def text_input_only(config, task_name):

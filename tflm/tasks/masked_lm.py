@@ -20,9 +20,9 @@ import tensorflow as tf
 from tflm.config import ConfigError, ranged
 from tflm.data.pipeline import masked_lm_batches, token_documents
 from tflm.export.serving import MaskedLMServing
-from tflm.models.losses import weighted_correct, weighted_cross_entropy
+from tflm.models.losses import distillation_sums, weighted_correct, weighted_cross_entropy
 from tflm.models.masked_lm import MaskedLM
-from tflm.tasks.base import Task, text_input_only
+from tflm.tasks.base import Task, check_teacher_outputs, text_input_only
 from tflm.tasks.causal_lm import WARMUP_TEXT
 from tflm.tasks.registry import register_task
 
@@ -92,6 +92,27 @@ class MaskedLMTask(Task):
         experiment.model.next_sentence_prediction = model.next_sentence_prediction
         experiment.model.next_sentence_weight = model.next_sentence_weight
         experiment.data.sentence_pairs = model.next_sentence_prediction
+
+    def distill_sums(self, model, teacher_outputs, outputs, weights):
+        """Over the masked positions; with next-sentence prediction one term per head, as
+        `MaskedLM.loss_sums` (the next-sentence term times `next_sentence_weight`)."""
+        if not model.next_sentence_prediction:
+            if isinstance(teacher_outputs, dict):  # the teacher's next-sentence head unused
+                teacher_outputs = teacher_outputs["masked_lm"]
+            return super().distill_sums(model, teacher_outputs, outputs, weights)
+        if not isinstance(teacher_outputs, dict):
+            raise ConfigError("trainer.distill_from: the teacher has no next-sentence head "
+                              "and this model has (data.sentence_pairs=true); distill from a "
+                              "teacher trained on sentence pairs.")
+        sums, weight_sums = [], []
+        for head, scale in (("masked_lm", 1.0), ("next_sentence", model.next_sentence_weight)):
+            check_teacher_outputs(teacher_outputs[head], outputs[head])
+            soft_sum, weight_sum = distillation_sums(
+                teacher_outputs[head], outputs[head], weights[head],
+                self.config.trainer.distill_temperature)
+            sums.append(scale * soft_sum)
+            weight_sums.append(weight_sum)
+        return tf.stack(sums), tf.stack(weight_sums)
 
     def eval_sums(self, model, labels, outputs, weights):
         if not model.next_sentence_prediction:

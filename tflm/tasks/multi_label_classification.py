@@ -64,7 +64,7 @@ from tflm.data.classification import (
 from tflm.export.serving import STRINGS, serving_label_names, unless_empty
 from tflm.models.losses import WeightedSumLoss
 from tflm.models.sequence_classifier import SequenceClassifier
-from tflm.tasks.base import Task
+from tflm.tasks.base import Task, check_teacher_outputs
 from tflm.tasks.causal_lm import WARMUP_TEXT
 from tflm.tasks.registry import architecture_value, config_keys_of, register_task
 
@@ -205,6 +205,22 @@ def weighted_sigmoid_cross_entropy(labels, logits, weights, positive_weights=Non
         labels, logits, tf.constant(positive_weights, tf.float32))
     per_example = tf.reduce_mean(bce, axis=-1)
     return tf.reduce_sum(per_example * weights), tf.reduce_sum(weights)
+
+
+def sigmoid_distillation_sums(teacher_logits, logits, weights, temperature=1.0):
+    """`(sum over examples of w * T^2 * mean over labels of KL(p_T || q_T), sum of w)`,
+    float32: each label's tempered Bernoulli `sigmoid(logit / T)` of the teacher against the
+    model's, averaged over the labels as `weighted_sigmoid_cross_entropy` averages its BCE."""
+    t = tf.cast(teacher_logits, tf.float32) / temperature
+    s = tf.cast(logits, tf.float32) / temperature
+    p = tf.sigmoid(t)
+    # KL(Bern(p) || Bern(q)) = p (log p - log q) + (1 - p) (log(1 - p) - log(1 - q)), with
+    # log sigmoid(x) = -softplus(-x) and log(1 - sigmoid(x)) = -softplus(x).
+    kl = (p * (tf.math.softplus(-s) - tf.math.softplus(-t))
+          + (1.0 - p) * (tf.math.softplus(s) - tf.math.softplus(t)))
+    weights = tf.cast(weights, tf.float32)
+    per_example = tf.reduce_mean(kl, axis=-1)
+    return temperature ** 2 * tf.reduce_sum(per_example * weights), tf.reduce_sum(weights)
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -528,6 +544,14 @@ class MultiLabelClassificationTask(Task):
             seed=config.runtime.seed, input_context=input_context, stats=stats)
 
     # -- Evaluation. -----------------------------------------------------------------------
+    def distill_sums(self, model, teacher_outputs, outputs, weights):
+        """Per-label sigmoid distillation (`sigmoid_distillation_sums`): the labels are
+        independent, so each is its own two-way distribution."""
+        del model
+        check_teacher_outputs(teacher_outputs, outputs)
+        return sigmoid_distillation_sums(teacher_outputs, outputs, weights,
+                                         self.config.trainer.distill_temperature)
+
     def eval_sums(self, model, labels, outputs, weights):
         """[loss sum, example weight, then TP/FP/FN per candidate threshold and label].
 

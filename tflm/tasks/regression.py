@@ -381,6 +381,7 @@ class RegressionTask(Task):
     name = "regression"
     model_class = SequenceRegressor
     causal = False
+    distillable = False  # a number, not a distribution
     config_keys = {"model": RegressionModelConfig}
 
     @classmethod

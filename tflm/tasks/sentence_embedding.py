@@ -381,6 +381,7 @@ class SentenceEmbeddingTask(Task):
     model_class = SentenceEmbedder
     causal = False
     cross_replica_loss = True  # the negatives come from every replica
+    distillable = False  # embeddings, not a distribution
     config_keys = {"model": SentenceEmbeddingModel, "data": SentenceEmbeddingData}
 
     @classmethod

@@ -17,6 +17,12 @@ all micro-batches), so N accumulated micro-batches give the same update as
 one batch N times larger, and R replicas the same as one. A loss of several
 terms (masked LM + next sentence) gives one sum per term, each divided by
 its own weight.
+
+With a teacher (`trainer.distill_from`) each micro-batch also runs through it, in
+inference mode and in the same replica function (under XLA, the same computation), and
+the loss sums become `(1 - distill_weight) * loss_sums + distill_weight * distill_sums`
+(both the task's): the soft loss counts the positions the task's loss counts and is
+divided by the same global weight.
 """
 
 import tensorflow as tf
@@ -32,10 +38,12 @@ class TrainStep:
         strategy, worker: the `tf.distribute.Strategy` and this worker's `WorkerInfo`.
         iterator: this worker's iterator of batches.
         jit_compile: the forward/backward (and on one device the whole step) under XLA.
+        teacher: the frozen teacher model (`Task.load_teacher`, made in the strategy's
+            scope), or None.
     """
 
     def __init__(self, task, model, optimizer, loss_scale, step, strategy, worker, iterator,
-                 jit_compile):
+                 jit_compile, teacher=None):
         self.task = task
         self.model = model
         self.optimizer = optimizer
@@ -45,7 +53,9 @@ class TrainStep:
         self.worker = worker
         self.iterator = iterator
         self.jit_compile = jit_compile
+        self.teacher = teacher
         trainer = task.config.trainer
+        self.distill_weight = trainer.distill_weight
         self.accumulation_steps = trainer.gradient_accumulation_steps
         self.clipnorm = trainer.clipnorm
         self.global_batches = task.config.data.sharding == "global_batch"
@@ -65,9 +75,18 @@ class TrainStep:
 
     def _forward_backward_fn(self, features, labels, weights, denominator):
         """One micro-batch on one replica: loss sums and gradients of its share of the mean."""
+        if self.teacher is not None:
+            # Outside the tape: the teacher is a constant of the student's loss.
+            teacher_outputs = tf.nest.map_structure(
+                tf.stop_gradient, self.teacher(features, training=False))
         with tf.GradientTape() as tape:
             outputs = self.model(features, training=True)
             loss_sum, _ = self.task.loss_sums(self.model, labels, outputs, weights)
+            if self.teacher is not None:
+                soft_sum, _ = self.task.distill_sums(self.model, teacher_outputs, outputs,
+                                                     weights)
+                loss_sum = ((1.0 - self.distill_weight) * loss_sum
+                            + self.distill_weight * soft_sum)
             loss_sum = tf.reshape(loss_sum, [-1])
             scaled = tf.reduce_sum(loss_sum / denominator) * self.loss_scale()
         grads = tape.gradient(scaled, self._variables)

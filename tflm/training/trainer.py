@@ -22,8 +22,9 @@ resume restores the model state only.
 
 Everything that depends on the task (`tflm.tasks`) comes from the task
 object: its model (from `model.init_checkpoint` on a fresh run, with the
-parts `model.finetune` names frozen), its input pipeline, its loss and its
-evaluation report. The trainer knows no task by name.
+parts `model.finetune` names frozen), its input pipeline, its loss (and with
+`trainer.distill_from` its teacher and soft loss) and its evaluation report. The
+trainer knows no task by name.
 
 Why not orbit's Controller and its `SaveCheckpointIfPreempted`: the driver here is orbit's
 loop (call, then actions) with two things the Controller does not do. A checkpoint is every
@@ -136,6 +137,10 @@ class Trainer:
             self.model = task.build_model(dtype=config.runtime.mixed_precision, source=source,
                                           print_fn=print_fn)
             self.optimizer = make_trainer_optimizer(trainer, self.model)
+            # trainer.distill_from: in this scope, so that its forward runs inside the
+            # distributed step; frozen, and not part of the checkpoints.
+            self.teacher = (task.load_teacher(self.tokenizer, config.runtime.mixed_precision)
+                            if for_training else None)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.loss_scale = DynamicLossScale(
@@ -172,7 +177,7 @@ class Trainer:
                                             self.strategy)
         self.train_step = TrainStep(task, self.model, self.optimizer, self.loss_scale,
                                     self.step, self.strategy, self.worker, self.iterator,
-                                    self.jit_compile)
+                                    self.jit_compile, teacher=self.teacher)
         self._eval_step = tf.function(self._eval_step_fn)
         self.tokens_per_step = (config.data.global_batch_size * config.data.sequence_length
                                 * trainer.gradient_accumulation_steps)
