@@ -1,6 +1,6 @@
 """tflm-export: a trained model_dir → a versioned SavedModel for TF Serving.
 
-    tflm-export --model_dir=runs/tiny_gpt --export_dir=runs/export
+    tflm-export --model_dir=runs/tiny_gpt --export_dir=runs/export [--quantize=int8]
 
 Writes `export_dir/<version>/` (next free version unless --version) with the
 tokenizer inside the graph, signatures for the model's task, warmup requests
@@ -11,6 +11,7 @@ from absl import app, flags
 
 from tflm.cli import common_flags
 from tflm.experiment import export_model_dir
+from tflm.export import quantize as quantize_lib
 
 FLAGS = flags.FLAGS
 
@@ -21,6 +22,9 @@ flags.DEFINE_string("serving_release", "2.20", "TF Serving release whose ops the
 flags.DEFINE_boolean("jit_compile", False,
                      "Compile a causal LM's or seq2seq model's decoding loops with XLA (faster; TF "
                      "Serving then needs --xla_cpu_compilation_enabled on a CPU).")
+flags.DEFINE_enum("quantize", "none", quantize_lib.MODES,
+                  "Store dense and embedding kernels as int8 (one scale per output channel, per "
+                  "token for embeddings; weight-only) or float16; none: float32 as trained.")
 flags.DEFINE_list("label_names", None,
                   "Classifier label names, in class-id order; default: the model's own.")
 
@@ -30,7 +34,8 @@ def export():
         raise app.UsageError("--model_dir and --export_dir are required.")
     return export_model_dir(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
                             label_names=FLAGS.label_names, num_beams=FLAGS.num_beams,
-                            serving_release=FLAGS.serving_release, jit_compile=FLAGS.jit_compile)
+                            serving_release=FLAGS.serving_release, jit_compile=FLAGS.jit_compile,
+                            quantize=FLAGS.quantize)
 
 
 def main(argv):
