@@ -189,6 +189,7 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
         ExportError: the version exists already.
         UnsupportedOpError: the graph has an op the target TF Serving lacks.
         TflmError: `model` is not the model of a tflm task.
+        QuantizeError: an unknown `quantize`, or a model not computing in float32.
     """
     model = quantize_model(model, quantize)
     module = serving_module(model, tokenizer, label_names=label_names, text_pair=text_pair,

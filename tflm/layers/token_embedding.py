@@ -17,7 +17,8 @@ class TokenEmbedding(keras.layers.Layer):
     result is cast so that softmax and loss see float32.
 
     `quantize("int8")` stores the table as int8 with one scale per row (per
-    token), weight-only like `keras.layers.Embedding`'s; the row scales are also
+    token), weight-only like `keras.layers.Embedding`'s (a config's activation
+    quantizer is not used); the row scales are also
     the output-channel scales of the tied projection. An untied output kernel
     gets one scale per vocabulary column.
 
