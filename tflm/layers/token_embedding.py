@@ -18,9 +18,9 @@ class TokenEmbedding(keras.layers.Layer):
 
     `quantize("int8")` stores the table as int8 with one scale per row (per
     token), weight-only like `keras.layers.Embedding`'s (a config's activation
-    quantizer is not used); the row scales are also
-    the output-channel scales of the tied projection. An untied output kernel
-    gets one scale per vocabulary column.
+    quantizer is not used); the row scales are also the output-channel scales
+    of the tied projection. An untied output kernel gets one scale per
+    vocabulary column.
 
     Args:
         vocabulary_size: number of token ids.
