@@ -86,8 +86,9 @@ def _variables_bytes(export_path):
 
 def test_int8_export_generates_and_scores_as_the_float_one(tmp_path, trained_lm):
     """The int8 export (XLA decoding, op-checked at export) against the float export's
-    signatures (the same serving module, unsaved): measured 20/20 prompts with the same
-    12 greedy bytes, log-likelihoods within 0.02 nats per byte."""
+    signatures (the same serving module, unsaved). Measured: 20/20 prompts with the same
+    12 greedy bytes (16 distinct continuations), log-likelihoods within 0.003 nats per
+    byte, variables 0.35 of the float32 bytes; asserted: 18/20, 0.01, 0.4."""
     tokenizer = ByteTokenizer()
     path = export_saved_model(trained_lm, tokenizer, str(tmp_path), quantize="int8",
                               warmup=False, jit_compile=True)
@@ -105,10 +106,10 @@ def test_int8_export_generates_and_scores_as_the_float_one(tmp_path, trained_lm)
     got, expected = served["score"](text=texts), float_module.score(texts)
     per_byte = np.abs(got["log_likelihood"].numpy() - expected["log_likelihood"].numpy()) / \
         expected["num_tokens"].numpy()
-    assert per_byte.max() < 0.05
+    assert per_byte.max() < 0.01
 
     # A quarter of the kernels' float32 bytes, with the float biases, norms, position table
-    # and scales: 0.35 of the float32 bytes for this tiny model (0.26 for GPT-2 small).
+    # and scales: 0.35 of the float32 bytes for this tiny model (0.27 for 4 x 256).
     float_bytes = sum(np.asarray(v).nbytes for v in trained_lm.weights)
     assert _variables_bytes(path) < 0.4 * float_bytes
 
