@@ -23,6 +23,7 @@ import numpy as np
 from tflm import config as config_lib
 from tflm.config import ConfigError
 from tflm.export.exporter import DEFAULT_RELEASE, ServingOptions, write_saved_model
+from tflm.export.quantize import quantize_model
 from tflm.models.lora import merge_lora
 from tflm.models.pretrained import copy_pretrained_weights
 from tflm.run_dir import RunDir
@@ -178,7 +179,7 @@ def serving_module(model, tokenizer, **options):
 
 def export_saved_model(model, tokenizer, export_dir, version=None, label_names=None, num_beams=4,
                        serving_release=DEFAULT_RELEASE, warmup=True, text_pair=False,
-                       sequence_length=None, jit_compile=False):
+                       sequence_length=None, jit_compile=False, quantize=None):
     """Writes `export_dir/<version>/` with the signatures of `model`'s task; returns its path.
 
     A LoRA model is served merged (`merge_lora`: plain kernels, no LoRA ops); `model`
@@ -187,14 +188,18 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
     `label_names` default to the classifier's own; `text_pair` and
     `sequence_length` shape the `classify` signature as the model was trained;
     `jit_compile` makes a causal LM's (or an encoder-decoder's) decoding loops XLA
-    programs (see `CausalLMServing`).
+    programs (see `CausalLMServing`). `quantize` "int8" or "float16" stores the
+    dense and embedding kernels so (weight-only; `tflm.export.quantize`), in a copy
+    of `model`: `model` itself keeps its float weights.
 
     Raises:
         ExportError: the version exists already.
         UnsupportedOpError: the graph has an op the target TF Serving lacks.
         TflmError: `model` is not the model of a tflm task.
+        QuantizeError: an unknown `quantize`, or a model not computing in float32.
     """
-    model = merge_lora(model)  # first: what follows sees the plain, merged model
+    model = merge_lora(model)  # first: quantization sees the plain, merged kernels
+    model = quantize_model(model, quantize)
     module = serving_module(model, tokenizer, label_names=label_names, text_pair=text_pair,
                             sequence_length=sequence_length, num_beams=num_beams,
                             jit_compile=jit_compile)
@@ -204,7 +209,8 @@ def export_saved_model(model, tokenizer, export_dir, version=None, label_names=N
 
 
 def export_model_dir(model_dir, export_dir, version=None, label_names=None, num_beams=4,
-                     serving_release=DEFAULT_RELEASE, jit_compile=False, lora_path=None):
+                     serving_release=DEFAULT_RELEASE, jit_compile=False, lora_path=None,
+                     quantize=None):
     """`tflm-export`: the model of a model_dir as `export_dir/<version>/`, shaped as it was
     trained (a classifier's text pairs and row length); returns its path.
 
@@ -215,4 +221,4 @@ def export_model_dir(model_dir, export_dir, version=None, label_names=None, num_
         model, tokenizer, export_dir, version=version, label_names=label_names,
         num_beams=num_beams, serving_release=serving_release,
         text_pair=bool(config.data.text_pair_field),
-        sequence_length=config.data.sequence_length, jit_compile=jit_compile)
+        sequence_length=config.data.sequence_length, jit_compile=jit_compile, quantize=quantize)

@@ -1,6 +1,6 @@
 """tflm-export: a trained model_dir → a versioned SavedModel for TF Serving.
 
-    tflm-export --model_dir=runs/tiny_gpt --export_dir=runs/export
+    tflm-export --model_dir=runs/tiny_gpt --export_dir=runs/export [--quantize=int8]
     tflm-export --model_dir=runs/lora_a --lora=runs/lora_b/lora.safetensors --export_dir=...
 
 Writes `export_dir/<version>/` (next free version unless --version) with the
@@ -13,6 +13,7 @@ from absl import app, flags
 
 from tflm.cli import common_flags
 from tflm.experiment import export_model_dir
+from tflm.export import quantize as quantize_lib
 
 FLAGS = flags.FLAGS
 
@@ -27,6 +28,9 @@ flags.DEFINE_string("lora", None,
                     "A LoRA factors file (a LoRA run's lora.safetensors) to export on the base "
                     "that --model_dir's model.init_checkpoint names; default: --model_dir's own "
                     "weights. LoRA factors are always merged into the kernels.")
+flags.DEFINE_enum("quantize", "none", quantize_lib.MODES,
+                  "Store dense and embedding kernels as int8 (one scale per output channel, per "
+                  "token for embeddings; weight-only) or float16; none: float32 as trained.")
 flags.DEFINE_list("label_names", None,
                   "Classifier label names, in class-id order; default: the model's own.")
 
@@ -37,7 +41,7 @@ def export():
     return export_model_dir(FLAGS.model_dir, FLAGS.export_dir, version=FLAGS.version,
                             label_names=FLAGS.label_names, num_beams=FLAGS.num_beams,
                             serving_release=FLAGS.serving_release, jit_compile=FLAGS.jit_compile,
-                            lora_path=FLAGS.lora)
+                            lora_path=FLAGS.lora, quantize=FLAGS.quantize)
 
 
 def main(argv):

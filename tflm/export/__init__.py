@@ -3,7 +3,8 @@
 Names load lazily, so `tflm.export.client` (a TF Serving client: standard
 library and NumPy for REST) can be imported without TensorFlow or the models.
 Exporting a model_dir or a model is `tflm.experiment` (`export_model_dir`,
-`export_saved_model`): its task chooses the signatures.
+`export_saved_model`): its task chooses the signatures; `quantize_model` stores its
+kernels as int8 or float16 first (`quantize=` of those functions).
 """
 
 import importlib
@@ -15,6 +16,8 @@ _NAMES = {
     "write_saved_model": "tflm.export.exporter",
     "UnsupportedOpError": "tflm.export.op_check",
     "check_ops": "tflm.export.op_check",
+    "QuantizeError": "tflm.export.quantize",
+    "quantize_model": "tflm.export.quantize",
 }
 
 __all__ = sorted(_NAMES)

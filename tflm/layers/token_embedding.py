@@ -16,6 +16,12 @@ class TokenEmbedding(keras.layers.Layer):
     the matmul runs in the compute dtype (fast under mixed precision), the
     result is cast so that softmax and loss see float32.
 
+    `quantize("int8")` stores the table as int8 with one scale per row (per
+    token), weight-only like `keras.layers.Embedding`'s (a config's activation
+    quantizer is not used); the row scales are also the output-channel scales
+    of the tied projection. An untied output kernel gets one scale per
+    vocabulary column.
+
     Args:
         vocabulary_size: number of token ids.
         embedding_dim: size of each embedding vector.
@@ -73,6 +79,45 @@ class TokenEmbedding(keras.layers.Layer):
             return ops.cast(logits, "float32")
         ids = ops.cast(inputs, "int32")
         return ops.cast(ops.take(self.embeddings, ids, axis=0), self.compute_dtype)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        if type_check and type(self) is not TokenEmbedding:
+            raise self._not_implemented_error(self.quantize)
+        if mode != "int8":
+            raise self._quantization_mode_error(mode)
+        self.quantization_config = config
+        self._quantize_int8("embeddings", axis=-1)
+        if not self.tie_weights:
+            self._quantize_int8("reverse_embeddings", axis=0)
+        self._is_quantized = True  # before the policy, which would quantize again otherwise
+        self.dtype_policy = keras.dtype_policies.get(f"int8_from_{self.dtype_policy.name}")
+
+    def _quantize_int8(self, name, axis):
+        """Replaces the float weight `name` by int8 values and `<name>_scale`, one scale
+        per slice along `axis` (Keras's convention: the weight is `values / scale`)."""
+        values, scale = keras.quantizers.abs_max_quantize(getattr(self, name), axis=axis,
+                                                          to_numpy=True)
+        delattr(self, name)
+        for attribute, value, dtype in ((name, values, "int8"),
+                                        (f"{name}_scale", ops.squeeze(scale, axis), None)):
+            weight = self.add_weight(name=attribute, shape=value.shape, dtype=dtype,
+                                     initializer="zeros", trainable=False)
+            weight.assign(value)
+            setattr(self, attribute, weight)
+
+    def _int8_call(self, inputs, reverse=False):
+        if reverse:
+            if self.tie_weights:
+                kernel = ops.transpose(ops.convert_to_tensor(self.embeddings))
+                scale = self.embeddings_scale
+            else:
+                kernel, scale = self.reverse_embeddings, self.reverse_embeddings_scale
+            logits = ops.matmul(inputs, ops.cast(kernel, self.compute_dtype))
+            return ops.divide(ops.cast(logits, "float32"), scale)
+        ids = ops.cast(inputs, "int32")
+        rows = ops.cast(ops.take(self.embeddings, ids, axis=0), self.compute_dtype)
+        scale = ops.take(self.embeddings_scale, ids, axis=0)
+        return ops.divide(rows, ops.cast(ops.expand_dims(scale, -1), self.compute_dtype))
 
     def compute_output_spec(self, inputs, reverse=False):
         if reverse:
