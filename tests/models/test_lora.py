@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.config import ConfigError, load_experiment
+from tflm.export.quantize import quantize_model
 from tflm.layers.lora import LoraDense
 from tflm.models import CausalLM, SequenceClassifier, TransformerBackbone
 from tflm.models.finetuning import apply_finetuning, layer_lr_multipliers
@@ -120,6 +121,10 @@ def test_a_merged_model_answers_as_the_unmerged_one_with_plain_kernels(kind):
     np.testing.assert_allclose(merged(x), adapted, atol=2e-5)
     np.testing.assert_array_equal(model(x), adapted)  # the caller's model is unchanged
     assert merge_lora(merged) is merged
+    # The export's order: merged, then int8 (weight-only) still answers as the adapted model.
+    int8 = quantize_model(merged, "int8")
+    assert any(v.dtype == "int8" for v in int8.weights)
+    np.testing.assert_allclose(int8(x), adapted, atol=0.05 * np.abs(adapted).max())
 
 
 def test_factors_alone_reload_onto_the_base(tmp_path):
