@@ -1,7 +1,7 @@
 """float32, float16 and int8 exports of one trained causal LM: size, held-out perplexity, speed.
 
-    python tools/benchmark_quantize.py --work_dir=/tmp/bq            # trains, exports, measures
-    python tools/benchmark_quantize.py --work_dir=/tmp/bq --jit     # the same, XLA decoding
+    python tools/benchmark_quantize.py --work_dir=runs/quantize            # trains, exports, measures
+    python tools/benchmark_quantize.py --work_dir=runs/quantize --jit     # the same, XLA decoding
 
 1. Trains a small byte-level GPT (configs/tiny_gpt.yaml with `--params_override`, default 4
    layers x 256, 3.2M parameters) for `--train_steps` on ../shared/data/austen_6novels.txt,
