@@ -21,6 +21,13 @@ def causal_lm():
     return CausalLM(TransformerBackbone(**SMALL, causal=True, norm_first=True))
 
 
+@pytest.fixture(scope="module")
+def plain_export(causal_lm, tmp_path_factory):
+    """`causal_lm` exported once as by default (no XLA, no warm-up requests): its path."""
+    return export_saved_model(causal_lm, ByteTokenizer(), str(tmp_path_factory.mktemp("plain")),
+                              warmup=False)
+
+
 def _args(module, **overrides):
     args = {"prompts": tf.constant(["It is a truth", ""]), "max_new_tokens": tf.constant(4),
             "temperature": tf.constant(0.0), "top_k": tf.constant(0), "top_p": tf.constant(1.0),
@@ -40,11 +47,11 @@ def test_versions_are_new_folders_and_never_overwritten(tmp_path, causal_lm):
     assert listed == check_ops(first) and "ReadVariableOp" in listed and len(listed) > 20
 
 
-def test_an_op_the_server_lacks_is_an_export_error_naming_it(tmp_path, causal_lm, monkeypatch):
+def test_an_op_the_server_lacks_is_an_export_error_naming_it(tmp_path, causal_lm, plain_export,
+                                                             monkeypatch):
     from tflm.export import exporter
 
-    probe = export_saved_model(causal_lm, ByteTokenizer(), str(tmp_path / "probe"), warmup=False)
-    used = check_ops(probe)
+    used = check_ops(plain_export)
     lacking = sorted(used)[:2]  # pretend the server lacks two of the ops this export uses
     allowed = op_check.serving_ops() - set(lacking)
     monkeypatch.setattr(exporter, "check_ops",
@@ -128,9 +135,12 @@ def test_export_and_generate_binaries_on_a_trained_model_dir(tmp_path, repo_root
     from tflm.experiment import load_experiment
 
     model_dir = tmp_path / "run"
+    # The binaries' plumbing on a run's folder: the smallest model does.
     config = load_experiment("configs/tiny_gpt.yaml",
                              "trainer.train_steps=2,data.global_batch_size=2,"
-                             "data.sequence_length=16,trainer.jit_compile=false")
+                             "data.sequence_length=16,trainer.jit_compile=false,"
+                             "model.num_layers=1,model.num_heads=2,model.hidden_dim=16,"
+                             "model.intermediate_dim=32,model.max_sequence_length=32")
     trainer = run_experiment(config, str(model_dir), print_fn=lambda line: None)
     model, tokenizer, _ = load_trained(str(model_dir))
     for a, b in zip(model.weights, trainer.model.weights):
@@ -206,12 +216,11 @@ def test_classify_takes_pairs_and_the_models_label_names(tmp_path):
         served(text=tf.constant(["a", "b"]), text_pair=tf.constant(["c"]))
 
 
-def test_an_xla_decode_answers_as_the_plain_one(tmp_path, causal_lm):
+def test_an_xla_decode_answers_as_the_plain_one(tmp_path, causal_lm, plain_export):
     """jit_compile=True: the same text from generate and beam_search, for prompts on both sides
     of a prompt bucket (the XLA decode pads them further on the left)."""
     tokenizer = ByteTokenizer()
-    plain = tf.saved_model.load(export_saved_model(causal_lm, tokenizer, str(tmp_path / "a"),
-                                                   warmup=False))
+    plain = tf.saved_model.load(plain_export)
     xla = tf.saved_model.load(export_saved_model(causal_lm, tokenizer, str(tmp_path / "b"),
                                                  warmup=True, jit_compile=True))
     prompts = ["It is", "a truth universally acknowledged, that a single man", ""]

@@ -210,35 +210,39 @@ def test_an_xla_decode_answers_as_the_plain_one(served, tmp_path):
         np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
 
 
-@pytest.mark.parametrize("protocol", ["rest", "grpc"])
-def test_rest_and_grpc_answer_as_the_loaded_export(served, protocol):
+@pytest.fixture(scope="module")
+def client(served):
+    """A client of the REST and gRPC test servers, both serving the export (loaded once)."""
     from serving_adapters import GrpcServer, RestServer, ServedModels
 
     from tflm.export.client import ServingClient
 
-    _, loaded, path = served
+    served_models = ServedModels({"seq2seq": os.path.dirname(served[2])})
+    rest, grpc_server = RestServer(served_models), GrpcServer(served_models)
+    client = ServingClient("127.0.0.1", rest.port, grpc_server.port, "seq2seq")
+    yield client
+    client.close()
+    grpc_server.close()
+    rest.close()
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_rest_and_grpc_answer_as_the_loaded_export(served, client, protocol):
+    _, loaded, _ = served
     requests = {
         "generate": dict(sources=SOURCES, max_new_tokens=6, **dict(CONTROLS, stop_strings=["e"])),
         "beam_search": dict(sources=SOURCES, max_new_tokens=6, length_penalty=0.6),
         "score": dict(sources=SOURCES, targets=["a", "", "b", "c"]),
     }
-    served_models = ServedModels({"seq2seq": os.path.dirname(path)})
-    rest, grpc_server = RestServer(served_models), GrpcServer(served_models)
-    client = ServingClient("127.0.0.1", rest.port, grpc_server.port, "seq2seq")
-    try:
-        for signature, inputs in requests.items():
-            answer = client.predict(signature, inputs, protocol)
-            expected = loaded.signatures[signature](**_tensors(signature, **inputs))
-            assert sorted(answer) == sorted(expected), signature
-            for name, value in expected.items():
-                value = value.numpy()
-                if value.dtype == object:
-                    assert [v if isinstance(v, bytes) else v.encode() for v in answer[name]] \
-                        == value.tolist(), (signature, name)
-                else:
-                    np.testing.assert_allclose(np.asarray(answer[name], value.dtype), value,
-                                               rtol=1e-6, err_msg=f"{signature} {name}")
-    finally:
-        client.close()
-        grpc_server.close()
-        rest.close()
+    for signature, inputs in requests.items():
+        answer = client.predict(signature, inputs, protocol)
+        expected = loaded.signatures[signature](**_tensors(signature, **inputs))
+        assert sorted(answer) == sorted(expected), signature
+        for name, value in expected.items():
+            value = value.numpy()
+            if value.dtype == object:
+                assert [v if isinstance(v, bytes) else v.encode() for v in answer[name]] \
+                    == value.tolist(), (signature, name)
+            else:
+                np.testing.assert_allclose(np.asarray(answer[name], value.dtype), value,
+                                           rtol=1e-6, err_msg=f"{signature} {name}")

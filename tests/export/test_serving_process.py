@@ -4,8 +4,8 @@ One module fixture starts every subprocess at once (each costs seconds of
 TensorFlow import): one Python process that loads the tiny exports (the encoder-decoder's
 too) with
 only `tensorflow` and `tensorflow_text` (importing `tflm` there is refused
-and would fail the load) and runs every signature, and one
-`saved_model_cli show --all` per export. The answers must be those of the
+and would fail the load) and runs every signature, and one that runs
+`saved_model_cli show --all` on each export in turn. The answers must be those of the
 Python models in this process: the same tokens for greedy, seeded sampling
 and beam search, the same log-likelihoods and probabilities to 1e-5.
 """
@@ -146,18 +146,36 @@ def _saved_model_cli():
     return os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
 
+# saved_model_cli's own entry point (what the installed script runs) on each export in turn,
+# in one process: one TensorFlow import, not one per export. argv: (export, output file)
+# pairs; each listing goes to its file as the command's standard output would.
+CLI_RUNNER = r'''
+import contextlib, sys
+from tensorflow.python.tools.saved_model_cli import main
+
+for export, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    sys.argv = ["saved_model_cli", "show", "--all", "--dir", export]
+    with open(out, "w") as f, contextlib.redirect_stdout(f):
+        try:
+            main()
+        except SystemExit as exit:  # absl's app.run ends with sys.exit
+            if exit.code:
+                raise
+'''
+
+
 def _run_subprocesses(bases, work):
-    """The fresh-process run and saved_model_cli on each of CLI_KINDS, all at once; their
-    outputs in `work` (answers.json, <kind>.out)."""
+    """The fresh-process run and saved_model_cli on each of CLI_KINDS, at once; their
+    outputs in `work` (answers.json, <kind>.listing)."""
     requests = [{"export": os.path.join(bases[kind], "1"), "signature": signature,
                  "inputs": inputs} for kind, signature, inputs in REQUESTS]
     (work / "requests.json").write_text(json.dumps(requests))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ""}
     commands = {"runner": [sys.executable, "-c", RUNNER, str(work / "requests.json"),
                            str(work / "answers.json")]}
+    commands["cli"] = [sys.executable, "-c", CLI_RUNNER]
     for kind in CLI_KINDS:
-        commands[kind] = [_saved_model_cli(), "show", "--all", "--dir",
-                          os.path.join(bases[kind], "1")]
+        commands["cli"] += [os.path.join(bases[kind], "1"), str(work / f"{kind}.listing")]
     processes = {}
     for name, command in commands.items():
         # Outputs to files, not pipes: nothing blocks on a full pipe while we wait for another.
@@ -181,7 +199,7 @@ def runs(tmp_path_factory):
         pytest.skip(f"no saved_model_cli beside {sys.executable}")
     work = shared_once(tmp_path_factory, "fresh_process", lambda w: _run_subprocesses(bases, w))
     return {"answers": json.loads((work / "answers.json").read_text()),
-            "cli": {kind: (work / f"{kind}.out").read_text() for kind in CLI_KINDS},
+            "cli": {kind: (work / f"{kind}.listing").read_text() for kind in CLI_KINDS},
             "models": dict(load_tiny_models(directory), seq2seq=seq2seq), "bases": bases}
 
 

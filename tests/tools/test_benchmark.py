@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 
+# The smallest model of each shape: these tests prove that each measurement runs and prints
+# well-formed records; the shapes' own sizes are what the benchmark itself is run on.
+SHRUNK = "model.num_layers=1,model.num_heads=2,model.hidden_dim=32,model.intermediate_dim=64"
+
 
 def _run(repo_root, *args):
     result = subprocess.run(
@@ -20,7 +24,7 @@ def _run(repo_root, *args):
 
 def test_training_side_by_side_on_the_gpu_shape_shrunk(repo_root):
     records = _run(repo_root, "train", "--shapes=bert_base", "--steps=4", "--window=2",
-                   "--precision=mixed_bfloat16", "--params_override=model.num_layers=1,"
+                   "--precision=mixed_bfloat16", f"--params_override={SHRUNK},"
                    "data.sequence_length=32,data.global_batch_size=2")
     sides = {r["side"]: r for r in records if not r.get("summary")}
     assert set(sides) == {"tflm", "keras_hub"}
@@ -37,7 +41,7 @@ def test_training_side_by_side_on_the_gpu_shape_shrunk(repo_root):
 
 def test_generation_and_input_wait(repo_root):
     records = _run(repo_root, "generate", "--shapes=tiny_gpt", "--batches=2", "--new_tokens=4",
-                   "--calls=1")
+                   "--calls=1", "--prompt_length=4", f"--params_override={SHRUNK}")
     summary = records[-1]
     assert summary["summary"] and summary["ratio"] > 0 and summary["xla_export_ratio"] > 0
     assert summary["xla_export_ratio_to_keras_hub_xla"] > 0
@@ -45,13 +49,13 @@ def test_generation_and_input_wait(repo_root):
     tflm = next(r for r in records if r.get("side") == "tflm")
     assert tflm["batch"] == 2 and tflm["in_process_xla_tokens_per_second"] > 0
     records = _run(repo_root, "pipeline", "--shapes=tiny_gpt", "--steps=4", "--window=2",
-                   "--params_override=data.sequence_length=32,data.global_batch_size=4")
+                   f"--params_override={SHRUNK},data.sequence_length=16,data.global_batch_size=2")
     assert 0.0 <= records[-1]["input_wait_fraction"] <= 1.0
 
 
 def test_steps_of_both_sides_in_one_process(repo_root):
     records = _run(repo_root, "steps", "--shapes=tiny_bert", "--window=2",
-                   "--params_override=data.sequence_length=32,data.global_batch_size=4")
+                   f"--params_override={SHRUNK},data.sequence_length=32,data.global_batch_size=4")
     record = records[-1]
     assert record["summary"] and record["benchmark"] == "steps" and record["rounds"] == 1
     assert record["tflm_ms_per_step"] > 0 and record["keras_hub_ms_per_step"] > 0

@@ -10,7 +10,7 @@ import sys
 
 def test_training_and_generation_side_by_side(repo_root):
     result = subprocess.run(
-        [sys.executable, "tools/benchmark_seq2seq.py", "--quick",
+        [sys.executable, "tools/benchmark_seq2seq.py", "--quick", "--layers=1",
          "--batches=2"], cwd=repo_root, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
                  PYTHONPATH=str(repo_root)))

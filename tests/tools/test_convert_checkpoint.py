@@ -1,6 +1,7 @@
 """tools/convert_checkpoint.py, then the binaries on what it wrote: fine-tune (tflm-train),
 evaluate (tflm-eval), export (tflm-export), as the README does."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,17 +21,20 @@ def _run(repo_root, *args, timeout=300):
                           text=True, timeout=timeout)
 
 
-def test_convert_reports_and_refuses_bad_input(repo_root, tmp_path):
+def test_convert_reports_and_refuses_bad_input(repo_root, tmp_path, capsys):
+    # The tool's main in this process (the GPT-2 test below runs it as a script).
+    spec = importlib.util.spec_from_file_location("convert_checkpoint",
+                                                  repo_root / "tools" / "convert_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     write_bert_folder(str(tmp_path / "hf"))
-    result = _run(repo_root, "tools/convert_checkpoint.py", f"--input_dir={tmp_path / 'hf'}",
-                  f"--output_dir={tmp_path / 'out'}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "bert, 2 layers, width 32" in result.stdout
-    assert "left out: cls.seq_relationship.weight" in result.stdout
+    assert tool.main([f"--input_dir={tmp_path / 'hf'}", f"--output_dir={tmp_path / 'out'}"]) == 0
+    out = capsys.readouterr().out
+    assert "bert, 2 layers, width 32" in out
+    assert "left out: cls.seq_relationship.weight" in out
     assert (tmp_path / "out" / "model.keras").is_file()
-    result = _run(repo_root, "tools/convert_checkpoint.py", f"--input_dir={tmp_path / 'out'}",
-                  f"--output_dir={tmp_path / 'again'}")
-    assert result.returncode == 2 and "no config.json" in result.stderr
+    code = tool.main([f"--input_dir={tmp_path / 'out'}", f"--output_dir={tmp_path / 'again'}"])
+    assert code == 2 and "no config.json" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()
 
 
