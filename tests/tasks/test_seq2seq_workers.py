@@ -7,7 +7,6 @@ Run as a script, this file is one worker of the two-worker test:
     python tests/tasks/test_seq2seq_workers.py MODEL_DIR DATA_PATH TRAIN_STEPS
 """
 
-import os
 import pathlib
 import sys
 
@@ -17,8 +16,7 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tools"), str(REPO_ROOT / "tests")]
 from labelled_fixtures import write_reversal_pairs  # noqa: E402
-from launch_local_cluster import LocalCluster  # noqa: E402
-from launch_local_cluster import local_env  # noqa: E402
+from worker_runs import train_and_save_weights, two_workers_weights  # noqa: E402
 
 from tflm.experiment import load_experiment  # noqa: E402
 from tflm.tasks import get_task  # noqa: E402
@@ -67,31 +65,14 @@ def _worker(model_dir, data_path, steps):
     config = _config(SEQ2SEQ, f"data.input_path={data_path},trainer.train_steps={steps},"
                               "runtime.distribution_strategy=multi_worker")
     trainer = Trainer(get_task(config), model_dir, print_fn=lambda line: print(line, flush=True))
-    status = trainer.train()
-    np.save(os.path.join(model_dir, f"weights-worker-{trainer.worker.worker_index}.npy"),
-            _weights(trainer))
-    print(f"worker: {status} at step {int(trainer.step.numpy())}", flush=True)
+    train_and_save_weights(trainer, model_dir, _weights)
 
 
 def test_two_workers_end_with_the_weights_of_one(tmp_path, pairs):
     one = Trainer(get_task(_config(SEQ2SEQ, f"data.input_path={pairs}")),
                   str(tmp_path / "one"), **QUIET)
     assert one.train() == "completed"
-    model_dir = tmp_path / "two"
-    model_dir.mkdir()
-    log = tmp_path / "log.txt"
-    with open(log, "a", buffering=1) as sink:
-        cluster = LocalCluster([sys.executable, __file__, str(model_dir), pairs, "4"], 2,
-                               env=local_env(), sink=sink).start()
-        try:
-            statuses = cluster.wait(timeout=180)
-        finally:
-            cluster.kill()
-    text = log.read_text()
-    assert statuses == [0, 0], text[-4000:]
-    assert text.count("worker: completed at step 4") == 2, text[-4000:]
-    first, second = (np.load(model_dir / f"weights-worker-{i}.npy") for i in (0, 1))
-    np.testing.assert_array_equal(first, second)
+    first = two_workers_weights(__file__, [pairs, 4], tmp_path, 4)
     np.testing.assert_allclose(first, _weights(one), atol=1e-5)
 
 

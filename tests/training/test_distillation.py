@@ -7,7 +7,6 @@ Run as a script, this file is one worker of the two-worker test:
     python tests/training/test_distillation.py MODEL_DIR TEACHER_DIR
 """
 
-import os
 import pathlib
 import shutil
 import sys
@@ -17,9 +16,8 @@ import pytest
 import tensorflow as tf
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO_ROOT / "tools")]
-from launch_local_cluster import LocalCluster  # noqa: E402
-from launch_local_cluster import local_env  # noqa: E402
+sys.path[:0] = [str(REPO_ROOT / "tools"), str(REPO_ROOT / "tests")]
+from worker_runs import train_and_save_weights, two_workers_weights  # noqa: E402
 
 from tflm.config import ConfigError  # noqa: E402
 from tflm.data.byte_tokenizer import ByteTokenizer  # noqa: E402
@@ -137,10 +135,7 @@ def test_a_teacher_of_another_tokenizer_or_task_is_a_clear_error(tmp_path, teach
 def _worker(model_dir, teacher_dir):
     config = _student(teacher_dir, "runtime.distribution_strategy=multi_worker")
     trainer = Trainer(get_task(config), model_dir, print_fn=lambda line: print(line, flush=True))
-    status = trainer.train()
-    np.save(os.path.join(model_dir, f"weights-worker-{trainer.worker.worker_index}.npy"),
-            _weights(trainer))
-    print(f"worker: {status} at step {int(trainer.step.numpy())}", flush=True)
+    train_and_save_weights(trainer, model_dir, _weights)
 
 
 def test_two_workers_end_with_the_weights_of_one_stopped_and_resumed(tmp_path, teacher):
@@ -150,21 +145,7 @@ def test_two_workers_end_with_the_weights_of_one_stopped_and_resumed(tmp_path, t
     Trainer(get_task(_student(teacher)), one, **QUIET).train(until_step=STEPS // 2)
     resumed = Trainer(get_task(_student(teacher)), one, **QUIET)
     assert resumed.train() == "completed" and int(resumed.step.numpy()) == STEPS
-    model_dir = tmp_path / "two"
-    model_dir.mkdir()
-    log = tmp_path / "log.txt"
-    with open(log, "a", buffering=1) as sink:
-        cluster = LocalCluster([sys.executable, __file__, str(model_dir), teacher], 2,
-                               env=local_env(), sink=sink).start()
-        try:
-            statuses = cluster.wait(timeout=180)
-        finally:
-            cluster.kill()
-    text = log.read_text()
-    assert statuses == [0, 0], text[-4000:]
-    assert text.count(f"worker: completed at step {STEPS}") == 2, text[-4000:]
-    first, second = (np.load(model_dir / f"weights-worker-{i}.npy") for i in (0, 1))
-    np.testing.assert_array_equal(first, second)
+    first = two_workers_weights(__file__, [teacher], tmp_path, STEPS)
     np.testing.assert_allclose(first, _weights(resumed), atol=1e-5)
 
 
