@@ -1,5 +1,5 @@
-"""Pretrained models as tflm model_dirs: converting Hugging Face checkpoints, loading a
-model_dir (or a Hugging Face folder) as a model of its task, and initializing a new model
+"""Pretrained models as tflm model_dirs: converting Hugging Face checkpoints and keras-hub
+presets, loading a model_dir (or a Hugging Face folder, or a keras-hub preset) as a model of its task, and initializing a new model
 (a classifier, say) from one. The files are `tflm.run_dir`'s.
 
 Example:
@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tflm import config as config_lib
 from tflm.models.huggingface import CheckpointError, load_huggingface
+from tflm.models.keras_hub_preset import is_keras_hub_preset, load_keras_hub
 from tflm.models.lora import load_lora
 from tflm.models.pretrained import copy_pretrained_weights, model_config_of
 from tflm.run_dir import RunDir, write_new_run_dir
@@ -85,12 +86,22 @@ def sentence_transformers_modules(directory):
     return found if found["pooling"] else None
 
 
-def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
-    """Converts a Hugging Face BERT, GPT-2 or BART checkpoint folder into a tflm model_dir.
+def load_checkpoint_folder(directory, dtype=None):
+    """The `ImportedCheckpoint` of a keras-hub preset (`load_keras_hub`) or, else, of a
+    Hugging Face checkpoint folder (`load_huggingface`): both have a config.json."""
+    if is_keras_hub_preset(directory):
+        return load_keras_hub(directory, dtype=dtype)
+    return load_huggingface(directory, dtype=dtype)
 
-    Returns the `ImportedCheckpoint` (see `tflm.models.huggingface.load_huggingface`).
+
+def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
+    """Converts a Hugging Face checkpoint folder (BERT, GPT-2, BART, T5) or a keras-hub preset
+    folder (GPT-2, BERT) into a tflm model_dir.
+
+    Returns the `ImportedCheckpoint` (see `tflm.models.huggingface.load_huggingface` and
+    `tflm.models.keras_hub_preset.load_keras_hub`).
     """
-    imported = load_huggingface(input_dir, dtype=dtype)
+    imported = load_checkpoint_folder(input_dir, dtype=dtype)
     extra = {"source": os.path.abspath(input_dir), "kind": imported.kind,
              "head_loaded": imported.head_loaded, "unused_tensors": imported.unused_tensors,
              "tflm_version": __version__}
@@ -167,10 +178,11 @@ def load_model_dir(model_dir, dtype=None, lora_path=None):
 
 
 def load_pretrained(path, dtype=None):
-    """`(model, tokenizer, config)` from a tflm model_dir or a Hugging Face checkpoint folder."""
+    """`(model, tokenizer, config)` from a tflm model_dir, a Hugging Face checkpoint folder or
+    a keras-hub preset."""
     run = RunDir(path)
     if run.is_huggingface_checkpoint():
-        imported = load_huggingface(path, dtype=dtype)
+        imported = load_checkpoint_folder(path, dtype=dtype)
         return imported.model, imported.tokenizer, experiment_of_model(imported.model,
                                                                        imported.tokenizer)
     model, config = load_model_dir(path, dtype=dtype)
@@ -180,13 +192,13 @@ def load_pretrained(path, dtype=None):
 def load_pretrained_model(path):
     """The model alone of `load_pretrained` (no tokenizer is built)."""
     if RunDir(path).is_huggingface_checkpoint():
-        return load_huggingface(path).model
+        return load_checkpoint_folder(path).model
     return load_model_dir(path)[0]
 
 
 def init_from_pretrained(model, path, print_fn=None, source=None):
-    """Initializes `model` from the pretrained model at `path` (model_dir or Hugging Face
-    folder); returns the paths of the variables left at their initial values.
+    """Initializes `model` from the pretrained model at `path` (model_dir, Hugging Face
+    folder or keras-hub preset); returns the paths of the variables left at their initial values.
 
     `source`: the model `load_pretrained_model(path)` returns, when already loaded (the
     trainer loads it outside its strategy's scope).
