@@ -33,6 +33,8 @@ LAZY_IMPORTS = {
     # with its native library).
     ("data/vocab_training.py", "tokenizers"),
     ("data/vocab_training.py", "sentencepiece"),
+    # keras-hub (seconds to import) loads only to convert one of its presets.
+    ("models/keras_hub_preset.py", "keras_hub"),
 }
 
 

@@ -1,15 +1,18 @@
-"""Converts a Hugging Face BERT or GPT-2 checkpoint folder into a tflm model_dir.
+"""Converts a Hugging Face checkpoint folder or a keras-hub preset folder into a tflm model_dir.
 
     python tools/convert_checkpoint.py --input_dir=bert-base-uncased --output_dir=runs/bert
 
 The input is a folder as `transformers` saves it: `config.json`,
 `model.safetensors` (or shards and `model.safetensors.index.json`) and the
 tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT, `vocab.json` +
-`merges.txt` for GPT-2); sentence-transformers BERT folders load too. The
-output holds `params.yaml`, `tokenizer/`, `model.keras` and `conversion.json`:
-fine-tune from it with `model.init_checkpoint=<output_dir>`, evaluate it with
-`tflm-eval`, export it with `tflm-export`. The same as the library call
-`tflm.models.pretrained.convert_checkpoint(input_dir, output_dir)`.
+`merges.txt` for GPT-2); sentence-transformers BERT folders load too. A keras-hub
+preset folder (as `save_to_preset` writes it: `config.json` naming a keras-hub
+backbone, `model.weights.h5`, `tokenizer.json` and `assets/tokenizer/`) of GPT-2 or
+BERT converts the same way; the tool tells the two kinds apart. The output
+holds `params.yaml`, `tokenizer/`, `model.keras` and `conversion.json`: fine-tune
+from it with `model.init_checkpoint=<output_dir>`, evaluate it with `tflm-eval`,
+export it with `tflm-export`. The same as the library call
+`tflm.tasks.convert_checkpoint(input_dir, output_dir)`.
 """
 
 import argparse
@@ -22,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--input_dir", required=True, help="The Hugging Face checkpoint folder.")
+    parser.add_argument("--input_dir", required=True,
+                        help="The Hugging Face checkpoint or keras-hub preset folder.")
     parser.add_argument("--output_dir", required=True, help="The tflm model_dir to write (new).")
     parser.add_argument("--dtype", default=None,
                         help="Dtype policy of the converted model, e.g. mixed_bfloat16.")

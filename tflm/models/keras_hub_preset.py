@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 
+import keras
 import numpy as np
 
 from tflm.data.byte_pair import BytePairTokenizer
@@ -39,7 +40,6 @@ from tflm.models.huggingface import (
 from tflm.models.masked_lm import MaskedLM
 
 CONFIG_FILE = "config.json"
-METADATA_FILE = "metadata.json"
 TASK_FILE = "task.json"
 TOKENIZER_FILE = "tokenizer.json"
 # Where keras-hub's tokenizers save their vocabulary files (`save_assets`).
@@ -230,7 +230,6 @@ def load_keras_hub(directory, dtype=None):
             f"{os.path.join(directory, CONFIG_FILE)}: a keras-hub {class_name} preset; tflm "
             f"converts {', '.join(sorted(CONVERTERS))} presets.")
 
-    import keras  # noqa: F401
     import keras_hub  # registers keras-hub's classes for the lookups below
 
     task = None

@@ -1,6 +1,7 @@
 """Pretrained models as tflm model_dirs: converting Hugging Face checkpoints and keras-hub
-presets, loading a model_dir (or a Hugging Face folder, or a keras-hub preset) as a model of its task, and initializing a new model
-(a classifier, say) from one. The files are `tflm.run_dir`'s.
+presets, loading a model_dir (or a Hugging Face folder, or a keras-hub preset) as a model
+of its task, and initializing a new model (a classifier, say) from one. The files are
+`tflm.run_dir`'s.
 
 Example:
 >>> convert_checkpoint("hf/bert-base-uncased", "runs/bert")   # or tools/convert_checkpoint.py
