@@ -13,6 +13,9 @@ the converter of the backbone's architecture copies the weights into a tflm
   tanh GELU; a `BertTextClassifier`'s head is left out as a Hugging Face classifier's is:
   fine-tuning starts its own), and the `WordPieceTokenizer`.
 
+The tokenizers give keras-hub's ids, but for one choice of tflm's: `<|endoftext|>` written in
+the text is tokenized as text (keras-hub, like `tokenizers`, matches it as the special id).
+
 An architecture is one function, named in `CONVERTERS` under its backbone's class name.
 keras-hub's `EinsumDense` projections hold per-head kernels, `(hidden, heads, head_dim)`
 for queries, keys and values and `(heads, head_dim, hidden)` for the output; flattened, they
