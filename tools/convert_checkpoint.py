@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--input_dir", required=True, help="The Hugging Face checkpoint folder (with --to=huggingface: the "
+    parser.add_argument("--input_dir", required=True,
+                        help="The Hugging Face checkpoint folder (with --to=huggingface: the "
                              "tflm model_dir).")
     parser.add_argument("--output_dir", required=True, help="The folder to write (new).")
     parser.add_argument("--to", default="tflm", choices=("tflm", "huggingface"),

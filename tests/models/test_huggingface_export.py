@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from hf_fixtures import BERT_CONFIG, GPT2_CONFIG, write_bert_folder, write_gpt2_folder
+from hf_fixtures import write_bert_folder, write_gpt2_folder
 from numpy_reference import bert_forward, bert_mlm_logits, gpt2_forward
 from tflm.data.wordpiece import WordPieceTokenizer
 from tflm.models import MaskedLM
@@ -83,7 +83,7 @@ def test_bert_round_trip_is_exact(hf_root):
     np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4)
 
 
-def test_gpt2_round_trip_is_exact(hf_root, repo_root):
+def test_gpt2_round_trip_is_exact(hf_root):
     from tokenizers import ByteLevelBPETokenizer
 
     fixture = hf_root / "gpt2"
@@ -149,6 +149,10 @@ def test_what_hugging_face_cannot_express_is_named(hf_root, tmp_path):
     pre_ln_bert = dict(bert.model.backbone.get_config(), norm_first=True)
     with pytest.raises(ExportError, match=r"nearest bert.*model.norm_first=True"):
         export_huggingface(MaskedLM(TransformerBackbone.from_config(pre_ln_bert)),
+                           bert.tokenizer, out)
+    no_segments = dict(bert.model.backbone.get_config(), num_segments=0)
+    with pytest.raises(ExportError, match=r"model.num_segments=0"):
+        export_huggingface(MaskedLM(TransformerBackbone.from_config(no_segments)),
                            bert.tokenizer, out)
     with pytest.raises(ExportError, match=r"data.tokenizer='wordpiece'.*byte-level BPE"):
         export_huggingface(gpt2.model, bert.tokenizer, out)

@@ -29,7 +29,6 @@ import shutil
 import numpy as np
 
 from tflm.data.byte_pair import END_OF_TEXT, BytePairTokenizer
-from tflm.data.wordpiece import SPECIAL_TOKENS as WORDPIECE_SPECIAL_TOKENS
 from tflm.data.wordpiece import WordPieceTokenizer
 from tflm.errors import OutputExistsError
 from tflm.models.backbone import TransformerBackbone
@@ -80,6 +79,9 @@ def _conv1d(prefix, dense):
 
 # -- BERT. ------------------------------------------------------------------------------------
 def bert_config(backbone, tokenizer):
+    if backbone.num_segments < 1:
+        raise ExportError("model.num_segments=0: Hugging Face BERT always has token type "
+                          "embeddings (type_vocab_size >= 1).")
     return {
         "model_type": "bert",
         "vocab_size": backbone.vocabulary_size,
@@ -112,7 +114,8 @@ def bert_tensors(backbone):
     for i, block in enumerate(backbone.blocks):
         pre = f"encoder.layer.{i}."
         # tflm's fused [Q | K | V] kernel is BERT's three Linear layers.
-        kernel, bias = _array(block.attention.qkv_dense.kernel), _array(block.attention.qkv_dense.bias)
+        qkv = block.attention.qkv_dense
+        kernel, bias = _array(qkv.kernel), _array(qkv.bias)
         for j, name in enumerate(("query", "key", "value")):
             tensors[pre + f"attention.self.{name}.weight"] = kernel[:, j * h:(j + 1) * h].T
             tensors[pre + f"attention.self.{name}.bias"] = bias[j * h:(j + 1) * h]
@@ -178,10 +181,14 @@ def write_bert_tokenizer(tokenizer, directory, hf_config):
     if tokenizer.cleaner.nfkc:
         normalizer = {"type": "Sequence", "normalizers": [{"type": "NFKC"}, normalizer]}
     ids = {t: tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]")}
-    template = lambda *parts: [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}] + [  # noqa: E731
-        x for i, part in enumerate(parts) for x in (
-            {"Sequence": {"id": part, "type_id": i}}, {"SpecialToken": {"id": "[SEP]",
-                                                                        "type_id": i}})]
+
+    def template(*parts):  # "[CLS] A [SEP]" and "[CLS] A [SEP] B [SEP]", as BERT's inputs
+        pieces = [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}]
+        for i, part in enumerate(parts):
+            pieces += [{"Sequence": {"id": part, "type_id": i}},
+                       {"SpecialToken": {"id": "[SEP]", "type_id": i}}]
+        return pieces
+
     _write_json(os.path.join(directory, TOKENIZER_JSON_FILE), {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": tokenizer.token_to_id(t), "content": t, "single_word": False,
@@ -212,7 +219,6 @@ def gpt2_config(backbone, tokenizer):
         "n_head": backbone.num_heads,
         "n_inner": None if backbone.intermediate_dim == 4 * h else backbone.intermediate_dim,
         "n_positions": backbone.max_sequence_length,
-        "n_ctx": backbone.max_sequence_length,
         "activation_function": "gelu_new" if backbone.activation == "gelu_tanh"
                                else backbone.activation,
         "layer_norm_epsilon": backbone.norm_epsilon,
@@ -293,8 +299,8 @@ ARCHITECTURES = {
 def architecture_differences(architecture, backbone, tokenizer):
     """`["key: tflm value != what <kind> expresses", ...]`: where `backbone` differs from the
     backbone the importer builds from the config `architecture` writes for it."""
-    hf_config = architecture.config(backbone, tokenizer)
     try:
+        hf_config = architecture.config(backbone, tokenizer)
         expressed = architecture.backbone_kwargs(hf_config, backbone)
     except CheckpointError as e:  # the importer refuses the written config (an activation)
         return [_REFUSED + str(e)]
