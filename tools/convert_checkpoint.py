@@ -1,6 +1,8 @@
-"""Converts a Hugging Face checkpoint folder or a keras-hub preset folder into a tflm model_dir.
+"""Converts a Hugging Face checkpoint folder or a keras-hub preset folder into a tflm model_dir,
+and a tflm model_dir back into a Hugging Face folder.
 
     python tools/convert_checkpoint.py --input_dir=bert-base-uncased --output_dir=runs/bert
+    python tools/convert_checkpoint.py --to=huggingface --input_dir=runs/bert --output_dir=hf/bert
 
 The input is a folder as `transformers` saves it: `config.json`,
 `model.safetensors` (or shards and `model.safetensors.index.json`) and the
@@ -13,6 +15,12 @@ holds `params.yaml`, `tokenizer/`, `model.keras` and `conversion.json`: fine-tun
 from it with `model.init_checkpoint=<output_dir>`, evaluate it with `tflm-eval`,
 export it with `tflm-export`. The same as the library call
 `tflm.tasks.convert_checkpoint(input_dir, output_dir)`.
+
+With `--to=huggingface` the input is a tflm model_dir (a BERT-shaped masked LM or classifier,
+or a GPT-2-shaped causal LM) and the output a Hugging Face folder (`config.json`,
+`model.safetensors`, the tokenizer files) that `transformers` loads; a model the Hugging Face
+architecture cannot express is an error naming the key. The same as
+`tflm.tasks.export_to_huggingface(input_dir, output_dir)`.
 """
 
 import argparse
@@ -26,19 +34,27 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input_dir", required=True,
-                        help="The Hugging Face checkpoint or keras-hub preset folder.")
-    parser.add_argument("--output_dir", required=True, help="The tflm model_dir to write (new).")
+                        help="The Hugging Face checkpoint or keras-hub preset folder (with "
+                             "--to=huggingface: the tflm model_dir).")
+    parser.add_argument("--output_dir", required=True, help="The folder to write (new).")
+    parser.add_argument("--to", default="tflm", choices=("tflm", "huggingface"),
+                        help="tflm: Hugging Face or keras-hub folder -> model_dir; "
+                             "huggingface: a model_dir -> a Hugging Face folder.")
     parser.add_argument("--dtype", default=None,
                         help="Dtype policy of the converted model, e.g. mixed_bfloat16.")
     args = parser.parse_args(argv)
 
     from tflm.models.huggingface import CheckpointError
-    from tflm.tasks import convert_checkpoint
+    from tflm.errors import TflmError
+    from tflm.tasks import convert_checkpoint, export_to_huggingface
     from tflm.models.safetensors_file import SafetensorsError
 
     try:
-        convert_checkpoint(args.input_dir, args.output_dir, dtype=args.dtype)
-    except (CheckpointError, SafetensorsError, FileNotFoundError, FileExistsError,
+        if args.to == "huggingface":
+            export_to_huggingface(args.input_dir, args.output_dir)
+        else:
+            convert_checkpoint(args.input_dir, args.output_dir, dtype=args.dtype)
+    except (TflmError, CheckpointError, SafetensorsError, FileNotFoundError, FileExistsError,
             ValueError) as e:
         print(f"convert_checkpoint: error: {e}", file=sys.stderr)
         return 2

@@ -582,9 +582,15 @@ def bert_tokenizer_options(directory):
 
     From `tokenizer.json`'s `BertNormalizer` when present (the fast tokenizer
     `transformers` uses), else `tokenizer_config.json`; Hugging Face's BERT
-    tokenizer applies no NFKC.
+    tokenizer applies no NFKC, unless `tokenizer.json` puts an NFKC normalizer before it
+    (as tflm's export does for a tokenizer with `nfkc`).
     """
     normalizer = _read_json_if_present(os.path.join(directory, "tokenizer.json")).get("normalizer")
+    nfkc = False
+    if isinstance(normalizer, dict) and normalizer.get("type") == "Sequence" and [
+            n.get("type") for n in normalizer.get("normalizers", [])] == ["NFKC", "BertNormalizer"]:
+        # NFKC, then BERT's normalizer: what tflm's own WordPiece tokenizers apply (its export).
+        nfkc, normalizer = True, normalizer["normalizers"][1]
     if isinstance(normalizer, dict) and normalizer.get("type") == "BertNormalizer":
         lowercase = bool(normalizer.get("lowercase", True))
         split_cjk = bool(normalizer.get("handle_chinese_chars", True))
@@ -594,7 +600,7 @@ def bert_tokenizer_options(directory):
         lowercase = bool(config.get("do_lower_case", True))
         split_cjk = bool(config.get("tokenize_chinese_chars", True))
         strip_accents = config.get("strip_accents")
-    return dict(lowercase=lowercase, nfkc=False, split_cjk=split_cjk,
+    return dict(lowercase=lowercase, nfkc=nfkc, split_cjk=split_cjk,
                 strip_accents=None if strip_accents is None else bool(strip_accents))
 
 

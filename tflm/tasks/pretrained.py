@@ -17,8 +17,9 @@ import tensorflow as tf
 
 from tflm import config as config_lib
 from tflm.models.huggingface import CheckpointError, load_huggingface
+from tflm.models.huggingface_export import export_huggingface
 from tflm.models.keras_hub_preset import is_keras_hub_preset, load_keras_hub
-from tflm.models.lora import load_lora
+from tflm.models.lora import load_lora, merge_lora
 from tflm.models.pretrained import copy_pretrained_weights, model_config_of
 from tflm.run_dir import RunDir, write_new_run_dir
 from tflm.tasks.registry import build_task, config_keys_of, task_class, task_for_model
@@ -133,6 +134,19 @@ def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
         print_fn(f"convert_checkpoint: {len(imported.unused_tensors)} tensors are not part of "
                  f"the model and were left out: {shown}{f' and {more} more' if more > 0 else ''}")
     return imported
+
+
+def export_to_huggingface(model_dir, output_dir, print_fn=print):
+    """Writes a tflm model_dir (BERT- or GPT-2-shaped) as a Hugging Face checkpoint folder, the
+    inverse of `convert_checkpoint` (LoRA factors merged first); returns the architecture
+    written (see `tflm.models.huggingface_export.export_huggingface`)."""
+    model, config = load_model_dir(model_dir)
+    tokenizer = RunDir(model_dir).load_tokenizer(config)
+    architecture = export_huggingface(merge_lora(model), tokenizer, output_dir)
+    print_fn(f"convert_checkpoint: {model_dir} ({config.model.task}, "
+             f"{model.backbone.num_layers} layers, width {model.backbone.hidden_dim}) -> "
+             f"{output_dir} (Hugging Face {architecture.kind})")
+    return architecture
 
 
 def _model_dir_config(run):

@@ -1,0 +1,181 @@
+"""Export to Hugging Face folders: tflm -> HF -> tflm is bit-identical (weights and ids), the
+names and config keys are those transformers writes (as tests/hf_fixtures.py writes them),
+the exported tensors compute tflm's outputs in the NumPy references, and what BERT or GPT-2
+cannot express is refused by name."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from hf_fixtures import write_bert_folder, write_gpt2_folder
+from numpy_reference import bert_forward, bert_mlm_logits, gpt2_forward
+from tflm.data.wordpiece import WordPieceTokenizer
+from tflm.models import MaskedLM
+from tflm.models.backbone import TransformerBackbone
+from tflm.models.causal_lm import CausalLM
+from tflm.models.huggingface import load_huggingface
+from tflm.models.huggingface_export import ExportError, export_huggingface
+from tflm.models.safetensors_file import read_safetensors
+from tflm.models.sequence_classifier import SequenceClassifier
+
+# Real text, and text that NFKC changes (ligatures, full-width, circled digits).
+TEXTS = ["It is a truth universally acknowledged, that a single man in possession",
+         "Mr. Darcy's \"pride\" — and Elizabeth's [MASK] prejudice!",
+         "ﬁne ＡＢＣ ① café naïve 東京", ""]
+
+
+def _corpus_texts(limit=150):
+    from tflm.data import default_corpus_path
+
+    with open(default_corpus_path(), encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    return lines[:: len(lines) // limit][:limit] + TEXTS
+
+
+def _assert_same_weights(a, b):
+    assert len(a.weights) == len(b.weights)
+    for x, y in zip(a.weights, b.weights):
+        assert np.array_equal(np.asarray(x), np.asarray(y)), x.path
+
+
+@pytest.fixture(scope="module")
+def hf_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("hf")
+
+
+def test_bert_round_trip_is_exact(hf_root):
+    from tokenizers import Tokenizer
+
+    fixture = hf_root / "bert"
+    config, _ = write_bert_folder(str(fixture))
+    source = load_huggingface(str(fixture)).model
+    # tflm's own WordPiece default: NFKC before BERT's normalizer (tokenizer.json says so).
+    tokenizer = WordPieceTokenizer(str(fixture / "vocab.txt"), nfkc=True)
+    out = hf_root / "bert_export"
+    assert export_huggingface(source, tokenizer, str(out)).kind == "bert"
+
+    written = json.loads((out / "config.json").read_text())
+    assert {k: written[k] for k in config} == config  # transformers' keys, the same values
+    saved = read_safetensors(str(fixture / "model.safetensors"))
+    names = set(saved) - {"bert.embeddings.position_ids", "cls.seq_relationship.weight"}
+    tensors = read_safetensors(str(out / "model.safetensors"))
+    assert set(tensors) == names
+
+    again = load_huggingface(str(out))
+    assert again.unused_tensors == [] and again.head_loaded
+    _assert_same_weights(source, again.model)
+    texts = _corpus_texts()
+    ours = tokenizer.tokenize(texts).to_list()
+    assert again.tokenizer.tokenize(texts).to_list() == ours
+    fast = Tokenizer.from_file(str(out / "tokenizer.json"))  # what AutoTokenizer reads
+    assert [e.ids for e in fast.encode_batch(texts, add_special_tokens=False)] == ours
+    assert fast.encode(texts[0]).ids == [tokenizer.cls_id] + ours[0] + [tokenizer.sep_id]
+
+    # The exported tensors compute tflm's logits in BertForMaskedLM's reference forward.
+    params = {k.removeprefix("bert."): v for k, v in tensors.items()}
+    ids = np.array([[2, 40, 41, 42, 3]], "int32")
+    sequence, _ = bert_forward(params, config, ids)
+    expected = bert_mlm_logits(params, config, sequence)
+    logits = source({"token_ids": ids, "padding_mask": np.ones_like(ids),
+                     "segment_ids": np.zeros_like(ids), "mask_positions": np.arange(5)[None]})
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4)
+
+
+def test_gpt2_round_trip_is_exact(hf_root):
+    from tokenizers import ByteLevelBPETokenizer
+
+    fixture = hf_root / "gpt2"
+    config, params = write_gpt2_folder(str(fixture))
+    imported = load_huggingface(str(fixture))
+    out = hf_root / "gpt2_export"
+    export_huggingface(imported.model, imported.tokenizer, str(out))
+
+    written = json.loads((out / "config.json").read_text())
+    assert {k: written[k] for k in config} == config
+    tensors = read_safetensors(str(out / "model.safetensors"))
+    assert {k.removeprefix("transformer.") for k in tensors} == set(params)
+    assert all(k.startswith("transformer.") for k in tensors)  # GPT2LMHeadModel's names
+
+    again = load_huggingface(str(out))
+    assert again.unused_tensors == []
+    _assert_same_weights(imported.model, again.model)
+    texts = _corpus_texts()
+    ours = imported.tokenizer.tokenize(texts).to_list()
+    assert again.tokenizer.tokenize(texts).to_list() == ours
+    reference = ByteLevelBPETokenizer(str(out / "vocab.json"), str(out / "merges.txt"))
+    assert [e.ids for e in reference.encode_batch(texts)] == ours
+
+    ids = np.array([ours[0][:12]], "int32")
+    _, expected = gpt2_forward({k.removeprefix("transformer."): v for k, v in tensors.items()},
+                               config, ids)
+    logits = imported.model({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-4)
+
+
+def test_bert_classifier_exports_as_sequence_classification(hf_root):
+    imported = load_huggingface(str(hf_root / "bert"))
+    classifier = SequenceClassifier(imported.model.backbone, num_classes=3,
+                                    label_names=["neg", "neutral", "pos"])
+    out = hf_root / "classifier_export"
+    export_huggingface(classifier, imported.tokenizer, str(out))
+    written = json.loads((out / "config.json").read_text())
+    assert written["architectures"] == ["BertForSequenceClassification"]
+    assert written["id2label"] == {"0": "neg", "1": "neutral", "2": "pos"}
+    tensors = read_safetensors(str(out / "model.safetensors"))
+    np.testing.assert_array_equal(tensors["classifier.weight"],
+                                  np.asarray(classifier.head.kernel).T)
+    again = load_huggingface(str(out))  # the importer takes the encoder, leaves the head out
+    assert again.unused_tensors == ["classifier.bias", "classifier.weight"]
+    _assert_same_weights(imported.model.backbone, again.model.backbone)
+
+
+def _backbone(**overrides):
+    kwargs = dict(vocabulary_size=600, num_layers=1, num_heads=2, hidden_dim=16,
+                  intermediate_dim=64, max_sequence_length=32, causal=True, norm_first=True,
+                  activation="gelu_tanh", final_norm=True)
+    return TransformerBackbone(**dict(kwargs, **overrides))
+
+
+def test_what_hugging_face_cannot_express_is_named(hf_root, tmp_path):
+    gpt2 = load_huggingface(str(hf_root / "gpt2"))
+    bert = load_huggingface(str(hf_root / "bert"))
+    out = str(tmp_path / "out")
+    with pytest.raises(ExportError, match=r"nearest gpt2.*model.position_encoding='rotary'"):
+        export_huggingface(CausalLM(_backbone(position_encoding="rotary")), gpt2.tokenizer, out)
+    with pytest.raises(ExportError, match=r"model.tie_embeddings=False"):
+        export_huggingface(CausalLM(_backbone(tie_embeddings=False)), gpt2.tokenizer, out)
+    pre_ln_bert = dict(bert.model.backbone.get_config(), norm_first=True)
+    with pytest.raises(ExportError, match=r"nearest bert.*model.norm_first=True"):
+        export_huggingface(MaskedLM(TransformerBackbone.from_config(pre_ln_bert)),
+                           bert.tokenizer, out)
+    no_segments = dict(bert.model.backbone.get_config(), num_segments=0)
+    with pytest.raises(ExportError, match=r"model.num_segments=0"):
+        export_huggingface(MaskedLM(TransformerBackbone.from_config(no_segments)),
+                           bert.tokenizer, out)
+    with pytest.raises(ExportError, match=r"data.tokenizer='wordpiece'.*byte-level BPE"):
+        export_huggingface(gpt2.model, bert.tokenizer, out)
+    with pytest.raises(ExportError, match=r"tokenizer: max_chars_per_word=50"):
+        export_huggingface(bert.model, WordPieceTokenizer(
+            str(hf_root / "bert" / "vocab.txt"), max_chars_per_word=50), out)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    with pytest.raises(FileExistsError, match="exists"):
+        export_huggingface(gpt2.model, gpt2.tokenizer, str(hf_root / "gpt2"))
+
+
+def test_tool_exports_a_model_dir(hf_root, repo_root, tmp_path, capsys):
+    from tflm.tasks import convert_checkpoint
+
+    spec = importlib.util.spec_from_file_location("convert_checkpoint",
+                                                  repo_root / "tools" / "convert_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    convert_checkpoint(str(hf_root / "gpt2"), str(tmp_path / "run"), print_fn=lambda line: None)
+    args = ["--to=huggingface", f"--input_dir={tmp_path / 'run'}"]
+    assert tool.main(args + [f"--output_dir={tmp_path / 'hf'}"]) == 0
+    assert "(Hugging Face gpt2)" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {
+        "config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json"}
+    assert tool.main(args + [f"--output_dir={tmp_path / 'hf'}"]) == 2
+    assert "exists" in capsys.readouterr().err
