@@ -70,6 +70,7 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None, positio
         # A final marker element lets the scan flush its remainder.
         flagged = flagged.concatenate(tf.data.Dataset.from_tensors((empty, True)))
 
+    # The stream is the tokens, or with `positions` (tokens, positions): both cut alike.
     def cut(carry, element):
         tokens, is_end = element
         stream = tf.nest.map_structure(lambda old, new: tf.concat([old, new], axis=0),
