@@ -71,7 +71,8 @@ def test_decoder_has_no_causal_leak(name):
 def test_packed_documents_do_not_see_each_other(name):
     """With `document_ids`, document B of a packed row is untouched by document A's tokens
     and equals B run alone (positions from 0)."""
-    backbone = TransformerBackbone(**VARIANTS.get(name, dict(GPT_LIKE, position_encoding="sinusoidal")))
+    sinusoidal = dict(GPT_LIKE, position_encoding="sinusoidal")
+    backbone = TransformerBackbone(**VARIANTS.get(name, sinusoidal))
     ids = _inputs(batch=1, length=12)["token_ids"]
     packed = {"token_ids": ids, "padding_mask": np.ones((1, 12), "int32"),
               "document_ids": np.array([[0] * 5 + [1] * 7], "int32"),
