@@ -15,7 +15,7 @@ from tflm.data import (
     pack_token_stream,
     resolve_files,
 )
-from tflm.data.pipeline import tokenize_documents
+from tflm.data.pipeline import causal_lm_batches, document_features, tokenize_documents
 from tflm.data.sources import worker_files
 
 PAD, CLS, SEP, MASK, EOT = 0, 2, 3, 4, 5
@@ -104,6 +104,62 @@ def test_pack_token_stream_same_rows_from_documents_or_batches_of_them(pad_id):
     np.testing.assert_array_equal(rows, expected)
     stream = sum(lengths) + len(lengths)  # tokens and separators
     assert len(rows) == (-(-stream // 9) if pad_id == 0 else stream // 9)
+
+
+def test_pack_token_stream_positions_give_documents_and_positions():
+    # Documents 0-2 | 3-7 | (empty) | 8-9 | 10-18, each followed by -1, in rows of 6.
+    lengths = [3, 5, 0, 2, 9]
+    packed = list(pack_token_stream(_documents(lengths), 6, separator_id=-1, positions=True)
+                  .as_numpy_iterator())
+    tokens, positions = (np.stack(column) for column in zip(*packed))
+    np.testing.assert_array_equal(
+        tokens, _rows(pack_token_stream(_documents(lengths), 6, separator_id=-1)))
+    np.testing.assert_array_equal(positions, [[0, 1, 2, 3, 0, 1],   # 0 1 2 -1 | 3 4
+                                              [2, 3, 4, 5, 0, 0],   # 5 6 7 -1 | -1 | 8
+                                              [1, 2, 0, 1, 2, 3],   # 9 -1 | 10 11 12 13
+                                              [4, 5, 6, 7, 8, 9]])  # 14 ... 18 -1
+    features = document_features(tf.constant(positions))
+    # A row's first document is 0 when it began in an earlier row; positions then restart.
+    np.testing.assert_array_equal(features["document_ids"], [[1, 1, 1, 1, 2, 2],
+                                                             [0, 0, 0, 0, 1, 2],
+                                                             [0, 0, 1, 1, 1, 1],
+                                                             [0, 0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(features["positions"], [[0, 1, 2, 3, 0, 1],
+                                                          [0, 1, 2, 3, 0, 0],
+                                                          [0, 1, 0, 1, 2, 3],
+                                                          [0, 1, 2, 3, 4, 5]])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_causal_lm_document_mask_adds_documents_and_keeps_the_rest(tokenizer, training):
+    """Same tokens, labels and weights (perplexity counts the same tokens); a document
+    starts after each end-of-text token, its positions counting from 0 (NumPy reference)."""
+    documents = tf.data.Dataset.from_tensor_slices(
+        [f"doc {i} " * (i % 5) for i in range(12)]).map(tokenizer.tokenize)
+    kwargs = dict(shuffle_buffer_size=0, training=training, drop_remainder=False)
+    if training:
+        documents = documents.repeat(2)
+    plain = _concat_batches(causal_lm_batches(documents, tokenizer, 10, 4, **kwargs))
+    masked = _concat_batches(causal_lm_batches(documents, tokenizer, 10, 4, document_mask=True,
+                                               **kwargs))
+    for a, b in zip(plain[1:], masked[1:]):
+        np.testing.assert_array_equal(a, b)
+    assert sorted(masked[0]) == ["document_ids", "padding_mask", "positions", "token_ids"]
+    for key in plain[0]:
+        np.testing.assert_array_equal(plain[0][key], masked[0][key])
+    features = masked[0]
+    for row, real, documents_of, positions in zip(
+            features["token_ids"], features["padding_mask"] == 1, features["document_ids"],
+            features["positions"]):
+        expected_documents, expected_positions = [documents_of[0]], [0]
+        for t in range(1, len(row)):
+            starts = row[t - 1] == EOT
+            expected_documents.append(expected_documents[-1] + starts)
+            expected_positions.append(0 if starts else expected_positions[-1] + 1)
+        # Padding (the final row of evaluation) is masked out whatever its documents.
+        np.testing.assert_array_equal(documents_of[real], np.array(expected_documents)[real])
+        np.testing.assert_array_equal(positions[real], np.array(expected_positions)[real])
+    assert features["document_ids"].max() > 1  # rows hold several documents
 
 
 def test_tokenize_documents_batched_holds_the_same_documents(tokenizer):

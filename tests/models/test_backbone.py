@@ -66,6 +66,29 @@ def test_decoder_has_no_causal_leak(name):
         assert not np.allclose(out[:, t + 1 :], base[:, t + 1 :])
 
 
+@pytest.mark.parametrize("name", ["gpt", "sinusoidal_decoder", "rotary_rms_swiglu_decoder",
+                                  "relative_geglu_decoder"])
+def test_packed_documents_do_not_see_each_other(name):
+    """With `document_ids`, document B of a packed row is untouched by document A's tokens
+    and equals B run alone (positions from 0)."""
+    sinusoidal = dict(GPT_LIKE, position_encoding="sinusoidal")
+    backbone = TransformerBackbone(**VARIANTS.get(name, sinusoidal))
+    ids = _inputs(batch=1, length=12)["token_ids"]
+    packed = {"token_ids": ids, "padding_mask": np.ones((1, 12), "int32"),
+              "document_ids": np.array([[0] * 5 + [1] * 7], "int32"),
+              "positions": np.array([list(range(5)) + list(range(7))], "int32")}
+    out = np.asarray(backbone(packed)["sequence_output"])
+    changed = ids.copy()
+    changed[:, :5] = (changed[:, :5] + 1) % 64
+    out_changed = np.asarray(backbone(dict(packed, token_ids=changed))["sequence_output"])
+    np.testing.assert_array_equal(out_changed[:, 5:], out[:, 5:])
+    assert not np.allclose(out_changed[:, :5], out[:, :5])
+    for start, end in ((0, 5), (5, 12)):
+        alone = backbone({"token_ids": ids[:, start:end],
+                          "padding_mask": np.ones((1, end - start), "int32")})
+        np.testing.assert_allclose(out[:, start:end], alone["sequence_output"], atol=1e-5)
+
+
 def test_encoder_is_bidirectional():
     backbone = TransformerBackbone(**BERT_LIKE)
     inputs = _inputs(batch=1, length=8)

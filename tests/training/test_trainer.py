@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tflm.config import ConfigError
 from tflm.experiment import load_experiment
 from tflm.tasks import make_dataset
 from tflm.training.checkpoints import CheckpointError
@@ -150,3 +151,19 @@ def test_fused_one_device_step_equals_the_distributed_one(tmp_path):
         weights[path] = _weights(trainer)
     np.testing.assert_allclose(weights["fused"], weights["distributed"], atol=2e-6)
     np.testing.assert_allclose(weights["fused_xla"], weights["distributed"], atol=2e-5)
+
+
+def test_document_mask_trains_and_evaluates(tmp_path):
+    """`data.document_mask=true`: the batches carry the documents, the trainer trains
+    and evaluates on them; other tasks have no such key."""
+    config = _config("trainer.train_steps=4,data.global_batch_size=4,trainer.jit_compile=false,"
+                     "data.document_mask=true")
+    task = get_task(config)
+    features, _, _ = make_dataset(config).element_spec
+    assert features["document_ids"].shape == features["positions"].shape == (4, 32)
+    trainer = Trainer(task, str(tmp_path / "documents"), print_fn=_quiet)
+    assert trainer.train() == "completed"
+    assert np.isfinite(trainer.history[-1]["loss"])
+    assert np.isfinite(trainer.evaluate(num_steps=2)["perplexity"])
+    with pytest.raises(ConfigError, match="document_mask"):
+        load_experiment("configs/tiny_bert.yaml", "data.document_mask=true")

@@ -32,7 +32,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 PACK_BATCH = 64  # documents joined per step of the packing scan
 
 
-def pack_token_stream(documents, window, separator_id=None, pad_id=None):
+def pack_token_stream(documents, window, separator_id=None, pad_id=None, positions=False):
     """Packs a dataset of 1-D token tensors into `(window,)` rows.
 
     `documents` holds one document per element, or ragged `(n, None)`
@@ -41,6 +41,10 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None):
     given) and cut every `window` tokens; the tail of one document continues
     into the next row. With `pad_id`, the final partial row is kept, padded
     with `pad_id`; otherwise it is dropped. Nothing else is ever dropped.
+
+    With `positions`, each row is a pair `(tokens, positions)`: each token's
+    index in its document (its separator included; 0 at padding), from which
+    `document_features` tells the documents of a row apart.
     """
     def join(batch):
         # A batch of documents → one stretch of the stream, separators included.
@@ -49,31 +53,57 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None):
         if separator_id is not None:
             separators = tf.fill([batch.nrows(), 1], tf.constant(separator_id, batch.dtype))
             batch = tf.concat([batch, separators], axis=1)
+        if positions:
+            lengths = tf.cast(batch.row_lengths(), tf.int32)
+            return batch.flat_values, tf.ragged.range(lengths).flat_values
         return batch.flat_values
 
     # The scan below then runs once per batch of documents, not once per document.
     if documents.element_spec.shape.rank != 2:
         documents = documents.ragged_batch(PACK_BATCH)
     stretches = documents.map(join)
-    flagged = stretches.map(lambda ids: (ids, False))
+    flagged = stretches.map(lambda *ids: (ids if positions else ids[0], False))
+    empty = tf.zeros([0], tf.int32)
+    empty = (empty, empty) if positions else empty
+    fill = (pad_id, 0) if positions else pad_id
     if pad_id is not None:
         # A final marker element lets the scan flush its remainder.
-        flagged = flagged.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), True)))
+        flagged = flagged.concatenate(tf.data.Dataset.from_tensors((empty, True)))
 
+    # The stream is the tokens, or with `positions` (tokens, positions): both cut alike.
     def cut(carry, element):
         tokens, is_end = element
-        stream = tf.concat([carry, tokens], axis=0)
+        stream = tf.nest.map_structure(lambda old, new: tf.concat([old, new], axis=0),
+                                       carry, tokens)
         if pad_id is not None:
             # At the end, pad the remainder up to a whole row (zero rows if it is empty).
-            padding = (-tf.shape(stream)[0]) % window
-            stream = tf.cond(
-                is_end, lambda: tf.pad(stream, [[0, padding]], constant_values=pad_id), lambda: stream
-            )
-        rows = tf.shape(stream)[0] // window
-        full = tf.reshape(stream[: rows * window], [rows, window])
-        return stream[rows * window :], full
+            padding = (-tf.shape(tf.nest.flatten(stream)[0])[0]) % window
+            stream = tf.nest.map_structure(
+                lambda column, value: tf.cond(
+                    is_end, lambda: tf.pad(column, [[0, padding]], constant_values=value),
+                    lambda: column),
+                stream, fill)
+        rows = tf.shape(tf.nest.flatten(stream)[0])[0] // window
+        full = tf.nest.map_structure(lambda column: tf.reshape(column[: rows * window],
+                                                               [rows, window]), stream)
+        return tf.nest.map_structure(lambda column: column[rows * window :], stream), full
 
-    return flagged.scan(tf.zeros([0], tf.int32), cut).unbatch()
+    return flagged.scan(empty, cut).unbatch()
+
+
+def document_features(positions):
+    """`{"document_ids", "positions"}` `(batch, T)` of packed rows, from each token's index
+    in its document (`pack_token_stream(..., positions=True)`).
+
+    A document starts where its index is 0; `document_ids` number the documents of a row
+    from its first (0 if that one began in an earlier row, else 1). Positions restart at
+    each document, and at the row's start for a document continued from an earlier row,
+    so they stay below `T` (a learned position table's size).
+    """
+    document_ids = tf.cumsum(tf.cast(positions == 0, tf.int32), axis=1)
+    continued = document_ids == document_ids[:, :1]
+    return {"document_ids": document_ids,
+            "positions": tf.where(continued, positions - positions[:, :1], positions)}
 
 
 def _documents(files, read_options, seed, repeat, input_context, stats):
@@ -91,7 +121,8 @@ def _shuffle(rows, shuffle_buffer_size, seed):
 
 
 def causal_lm_batches(token_documents, tokenizer, sequence_length, batch_size, seed=0,
-                      shuffle_buffer_size=1000, training=True, drop_remainder=True):
+                      shuffle_buffer_size=1000, training=True, drop_remainder=True,
+                      document_mask=False):
     """Packed next-token batches from a dataset of token tensors.
 
     Each row is `sequence_length + 1` consecutive tokens of the stream, the
@@ -99,15 +130,20 @@ def causal_lm_batches(token_documents, tokenizer, sequence_length, batch_size, s
     `sequence_length`, labels the last `sequence_length` (shifted by one).
     Weights are 1 except where the label is padding (only in the final row
     when not training), so no label ever crosses into padding.
+
+    With `document_mask`, the features also hold `document_ids` and `positions`
+    (`document_features`): the backbone then lets each token attend only within its
+    document, at positions restarting per document. Labels and weights are unchanged.
     """
     separator = tokenizer.end_of_text_id
     if separator is None:
         separator = tokenizer.sep_id
     pad_id = None if training else tokenizer.pad_id
-    rows = pack_token_stream(token_documents, sequence_length + 1, separator, pad_id)
+    rows = pack_token_stream(token_documents, sequence_length + 1, separator, pad_id,
+                             positions=document_mask)
     rows = _shuffle(rows, shuffle_buffer_size if training else 0, seed)
 
-    def split(batch):
+    def split(batch, positions=None):
         labels = batch[:, 1:]
         if pad_id is None:
             weights = tf.ones_like(labels, tf.float32)
@@ -115,7 +151,10 @@ def causal_lm_batches(token_documents, tokenizer, sequence_length, batch_size, s
         else:
             weights = tf.cast(labels != pad_id, tf.float32)
             padding_mask = tf.cast(batch[:, :-1] != pad_id, tf.int32)
-        return {"token_ids": batch[:, :-1], "padding_mask": padding_mask}, labels, weights
+        features = {"token_ids": batch[:, :-1], "padding_mask": padding_mask}
+        if positions is not None:
+            features.update(document_features(positions[:, :-1]))
+        return features, labels, weights
 
     rows = rows.batch(batch_size, drop_remainder=drop_remainder)
     return rows.map(split, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

@@ -1,4 +1,4 @@
-"""Attention masks: padding, causal, and their combination.
+"""Attention masks: padding, causal, document, and their combination.
 
 Masks are boolean, `True` where a query may attend to a key. They broadcast
 to `(batch, query_length, key_length)`.
@@ -17,6 +17,15 @@ def causal_mask(query_length, key_length, start_index=0):
     query_positions = ops.arange(query_length)[:, None] + start_index
     key_positions = ops.arange(key_length)[None, :]
     return ops.greater_equal(query_positions, key_positions)
+
+
+def document_mask(document_ids):
+    """`(batch, T, T)` mask: a token sees only the tokens of its own document.
+
+    `document_ids` `(batch, T)` numbers the documents packed into each row; with the
+    causal mask this is the block-diagonal causal mask of a packed row.
+    """
+    return ops.equal(document_ids[:, :, None], document_ids[:, None, :])
 
 
 def merge_attention_masks(

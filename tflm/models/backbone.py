@@ -6,6 +6,7 @@ from keras import ops
 
 from tflm.config import POSITION_ENCODINGS
 from tflm.layers.layer_utils import clone_initializer
+from tflm.layers.masks import document_mask
 from tflm.layers.normalization import make_normalization
 from tflm.layers.position_embedding import PositionEmbedding
 from tflm.layers.relative_position_bias import RelativePositionBias, relative_positions
@@ -26,7 +27,8 @@ class TransformerBackbone(keras.Model):
           + segment_embedding(segment_ids)           # if num_segments > 0
         x = dropout(embedding_norm(x))               # embedding_norm: BERT
         bias = relative_position_bias(key - query)   # relative (T5): one for all blocks
-        for block in blocks: x = block(x, padding_mask, causal[, bias][, encoder output])
+        mask = document_mask(document_ids)           # packed documents: block-diagonal
+        for block in blocks: x = block(x, padding_mask, causal[, mask][, bias][, encoder output])
                                                      # recomputed in the backward pass with
                                                      # gradient_checkpointing (training only)
         x = final_norm(x)                            # pre-LN models (GPT-2)
@@ -83,9 +85,11 @@ class TransformerBackbone(keras.Model):
     Inputs: a dict with `"token_ids"` `(batch, T)` int, `"padding_mask"`
     `(batch, T)` (1 at real tokens), `"segment_ids"` when `num_segments > 0`
     (zeros if absent), and optionally `"positions"` `(batch, T)` (default
-    `0..T-1`; left-padded rows start their real tokens at 0). With
-    `cross_attention`, also `"encoder_sequence_output"` `(batch, S, hidden_dim)`
-    and `"encoder_padding_mask"` `(batch, S)`.
+    `0..T-1`; left-padded rows start their real tokens at 0) and `"document_ids"`
+    `(batch, T)` (the documents packed into a row, each token attending only within
+    its own: `tflm.data.pipeline.document_features`). With `cross_attention`, also
+    `"encoder_sequence_output"` `(batch, S, hidden_dim)` and `"encoder_padding_mask"`
+    `(batch, S)`.
 
     Outputs: a dict with `"sequence_output"` `(batch, T, hidden_dim)` and,
     with a pooler, `"pooled_output"` `(batch, hidden_dim)`.
@@ -307,8 +311,11 @@ class TransformerBackbone(keras.Model):
         x = self.embed(token_ids, inputs.get("segment_ids"), positions=positions, training=training)
         length = ops.shape(token_ids)[1]
         bias = self._relative_bias(length, length)
-        arguments = dict(padding_mask=padding_mask, use_causal_mask=self.causal,
-                         positions=positions, attention_bias=bias,
+        # Packed documents (`document_ids`): each token attends only within its own.
+        document_ids = inputs.get("document_ids")
+        attention_mask = None if document_ids is None else document_mask(document_ids)
+        arguments = dict(padding_mask=padding_mask, attention_mask=attention_mask,
+                         use_causal_mask=self.causal, positions=positions, attention_bias=bias,
                          **self._encoder_arguments(inputs))
         for block in self.blocks:
             if self.gradient_checkpointing and training:

@@ -1,10 +1,14 @@
 """`causal_lm`: next-token prediction on packed text (GPT pretraining, or adapting one).
 
 Batches: documents packed into `data.sequence_length` rows, no padding
-(`tflm.data.pipeline.causal_lm_batches`). Loss: token-mean cross-entropy.
+(`tflm.data.pipeline.causal_lm_batches`); with `data.document_mask=true` each token
+attends only within its own document, at positions restarting per document (training
+and evaluation alike). Loss: token-mean cross-entropy.
 Evaluation: loss, perplexity, next-token accuracy. Serving: `generate`
 (`serving_default`), `beam_search` and `score` (`CausalLMServing`).
 """
+
+import dataclasses
 
 import numpy as np
 
@@ -17,6 +21,15 @@ from tflm.tasks.registry import register_task
 WARMUP_TEXT = np.array([b"It is a truth universally acknowledged", b""])
 
 
+@dataclasses.dataclass
+class CausalLMData:
+    """The `data` keys of `causal_lm`."""
+
+    # Each token of a packed row attends only within its own document, at positions
+    # restarting per document (a block-diagonal causal mask); false: across the whole row.
+    document_mask: bool = False
+
+
 @register_task
 class CausalLMTask(Task):
     """GPT-style language modelling (a `CausalLM`)."""
@@ -25,6 +38,7 @@ class CausalLMTask(Task):
     model_class = CausalLM
     causal = True
     generates_text = True
+    config_keys = {"data": CausalLMData}
 
     @classmethod
     def validate(cls, config):
@@ -36,7 +50,7 @@ class CausalLMTask(Task):
         return causal_lm_batches(tokens, tokenizer, data.sequence_length, batch_size,
                                  seed=self.config.runtime.seed,
                                  shuffle_buffer_size=data.shuffle_buffer_size, training=training,
-                                 drop_remainder=training)
+                                 drop_remainder=training, document_mask=data.document_mask)
 
     @classmethod
     def serving_module(cls, model, tokenizer, options):
