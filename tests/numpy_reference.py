@@ -65,12 +65,49 @@ def _attention_heads(q, k, v, num_heads, mask):
     return out
 
 
-def multi_head_attention(x, w_qkv, b_qkv, w_o, b_o, num_heads, mask=None):
-    """x (B, T, D); w_qkv (D, 3*H*d) laid out [Q|K|V]; mask (B, T, T) bool or None."""
-    inner = w_qkv.shape[1] // 3
+def multi_head_attention(x, w_qkv, b_qkv, w_o, b_o, num_heads, mask=None,
+                         num_key_value_heads=None):
+    """x (B, T, D); w_qkv (D, (H + 2*K)*d) laid out [Q|K|V]; mask (B, T, T) bool or None.
+
+    With K = `num_key_value_heads` < H (grouped-query attention), each key/value head is
+    repeated for its H / K query heads (Hugging Face's `repeat_kv`): multi-head attention
+    over the repeated heads."""
+    kv_heads = num_key_value_heads or num_heads
+    head_dim = w_qkv.shape[1] // (num_heads + 2 * kv_heads)
+    inner, kv_inner = num_heads * head_dim, kv_heads * head_dim
     qkv = x @ w_qkv + b_qkv
-    q, k, v = qkv[..., :inner], qkv[..., inner : 2 * inner], qkv[..., 2 * inner :]
+    q, k, v = qkv[..., :inner], qkv[..., inner:inner + kv_inner], qkv[..., inner + kv_inner:]
+    k, v = (repeat_key_value_heads(t, num_heads // kv_heads, head_dim) for t in (k, v))
     return _attention_heads(q, k, v, num_heads, mask) @ w_o + b_o
+
+
+def repeat_key_value_heads(t, groups, head_dim):
+    """(B, S, K*d) -> (B, S, K*groups*d): each head repeated `groups` times in place."""
+    batch, length, _ = t.shape
+    heads = t.reshape(batch, length, -1, 1, head_dim)
+    return np.repeat(heads, groups, axis=3).reshape(batch, length, -1)
+
+
+def rotary(x, positions, theta=10000.0, layout="half"):
+    """x (B, T, H, d) rotated by RoPE at `positions` (T,): pair i is channels (i, i + d/2)
+    (`"half"`, Hugging Face's rotate_half) or (2i, 2i + 1) (`"interleaved"`), turned by
+    `position * theta^(-2i/d)`."""
+    d = x.shape[-1]
+    angles = np.asarray(positions, np.float64)[:, None] * theta ** (-np.arange(0, d, 2) / d)
+    cos, sin = np.cos(angles)[None, :, None], np.sin(angles)[None, :, None]
+    if layout == "half":
+        a, b = x[..., : d // 2], x[..., d // 2 :]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+    a, b = x[..., 0::2], x[..., 1::2]
+    out = np.empty_like(x)
+    out[..., 0::2], out[..., 1::2] = a * cos - b * sin, b * cos + a * sin
+    return out
+
+
+def sliding_window_causal_mask(length, window):
+    """(T, T) bool: query i sees keys j with i - window < j <= i (window 0: all j <= i)."""
+    i, j = np.arange(length)[:, None], np.arange(length)[None, :]
+    return (j <= i) & ((i - j < window) if window else True)
 
 
 def cross_attention(x, context, w_q, b_q, w_kv, b_kv, w_o, b_o, num_heads, mask=None):

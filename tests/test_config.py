@@ -9,7 +9,7 @@ import pytest
 from tflm import config as config_lib
 from tflm.config import ConfigError, parse_overrides, save_experiment
 from tflm.experiment import load_experiment
-from tflm.tasks import config_keys_of, get_task, task_names
+from tflm.tasks import build_task, config_keys_of, get_task, task_names
 from tflm.training.strategy import WorkerInfo
 from tflm.training.trainer import Trainer
 
@@ -227,7 +227,8 @@ OUT_OF_RANGE = {
     "model.hidden_dim": ["0"], "model.intermediate_dim": ["0"],
     "model.max_sequence_length": ["0"], "model.num_segments": ["-1"],
     "model.head_dim": ["-1"], "model.relative_num_buckets": ["3"],
-    "model.relative_max_distance": ["0"],
+    "model.relative_max_distance": ["0"], "model.num_key_value_heads": ["-1"],
+    "model.rope_theta": ["0", ".inf"], "model.sliding_window": ["-1"],
     "model.norm_epsilon": ["0", ".nan"], "model.dropout": ["1", "-0.1", ".nan"],
     "model.attention_dropout": ["1"], "model.initializer_range": ["0", ".inf"],
     "model.freeze_bottom_layers": ["-1"], "model.adapter_dim": ["0"],
@@ -441,3 +442,25 @@ def test_init_checkpoint_must_be_a_tflm_model_dir(tmp_path):
         load_experiment(TINY_GPT, f"{CLASSIFY},model.init_checkpoint={hf}")
     with pytest.raises(ConfigError, match="has no params.yaml"):
         load_experiment(TINY_GPT, f"{CLASSIFY},model.init_checkpoint={tmp_path}")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.num_key_value_heads=3", r"model.num_key_value_heads=3 must divide model.num_heads=4"),
+    ("model.rotary_layout=split", r"model.rotary_layout: 'split' is not one of"),
+])
+def test_decoder_architecture_keys_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(None, override)
+
+
+@pytest.mark.parametrize("override, message", [
+    # A bidirectional task has no "last W keys".
+    ("model.task=masked_lm,model.sliding_window=8", r"model.sliding_window=8 is for causal"),
+    # The encoder-decoder does not take the decoder-only keys (yet): not silently ignored.
+    ("model.task=seq2seq,model.num_key_value_heads=2",
+     r"model.num_key_value_heads=2 is not supported by the encoder-decoder"),
+])
+def test_keys_a_task_cannot_honour_stop_the_model_build(override, message):
+    config = load_experiment(None, override)
+    with pytest.raises(ConfigError, match=message):
+        build_task(config.model)

@@ -28,6 +28,8 @@ from tflm.errors import TflmError
 # The allowed values of the keys that choose a layer, a model part or a schedule, defined once:
 # the layers and models import them from here, and `validate` checks against them.
 POSITION_ENCODINGS = ("learned", "sinusoidal", "rotary", "relative")
+# Which channels the rotary embedding pairs: i with i + d/2 (Hugging Face Llama), 2i with 2i + 1.
+ROTARY_LAYOUTS = ("half", "interleaved")
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu", "geglu")
 NORMALIZATIONS = ("layer_norm", "rms_norm")
 FINETUNE_MODES = ("full", "feature_extraction", "adapters", "lora")
@@ -128,6 +130,15 @@ class ModelConfig:
     relative_num_buckets: int = ranged(32, at_least=4)
     relative_max_distance: int = ranged(128, at_least=1)
     head_dim: int = ranged(0, at_least=0)  # 0: hidden_dim // num_heads (T5's d_kv may differ)
+    # Grouped-query attention: key/value heads, a divisor of num_heads (1: multi-query);
+    # 0: num_heads (multi-head). The decoding cache holds only these.
+    num_key_value_heads: int = ranged(0, at_least=0)
+    # rotary: the frequencies' base, and the channel pairs: half (i, i + d/2: Hugging Face
+    # Llama's rotate_half) | interleaved (2i, 2i + 1)
+    rope_theta: float = ranged(10000.0, above=0)
+    rotary_layout: str = "half"
+    # Causal models: a query sees at most the last sliding_window keys (Mistral); 0: all.
+    sliding_window: int = ranged(0, at_least=0)
     num_segments: int = ranged(0, at_least=0)
     activation: str = "gelu_tanh"  # relu | gelu | gelu_tanh | swiglu | geglu
     normalization: str = "layer_norm"  # layer_norm | rms_norm
@@ -138,8 +149,9 @@ class ModelConfig:
     pooler: bool = False
     dropout: float = ranged(0.0, at_least=0, below=1)
     attention_dropout: float = ranged(0.0, at_least=0, below=1)
-    use_bias: bool = True
-    tie_embeddings: bool = True
+    use_bias: bool = True  # every projection's bias; Llama, Mistral: false
+    qkv_bias: typing.Optional[bool] = None  # query/key/value biases; None: use_bias (Qwen2: true)
+    tie_embeddings: bool = True  # false: an output projection of its own (Llama)
     initializer_range: float = ranged(0.02, above=0)
     # None: causal for causal_lm, bidirectional otherwise (a classifier on GPT-2: true).
     causal: typing.Optional[bool] = None
@@ -491,6 +503,7 @@ ARCHITECTURE_KEYS = (
     "max_sequence_length", "position_encoding", "num_segments", "activation", "normalization",
     "norm_first", "norm_epsilon", "embedding_norm", "final_norm", "pooler", "use_bias",
     "tie_embeddings", "causal", "head_dim", "relative_num_buckets", "relative_max_distance",
+    "num_key_value_heads", "rope_theta", "rotary_layout", "sliding_window", "qkv_bias",
 )
 # The same for the encoder-decoder tasks' own `model` keys (only their configs have them).
 ENCODER_DECODER_KEYS = ("num_decoder_layers", "shared_embeddings")
@@ -514,6 +527,7 @@ def validate(config):
         "model.position_encoding": (config.model.position_encoding, POSITION_ENCODINGS),
         "model.activation": (config.model.activation, ACTIVATIONS),
         "model.normalization": (config.model.normalization, NORMALIZATIONS),
+        "model.rotary_layout": (config.model.rotary_layout, ROTARY_LAYOUTS),
         "data.tokenizer": (config.data.tokenizer, ("byte", "wordpiece", "sentencepiece", "byte_bpe")),
         "data.input_format": (config.data.input_format, ("text", "jsonl", "csv", "tfrecord")),
         "data.document_split": (config.data.document_split, DOCUMENT_SPLITS),
@@ -544,6 +558,11 @@ def validate(config):
             f"model.hidden_dim={model.hidden_dim} is not divisible by "
             f"model.num_heads={model.num_heads}."
         )
+    if model.num_key_value_heads and model.num_heads % model.num_key_value_heads:
+        raise ConfigError(
+            f"model.num_key_value_heads={model.num_key_value_heads} must divide "
+            f"model.num_heads={model.num_heads} (each key/value head serves a group of query "
+            "heads); 0: as many as model.num_heads.")
     if model.position_encoding == "rotary" and (model.hidden_dim // model.num_heads) % 2:
         raise ConfigError(
             f"model.position_encoding='rotary' rotates pairs of dimensions: the head size "

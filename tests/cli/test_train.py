@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
+from tflm.data import ByteTokenizer
 from tflm.experiment import run_experiment
+from tflm.generation import generate
 from tflm.config import ConfigError
 from tflm.experiment import load_experiment
 
@@ -157,3 +159,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     saved_step = int(checkpoints[0].name.split("-")[1].split(".")[0])
     assert 10 <= saved_step < 100000
     assert (model_dir / "data" / "worker-0" / f"ckpt-{saved_step}.index").is_file()
+
+
+def test_train_llama_tiny_and_generate(tmp_path):
+    """The Llama-style decoder (GQA, rotary, RMS norm, SwiGLU, untied, no biases) trains by
+    the causal LM task as it is, and its model_dir generates text."""
+    model_dir = tmp_path / "llama"
+    config, model, records, lines = _run_in_process("llama_tiny.yaml", model_dir)
+    _check_run(config, model_dir, records, lines)
+    backbone = model.backbone
+    assert (backbone.num_heads, backbone.num_key_value_heads, backbone.tie_embeddings) == (4, 2,
+                                                                                          False)
+    assert backbone.init_cache(1, 8).shape[-2] == 2  # the cache holds the 2 key/value heads
+    assert not [w.path for w in model.weights if w.path.endswith("bias")]
+    texts = generate(model, ["It is a truth", "Mr."], max_new_tokens=5, tokenizer=ByteTokenizer())
+    assert len(texts) == 2 and all(isinstance(text, str) for text in texts)

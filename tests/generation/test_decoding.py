@@ -41,8 +41,13 @@ def _uncached_greedy(model, prompt, steps):
 PROMPTS = [[7, 8, 9], [10], [11, 12, 13, 14, 15, 16]]
 
 
-@pytest.mark.parametrize("variant", [{}, {"position_encoding": "rotary", "tie_embeddings": False,
-                                         "normalization": "rms_norm", "activation": "swiglu"}])
+@pytest.mark.parametrize("variant", [
+    {}, {"position_encoding": "rotary", "tie_embeddings": False, "normalization": "rms_norm",
+         "activation": "swiglu"},
+    # Llama / Mistral: 4 query heads share 2 key/value heads; a window of 4 keys.
+    {"position_encoding": "rotary", "tie_embeddings": False, "normalization": "rms_norm",
+     "activation": "swiglu", "use_bias": False, "num_heads": 4, "num_key_value_heads": 2,
+     "sliding_window": 4}])
 def test_cached_greedy_equals_uncached_greedy(variant):
     model = _model(**variant)
     decoder = CausalDecoder(model, end_id=END)

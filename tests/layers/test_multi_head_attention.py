@@ -5,8 +5,10 @@ import pytest
 import tensorflow as tf
 
 from keras_test_case import run_layer_test
-from numpy_reference import multi_head_attention
+from numpy_reference import (multi_head_attention, repeat_key_value_heads,
+                             sliding_window_causal_mask)
 from tflm.layers import MultiHeadAttention
+from tflm.layers.masks import causal_mask
 
 
 def _randomize(layer, seed=0, scale=0.3):
@@ -273,3 +275,95 @@ def test_dropout_only_in_training():
     a = np.asarray(layer(x, training=False))
     np.testing.assert_array_equal(a, np.asarray(layer(x, training=False)))
     assert not np.allclose(a, np.asarray(layer(x, training=True)))
+
+
+# Grouped-query attention and sliding windows.
+
+
+def _grouped_weights(layer):
+    """The layer's weights; a missing bias (`use_bias=False`) reads zeros."""
+    bias = layer.qkv_dense.bias
+    return (np.asarray(layer.qkv_dense.kernel),
+            np.zeros(layer.qkv_dense.units) if bias is None else np.asarray(bias),
+            np.asarray(layer.output_dense.kernel), np.asarray(layer.output_dense.bias))
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])  # grouped-query, multi-query
+def test_grouped_query_matches_numpy(kv_heads):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 7, 16)).astype("float32")
+    padding = np.ones((2, 7), "int32")
+    padding[1, 4:] = 0
+    layer = MultiHeadAttention(num_heads=4, head_dim=4, num_key_value_heads=kv_heads,
+                               use_bias=False, qkv_bias=True)
+    layer(x)
+    _randomize(layer, seed=11)
+    assert layer.qkv_dense.kernel.shape == (16, (4 + 2 * kv_heads) * 4)
+    assert layer.output_dense.bias is None  # Qwen2: biases on q/k/v only
+    mask = padding.astype(bool)[:, None, :] & np.tril(np.ones((7, 7), bool))[None]
+    w_qkv, b_qkv, w_o, _ = _grouped_weights(layer)
+    expected = multi_head_attention(x.astype(np.float64), w_qkv, b_qkv, w_o, 0.0, num_heads=4,
+                                    mask=mask, num_key_value_heads=kv_heads)
+    actual = layer(x, padding_mask=padding, use_causal_mask=True)
+    np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_query_equals_multi_head_with_repeated_heads_and_caches_only_its_heads():
+    """GQA (4 query heads, 2 key/value heads; rotary, a window of 3) is MHA whose key and
+    value kernels repeat each head for its group; cached decoding equals the full pass."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 8, 16)).astype("float32")
+    common = dict(num_heads=4, head_dim=4, rotary_max_wavelength=500.0, sliding_window=3)
+    grouped = MultiHeadAttention(num_key_value_heads=2, **common)
+    grouped(x)
+    _randomize(grouped, seed=13)
+    full = MultiHeadAttention(**common)
+    full(x)
+    w_qkv, b_qkv, w_o, b_o = _weights(grouped)
+    q, k, v = np.split(w_qkv, [16, 24], axis=1)
+    bq, bk, bv = np.split(b_qkv, [16, 24])
+    def repeat(t):  # kernel columns or bias entries of 2 heads -> of 4, each head twice
+        return repeat_key_value_heads(t.reshape(-1, 1, t.shape[-1]), 2, 4).reshape(
+            t.shape[:-1] + (-1,))
+
+    full.qkv_dense.kernel.assign(np.concatenate([q, repeat(k), repeat(v)], axis=1))
+    full.qkv_dense.bias.assign(np.concatenate([bq, repeat(bk), repeat(bv)]))
+    full.output_dense.kernel.assign(w_o)
+    full.output_dense.bias.assign(b_o)
+    expected = np.asarray(full(x, use_causal_mask=True))
+    np.testing.assert_allclose(np.asarray(grouped(x, use_causal_mask=True)), expected,
+                               atol=1e-5)
+    cache = np.zeros((2, 2, 8, 2, 4), "float32")  # only the 2 key/value heads
+    out, cache = grouped(x[:, :3], use_causal_mask=True, cache=cache, cache_update_index=0)
+    pieces = [np.asarray(out)]
+    for t in range(3, 8):
+        out, cache = grouped(x[:, t:t + 1], use_causal_mask=True, cache=cache,
+                             cache_update_index=t)
+        pieces.append(np.asarray(out))
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("start_index", [0, 5])
+def test_sliding_window_mask_matches_numpy(start_index):
+    window, length = 3, 9
+    expected = sliding_window_causal_mask(length, window)[start_index:]
+    actual = causal_mask(length - start_index, length, start_index, sliding_window=window)
+    np.testing.assert_array_equal(np.asarray(actual), expected)
+
+
+def test_sliding_window_attention_matches_numpy():
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 9, 16)).astype("float32")
+    layer = MultiHeadAttention(num_heads=4, head_dim=4, num_key_value_heads=2, sliding_window=3)
+    layer(x)
+    _randomize(layer, seed=15)
+    mask = np.broadcast_to(sliding_window_causal_mask(9, 3), (2, 9, 9))
+    expected = multi_head_attention(x.astype(np.float64), *_weights(layer), num_heads=4,
+                                    mask=mask, num_key_value_heads=2)
+    actual = layer(x, use_causal_mask=True)
+    np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_key_value_heads_must_divide_the_heads():
+    with pytest.raises(ValueError, match="num_key_value_heads=3 must divide num_heads=4"):
+        MultiHeadAttention(num_heads=4, head_dim=4, num_key_value_heads=3)

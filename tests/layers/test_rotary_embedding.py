@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from keras_test_case import run_layer_test
+from numpy_reference import rotary
 from tflm.layers import RotaryEmbedding
 
 
@@ -45,3 +46,24 @@ def test_start_index_continues_positions():
 def test_odd_head_dim_is_an_error():
     with pytest.raises(ValueError, match="even"):
         RotaryEmbedding()(np.zeros((1, 2, 1, 5), "float32"))
+
+
+@pytest.mark.parametrize("layout", ["half", "interleaved"])
+def test_layouts_match_numpy(layout):
+    x = np.random.default_rng(4).standard_normal((2, 6, 3, 8)).astype("float32")
+    expected = rotary(x.astype(np.float64), np.arange(4, 10), theta=500.0, layout=layout)
+    actual = RotaryEmbedding(500.0, layout=layout)(x, start_index=4)
+    np.testing.assert_allclose(np.asarray(actual), expected, atol=1e-5)
+
+
+def test_interleaved_is_half_with_its_pairs_stored_side_by_side():
+    x = np.random.default_rng(5).standard_normal((1, 5, 2, 8)).astype("float32")
+    order = np.arange(8).reshape(2, 4).T.reshape(-1)  # channels 0, 4, 1, 5, ...: pairs adjacent
+    half = np.asarray(RotaryEmbedding(layout="half")(x))
+    interleaved = np.asarray(RotaryEmbedding(layout="interleaved")(x[..., order]))
+    np.testing.assert_allclose(interleaved, half[..., order], atol=1e-6)
+
+
+def test_unknown_layout_is_an_error():
+    with pytest.raises(ValueError, match="layout='split'"):
+        RotaryEmbedding(layout="split")

@@ -1,8 +1,15 @@
+import dataclasses
+import pathlib
+
 import keras
 import numpy as np
 import pytest
 
+from tflm.config import load_experiment
 from tflm.models import TransformerBackbone
+from tflm.models.factory import build_backbone
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 SMALL = dict(vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
              max_sequence_length=24, dropout=0.0, attention_dropout=0.0)
@@ -18,6 +25,12 @@ VARIANTS = {
     # T5's decoder stack, alone: the relative position bias of causal buckets.
     "relative_geglu_decoder": dict(GPT_LIKE, position_encoding="relative", normalization="rms_norm",
                                    activation="geglu", use_bias=False),
+    # Llama / Mistral: grouped-query (here multi-query: 1 key/value head), a sliding window.
+    "llama_gqa_window_decoder": dict(GPT_LIKE, position_encoding="rotary", normalization="rms_norm",
+                                     activation="swiglu", use_bias=False, qkv_bias=True,
+                                     tie_embeddings=False, num_key_value_heads=1,
+                                     sliding_window=4, rope_theta=500.0,
+                                     rotary_layout="interleaved"),
 }
 
 
@@ -119,19 +132,43 @@ def test_padding_invariance(name):
         )
 
 
-@pytest.mark.parametrize("name", ["gpt", "rotary_rms_swiglu_decoder", "relative_geglu_decoder"])
+@pytest.mark.parametrize("name", ["gpt", "rotary_rms_swiglu_decoder", "relative_geglu_decoder",
+                                  "llama_gqa_window_decoder"])
 def test_cached_decoding_matches_full_pass(name):
     backbone = TransformerBackbone(**VARIANTS[name])
     inputs = _inputs(batch=2, length=9)
     full = np.asarray(backbone(inputs)["sequence_output"])
     cache = backbone.init_cache(batch_size=2, max_length=12)
-    assert cache.shape == (2, 2, 2, 12, 2, 8)
+    # (batch, layers, key and value, positions, key/value heads, head size)
+    assert cache.shape == (2, 2, 2, 12, VARIANTS[name].get("num_key_value_heads", 2), 8)
     hidden, cache = backbone.call_with_cache(inputs["token_ids"][:, :4], cache, 0)
     pieces = [np.asarray(hidden)]
     for t in range(4, 9):
         hidden, cache = backbone.call_with_cache(inputs["token_ids"][:, t : t + 1], cache, t)
         pieces.append(np.asarray(hidden))
     np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-5)
+
+
+def test_models_saved_before_rope_theta_load():
+    config = TransformerBackbone(**VARIANTS["rotary_rms_swiglu_decoder"]).get_config()
+    config["rotary_max_wavelength"] = config.pop("rope_theta")
+    for key in ("rotary_layout", "num_key_value_heads", "qkv_bias", "sliding_window"):
+        del config[key]
+    restored = TransformerBackbone.from_config(config)
+    assert (restored.rope_theta, restored.num_key_value_heads) == (10000.0, 2)
+
+
+@pytest.mark.parametrize("config, published", [("tinyllama_1b.yaml", 1_100_048_384),
+                                               ("qwen2_0_5b.yaml", 494_032_768)])
+def test_published_shapes_have_the_published_parameter_counts(config, published):
+    """One block of the real shape is built (not the whole model, nor its vocabulary):
+    parameters are linear in the blocks and in the vocabulary."""
+    model = load_experiment(str(REPO_ROOT / "configs" / config)).model
+    small = dataclasses.replace(model, num_layers=1, vocabulary_size=2)
+    backbone = build_backbone(small, causal=True)
+    count = (backbone.count_params() + (model.num_layers - 1) * backbone.blocks[0].count_params()
+             + (model.vocabulary_size - 2) * model.hidden_dim * (1 + (not model.tie_embeddings)))
+    assert count == published
 
 
 def test_call_with_cache_needs_decoder():

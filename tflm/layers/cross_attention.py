@@ -130,5 +130,9 @@ class CrossAttention(MultiHeadAttention):
 
     def get_config(self):
         config = super().get_config()
-        del config["rotary_max_wavelength"]  # positions enter through the queries' sequence
+        # Self-attention's own: positions enter through the queries' sequence, the
+        # context's keys and values have every query head (no grouping, no window).
+        for key in ("rotary_max_wavelength", "rotary_layout", "sliding_window",
+                    "num_key_value_heads", "qkv_bias"):
+            del config[key]
         return config

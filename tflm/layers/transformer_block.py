@@ -37,6 +37,8 @@ class TransformerBlock(keras.layers.Layer):
         dropout: dropout rate on the attention and feed-forward outputs.
         attention_dropout: dropout rate on the attention probabilities.
         use_bias: whether the projections have biases.
+        num_key_value_heads, qkv_bias, rotary_layout, sliding_window: of the
+            self-attention, see `MultiHeadAttention`.
         rotary_max_wavelength: if set, rotary position embedding in attention.
         kernel_initializer: initializer of the projection kernels.
         adapter_dim: bottleneck width of the adapters; 0 for none.
@@ -73,6 +75,10 @@ class TransformerBlock(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         adapter_dim=0,
         lora=None,
+        num_key_value_heads=None,
+        qkv_bias=None,
+        rotary_layout="half",
+        sliding_window=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -90,6 +96,10 @@ class TransformerBlock(keras.layers.Layer):
         self.use_bias = use_bias
         self.rotary_max_wavelength = rotary_max_wavelength
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.num_key_value_heads = num_key_value_heads
+        self.qkv_bias = qkv_bias
+        self.rotary_layout = rotary_layout
+        self.sliding_window = sliding_window
 
     def build(self, input_shape):
         model_dim = input_shape[-1]
@@ -105,8 +115,12 @@ class TransformerBlock(keras.layers.Layer):
             num_heads=self.num_heads,
             head_dim=head_dim,
             dropout=self.attention_dropout,
+            num_key_value_heads=self.num_key_value_heads,
             use_bias=self.use_bias,
+            qkv_bias=self.qkv_bias,
             rotary_max_wavelength=self.rotary_max_wavelength,
+            rotary_layout=self.rotary_layout,
+            sliding_window=self.sliding_window,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             lora=self.lora,
             dtype=self.dtype_policy,
@@ -222,6 +236,10 @@ class TransformerBlock(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "adapter_dim": self.adapter_dim,
                 "lora": self.lora,
+                "num_key_value_heads": self.num_key_value_heads,
+                "qkv_bias": self.qkv_bias,
+                "rotary_layout": self.rotary_layout,
+                "sliding_window": self.sliding_window,
             }
         )
         return config

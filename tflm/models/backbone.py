@@ -66,7 +66,15 @@ class TransformerBackbone(keras.Model):
         attention_dropout: dropout rate on attention probabilities.
         use_bias: whether projections have biases.
         tie_embeddings: whether the output projection reuses the token embeddings.
-        rotary_max_wavelength: base of the rotary frequencies.
+        rope_theta: base of the rotary frequencies (`rotary_max_wavelength` of the layers).
+        rotary_layout: `"half"` (Hugging Face Llama's rotate_half) or `"interleaved"`
+            channel pairs of the rotary embedding.
+        num_key_value_heads: key/value heads of the self-attention (grouped-query
+            attention; 1: multi-query); 0 or `None`: `num_heads`. The cache holds only these.
+        qkv_bias: whether the query/key/value projections have biases; `None`:
+            `use_bias` (Qwen2: `use_bias=False, qkv_bias=True`).
+        sliding_window: a causal decoder's query sees at most the last `sliding_window`
+            keys (Mistral); 0: all.
         relative_num_buckets, relative_max_distance: the relative position bias's
             buckets and the distance from which they share the last (T5: 32, 128).
         head_dim: size of each attention head; 0 or `None`: `hidden_dim // num_heads`
@@ -124,7 +132,11 @@ class TransformerBackbone(keras.Model):
         attention_dropout=0.1,
         use_bias=True,
         tie_embeddings=True,
-        rotary_max_wavelength=10000,
+        rope_theta=10000,
+        rotary_layout="half",
+        num_key_value_heads=0,
+        qkv_bias=None,
+        sliding_window=0,
         relative_num_buckets=32,
         relative_max_distance=128,
         head_dim=None,
@@ -162,7 +174,16 @@ class TransformerBackbone(keras.Model):
         self.attention_dropout = float(attention_dropout)
         self.use_bias = bool(use_bias)
         self.tie_embeddings = bool(tie_embeddings)
-        self.rotary_max_wavelength = rotary_max_wavelength
+        self.rope_theta = float(rope_theta)
+        self.rotary_layout = rotary_layout
+        self.num_key_value_heads = int(num_key_value_heads or num_heads)
+        if self.num_heads % self.num_key_value_heads:
+            raise ValueError(f"num_key_value_heads={self.num_key_value_heads} must divide "
+                             f"num_heads={self.num_heads}.")
+        self.qkv_bias = qkv_bias
+        self.sliding_window = int(sliding_window or 0)
+        if self.sliding_window and not self.causal:
+            raise ValueError(f"sliding_window={self.sliding_window} needs a causal backbone.")
         self.relative_num_buckets = int(relative_num_buckets)
         self.relative_max_distance = int(relative_max_distance)
         self.initializer_range = float(initializer_range)
@@ -241,8 +262,12 @@ class TransformerBackbone(keras.Model):
                 attention_dropout=attention_dropout,
                 use_bias=self.use_bias,
                 rotary_max_wavelength=(
-                    rotary_max_wavelength if position_encoding == "rotary" else None
+                    self.rope_theta if position_encoding == "rotary" else None
                 ),
+                rotary_layout=self.rotary_layout,
+                num_key_value_heads=self.num_key_value_heads,
+                qkv_bias=self.qkv_bias,
+                sliding_window=self.sliding_window,
                 kernel_initializer=clone_initializer(initializer),
                 adapter_dim=self.adapter_dim,
                 lora=self.lora,
@@ -352,9 +377,11 @@ class TransformerBackbone(keras.Model):
                           for block in self.blocks], axis=1)
 
     def init_cache(self, batch_size, max_length):
-        """A zero key/value cache `(batch, num_layers, 2, max_length, heads, head_dim)`."""
+        """A zero key/value cache `(batch, num_layers, 2, max_length, num_key_value_heads,
+        head_dim)`."""
         return ops.zeros(
-            (batch_size, self.num_layers, 2, max_length, self.num_heads, self.head_dim),
+            (batch_size, self.num_layers, 2, max_length, self.num_key_value_heads,
+             self.head_dim),
             dtype=self.compute_dtype,
         )
 
@@ -431,7 +458,13 @@ class TransformerBackbone(keras.Model):
                 "attention_dropout": self.attention_dropout,
                 "use_bias": self.use_bias,
                 "tie_embeddings": self.tie_embeddings,
-                "rotary_max_wavelength": self.rotary_max_wavelength,
+                "rope_theta": self.rope_theta,
+                "rotary_layout": self.rotary_layout,
+                # 0: as many as num_heads, as in ModelConfig.
+                "num_key_value_heads": (0 if self.num_key_value_heads == self.num_heads
+                                        else self.num_key_value_heads),
+                "qkv_bias": self.qkv_bias,
+                "sliding_window": self.sliding_window,
                 "relative_num_buckets": self.relative_num_buckets,
                 "relative_max_distance": self.relative_max_distance,
                 # 0: the default width, as in ModelConfig (configs written before the key agree).
@@ -447,6 +480,9 @@ class TransformerBackbone(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        if "rotary_max_wavelength" in config:  # its name in models saved before rope_theta
+            config["rope_theta"] = config.pop("rotary_max_wavelength")
         return cls(**config)
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import inspect
 
+from tflm.config import ConfigError
 from tflm.models.backbone import TransformerBackbone
 from tflm.models.seq2seq_lm import Seq2SeqBackbone
 
@@ -13,6 +14,10 @@ _BACKBONE_ARGUMENTS = set(inspect.signature(TransformerBackbone.__init__).parame
 # `shared_embeddings` to its `model` section).
 _SEQ2SEQ_ARGUMENTS = set(inspect.signature(Seq2SeqBackbone.__init__).parameters) - {
     "self", "lora", "dtype", "kwargs"}
+
+# The ModelConfig keys of the decoder-only models that an encoder-decoder does not take yet.
+_DECODER_ONLY_KEYS = ("num_key_value_heads", "rope_theta", "rotary_layout", "sliding_window",
+                      "qkv_bias")
 
 
 def build_backbone(model_config, dtype=None, causal=None):
@@ -25,6 +30,9 @@ def build_backbone(model_config, dtype=None, causal=None):
     kwargs = {k: v for k, v in dataclasses.asdict(model_config).items()
               if k in _BACKBONE_ARGUMENTS}
     kwargs["causal"] = bool(causal) if model_config.causal is None else model_config.causal
+    if model_config.sliding_window and not kwargs["causal"]:
+        raise ConfigError(f"model.sliding_window={model_config.sliding_window} is for causal "
+                          f"models; model.task={model_config.task!r} here is bidirectional.")
     if model_config.finetune == "adapters":
         kwargs["adapter_dim"] = model_config.adapter_dim
     return TransformerBackbone(dtype=dtype, lora=lora_of(model_config), **kwargs)
@@ -44,4 +52,8 @@ def build_seq2seq_backbone(model_config, dtype=None):
     decoder blocks as `num_layers`)."""
     kwargs = {k: v for k, v in dataclasses.asdict(model_config).items()
               if k in _SEQ2SEQ_ARGUMENTS}
+    for key in _DECODER_ONLY_KEYS:
+        if getattr(model_config, key) != getattr(type(model_config), key):
+            raise ConfigError(f"model.{key}={getattr(model_config, key)!r} is not supported by "
+                              f"the encoder-decoder task {model_config.task!r}; remove the key.")
     return Seq2SeqBackbone(dtype=dtype, lora=lora_of(model_config), **kwargs)
