@@ -14,7 +14,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from numpy_reference import (random_bart_params, random_bert_params, random_gpt2_params,
-                             random_t5_params)
+                             random_llama_params, random_t5_params)
 from tflm.data import default_corpus_path
 
 BERT_CONFIG = {
@@ -185,3 +185,47 @@ def padded_seq2seq_inputs(vocab, source_length, source_real):
     target_mask[0, 5:] = 0
     return {"encoder_token_ids": source.astype("int32"), "encoder_padding_mask": source_mask,
             "decoder_token_ids": target.astype("int32"), "decoder_padding_mask": target_mask}
+
+
+# Tiny Llama-family configs: grouped-query attention (8 query heads share 2 key/value heads),
+# a non-default rope_theta, an untied lm_head (Llama), a sliding window (Mistral), q/k/v
+# biases and tied embeddings (Qwen2).
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+    "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+    "intermediate_size": 48, "max_position_embeddings": 64, "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0, "rope_scaling": None, "hidden_act": "silu",
+    "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+    "bos_token_id": 1, "eos_token_id": 2,
+}
+MISTRAL_CONFIG = dict(LLAMA_CONFIG, architectures=["MistralForCausalLM"], model_type="mistral",
+                      sliding_window=5, head_dim=6, rope_theta=1000000.0)
+QWEN2_CONFIG = dict(LLAMA_CONFIG, architectures=["Qwen2ForCausalLM"], model_type="qwen2",
+                    num_key_value_heads=4, tie_word_embeddings=True, use_sliding_window=False,
+                    sliding_window=4096, max_window_layers=2, rope_theta=1000000.0)
+
+
+def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtype=None):
+    """A `LlamaForCausalLM` (or Mistral, Qwen2: `config`) checkpoint with a SentencePiece BPE
+    `tokenizer.model` with byte fallback and no normalization, as Llama 2's (<unk>=0, <s>=1,
+    </s>=2), the tensors saved in `dtype` when given ("float16"); returns
+    `(config, params)` as `numpy_reference.llama_forward` takes them (float32, as saved)."""
+    import sentencepiece as spm
+
+    os.makedirs(folder, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus_lines()), model_prefix=os.path.join(folder, "tokenizer"),
+        vocab_size=vocab_size, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1,
+        eos_id=2, pad_id=-1, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        minloglevel=2)
+    os.remove(os.path.join(folder, "tokenizer.vocab"))
+    config = dict(config, vocab_size=vocab_size + 20)  # embeddings may outnumber the pieces
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    params = random_llama_params(config, seed=seed)
+    if dtype is not None:
+        params = {k: v.astype(dtype).astype(np.float32) for k, v in params.items()}
+    saved = {("model." + k if k != "lm_head.weight" else k): v.astype(dtype or np.float32)
+             for k, v in params.items()}
+    save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    return config, params

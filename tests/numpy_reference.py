@@ -536,3 +536,71 @@ def random_t5_params(config, seed=0):
             p[f"{ff_layer}DenseReluDense.wo.weight"] = w(h, ff)
             p[f"{ff_layer}layer_norm.weight"] = 1 + w(h, scale=0.1)
     return p
+
+
+def llama_forward(params, config, input_ids):
+    """Hugging Face `LlamaForCausalLM` (also Mistral, Qwen2: q/k/v biases when the params have
+    them) forward, names without the "model." prefix: `(hidden after the final norm, logits)`;
+    `lm_head.weight` when present, else the tied embeddings. RMSNorm, rotate_half RoPE,
+    `repeat_kv` grouped-query attention, SwiGLU MLP; a sliding window when the config has one."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    batch, length = input_ids.shape
+    eps, theta = config.get("rms_norm_eps", 1e-6), config.get("rope_theta", 10000.0)
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    window = config.get("sliding_window") if config.get("model_type") == "mistral" else 0
+    mask = sliding_window_causal_mask(length, window or 0)
+    positions = np.arange(length)
+
+    def project(x, name):
+        y = x @ p[name + ".weight"].T
+        return y + p[name + ".bias"] if name + ".bias" in p else y
+
+    x = p["embed_tokens.weight"][input_ids]
+    for i in range(config["num_hidden_layers"]):
+        pre = f"layers.{i}."
+        a = rms_norm(x, p[pre + "input_layernorm.weight"], eps)
+        q, k, v = (project(a, f"{pre}self_attn.{n}_proj") for n in "qkv")
+        q = rotary(q.reshape(batch, length, heads, head_dim), positions, theta)
+        k = rotary(k.reshape(batch, length, kv_heads, head_dim), positions, theta)
+        q, k = q.reshape(batch, length, -1), k.reshape(batch, length, -1)
+        k, v = (repeat_key_value_heads(t, heads // kv_heads, head_dim) for t in (k, v))
+        context = _attention_heads(q, k, v, heads, np.broadcast_to(mask, (batch, length, length)))
+        x = x + context @ p[pre + "self_attn.o_proj.weight"].T
+        m = rms_norm(x, p[pre + "post_attention_layernorm.weight"], eps)
+        m = silu(m @ p[pre + "mlp.gate_proj.weight"].T) * (m @ p[pre + "mlp.up_proj.weight"].T)
+        x = x + m @ p[pre + "mlp.down_proj.weight"].T
+    x = rms_norm(x, p["norm.weight"], eps)
+    return x, x @ p.get("lm_head.weight", p["embed_tokens.weight"]).T
+
+
+def random_llama_params(config, seed=0):
+    """Random parameters in the `LlamaForCausalLM` layout (without the "model." prefix;
+    `lm_head.weight` unless `tie_word_embeddings`; q/k/v biases for Qwen2)."""
+    rng = np.random.default_rng(seed)
+    h, inter = config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or h // heads
+    widths = {"q": heads * head_dim, "k": kv_heads * head_dim, "v": kv_heads * head_dim}
+
+    def w(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    p = {"embed_tokens.weight": w(config["vocab_size"], h), "norm.weight": 1 + w(h, scale=0.1)}
+    if not config.get("tie_word_embeddings", False):
+        p["lm_head.weight"] = w(config["vocab_size"], h)
+    for i in range(config["num_hidden_layers"]):
+        pre = f"layers.{i}."
+        for n, width in widths.items():
+            p[f"{pre}self_attn.{n}_proj.weight"] = w(width, h)
+            if config.get("model_type") == "qwen2":
+                p[f"{pre}self_attn.{n}_proj.bias"] = w(width)
+        p[pre + "self_attn.o_proj.weight"] = w(h, widths["q"])
+        p[pre + "mlp.gate_proj.weight"] = w(inter, h)
+        p[pre + "mlp.up_proj.weight"] = w(inter, h)
+        p[pre + "mlp.down_proj.weight"] = w(h, inter)
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            p[pre + name + ".weight"] = 1 + w(h, scale=0.1)
+    return p

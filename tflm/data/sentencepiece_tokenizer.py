@@ -57,6 +57,9 @@ class SentencePieceTokenizer(Tokenizer):
         special_tokens: pieces dropped by `detokenize`; default: the model's
             control and unknown pieces (for `tflm-vocab` models
             `[PAD] [UNK] [CLS] [SEP] [MASK] <|endoftext|>`, ids 0-5).
+        clean_whitespace: drop control characters and collapse whitespace runs before
+            segmentation; `False` gives the model the text as it is (Hugging Face's Llama
+            tokenizer does: its pieces include runs of spaces, tabs and newlines).
 
     Example:
     >>> tokenizer = SentencePieceTokenizer("sentencepiece.model")
@@ -67,7 +70,7 @@ class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 
     def __init__(self, model, lowercase=False, nfkc=True, strip_accents=None, special_tokens=None,
-                 name="sentencepiece_tokenizer"):
+                 clean_whitespace=True, name="sentencepiece_tokenizer"):
         if isinstance(model, str):
             source = f"SentencePiece model {model!r}"
             model = read_model(model)
@@ -88,7 +91,9 @@ class SentencePieceTokenizer(Tokenizer):
             if token not in self._ids:
                 raise BadFileError(f"{source}: special token {token!r} is not one of its pieces.")
         self.normalization_rule = proto.normalizer_spec.name
-        self.cleaner = TextCleaner(nfkc=nfkc, lowercase=lowercase, strip_accents=strip_accents)
+        self.cleaner = TextCleaner(nfkc=nfkc, lowercase=lowercase, strip_accents=strip_accents,
+                                   remove_control=clean_whitespace,
+                                   collapse_whitespace=clean_whitespace)
         self._sentencepiece = tf_text.SentencepieceTokenizer(model, out_type=tf.int32)
         special = set(self.special_tokens)
         self._keep_on_detokenize = tf.constant([p not in special for p in pieces])
@@ -102,11 +107,14 @@ class SentencePieceTokenizer(Tokenizer):
         return cls(tokenizer_utils.vocabulary_path(directory, MODEL_FILE), **config)
 
     def config(self):
-        return {
+        config = {
             "lowercase": self.cleaner.lowercase,
             "nfkc": self.cleaner.nfkc,
             "strip_accents": self.cleaner.strip_accents,
         }
+        if not self.cleaner.collapse_whitespace:  # only when set: fingerprints stay as they were
+            config["clean_whitespace"] = False
+        return config
 
     # -- Vocabulary. -------------------------------------------------------------------
     @property

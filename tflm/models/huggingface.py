@@ -497,23 +497,144 @@ def load_t5(hf_config, params, source="T5 checkpoint", dtype=None, used=None):
     return backbone
 
 
+# The Llama family: one layout (RMS norm, rotate_half RoPE, grouped-query attention, SwiGLU);
+# Qwen2 adds query/key/value biases, Mistral a sliding window.
+LLAMA_KINDS = ("llama", "mistral", "qwen2")
+# Config keys of mixture-of-experts variants (Mixtral, Qwen2-MoE), which tflm does not build.
+_MOE_KEYS = ("num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size")
+
+
+def llama_backbone_kwargs(hf_config, kind="llama"):
+    """`TransformerBackbone` arguments that express a Hugging Face Llama, Mistral or Qwen2
+    config; what tflm's layers do not compute is refused, naming the config key."""
+    def refuse(key, why):
+        raise CheckpointError(f"config.json: {key}={hf_config[key]!r}: {why}")
+
+    if hf_config.get("rope_scaling") is not None:
+        refuse("rope_scaling", "tflm's rotary positions have no scaling (linear, dynamic, yarn, "
+                               "llama3); only plain RoPE (rope_scaling null) imports.")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf_config.get(key):
+            refuse(key, "tflm's Llama-family blocks have no output-projection or MLP biases "
+                        "(only Qwen2's query/key/value biases).")
+    for key in _MOE_KEYS:
+        if hf_config.get(key):
+            refuse(key, "mixture-of-experts models are not supported.")
+    if hf_config.get("hidden_act", "silu") != "silu":
+        refuse("hidden_act", "only 'silu' (SwiGLU) is supported.")
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "vocab_size"):
+        if key not in hf_config:
+            raise CheckpointError(f"config.json: no {key!r}, which a {kind} config has.")
+    layers = hf_config["num_hidden_layers"]
+    window = 0
+    if kind == "mistral":
+        window = hf_config.get("sliding_window") or 0
+    elif kind == "qwen2" and hf_config.get("use_sliding_window"):
+        # Qwen2 windows only the layers from max_window_layers up; tflm windows all or none.
+        first = hf_config.get("max_window_layers", layers)
+        if 0 < first < layers:
+            refuse("max_window_layers", f"a sliding window on layers {first}..{layers - 1} "
+                                        "only; tflm's window applies to every layer.")
+        if first == 0:
+            window = hf_config.get("sliding_window") or 0
+    return dict(
+        vocabulary_size=hf_config["vocab_size"],
+        num_layers=layers,
+        num_heads=hf_config["num_attention_heads"],
+        num_key_value_heads=hf_config.get("num_key_value_heads") or 0,
+        hidden_dim=hf_config["hidden_size"],
+        intermediate_dim=hf_config["intermediate_size"],
+        head_dim=hf_config.get("head_dim") or None,
+        max_sequence_length=hf_config.get("max_position_embeddings", 2048),
+        causal=True,
+        position_encoding="rotary",
+        rope_theta=hf_config.get("rope_theta", 10000.0),
+        rotary_layout="half",  # Hugging Face's rotate_half: its q/k weights need no permutation
+        sliding_window=window,
+        activation="swiglu",
+        normalization="rms_norm",
+        norm_first=True,
+        norm_epsilon=hf_config.get("rms_norm_eps", 1e-6),
+        final_norm=True,
+        dropout=0.0,
+        attention_dropout=hf_config.get("attention_dropout", 0.0),
+        use_bias=False,
+        qkv_bias=kind == "qwen2",
+        tie_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
+        initializer_range=hf_config.get("initializer_range", 0.02),
+    )
+
+
+def load_llama(hf_config, params, source="Llama checkpoint", kind="llama", dtype=None,
+               used=None):
+    """A causal `TransformerBackbone` with a Hugging Face `LlamaForCausalLM`,
+    `MistralForCausalLM` or `Qwen2ForCausalLM`'s weights (`kind`: "llama", "mistral",
+    "qwen2"); `lm_head.weight` is read unless the embeddings are tied.
+
+    `used`, a set, receives the names of the tensors that were read.
+    """
+    kwargs = llama_backbone_kwargs(hf_config, kind)
+    params = _strip_prefix(params, ("model.",))
+    backbone = TransformerBackbone(**kwargs, dtype=dtype)
+    reader = _Reader(params, source)
+    h, inter = backbone.hidden_dim, backbone.intermediate_dim
+    q_width = backbone.num_heads * backbone.head_dim
+    kv_width = backbone.num_key_value_heads * backbone.head_dim
+    widths = {"q": q_width, "k": kv_width, "v": kv_width}
+    backbone.token_embedding.embeddings.assign(
+        reader.get("embed_tokens.weight", (backbone.vocabulary_size, h)))
+    for i, block in enumerate(backbone.blocks):
+        pre = f"layers.{i}."
+        attention = block.attention
+        # The fused kernel is [Q | K | V] of widths H·d, K·d, K·d.
+        attention.qkv_dense.kernel.assign(np.concatenate(
+            [reader.get(f"{pre}self_attn.{n}_proj.weight", (widths[n], h)).T for n in "qkv"], 1))
+        if kwargs["qkv_bias"]:
+            attention.qkv_dense.bias.assign(np.concatenate(
+                [reader.get(f"{pre}self_attn.{n}_proj.bias", (widths[n],)) for n in "qkv"]))
+        attention.output_dense.kernel.assign(
+            reader.get(pre + "self_attn.o_proj.weight", (h, q_width)).T)
+        block.attention_norm.scale.assign(reader.get(pre + "input_layernorm.weight", (h,)))
+        block.feed_forward.intermediate_dense.kernel.assign(np.concatenate(  # [gate | up]
+            [reader.get(f"{pre}mlp.{n}_proj.weight", (inter, h)).T for n in ("gate", "up")], 1))
+        block.feed_forward.output_dense.kernel.assign(
+            reader.get(pre + "mlp.down_proj.weight", (h, inter)).T)
+        block.feed_forward_norm.scale.assign(
+            reader.get(pre + "post_attention_layernorm.weight", (h,)))
+    backbone.final_norm_layer.scale.assign(reader.get("norm.weight", (h,)))
+    if kwargs["tie_embeddings"]:
+        _check_tied(reader, "lm_head.weight", "embed_tokens.weight")
+    else:
+        backbone.token_embedding.reverse_embeddings.assign(
+            reader.get("lm_head.weight", (backbone.vocabulary_size, h)).T)
+    if used is not None:
+        used.update(reader.used)
+    return backbone
+
+
 # -- Checkpoint folders. ----------------------------------------------------------------------
 CONFIG_FILE = "config.json"
-KINDS = ("bert", "gpt2", "bart", "t5")
+KINDS = ("bert", "gpt2", "bart", "t5") + LLAMA_KINDS
 # The `architectures` names of each kind (when config.json has no model_type).
-_ARCHITECTURE_PREFIXES = {"bert": "Bert", "gpt2": "GPT2", "bart": "Bart", "t5": "T5"}
+_ARCHITECTURE_PREFIXES = {"bert": "Bert", "gpt2": "GPT2", "bart": "Bart", "t5": "T5",
+                          "llama": "LlamaFor", "mistral": "MistralFor", "qwen2": "Qwen2For"}
 # The model-class prefixes of the kinds' tensor names.
 _PREFIXES = ("bert.", "transformer.", "model.")
 # Buffers that old `transformers` versions saved next to the weights; not parameters.
-_BUFFERS = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")
+_BUFFERS = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias",
+            ".rotary_emb.inv_freq")
 # A tensor that only one of the architectures has: names the other in errors.
 _MARKERS = {"bert": "encoder.layer.0.attention.self.query.weight", "gpt2": "h.0.attn.c_attn.weight",
             "bart": "encoder.layers.0.self_attn.q_proj.weight",
-            "t5": "encoder.block.0.layer.0.SelfAttention.q.weight"}
+            "t5": "encoder.block.0.layer.0.SelfAttention.q.weight",
+            "llama": "layers.0.mlp.gate_proj.weight"}
 # BART's special tokens (fairseq's dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3, and <mask>).
 BART_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 # T5's SentencePiece model (its pieces <pad>=0, </s>=1, <unk>=2; it normalizes text itself).
 T5_SPIECE_FILE = "spiece.model"
+# The SentencePiece model of Llama (1, 2) and Mistral checkpoints.
+LLAMA_SPIECE_FILE = "tokenizer.model"
 
 
 @dataclasses.dataclass
@@ -604,6 +725,24 @@ def bert_tokenizer_options(directory):
                 strip_accents=None if strip_accents is None else bool(strip_accents))
 
 
+def _llama_tokenizer(directory, kind):
+    """The SentencePiece `tokenizer.model` of a Llama-family folder (Llama 1/2, Mistral): the
+    library segments as Hugging Face's slow `LlamaTokenizer` does (ids without the <s> it
+    prepends). A byte-level BPE (`tokenizer.json` alone: Llama 3, Qwen2) splits words with a
+    regex other than GPT-2's, which tflm's byte_pair tokenizer fixes; refused, not approximated."""
+    path = os.path.join(directory, LLAMA_SPIECE_FILE)
+    if os.path.exists(path):
+        return SentencePieceTokenizer(path, nfkc=False, clean_whitespace=False)
+    present = [n for n in ("tokenizer.json", VOCAB_FILE) if os.path.exists(os.path.join(directory, n))]
+    if present:
+        raise CheckpointError(
+            f"{os.path.join(directory, present[0])}: a byte-level BPE tokenizer with {kind}'s "
+            "pre-tokenizer regex, which tflm's byte_pair tokenizer (GPT-2's regex) does not "
+            f"reproduce; tflm imports {kind} checkpoints with a SentencePiece "
+            f"{LLAMA_SPIECE_FILE}.")
+    raise MissingFileError(f"{directory}: no {LLAMA_SPIECE_FILE} (the {kind} vocabulary).")
+
+
 def huggingface_tokenizer(directory, kind):
     """The tflm tokenizer of a checkpoint folder: WordPiece (BERT), byte-level BPE (GPT-2,
     BART: its special tokens are those of `BART_SPECIAL_TOKENS` in its vocabulary) or
@@ -613,6 +752,8 @@ def huggingface_tokenizer(directory, kind):
         if not os.path.exists(path):
             raise MissingFileError(f"{directory}: no {T5_SPIECE_FILE} (the T5 vocabulary).")
         return SentencePieceTokenizer(path, nfkc=False)
+    if kind in LLAMA_KINDS:
+        return _llama_tokenizer(directory, kind)
     if kind == "bert":
         path = os.path.join(directory, WORDPIECE_VOCAB)
         if not os.path.exists(path):
@@ -650,11 +791,15 @@ def load_huggingface(directory, dtype=None):
             backbone, head = load_gpt2(hf_config, params, source, dtype=dtype, used=used), None
         elif kind == "bart":
             backbone, head = load_bart(hf_config, params, source, dtype=dtype, used=used), None
-        else:
+        elif kind == "t5":
             backbone, head = load_t5(hf_config, params, source, dtype=dtype, used=used), None
+        else:
+            backbone = load_llama(hf_config, params, source, kind=kind, dtype=dtype, used=used)
+            head = None
     except CheckpointError as e:
-        for other in KINDS:
-            if other != kind and "is missing" in str(e) and any(
+        for other in _MARKERS:
+            if other != kind and not (other == "llama" and kind in LLAMA_KINDS) \
+                    and "is missing" in str(e) and any(
                     name.endswith(_MARKERS[other]) for name in params):
                 raise CheckpointError(f"{e} config.json says {kind!r}, but the weights are those "
                                       f"of a {other!r} model ({_MARKERS[other]!r}).") from None
@@ -668,7 +813,7 @@ def load_huggingface(directory, dtype=None):
                          next_sentence_prediction="next_sentence_kernel" in (head or {}))
         if head is not None:
             set_masked_lm_head(model, head)
-    elif kind == "gpt2":
+    elif kind == "gpt2" or kind in LLAMA_KINDS:
         model = CausalLM(backbone)
     else:
         model = Seq2SeqLM(backbone)

@@ -1,0 +1,112 @@
+"""Hugging Face Llama, Mistral and Qwen2 import exactly (NumPy reference of their forward),
+decode with the cache as without, convert to a causal_lm model_dir with their SentencePiece
+tokenizer, and bad checkpoints stop with the tensor or config key named."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from hf_fixtures import LLAMA_CONFIG, MISTRAL_CONFIG, QWEN2_CONFIG, _corpus_lines, write_llama_folder
+from numpy_reference import llama_forward, random_llama_params
+from tflm.models import CausalLM
+from tflm.models.huggingface import CheckpointError, load_huggingface, load_llama
+from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
+
+VOCAB = 97
+CONFIGS = {"llama": LLAMA_CONFIG, "mistral": MISTRAL_CONFIG, "qwen2": QWEN2_CONFIG}
+
+
+def _ids(length=12):
+    # 12 positions: past Mistral's window of 5.
+    return np.random.default_rng(1).integers(0, VOCAB, (2, length)).astype("int32")
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_matches_reference_and_decodes_with_its_cache(kind):
+    config = dict(CONFIGS[kind], vocab_size=VOCAB)
+    params = random_llama_params(config)
+    saved = {("model." + k if k != "lm_head.weight" else k): v for k, v in params.items()}
+    model = CausalLM(load_llama(config, saved, kind=kind))
+    backbone = model.backbone
+    assert (backbone.num_key_value_heads, backbone.tie_embeddings) == (
+        config["num_key_value_heads"], config["tie_word_embeddings"])
+    ids = _ids()
+    _, expected = llama_forward(params, config, ids)
+    logits = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
+    np.testing.assert_allclose(logits, expected, atol=2e-5, rtol=1e-5)
+    # KV-cached decoding (only the key/value heads cached) equals the full pass.
+    cache = backbone.init_cache(batch_size=2, max_length=ids.shape[1])
+    hidden, cache = backbone.call_with_cache(ids[:, :3], cache, 0)
+    pieces = [np.asarray(hidden)]
+    for t in range(3, ids.shape[1]):
+        hidden, cache = backbone.call_with_cache(ids[:, t:t + 1], cache, t)
+        pieces.append(np.asarray(hidden))
+    cached = np.asarray(backbone.token_embedding(np.concatenate(pieces, 1), reverse=True))
+    np.testing.assert_allclose(cached, logits, atol=2e-5, rtol=1e-5)
+
+
+def test_converts_to_a_model_dir_with_its_tokenizer(tmp_path):
+    import sentencepiece as spm
+
+    folder = tmp_path / "hf_llama"
+    config, params = write_llama_folder(str(folder), dtype="float16")
+    lines = []
+    convert_checkpoint(str(folder), str(tmp_path / "llama"), print_fn=lines.append)
+    model, tokenizer, experiment = load_pretrained(str(tmp_path / "llama"))
+    assert "(llama, 2 layers" in lines[0]
+    assert (experiment.model.num_key_value_heads, experiment.model.rope_theta,
+            experiment.model.rotary_layout) == (2, 500000.0, "half")
+    ids = _ids()
+    _, expected = llama_forward(params, config, ids)
+    logits = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
+    np.testing.assert_allclose(logits, expected, atol=2e-5, rtol=1e-5)
+    # The ids of the SentencePiece library (Hugging Face's LlamaTokenizer, less its <s>), on
+    # real text, runs of spaces, and characters outside the pieces (byte fallback).
+    reference = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    texts = _corpus_lines()[:20] + ["  two  spaces,\ttab", "naïve café — 東京 🙂"]
+    got = tokenizer.tokenize(texts).to_list()
+    assert got == [reference.encode(t) for t in texts]
+    assert any(reference.id_to_piece(i).startswith("<0x") for i in got[-1])
+
+
+def _write(folder, config, params):
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(params, str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"num_local_experts": 8}, "num_local_experts"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+])
+def test_unsupported_config_keys_are_named(tmp_path, change, named):
+    config = dict(LLAMA_CONFIG, vocab_size=VOCAB, **change)
+    with pytest.raises(CheckpointError, match=named):
+        load_llama(config, random_llama_params(dict(LLAMA_CONFIG, vocab_size=VOCAB)))
+
+
+def test_bad_tensors_and_tokenizers_are_named(tmp_path):
+    folder = tmp_path / "hf"
+    config, params = write_llama_folder(str(folder))
+    saved = {("model." + k if k != "lm_head.weight" else k): v for k, v in params.items()}
+    missing = dict(saved)
+    del missing["model.layers.1.self_attn.k_proj.weight"]
+    _write(folder, config, missing)
+    with pytest.raises(CheckpointError, match=r"'layers.1.self_attn.k_proj.weight' is missing"):
+        load_huggingface(str(folder))
+    # k_proj as wide as q_proj: a checkpoint without grouped-query attention, or another config.
+    wrong = dict(saved, **{"model.layers.0.self_attn.k_proj.weight": np.zeros((32, 32), "f4")})
+    _write(folder, config, wrong)
+    with pytest.raises(CheckpointError, match=r"'layers.0.self_attn.k_proj.weight' has shape "
+                                              r"\(32, 32\), expected \(8, 32\)"):
+        load_huggingface(str(folder))
+    # A byte-level BPE (Llama 3, Qwen2) is refused, not approximated by GPT-2's regex.
+    _write(folder, config, saved)
+    (folder / "tokenizer.model").unlink()
+    (folder / "tokenizer.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="tokenizer.json: a byte-level BPE"):
+        load_huggingface(str(folder))
