@@ -254,10 +254,10 @@ def test_wrong_architecture_is_named(gpt2_folder, tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"is missing.*config.json says 'bert'.*'gpt2'"):
         load_huggingface(str(folder))
-    config["model_type"] = "llama"
+    config["model_type"] = "mixtral"
     config.pop("architectures")
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="model_type='llama'"):
+    with pytest.raises(CheckpointError, match="model_type='mixtral'"):
         load_huggingface(str(folder))
 
 
