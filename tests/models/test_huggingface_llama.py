@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from hf_fixtures import LLAMA_CONFIG, MISTRAL_CONFIG, QWEN2_CONFIG, _corpus_lines, write_llama_folder
+from hf_fixtures import (LLAMA_CONFIG, MISTRAL_CONFIG, QWEN2_CONFIG, _corpus_lines,
+                         write_llama_folder)
 from numpy_reference import llama_forward, random_llama_params
 from tflm.models import CausalLM
 from tflm.models.huggingface import CheckpointError, load_huggingface, load_llama
@@ -82,11 +83,13 @@ def _write(folder, config, params):
     ({"attention_bias": True}, "attention_bias"),
     ({"num_local_experts": 8}, "num_local_experts"),
     ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"model_type": "qwen2", "use_sliding_window": True, "max_window_layers": 1},
+     "max_window_layers"),
 ])
-def test_unsupported_config_keys_are_named(tmp_path, change, named):
+def test_unsupported_config_keys_are_named(change, named):
     config = dict(LLAMA_CONFIG, vocab_size=VOCAB, **change)
-    with pytest.raises(CheckpointError, match=named):
-        load_llama(config, random_llama_params(dict(LLAMA_CONFIG, vocab_size=VOCAB)))
+    with pytest.raises(CheckpointError, match=f"config.json: {named}="):
+        load_llama(config, random_llama_params(config), kind=config["model_type"])
 
 
 def test_bad_tensors_and_tokenizers_are_named(tmp_path):

@@ -1,8 +1,10 @@
-"""Hugging Face BERT, GPT-2, BART and T5 checkpoints → tflm models and tokenizers, exactly.
+"""Hugging Face BERT, GPT-2, BART, T5 and Llama-family (Llama, Mistral, Qwen2) checkpoints →
+tflm models and tokenizers, exactly.
 
 Two levels:
 
-- `load_bert` / `load_gpt2` / `load_bart` / `load_t5` take a Hugging Face `config.json` as a
+- `load_bert` / `load_gpt2` / `load_bart` / `load_t5` / `load_llama` take a Hugging Face
+  `config.json` as a
   dict and the checkpoint's tensors as a dict of NumPy arrays (names as in
   `model.safetensors`), and build a `TransformerBackbone` (a `Seq2SeqBackbone`
   for BART and T5) that computes the same function. Every expected tensor must be present
@@ -10,9 +12,9 @@ Two levels:
 - `load_huggingface(folder)` reads a checkpoint folder as `transformers`
   writes it: `config.json`, `model.safetensors` (or shards with an index),
   and the tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT,
-  `vocab.json` + `merges.txt` for GPT-2 and BART, `spiece.model` for T5), and returns the
-  task model (`MaskedLM` for BERT, `CausalLM` for GPT-2, `Seq2SeqLM` for BART and T5) with its
-  tokenizer. The layouts
+  `vocab.json` + `merges.txt` for GPT-2 and BART, `spiece.model` for T5, `tokenizer.model`
+  for Llama and Mistral), and returns the task model (`MaskedLM` for BERT, `CausalLM` for
+  GPT-2 and the Llama family, `Seq2SeqLM` for BART and T5) with its tokenizer. The layouts
   of `bert-base-uncased`, of sentence-transformers BERT models (no `bert.`
   prefix, maybe no pooler) and of `gpt2` all load.
 
@@ -20,7 +22,10 @@ torch `Linear` weights are `(out, in)` and are transposed; GPT-2 `Conv1D`
 weights are already `(in, out)`. BERT's separate query/key/value become the
 fused `[Q | K | V]` kernel of `MultiHeadAttention`; GPT-2's `c_attn` already
 has that layout. BART's and T5's cross-attention keys and values become the fused
-`[K | V]` kernel of `CrossAttention`.
+`[K | V]` kernel of `CrossAttention`. Llama's q_proj/k_proj/v_proj become the fused
+`[Q | K | V]` kernel of widths H·d, K·d, K·d (grouped-query attention), its gate_proj/up_proj
+the `[gate | up]` SwiGLU kernel; its rotate_half rotary layout is tflm's `"half"`, so no
+weight is permuted.
 """
 
 import dataclasses
@@ -531,12 +536,16 @@ def llama_backbone_kwargs(hf_config, kind="llama"):
     if kind == "mistral":
         window = hf_config.get("sliding_window") or 0
     elif kind == "qwen2" and hf_config.get("use_sliding_window"):
-        # Qwen2 windows only the layers from max_window_layers up; tflm windows all or none.
+        # Qwen2 windows only the layers from max_window_layers up (newer configs spell it out
+        # as layer_types); tflm's window applies to every layer or none.
         first = hf_config.get("max_window_layers", layers)
-        if 0 < first < layers:
-            refuse("max_window_layers", f"a sliding window on layers {first}..{layers - 1} "
-                                        "only; tflm's window applies to every layer.")
-        if first == 0:
+        types = hf_config.get("layer_types") or [
+            "sliding_attention" if i >= first else "full_attention" for i in range(layers)]
+        if len(set(types)) > 1:
+            key = "layer_types" if "layer_types" in hf_config else "max_window_layers"
+            refuse(key, "a sliding window on some layers only; tflm's window applies to every "
+                        "layer.")
+        if types[0] == "sliding_attention":
             window = hf_config.get("sliding_window") or 0
     return dict(
         vocabulary_size=hf_config["vocab_size"],
@@ -642,13 +651,13 @@ class ImportedCheckpoint:
     """What `load_huggingface` read.
 
     Attributes:
-        model: `MaskedLM` (BERT), `CausalLM` (GPT-2) or `Seq2SeqLM` (BART, T5) with the
-            checkpoint's weights.
+        model: `MaskedLM` (BERT), `CausalLM` (GPT-2, Llama family) or `Seq2SeqLM` (BART,
+            T5) with the checkpoint's weights.
         tokenizer: the tflm tokenizer built from the checkpoint's vocabulary files.
-        kind: "bert", "gpt2", "bart" or "t5".
+        kind: "bert", "gpt2", "bart", "t5", "llama", "mistral" or "qwen2".
         head_loaded: whether the task head came from the checkpoint (BERT's masked-LM
-            head; the output projection of GPT-2, BART and T5, the tied embedding or
-            T5 v1.1's `lm_head`, is always loaded).
+            head; the output projection of the others, the tied embedding or the
+            `lm_head` of T5 v1.1 and untied Llama-family models, is always loaded).
         unused_tensors: tensors of the checkpoint that are not part of the model
             (e.g. a `BertForSequenceClassification` classifier, or NSP weights).
     """
@@ -661,7 +670,7 @@ class ImportedCheckpoint:
 
 
 def checkpoint_kind(hf_config, source=CONFIG_FILE):
-    """"bert", "gpt2", "bart" or "t5" from `model_type` (or `architectures`); else a
+    """One of `KINDS` from `model_type` (or `architectures`); else a
     `CheckpointError`."""
     model_type = hf_config.get("model_type")
     if model_type in KINDS:
@@ -733,7 +742,8 @@ def _llama_tokenizer(directory, kind):
     path = os.path.join(directory, LLAMA_SPIECE_FILE)
     if os.path.exists(path):
         return SentencePieceTokenizer(path, nfkc=False, clean_whitespace=False)
-    present = [n for n in ("tokenizer.json", VOCAB_FILE) if os.path.exists(os.path.join(directory, n))]
+    present = [name for name in ("tokenizer.json", VOCAB_FILE)
+               if os.path.exists(os.path.join(directory, name))]
     if present:
         raise CheckpointError(
             f"{os.path.join(directory, present[0])}: a byte-level BPE tokenizer with {kind}'s "
@@ -772,7 +782,8 @@ def huggingface_tokenizer(directory, kind):
 
 
 def load_huggingface(directory, dtype=None):
-    """Reads a Hugging Face BERT, GPT-2, BART or T5 checkpoint folder; returns an
+    """Reads a Hugging Face BERT, GPT-2, BART, T5, Llama, Mistral or Qwen2 checkpoint folder;
+    returns an
     `ImportedCheckpoint`.
 
     Raises:
