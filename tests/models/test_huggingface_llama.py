@@ -11,6 +11,7 @@ from safetensors.numpy import save_file
 from hf_fixtures import (LLAMA_CONFIG, MISTRAL_CONFIG, QWEN2_CONFIG, _corpus_lines,
                          write_llama_folder)
 from numpy_reference import llama_forward, random_llama_params
+from tflm.experiment import load_experiment, run_experiment
 from tflm.models import CausalLM
 from tflm.models.huggingface import CheckpointError, load_huggingface, load_llama
 from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
@@ -70,6 +71,16 @@ def test_converts_to_a_model_dir_with_its_tokenizer(tmp_path):
     got = tokenizer.tokenize(texts).to_list()
     assert got == [reference.encode(t) for t in texts]
     assert any(reference.id_to_piece(i).startswith("<0x") for i in got[-1])
+
+    # It fine-tunes with LoRA as the causal LM task trains any model_dir.
+    config = load_experiment(None, (
+        f"model.task=causal_lm,model.init_checkpoint={tmp_path / 'llama'},model.finetune=lora,"
+        "data.sequence_length=16,data.global_batch_size=4,trainer.train_steps=2,"
+        "trainer.log_every=1,trainer.warmup_steps=0,trainer.jit_compile=false,"
+        "trainer.learning_rate=1e-2"))
+    run = run_experiment(config, str(tmp_path / "tuned"), print_fn=lambda line: None)
+    assert run.status == "completed"
+    assert any(np.any(np.array(v)) for v in run.model.weights if "lora_b" in v.path)
 
 
 def _write(folder, config, params):
