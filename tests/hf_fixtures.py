@@ -205,20 +205,54 @@ QWEN2_CONFIG = dict(LLAMA_CONFIG, architectures=["Qwen2ForCausalLM"], model_type
                     sliding_window=4096, max_window_layers=2, rope_theta=1000000.0)
 
 
-def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtype=None):
+# The `Split` regexes of Llama 3's and Qwen2's tokenizer.json (Qwen2: one digit a word).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+def write_byte_level_tokenizer_json(folder, split, vocab_size=600):
+    """A `tokenizer.json` byte-level BPE trained by `tokenizers` as Llama 3's ("llama3":
+    `ignore_merges`, no normalizer) or Qwen2's ("qwen2": NFC) are laid out, with special
+    tokens after the vocabulary."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import trainers
+
+    tokenizer = Tokenizer(models.BPE(ignore_merges=split == "llama3"))
+    if split == "qwen2":
+        tokenizer.normalizer = normalizers.NFC()
+    regex = {"llama3": LLAMA3_SPLIT, "qwen2": QWEN2_SPLIT}[split]
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(_corpus_lines(), trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer.save(os.path.join(folder, "tokenizer.json"))
+    return tokenizer
+
+
+def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtype=None,
+                       tokenizer="sentencepiece"):
     """A `LlamaForCausalLM` (or Mistral, Qwen2: `config`) checkpoint with a SentencePiece BPE
     `tokenizer.model` with byte fallback and no normalization, as Llama 2's (<unk>=0, <s>=1,
-    </s>=2), the tensors saved in `dtype` when given ("float16"); returns
+    </s>=2), or with `tokenizer="llama3"` / `"qwen2"` a `tokenizer.json` byte-level BPE as
+    theirs; the tensors saved in `dtype` when given ("float16"); returns
     `(config, params)` as `numpy_reference.llama_forward` takes them (float32, as saved)."""
     import sentencepiece as spm
 
     os.makedirs(folder, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus_lines()), model_prefix=os.path.join(folder, "tokenizer"),
-        vocab_size=vocab_size, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1,
-        eos_id=2, pad_id=-1, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        minloglevel=2)
-    os.remove(os.path.join(folder, "tokenizer.vocab"))
+    if tokenizer != "sentencepiece":
+        write_byte_level_tokenizer_json(folder, tokenizer, vocab_size)
+    else:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(_corpus_lines()),
+            model_prefix=os.path.join(folder, "tokenizer"), vocab_size=vocab_size,
+            model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2)
+        os.remove(os.path.join(folder, "tokenizer.vocab"))
     config = dict(config, vocab_size=vocab_size + 20)  # embeddings may outnumber the pieces
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)

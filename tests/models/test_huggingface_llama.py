@@ -9,14 +9,20 @@ import pytest
 from safetensors.numpy import save_file
 
 from hf_fixtures import (LLAMA_CONFIG, MISTRAL_CONFIG, QWEN2_CONFIG, _corpus_lines,
-                         write_llama_folder)
+                         write_byte_level_tokenizer_json, write_llama_folder)
 from numpy_reference import llama_forward, random_llama_params
 from tflm.experiment import load_experiment, run_experiment
 from tflm.models import CausalLM
-from tflm.models.huggingface import CheckpointError, load_huggingface, load_llama
+from tflm.models.huggingface import (CheckpointError, byte_level_bpe_of_tokenizer_json,
+                                     load_huggingface, load_llama)
 from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
 
 VOCAB = 97
+# Real text, and where the splits differ: runs of spaces and newlines, digits, contractions in
+# capitals, characters that NFC composes, and ones outside the trained pieces.
+TEXTS = _corpus_lines()[:20] + [
+    "  two  spaces,\ttab", "a \nb.\nx\n\n  y  ", "12345 abc678", "I'M don't WE'LL",
+    "naïve cafe\u0301 — 東京 🙂", "(word) [x]\r\n\r\nz", "!!!\n\n\n   ok"]
 CONFIGS = {"llama": LLAMA_CONFIG, "mistral": MISTRAL_CONFIG, "qwen2": QWEN2_CONFIG}
 
 
@@ -67,9 +73,8 @@ def test_converts_to_a_model_dir_with_its_tokenizer(tmp_path):
     # The ids of the SentencePiece library (Hugging Face's LlamaTokenizer, less its <s>), on
     # real text, runs of spaces, and characters outside the pieces (byte fallback).
     reference = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    texts = _corpus_lines()[:20] + ["  two  spaces,\ttab", "naïve café — 東京 🙂"]
-    got = tokenizer.tokenize(texts).to_list()
-    assert got == [reference.encode(t) for t in texts]
+    got = tokenizer.tokenize(TEXTS).to_list()
+    assert got == [reference.encode(t) for t in TEXTS]
     assert any(reference.id_to_piece(i).startswith("<0x") for i in got[-1])
 
     # It fine-tunes with LoRA as the causal LM task trains any model_dir.
@@ -81,6 +86,32 @@ def test_converts_to_a_model_dir_with_its_tokenizer(tmp_path):
     run = run_experiment(config, str(tmp_path / "tuned"), print_fn=lambda line: None)
     assert run.status == "completed"
     assert any(np.any(np.array(v)) for v in run.model.weights if "lora_b" in v.path)
+
+
+@pytest.mark.parametrize("split", ["llama3", "qwen2"])
+def test_tokenizer_json_byte_level_bpe_gives_the_ids_of_tokenizers(tmp_path, split):
+    reference = write_byte_level_tokenizer_json(str(tmp_path), split)
+    tokenizer = byte_level_bpe_of_tokenizer_json(str(tmp_path / "tokenizer.json"))
+    assert tokenizer.config()["pre_tokenizer"] == split
+    assert tokenizer.tokenize(TEXTS).to_list() == [
+        reference.encode(t, add_special_tokens=False).ids for t in TEXTS]
+
+
+def test_qwen2_converts_with_its_tokenizer_json(tmp_path):
+    from tokenizers import Tokenizer
+
+    folder = tmp_path / "hf_qwen2"
+    config, params = write_llama_folder(str(folder), QWEN2_CONFIG, tokenizer="qwen2")
+    convert_checkpoint(str(folder), str(tmp_path / "qwen2"), print_fn=lambda line: None)
+    model, tokenizer, _ = load_pretrained(str(tmp_path / "qwen2"))
+    reference = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    ids = [reference.encode(t).ids for t in TEXTS]
+    assert tokenizer.tokenize(TEXTS).to_list() == ids
+    assert tokenizer.token_to_id("<|im_end|>") == reference.token_to_id("<|im_end|>")
+    row = np.array([ids[0][:12]], "int32")
+    _, expected = llama_forward(params, config, row)
+    logits = np.asarray(model({"token_ids": row, "padding_mask": np.ones_like(row)}))
+    np.testing.assert_allclose(logits, expected, atol=2e-5, rtol=1e-5)
 
 
 def _write(folder, config, params):
@@ -118,9 +149,11 @@ def test_bad_tensors_and_tokenizers_are_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"'layers.0.self_attn.k_proj.weight' has shape "
                                               r"\(32, 32\), expected \(8, 32\)"):
         load_huggingface(str(folder))
-    # A byte-level BPE (Llama 3, Qwen2) is refused, not approximated by GPT-2's regex.
+    # A tokenizer.json whose split tflm does not reproduce is refused, not approximated.
     _write(folder, config, saved)
     (folder / "tokenizer.model").unlink()
-    (folder / "tokenizer.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="tokenizer.json: a byte-level BPE"):
+    (folder / "tokenizer.json").write_text(json.dumps({
+        "model": {"type": "BPE", "vocab": {}, "merges": []},
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁"}}))
+    with pytest.raises(CheckpointError, match="tokenizer.json: pre_tokenizer="):
         load_huggingface(str(folder))

@@ -35,6 +35,7 @@ inside a document is tokenized as ordinary text, as GPT-2's encoder does
 import json
 
 import tensorflow as tf
+import tensorflow_text as tf_text
 
 from tflm.data import tokenizer_utils
 from tflm.data.text_cleaning import WHITESPACE_CLASS, TextCleaner
@@ -54,6 +55,25 @@ _WORD = (
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+"
     f"| ?[^{_WS}\\p{{L}}\\p{{N}}]+|[{_WS}]+"
 )
+# Llama 3's and Qwen2's split (their tokenizer.json's `Split` regex):
+#   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*
+#   |\s*[\r\n]+|\s+(?!\S)|\s+
+# (Qwen2: \p{N}, one digit a word). `\s+(?!\S)` is cut as in GPT-2's, except before a newline
+# that ends a run: `\s*[\r\n]+` (and punctuation's `[\r\n]*`) keep it with what precedes.
+_CUT_BEFORE_LAST_BLANK = r"([\t\x0b\x0c\x{85}\p{Z}])" + f"([^{_WS}])"
+
+
+def _split_regex(digits):
+    return (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|" + digits
+            + f"| ?[^{_WS}\\p{{L}}\\p{{N}}]+[\\r\\n]*|[{_WS}]*[\\r\\n]+|[{_WS}]+")
+
+
+# pre_tokenizer → (where whitespace runs are cut, the word regex).
+PRE_TOKENIZERS = {
+    "gpt2": (_CUT_BEFORE_LAST_SPACE, _WORD),
+    "llama3": (_CUT_BEFORE_LAST_BLANK, _split_regex(r"\p{N}{1,3}")),
+    "qwen2": (_CUT_BEFORE_LAST_BLANK, _split_regex(r"\p{N}")),
+}
 _NO_MERGE = 2**31 - 1
 
 
@@ -122,6 +142,11 @@ class BytePairTokenizer(Tokenizer):
             (or `"left right"` strings), highest priority first.
         special_tokens: tokens dropped by `detokenize`, each in the vocabulary.
         lowercase, nfkc: optional normalization before splitting (GPT-2: off).
+        nfc: Unicode NFC before splitting (Qwen2's normalizer).
+        pre_tokenizer: the word split, one of `PRE_TOKENIZERS`: "gpt2", or the regex of
+            "llama3" (Llama 3) or "qwen2" (Qwen2, Qwen2.5), as their `tokenizer.json`s split.
+        ignore_merges: a word that is a token is that token, merges or not (`tokenizers`'
+            BPE option of that name; Llama 3 sets it).
 
     Example:
     >>> tokenizer = BytePairTokenizer("gpt2/vocab.json", "gpt2/merges.txt")
@@ -132,8 +157,14 @@ class BytePairTokenizer(Tokenizer):
     kind = "byte_bpe"
 
     def __init__(self, vocabulary, merges, special_tokens=(END_OF_TEXT,), lowercase=False,
-                 nfkc=False, name="byte_pair_tokenizer"):
+                 nfkc=False, nfc=False, pre_tokenizer="gpt2", ignore_merges=False,
+                 name="byte_pair_tokenizer"):
         super().__init__(special_tokens, name=name)
+        if pre_tokenizer not in PRE_TOKENIZERS:
+            raise ValueError(f"pre_tokenizer={pre_tokenizer!r}: expected one of "
+                             f"{sorted(PRE_TOKENIZERS)}.")
+        self.pre_tokenizer, self.nfc = pre_tokenizer, bool(nfc)
+        self.ignore_merges = bool(ignore_merges)
         if isinstance(vocabulary, str):
             source = repr(vocabulary)
             vocabulary = read_vocab_json(vocabulary)
@@ -188,6 +219,13 @@ class BytePairTokenizer(Tokenizer):
             default_value=_NO_MERGE,
         ) if keys else None
         self._merge_results = tf.constant(results, tf.int32)
+        self._whole_words = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant([r for t, r in zip(self._tokens, self._raw) if t not in special]),
+                tf.constant([i for i, t in enumerate(self._tokens) if t not in special],
+                            tf.int32)),
+            default_value=-1,
+        ) if self.ignore_merges else None
         self._token_bytes = tf.constant(self._raw)
         self._keep_on_detokenize = tf.constant([t not in special for t in self._tokens])
         # Word starts: a token beginning with whitespace ("Ġword", "Ċ"), and one after a token
@@ -204,7 +242,15 @@ class BytePairTokenizer(Tokenizer):
         return cls(f"{directory}/{VOCAB_FILE}", f"{directory}/{MERGES_FILE}", **config)
 
     def config(self):
-        return {"lowercase": self.cleaner.lowercase, "nfkc": self.cleaner.nfkc}
+        config = {"lowercase": self.cleaner.lowercase, "nfkc": self.cleaner.nfkc}
+        # Only when set: the fingerprints of GPT-2-style tokenizers stay as they were.
+        if self.nfc:
+            config["nfc"] = True
+        if self.pre_tokenizer != "gpt2":
+            config["pre_tokenizer"] = self.pre_tokenizer
+        if self.ignore_merges:
+            config["ignore_merges"] = True
+        return config
 
     # -- Vocabulary. -------------------------------------------------------------------
     @property
@@ -249,19 +295,21 @@ class BytePairTokenizer(Tokenizer):
 
     # -- Text. -------------------------------------------------------------------------
     def normalize(self, inputs):
-        return self.cleaner(inputs)
+        texts = self.cleaner(inputs)
+        return tf_text.normalize_utf8(texts, "NFC") if self.nfc else texts
 
     def pre_tokenize(self, inputs):
         """GPT-2's word split: strings `(batch,)` → RaggedTensor of words; scalar → `(None,)`."""
-        texts = self.cleaner(inputs)
+        texts = self.normalize(inputs)
         if texts.shape.rank == 0:
             return self.pre_tokenize(texts[tf.newaxis])[0]
         if texts.shape.rank != 1:
             raise ValueError(f"tokenize takes a string or a vector of strings, got shape {texts.shape}.")
         # Mark each cut with a byte that valid UTF-8 never holds, then split once on it: a
         # global regex replace is ~10x faster here than tf_text.regex_split with the same regex.
-        marked = tf.strings.regex_replace(texts, _CUT_BEFORE_LAST_SPACE, _CUT + rb"\1\2")
-        marked = tf.strings.regex_replace(marked, _WORD, _CUT + rb"\0")
+        cut, word = PRE_TOKENIZERS[self.pre_tokenizer]
+        marked = tf.strings.regex_replace(texts, cut, _CUT + rb"\1\2")
+        marked = tf.strings.regex_replace(marked, word, _CUT + rb"\0")
         words = tf.strings.split(marked, sep=_CUT)
         return tf.ragged.boolean_mask(words, tf.strings.length(words) > 0)
 
@@ -291,6 +339,15 @@ class BytePairTokenizer(Tokenizer):
         rows = tf.repeat(tf.range(num_words), lengths)
         if self._merge_ranks is not None:
             ids, rows = self._merge(ids, rows, num_words)
+        if self._whole_words is not None:
+            # A word that is a token becomes it, in place of what the merges made of it.
+            whole = self._whole_words.lookup(words)
+            merged = tf.gather(whole, rows) < 0
+            found = tf.cast(tf.where(whole >= 0)[:, 0], rows.dtype)
+            rows = tf.concat([rows[merged], found], 0)
+            ids = tf.concat([ids[merged], tf.gather(whole, found)], 0)
+            order = tf.argsort(rows, stable=True)
+            ids, rows = tf.gather(ids, order), tf.gather(rows, order)
         return tf.RaggedTensor.from_value_rowids(ids, rows, nrows=num_words, validate=False)
 
     def _merge(self, ids, rows, num_words):

@@ -29,6 +29,7 @@ weight is permuted.
 """
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -644,6 +645,15 @@ BART_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 T5_SPIECE_FILE = "spiece.model"
 # The SentencePiece model of Llama (1, 2) and Mistral checkpoints.
 LLAMA_SPIECE_FILE = "tokenizer.model"
+# Hugging Face `tokenizers`' file: Llama 3's and Qwen2's byte-level BPE.
+HF_TOKENIZER_FILE = "tokenizer.json"
+# The `Split` regexes of tokenizer.json byte-level BPEs, by tflm's pre_tokenizer name.
+BYTE_LEVEL_SPLITS = {
+    "llama3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}"
+              r"\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+             r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
 
 
 @dataclasses.dataclass
@@ -735,22 +745,62 @@ def bert_tokenizer_options(directory):
 
 
 def _llama_tokenizer(directory, kind):
-    """The SentencePiece `tokenizer.model` of a Llama-family folder (Llama 1/2, Mistral): the
-    library segments as Hugging Face's slow `LlamaTokenizer` does (ids without the <s> it
-    prepends). A byte-level BPE (`tokenizer.json` alone: Llama 3, Qwen2) splits words with a
-    regex other than GPT-2's, which tflm's byte_pair tokenizer fixes; refused, not approximated."""
+    """The tokenizer of a Llama-family folder: its SentencePiece `tokenizer.model` (Llama 1/2,
+    Mistral), which the library segments as Hugging Face's slow `LlamaTokenizer` does, else
+    the byte-level BPE of its `tokenizer.json` (Llama 3, Qwen2). The ids are the text's, without
+    the <s> / <|begin_of_text|> that Hugging Face's tokenizers may prepend."""
     path = os.path.join(directory, LLAMA_SPIECE_FILE)
     if os.path.exists(path):
         return SentencePieceTokenizer(path, nfkc=False, clean_whitespace=False)
-    present = [name for name in ("tokenizer.json", VOCAB_FILE)
-               if os.path.exists(os.path.join(directory, name))]
-    if present:
-        raise CheckpointError(
-            f"{os.path.join(directory, present[0])}: a byte-level BPE tokenizer with {kind}'s "
-            "pre-tokenizer regex, which tflm's byte_pair tokenizer (GPT-2's regex) does not "
-            f"reproduce; tflm imports {kind} checkpoints with a SentencePiece "
-            f"{LLAMA_SPIECE_FILE}.")
-    raise MissingFileError(f"{directory}: no {LLAMA_SPIECE_FILE} (the {kind} vocabulary).")
+    path = os.path.join(directory, HF_TOKENIZER_FILE)
+    if os.path.exists(path):
+        return byte_level_bpe_of_tokenizer_json(path)
+    raise MissingFileError(f"{directory}: neither {LLAMA_SPIECE_FILE} nor {HF_TOKENIZER_FILE} "
+                           f"(the {kind} vocabulary).")
+
+
+def byte_level_bpe_of_tokenizer_json(path):
+    """A `BytePairTokenizer` that reproduces a `tokenizer.json` byte-level BPE: GPT-2's split,
+    or Llama 3's or Qwen2's `Split` regex before a regex-free `ByteLevel`; no normalizer or
+    NFC. Anything else is a `CheckpointError` naming the field: never approximate ids."""
+    spec = _read_json(path)
+
+    def refuse(field, value, why):
+        raise CheckpointError(f"{path}: {field}={json.dumps(value)[:200]}: {why}")
+
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback") or model.get(
+            "continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        refuse("model", {k: model.get(k) for k in ("type", "byte_fallback",
+                                                    "continuing_subword_prefix")},
+               "tflm reads a byte-level BPE (no byte fallback, no subword affixes).")
+    normalizer = spec.get("normalizer")
+    if normalizer not in (None, {"type": "NFC"}):
+        refuse("normalizer", normalizer, "tflm reproduces none or NFC.")
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    split = None
+    if [step.get("type") for step in steps] == ["Split", "ByteLevel"] \
+            and not steps[1].get("use_regex", True) and not steps[1].get("add_prefix_space") \
+            and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert"):
+        split = {pattern: name for name, pattern in BYTE_LEVEL_SPLITS.items()}.get(
+            (steps[0].get("pattern") or {}).get("Regex"))
+    elif [step.get("type") for step in steps] == ["ByteLevel"] \
+            and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
+        split = "gpt2"
+    if split is None:
+        refuse("pre_tokenizer", pre, "tflm splits words as GPT-2, Llama 3 or Qwen2 do.")
+    vocabulary = dict(model.get("vocab") or {})
+    special = []
+    for token in spec.get("added_tokens") or []:
+        vocabulary.setdefault(token["content"], token["id"])
+        if token.get("special"):
+            special.append(token["content"])
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in model.get("merges") or []]
+    return BytePairTokenizer(vocabulary, merges, special_tokens=tuple(special),
+                             nfc=normalizer is not None, pre_tokenizer=split,
+                             ignore_merges=bool(model.get("ignore_merges")))
 
 
 def huggingface_tokenizer(directory, kind):
