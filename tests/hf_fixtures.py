@@ -36,6 +36,13 @@ def _corpus_lines():
         return [line for line in f.read().splitlines() if line.strip()]
 
 
+def corpus_paragraphs():
+    """The corpus as paragraphs, their newlines kept (and a line of figures for the digits)."""
+    with open(default_corpus_path(), encoding="utf-8") as f:
+        paragraphs = [p for p in f.read().split("\n\n") if p.strip()]
+    return paragraphs + ["In 1811, 2,500 pounds; in 1812, 10,000 pounds a year.\n"]
+
+
 def write_bert_folder(folder, vocab_size=800, seed=0, prefix="bert.", head=True,
                       next_sentence=False):
     """A `BertForMaskedLM` checkpoint (uncased WordPiece), or with `next_sentence` a
@@ -226,7 +233,7 @@ def write_byte_level_tokenizer_json(folder, split, vocab_size=600):
         pre_tokenizers.Split(Regex(regex), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.train_from_iterator(_corpus_lines(), trainers.BpeTrainer(
+    tokenizer.train_from_iterator(corpus_paragraphs(), trainers.BpeTrainer(
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])

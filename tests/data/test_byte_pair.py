@@ -204,3 +204,17 @@ def test_bad_files_are_clear_errors(tokenizer, tmp_path):
     not_json.write_text("{oops")
     with pytest.raises(ValueError, match="not.json.*not valid JSON"):
         BytePairTokenizer(str(not_json), [])
+
+
+def test_ignore_merges_takes_a_word_that_is_a_token_whole():
+    # Merges by rank make "abc" into "a" + "bc"; with ignore_merges (Llama 3) it is "abc".
+    tokens = list(bytes_to_unicode().values()) + ["bc", "ab", "abc"]
+    vocabulary = {t: i for i, t in enumerate(tokens)}
+    merges = [("b", "c"), ("a", "b"), ("ab", "c")]
+    plain = BytePairTokenizer(vocabulary, merges, special_tokens=())
+    whole = BytePairTokenizer(vocabulary, merges, special_tokens=(), ignore_merges=True)
+    texts = ["abc abc", "xabc"]
+    assert plain.tokenize(texts).to_list() == [[vocabulary[t] for t in ("a", "bc", "Ġ", "a", "bc")],
+                                               [vocabulary[t] for t in ("x", "a", "bc")]]
+    assert whole.tokenize(texts).to_list() == [[vocabulary[t] for t in ("abc", "Ġ", "a", "bc")],
+                                               [vocabulary[t] for t in ("x", "a", "bc")]]

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from hf_fixtures import (LLAMA_CONFIG, MISTRAL_CONFIG, QWEN2_CONFIG, _corpus_lines,
-                         write_byte_level_tokenizer_json, write_llama_folder)
+                         corpus_paragraphs, write_byte_level_tokenizer_json, write_llama_folder)
 from numpy_reference import llama_forward, random_llama_params
 from tflm.experiment import load_experiment, run_experiment
 from tflm.models import CausalLM
@@ -20,9 +20,10 @@ from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
 VOCAB = 97
 # Real text, and where the splits differ: runs of spaces and newlines, digits, contractions in
 # capitals, characters that NFC composes, and ones outside the trained pieces.
-TEXTS = _corpus_lines()[:20] + [
+TEXTS = _corpus_lines()[:20] + corpus_paragraphs()[20:23] + [
     "  two  spaces,\ttab", "a \nb.\nx\n\n  y  ", "12345 abc678", "I'M don't WE'LL",
-    "naïve cafe\u0301 — 東京 🙂", "(word) [x]\r\n\r\nz", "!!!\n\n\n   ok"]
+    "naïve cafe\u0301 — 東京 🙂", "(word) [x]\r\n\r\nz", "!!!\n\n\n   ok",
+    "In 1811, 2,500 pounds;\n  in 1812, 10,000 pounds a year.\n"]
 CONFIGS = {"llama": LLAMA_CONFIG, "mistral": MISTRAL_CONFIG, "qwen2": QWEN2_CONFIG}
 
 
