@@ -7,7 +7,8 @@ and a tflm model_dir back into a Hugging Face folder.
 The input is a folder as `transformers` saves it: `config.json`,
 `model.safetensors` (or shards and `model.safetensors.index.json`) and the
 tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT, `vocab.json` +
-`merges.txt` for GPT-2, `tokenizer.model` for Llama and Mistral); BART, T5, Llama, Mistral
+`merges.txt` for GPT-2, `tokenizer.model` for Llama 2 and Mistral, `tokenizer.json` for
+Llama 3 and Qwen2); BART, T5, Llama, Mistral
 and Qwen2 checkpoints and sentence-transformers BERT folders load too. A keras-hub
 preset folder (as `save_to_preset` writes it: `config.json` naming a keras-hub
 backbone, `model.weights.h5`, `tokenizer.json` and `assets/tokenizer/`) of GPT-2 or

@@ -214,7 +214,8 @@ def test_ignore_merges_takes_a_word_that_is_a_token_whole():
     plain = BytePairTokenizer(vocabulary, merges, special_tokens=())
     whole = BytePairTokenizer(vocabulary, merges, special_tokens=(), ignore_merges=True)
     texts = ["abc abc", "xabc"]
-    assert plain.tokenize(texts).to_list() == [[vocabulary[t] for t in ("a", "bc", "Ġ", "a", "bc")],
-                                               [vocabulary[t] for t in ("x", "a", "bc")]]
-    assert whole.tokenize(texts).to_list() == [[vocabulary[t] for t in ("abc", "Ġ", "a", "bc")],
-                                               [vocabulary[t] for t in ("x", "a", "bc")]]
+    def ids(*words):
+        return [[vocabulary[t] for t in word] for word in words]
+
+    assert plain.tokenize(texts).to_list() == ids(("a", "bc", "Ġ", "a", "bc"), ("x", "a", "bc"))
+    assert whole.tokenize(texts).to_list() == ids(("abc", "Ġ", "a", "bc"), ("x", "a", "bc"))

@@ -8,7 +8,9 @@ Face `tokenizers`' `ByteLevelBPETokenizer` (tests check both ways on real text):
    RE2 has no look-ahead, so `\\s+(?!\\S)` is done by cutting every whitespace
    run that precedes a non-space just before its last character (that
    character then starts the next word, as in GPT-2); `\\s` is Unicode
-   White_Space, as in Python's `regex` and Oniguruma (RE2's `\\s` is ASCII);
+   White_Space, as in Python's `regex` and Oniguruma (RE2's `\\s` is ASCII).
+   `pre_tokenizer="llama3"` / `"qwen2"` split with Llama 3's / Qwen2's regex instead
+   (see `PRE_TOKENIZERS`; `tokenizers` agrees on real and random text);
 2. map each word's UTF-8 bytes to byte tokens; then, step after step, merge
    in every word all occurrences of its lowest-ranked pair, until no adjacent
    pair has a merge. This runs once per distinct word of a call (`tf.unique`),

@@ -4,17 +4,17 @@ tflm models and tokenizers, exactly.
 Two levels:
 
 - `load_bert` / `load_gpt2` / `load_bart` / `load_t5` / `load_llama` take a Hugging Face
-  `config.json` as a
-  dict and the checkpoint's tensors as a dict of NumPy arrays (names as in
-  `model.safetensors`), and build a `TransformerBackbone` (a `Seq2SeqBackbone`
+  `config.json` as a dict and the checkpoint's tensors as a dict of NumPy arrays (names as
+  in `model.safetensors`), and build a `TransformerBackbone` (a `Seq2SeqBackbone`
   for BART and T5) that computes the same function. Every expected tensor must be present
   with the expected shape; a missing or mis-shaped one is an error naming the tensor.
 - `load_huggingface(folder)` reads a checkpoint folder as `transformers`
   writes it: `config.json`, `model.safetensors` (or shards with an index),
   and the tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT,
   `vocab.json` + `merges.txt` for GPT-2 and BART, `spiece.model` for T5, `tokenizer.model`
-  for Llama and Mistral), and returns the task model (`MaskedLM` for BERT, `CausalLM` for
-  GPT-2 and the Llama family, `Seq2SeqLM` for BART and T5) with its tokenizer. The layouts
+  for Llama 2 and Mistral, `tokenizer.json` for Llama 3 and Qwen2), and returns the task
+  model (`MaskedLM` for BERT, `CausalLM` for GPT-2 and the Llama family, `Seq2SeqLM` for
+  BART and T5) with its tokenizer. The layouts
   of `bert-base-uncased`, of sentence-transformers BERT models (no `bert.`
   prefix, maybe no pooler) and of `gpt2` all load.
 
