@@ -26,6 +26,7 @@ from tflm.data.stats import InputStats  # noqa: E402
 from tflm.experiment import load_experiment, run_experiment  # noqa: E402
 from tflm.generation import Seq2SeqDecoder  # noqa: E402
 from tflm.models import Seq2SeqLM  # noqa: E402
+from tflm.models.finetuning import layer_lr_multipliers  # noqa: E402
 from tflm.run_dir import RunDir, load_keras_model  # noqa: E402
 from tflm.tasks import get_task, task_for_model  # noqa: E402
 from tflm.tasks.seq2seq import seq2seq_records  # noqa: E402
@@ -124,6 +125,25 @@ def test_config_errors_name_the_key(tmp_path):
     # Data keys are checked where the data is read (a converted model_dir has none).
     with pytest.raises(ConfigError, match=r"data.input_format='text': seq2seq"):
         get_task(_config("p.jsonl", "data.input_format=text")).dataset(ByteTokenizer())
+
+
+def test_lora_layer_decay_and_checkpointing_reach_encoder_and_decoder():
+    # The task's model is built as every task's is (`Task.build_model`).
+    model = get_task(_config("p.jsonl", "model.finetune=lora,model.num_decoder_layers=1,"
+                                        "trainer.gradient_checkpointing=true")).build_model()
+    encoder, decoder = model.backbone.encoder, model.backbone.decoder
+    assert encoder.gradient_checkpointing and decoder.gradient_checkpointing
+    # Only the factors train (the head is the tied embedding); both halves have them.
+    assert model.trainable_variables
+    assert all("lora" in v.path for v in model.trainable_variables), \
+        [v.path for v in model.trainable_variables if "lora" not in v.path]
+    blocks = encoder.blocks + decoder.blocks  # one stack: the encoder's below the decoder's
+    assert all(block.trainable_weights for block in blocks)
+    # Layer-wise decay: block i of the 3 at decay^(3 - i).
+    multipliers = dict(zip(map(id, model.trainable_variables),
+                           layer_lr_multipliers(model, 0.5)))
+    for i, block in enumerate(blocks):
+        assert {multipliers[id(v)] for v in block.trainable_weights} == {0.5 ** (3 - i)}
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ the optimizer keeps slots for the variables that are trainable then.
 (layer-wise decay as in ELECTRA): the head and the backbone's final norm and
 pooler 1, block `i` of `L` `decay^(L - i)`, the embeddings `decay^(L + 1)`;
 adapters train at the full rate, being new; LoRA factors at their block's rate, being
-that block's weight update.
+that block's weight update. An encoder-decoder's blocks count as one stack, the encoder's
+below the decoder's (the decoder reads the encoder's output), their embeddings at the bottom.
 
 Example:
 >>> model = SequenceClassifier(backbone, num_classes=3)
@@ -30,13 +31,31 @@ Example:
 
 from tflm.config import FINETUNE_MODES
 from tflm.layers.lora import LoraDense
+from tflm.models.seq2seq_lm import Seq2SeqBackbone
+
+
+def stacks(backbone):
+    """The `TransformerBackbone`s of a task's backbone, bottom first: itself, or an
+    encoder-decoder's encoder and decoder."""
+    if isinstance(backbone, Seq2SeqBackbone):
+        return [backbone.encoder, backbone.decoder]
+    return [backbone]
+
+
+def _blocks(backbone):
+    return [block for stack in stacks(backbone) for block in stack.blocks]
 
 
 def embedding_layers(backbone):
-    """The layers that turn ids into the first hidden states."""
-    return [layer for layer in (backbone.token_embedding, backbone.position_embedding,
-                                backbone.segment_embedding, backbone.embedding_norm_layer)
-            if layer is not None]
+    """The layers that turn ids into the first hidden states (each only once: an
+    encoder-decoder's halves may share the token embedding)."""
+    layers = {}
+    for stack in stacks(backbone):
+        for layer in (stack.token_embedding, stack.position_embedding,
+                      stack.segment_embedding, stack.embedding_norm_layer):
+            if layer is not None:
+                layers[id(layer)] = layer
+    return list(layers.values())
 
 
 def _adapters(block):
@@ -48,7 +67,7 @@ def apply_finetuning(model, mode="full", freeze_bottom_layers=0):
     if mode not in FINETUNE_MODES:
         raise ValueError(f"Unknown fine-tuning mode {mode!r}; expected one of {FINETUNE_MODES}.")
     backbone = model.backbone
-    blocks = backbone.blocks
+    blocks = _blocks(backbone)
     if not 0 <= freeze_bottom_layers <= len(blocks):
         raise ValueError(f"freeze_bottom_layers={freeze_bottom_layers} must be in "
                          f"[0, {len(blocks)}] (the backbone's blocks).")
@@ -58,12 +77,12 @@ def apply_finetuning(model, mode="full", freeze_bottom_layers=0):
     if mode == "feature_extraction":
         backbone.trainable = False
     elif mode == "adapters":
-        if not backbone.adapter_dim:
+        if not all(stack.adapter_dim for stack in stacks(backbone)):
             raise ValueError("mode='adapters' needs a backbone built with adapter_dim > 0 "
                              "(model.finetune=adapters in a config does that).")
         frozen = embedding_layers(backbone) + [
-            layer for layer in (backbone.final_norm_layer, backbone.pooler_dense)
-            if layer is not None]
+            layer for stack in stacks(backbone)
+            for layer in (stack.final_norm_layer, stack.pooler_dense) if layer is not None]
         for block in blocks:
             frozen += [block.attention, block.attention_norm, block.feed_forward,
                        block.feed_forward_norm]
@@ -91,12 +110,13 @@ def _has_lora(layer):
 def layer_lr_multipliers(model, decay):
     """Learning-rate multipliers for `model.trainable_variables`, in that order."""
     backbone = model.backbone
-    num_layers = len(backbone.blocks)
+    blocks = _blocks(backbone)
+    num_layers = len(blocks)
     depth = {}
     for layer in embedding_layers(backbone):
         for v in layer.weights:
             depth[id(v)] = 0
-    for i, block in enumerate(backbone.blocks):
+    for i, block in enumerate(blocks):
         adapter_weights = {id(v) for a in _adapters(block) for v in a.weights}
         for v in block.weights:
             if id(v) not in adapter_weights:

@@ -75,8 +75,7 @@ from tflm.generation.seq2seq_rows import (
 from tflm.models.factory import build_seq2seq_backbone
 from tflm.models.seq2seq_lm import Seq2SeqLM
 from tflm.tasks.base import Task
-from tflm.tasks.pretrained import init_from_pretrained
-from tflm.tasks.registry import build_task, register_task
+from tflm.tasks.registry import register_task
 from tflm.training.text_metrics import LANGUAGES, generation_report
 
 SIDES = ("source", "target")
@@ -330,14 +329,6 @@ class Seq2SeqTask(Task):
     @classmethod
     def create_backbone(cls, model_config, dtype=None):
         return build_seq2seq_backbone(model_config, dtype=dtype)
-
-    def build_model(self, dtype=None, source=None, print_fn=None):
-        # From model.init_checkpoint's weights if given; no fine-tuning modes yet (`validate`
-        # refuses them).
-        model = build_task(self.config.model, dtype=dtype)
-        if source is not None:
-            init_from_pretrained(model, self.config.model.init_checkpoint, print_fn, source=source)
-        return model
 
     def make_tokenizer(self):
         """`data.tokenizer`'s tokenizer, or a `TokenizerPair` when a side has its own."""
