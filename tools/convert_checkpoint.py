@@ -11,8 +11,8 @@ tokenizer files (`vocab.txt` + `tokenizer_config.json` for BERT, `vocab.json` +
 Llama 3 and Qwen2); BART, T5, Llama, Mistral
 and Qwen2 checkpoints and sentence-transformers BERT folders load too. A keras-hub
 preset folder (as `save_to_preset` writes it: `config.json` naming a keras-hub
-backbone, `model.weights.h5`, `tokenizer.json` and `assets/tokenizer/`) of GPT-2 or
-BERT converts the same way; the tool tells the two kinds apart. The output
+backbone, `model.weights.h5`, `tokenizer.json` and `assets/tokenizer/`) of GPT-2,
+BERT, Llama or Mistral converts the same way; the tool tells the two kinds apart. The output
 holds `params.yaml`, `tokenizer/`, `model.keras` and `conversion.json`: fine-tune
 from it with `model.init_checkpoint=<output_dir>`, evaluate it with `tflm-eval`,
 export it with `tflm-export`. The same as the library call

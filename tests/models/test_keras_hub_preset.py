@@ -2,12 +2,15 @@
 compute what keras-hub's own models compute, with the same token ids."""
 
 import importlib.util
+import io
 import json
+import shutil
 
 import keras_hub
 import numpy as np
 import pytest
 
+from hf_fixtures import corpus_paragraphs
 from tflm.data.byte_pair import bytes_to_unicode
 from tflm.models import CausalLM, MaskedLM
 from tflm.models.huggingface import CheckpointError
@@ -62,6 +65,52 @@ def presets(tmp_path_factory):
     return {"gpt2": (root / "gpt2", gpt2, gpt2_tokenizer),
             "bert": (root / "bert", classifier, bert_tokenizer),
             "bert_backbone": (root / "bert_backbone", bert_backbone, bert_tokenizer)}
+
+
+@pytest.fixture(scope="module")
+def llama_presets(tmp_path_factory):
+    """Random Llama-family presets sharing one SentencePiece vocabulary (BPE with byte
+    fallback, no normalization, as Llama 2's): a LlamaCausalLM with grouped-query attention
+    (4 query heads, 2 key/value heads), a non-default rope_max_wavelength and an untied output;
+    a bare tied LlamaBackbone; a MistralCausalLM with a sliding window of 3 and a head_dim
+    that is not hidden_dim / heads. `{name: (folder, keras-hub model, keras-hub tokenizer)}`."""
+    import sentencepiece as spm
+
+    root = tmp_path_factory.mktemp("keras_hub_llama")
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus_paragraphs()), model_writer=proto, vocab_size=400,
+        model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2)
+    common = dict(vocabulary_size=410, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+                  hidden_dim=16, intermediate_dim=24, layer_norm_epsilon=1e-5)
+    llama_tokenizer = keras_hub.models.LlamaTokenizer(proto=proto.getvalue())
+    llama = keras_hub.models.LlamaCausalLM(
+        keras_hub.models.LlamaBackbone(**common, rope_max_wavelength=500),
+        keras_hub.models.LlamaCausalLMPreprocessor(llama_tokenizer, sequence_length=16))
+    tied = keras_hub.models.LlamaBackbone(**common, tie_word_embeddings=True)
+    mistral_tokenizer = keras_hub.models.MistralTokenizer(proto=proto.getvalue())
+    mistral = keras_hub.models.MistralCausalLM(
+        keras_hub.models.MistralBackbone(**common, sliding_window=3, head_dim=6,
+                                         rope_max_wavelength=20000),
+        keras_hub.models.MistralCausalLMPreprocessor(mistral_tokenizer, sequence_length=16))
+    rng = np.random.default_rng(0)
+    for model in (llama, tied, mistral):  # norms away from 1, so a misplaced one shows
+        for weight in model.weights:
+            weight.assign(rng.normal(1.0 if weight.path.endswith("scale") else 0.0, 0.3,
+                                     weight.shape).astype("float32"))
+    llama.save_to_preset(str(root / "llama"))
+    mistral.save_to_preset(str(root / "mistral"))
+    tied.save_to_preset(str(root / "tied"))
+    llama_tokenizer.save_to_preset(str(root / "tied"))
+    # keras-hub 0.32's LlamaBackbone.get_config leaves tie_word_embeddings out (its tied
+    # presets spell it out in config.json, or they could not load their weights).
+    config = json.loads((root / "tied" / "config.json").read_text())
+    config["config"]["tie_word_embeddings"] = True
+    (root / "tied" / "config.json").write_text(json.dumps(config))
+    return {"llama": (root / "llama", llama, llama_tokenizer),
+            "tied": (root / "tied", keras_hub.models.LlamaCausalLM(tied), llama_tokenizer),
+            "mistral": (root / "mistral", mistral, mistral_tokenizer)}
 
 
 def _batch(tokenizer, texts):
@@ -127,11 +176,44 @@ def test_bert_presets_convert_exactly(presets, tmp_path):
         np.asarray(expected["pooled_output"]), atol=1e-5)
 
 
+# Runs of spaces, tabs and newlines, and characters outside the pieces (byte fallback).
+LLAMA_TEXTS = TEXTS + ["  two  spaces,\ttab", "a \nb.\nx\n\n  y  ", "東京 🙂 cafe\u0301"]
+
+
+@pytest.mark.parametrize("name", ["llama", "tied", "mistral"])
+def test_llama_family_presets_convert_exactly(llama_presets, name, tmp_path):
+    folder, keras_model, keras_tokenizer = llama_presets[name]
+    imported = convert_checkpoint(str(folder), str(tmp_path / name), **QUIET)
+    assert imported.head_loaded and imported.unused_tensors == []
+    model, tokenizer, config = load_pretrained(str(tmp_path / name))
+    assert isinstance(model, CausalLM) and config.model.num_key_value_heads == 2
+    assert config.model.tie_embeddings == (name == "tied")
+    rows, ids, mask = _batch(keras_tokenizer, LLAMA_TEXTS)
+    assert tokenizer.tokenize(LLAMA_TEXTS).to_list() == rows
+    assert min(map(len, rows)) > 3  # past Mistral's window
+    features = {"token_ids": ids, "padding_mask": mask}
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model(features))[real],
+                               np.asarray(keras_model(features))[real], atol=1e-5)
+
+
+def test_llama_preset_rope_scaling_is_refused(llama_presets, tmp_path):
+    folder = tmp_path / "scaled"
+    shutil.copytree(llama_presets["tied"][0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["config"]["rope_position_scaling_factor"] = 8.0
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"config.json: rope_position_scaling_factor=8.0: "
+                                              "tflm's rotary positions have no scaling"):
+        load_keras_hub(str(folder))
+
+
 def test_unsupported_preset_architecture_is_named(tmp_path):
-    config = {"module": "keras_hub.src.models.llama.llama_backbone", "class_name": "LlamaBackbone",
-              "config": {}, "registered_name": "keras_hub>LlamaBackbone"}
+    config = {"module": "keras_hub.src.models.gemma.gemma_backbone", "class_name": "GemmaBackbone",
+              "config": {}, "registered_name": "keras_hub>GemmaBackbone"}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="keras-hub LlamaBackbone preset; tflm converts "
-                                              "BertBackbone, GPT2Backbone"):
+    with pytest.raises(CheckpointError, match="keras-hub GemmaBackbone preset; tflm converts "
+                                              "BertBackbone, GPT2Backbone, LlamaBackbone, "
+                                              "MistralBackbone"):
         convert_checkpoint(str(tmp_path), str(tmp_path / "out"), **QUIET)
     assert not (tmp_path / "out").exists()

@@ -11,7 +11,11 @@ the converter of the backbone's architecture copies the weights into a tflm
 - `BertBackbone` → `MaskedLM` with a fresh head, as a Hugging Face BERT without its head
   converts (`BertMaskedLM`'s head applies erf GELU where tflm's applies the backbone's
   tanh GELU; a `BertTextClassifier`'s head is left out as a Hugging Face classifier's is:
-  fine-tuning starts its own), and the `WordPieceTokenizer`.
+  fine-tuning starts its own), and the `WordPieceTokenizer`;
+- `LlamaBackbone` / `MistralBackbone` (+ `LlamaCausalLM` / `MistralCausalLM`) → `CausalLM`
+  (grouped-query attention, rotary positions, Mistral's sliding window; the tied or untied
+  output projection) and the `SentencePieceTokenizer` of `vocabulary.spm`, which gives the
+  text's ids without the `<s>` that keras-hub's preprocessor (not its tokenizer) prepends.
 
 The tokenizers give keras-hub's ids, but for one choice of tflm's: `<|endoftext|>` written in
 the text is tokenized as text (keras-hub, like `tokenizers`, matches it as the special id).
@@ -19,7 +23,9 @@ the text is tokenized as text (keras-hub, like `tokenizers`, matches it as the s
 An architecture is one function, named in `CONVERTERS` under its backbone's class name.
 keras-hub's `EinsumDense` projections hold per-head kernels, `(hidden, heads, head_dim)`
 for queries, keys and values and `(heads, head_dim, hidden)` for the output; flattened, they
-are the columns (rows) of tflm's fused `[Q | K | V]` and output kernels, head-major alike.
+are the columns (rows) of tflm's fused `[Q | K | V]` and output kernels, head-major alike
+(with grouped-query attention too: keras-hub repeats each key/value head for its group of
+query heads, as tflm does).
 """
 
 import dataclasses
@@ -30,6 +36,7 @@ import keras
 import numpy as np
 
 from tflm.data.byte_pair import BytePairTokenizer
+from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from tflm.data.wordpiece import WordPieceTokenizer
 from tflm.errors import MissingFileError
 from tflm.models.backbone import TransformerBackbone
@@ -39,6 +46,7 @@ from tflm.models.huggingface import (
     ImportedCheckpoint,
     bert_backbone_kwargs,
     gpt2_backbone_kwargs,
+    llama_backbone_kwargs,
 )
 from tflm.models.masked_lm import MaskedLM
 
@@ -95,6 +103,13 @@ class Preset:
                                    "(the tokenizer's vocabulary).")
         return path
 
+    def refuse_tokenizer_options(self, supported, tokenizer):
+        """`supported`: `{tokenizer.json config key: the one value tflm's tokenizer has}`."""
+        for key, value in supported.items():
+            if self.tokenizer_config.get(key, value) != value:
+                self.refuse(TOKENIZER_FILE, key, self.tokenizer_config[key],
+                            f"tflm's {tokenizer} supports {key}={value!r} only.")
+
 
 def _numpy(variable):
     return np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable, np.float32)
@@ -111,14 +126,17 @@ def _copy_dense(dense, source):
 
 
 def _copy_attention(attention, source):
-    """A keras `MultiHeadAttention`'s per-head query/key/value/output into tflm's fused one."""
+    """A keras `MultiHeadAttention`'s (or keras-hub Llama's) per-head query/key/value/output
+    into tflm's fused one; the biases when the projections have them."""
     hidden = attention.qkv_dense.kernel.shape[0]
     parts = (source._query_dense, source._key_dense, source._value_dense)
     attention.qkv_dense.kernel.assign(
         np.concatenate([_numpy(p.kernel).reshape(hidden, -1) for p in parts], axis=1))
-    attention.qkv_dense.bias.assign(np.concatenate([_numpy(p.bias).reshape(-1) for p in parts]))
     attention.output_dense.kernel.assign(_numpy(source._output_dense.kernel).reshape(-1, hidden))
-    attention.output_dense.bias.assign(_numpy(source._output_dense.bias))
+    if attention.qkv_dense.bias is not None:
+        attention.qkv_dense.bias.assign(
+            np.concatenate([_numpy(p.bias).reshape(-1) for p in parts]))
+        attention.output_dense.bias.assign(_numpy(source._output_dense.bias))
 
 
 def _copy_blocks(backbone, source):
@@ -188,11 +206,9 @@ def convert_bert(preset, dtype=None):
     tokenizer = None
     if preset.tokenizer_config is not None:
         config = preset.tokenizer_config
-        for key, supported in (("split", True), ("special_tokens_in_strings", False),
-                               ("special_tokens", None)):
-            if config.get(key, supported) != supported:
-                preset.refuse(TOKENIZER_FILE, key, config[key],
-                              f"tflm's WordPiece tokenizer supports {key}={supported!r} only.")
+        preset.refuse_tokenizer_options(
+            {"split": True, "special_tokens_in_strings": False, "special_tokens": None},
+            "WordPiece tokenizer")
         tokenizer = WordPieceTokenizer(
             preset.asset("vocabulary.txt"), lowercase=bool(config.get("lowercase", False)),
             nfkc=False, split_cjk=bool(config.get("split_on_cjk", True)),
@@ -202,9 +218,69 @@ def convert_bert(preset, dtype=None):
     return model, tokenizer, False
 
 
+def convert_llama(preset, dtype=None):
+    """`LlamaBackbone` or `MistralBackbone` (alone or in its `CausalLM` task) →
+    `(CausalLM, SentencePieceTokenizer)`.
+
+    keras-hub's Llama has no length limit (rotary positions), so the tflm config's
+    `max_sequence_length` is the Hugging Face import's default; the rotary scalings of
+    Llama 3.1 and Mistral's `rope_scaling_factor` are refused, naming the config key."""
+    source = preset.backbone
+    mistral = type(source).__name__ == "MistralBackbone"
+    defaults = ({"rope_scaling_factor": 1.0} if mistral else {
+        "rope_position_scaling_factor": 1.0, "rope_frequency_adjustment_factor": None,
+        "rope_low_freq_factor": None, "rope_high_freq_factor": None,
+        "rope_pretraining_sequence_length": None})
+    for key, plain in defaults.items():
+        if getattr(source, key) != plain:
+            preset.refuse(CONFIG_FILE, key, getattr(source, key),
+                          "tflm's rotary positions have no scaling; only plain RoPE converts.")
+    tied = bool(source.token_embedding.tie_weights)
+    # The keras-hub names, as Hugging Face's config spells them: one mapping, and its checks.
+    backbone = TransformerBackbone(**llama_backbone_kwargs({
+        "vocab_size": source.vocabulary_size, "num_hidden_layers": source.num_layers,
+        "num_attention_heads": source.num_query_heads,
+        "num_key_value_heads": source.num_key_value_heads, "hidden_size": source.hidden_dim,
+        "intermediate_size": source.intermediate_dim,
+        "head_dim": getattr(source, "head_dim", None),
+        "rope_theta": float(source.rope_max_wavelength),
+        "rms_norm_eps": source.layer_norm_epsilon, "attention_dropout": source.dropout,
+        "sliding_window": getattr(source, "sliding_window", None), "tie_word_embeddings": tied,
+    }, "mistral" if mistral else "llama"), dtype=dtype)
+
+    backbone.token_embedding.embeddings.assign(_numpy(source.token_embedding.embeddings))
+    if not tied:
+        backbone.token_embedding.reverse_embeddings.assign(
+            _numpy(source.token_embedding.reverse_embeddings))
+    for block, layer in zip(backbone.blocks, source.transformer_layers, strict=True):
+        _copy_attention(block.attention, layer._self_attention_layer)
+        block.attention_norm.scale.assign(_numpy(layer._self_attention_layernorm.scale))
+        # tflm's SwiGLU kernel is [gate | up]; keras-hub's "intermediate" dense is the up one.
+        block.feed_forward.intermediate_dense.kernel.assign(np.concatenate(
+            [_numpy(layer._feedforward_gate_dense.kernel),
+             _numpy(layer._feedforward_intermediate_dense.kernel)], axis=1))
+        block.feed_forward.output_dense.kernel.assign(
+            _numpy(layer._feedforward_output_dense.kernel))
+        block.feed_forward_norm.scale.assign(_numpy(layer._feedforward_layernorm.scale))
+    backbone.final_norm_layer.scale.assign(_numpy(source.layer_norm.scale))
+
+    tokenizer = None
+    if preset.tokenizer_config is not None:
+        # The start token is the preprocessor's to add (tflm's task adds its own).
+        preset.refuse_tokenizer_options({"add_bos": False, "add_eos": False},
+                                        "SentencePiece tokenizer")
+        # keras-hub gives SentencePiece the text as it is (the model's own normalizer only).
+        tokenizer = SentencePieceTokenizer(preset.asset("vocabulary.spm"), nfkc=False,
+                                           clean_whitespace=False)
+    # The task's output projection is the backbone's reverse embedding: nothing else to copy.
+    return CausalLM(backbone), tokenizer, True
+
+
 # Backbone class name → (kind, converter). A converter takes `(preset, dtype)` and returns
 # `(task model, tokenizer or None, head_loaded)`; adding an architecture is adding one here.
-CONVERTERS = {"GPT2Backbone": ("gpt2", convert_gpt2), "BertBackbone": ("bert", convert_bert)}
+CONVERTERS = {"GPT2Backbone": ("gpt2", convert_gpt2), "BertBackbone": ("bert", convert_bert),
+              "LlamaBackbone": ("llama", convert_llama),
+              "MistralBackbone": ("mistral", convert_llama)}
 
 
 def _registered_class(directory, file):

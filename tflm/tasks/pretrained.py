@@ -98,7 +98,7 @@ def load_checkpoint_folder(directory, dtype=None):
 
 def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
     """Converts a Hugging Face checkpoint folder (BERT, GPT-2, BART, T5, Llama, Mistral, Qwen2)
-    or a keras-hub preset folder (GPT-2, BERT) into a tflm model_dir.
+    or a keras-hub preset folder (GPT-2, BERT, Llama, Mistral) into a tflm model_dir.
 
     Returns the `ImportedCheckpoint` (see `tflm.models.huggingface.load_huggingface` and
     `tflm.models.keras_hub_preset.load_keras_hub`).
