@@ -31,8 +31,8 @@ TRAIN = ("model.task=causal_lm,model.dropout=0.0,model.attention_dropout=0.0,"
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """A tiny Llama (8 query heads sharing 2 key/value heads; one block, which is what costs
-    the export its time) converted to a model_dir, and a text file of the novel to tune on."""
+    """A tiny Llama (8 query heads sharing 2 key/value heads; one block: an export's tracing
+    time grows with the blocks) converted to a model_dir, and some of the novel to tune on."""
     root = tmp_path_factory.mktemp("imported_llama")
     write_llama_folder(str(root / "hf"), config=CONFIG, vocab_size=400)
     convert_checkpoint(str(root / "hf"), str(root / "base"), **QUIET)
@@ -50,7 +50,7 @@ def _fine_tune(converted, run, extra=""):
 
 
 def _weights(model):
-    """The backbone's and head's weights by path below the model, LoRA factors apart."""
+    """The model's weights (LoRA factors too) by their paths below the model."""
     return {v.path.split("/", 1)[1]: np.array(v) for v in model.weights}
 
 
