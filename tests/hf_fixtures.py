@@ -10,6 +10,7 @@ Face `tokenizers` on the embedded corpus. The weights are written by the
 import json
 import os
 
+import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
@@ -100,18 +101,7 @@ def write_gpt2_folder(folder, vocab_size=600, seed=0, shards=1):
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     params = random_gpt2_params(config, seed=seed)
-    names = sorted(params)
-    if shards == 1:
-        save_file(params, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i in range(shards):
-            file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-            part = {n: params[n] for n in names[i::shards]}
-            save_file(part, os.path.join(folder, file), metadata={"format": "pt"})
-            weight_map.update({n: file for n in part})
-        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    _save_sharded(folder, params, shards)
     return config, params
 
 
@@ -242,11 +232,12 @@ def write_byte_level_tokenizer_json(folder, split, vocab_size=600):
 
 
 def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtype=None,
-                       tokenizer="sentencepiece"):
+                       tokenizer="sentencepiece", shards=1):
     """A `LlamaForCausalLM` (or Mistral, Qwen2: `config`) checkpoint with a SentencePiece BPE
     `tokenizer.model` with byte fallback and no normalization, as Llama 2's (<unk>=0, <s>=1,
     </s>=2), or with `tokenizer="llama3"` / `"qwen2"` a `tokenizer.json` byte-level BPE as
-    theirs; the tensors saved in `dtype` when given ("float16"); returns
+    theirs; the tensors saved in `dtype` when given ("float16", "bfloat16"), in `shards` files
+    with an index as `save_pretrained(max_shard_size=...)` writes when more than one; returns
     `(config, params)` as `numpy_reference.llama_forward` takes them (float32, as saved)."""
     import sentencepiece as spm
 
@@ -264,9 +255,28 @@ def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtyp
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     params = random_llama_params(config, seed=seed)
+    # NumPy has no bfloat16; ml_dtypes' is the one the safetensors library writes as BF16.
+    dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
     if dtype is not None:
         params = {k: v.astype(dtype).astype(np.float32) for k, v in params.items()}
     saved = {("model." + k if k != "lm_head.weight" else k): v.astype(dtype or np.float32)
              for k, v in params.items()}
-    save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    _save_sharded(folder, saved, shards)
     return config, params
+
+
+def _save_sharded(folder, tensors, shards):
+    """`model.safetensors`, or `shards` files `model-0000i-of-0000n.safetensors` and the
+    `model.safetensors.index.json` that lists them, as `transformers` writes them."""
+    if shards == 1:
+        save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        return
+    names, weight_map = sorted(tensors), {}
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[i::shards]}
+        save_file(part, os.path.join(folder, file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    total = sum(v.nbytes for v in tensors.values())
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

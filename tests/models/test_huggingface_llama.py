@@ -11,10 +11,12 @@ from safetensors.numpy import save_file
 from hf_fixtures import (LLAMA_CONFIG, MISTRAL_CONFIG, QWEN2_CONFIG, _corpus_lines,
                          corpus_paragraphs, write_byte_level_tokenizer_json, write_llama_folder)
 from numpy_reference import llama_forward, random_llama_params
+from tflm.errors import MissingFileError
 from tflm.experiment import load_experiment, run_experiment
 from tflm.models import CausalLM
 from tflm.models.huggingface import (CheckpointError, byte_level_bpe_of_tokenizer_json,
                                      load_huggingface, load_llama)
+from tflm.models.safetensors_file import SafetensorsError
 from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
 
 VOCAB = 97
@@ -87,6 +89,41 @@ def test_converts_to_a_model_dir_with_its_tokenizer(tmp_path):
     run = run_experiment(config, str(tmp_path / "tuned"), print_fn=lambda line: None)
     assert run.status == "completed"
     assert any(np.any(np.array(v)) for v in run.model.weights if "lora_b" in v.path)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_sharded_half_precision_checkpoints_import_exactly(tmp_path, dtype):
+    # Two shards and their index, as save_pretrained(max_shard_size=...) writes them; the
+    # reference runs on the same rounded weights, so only float32 arithmetic differs.
+    folder = tmp_path / "hf"
+    config, params = write_llama_folder(str(folder), dtype=dtype, shards=2)
+    assert not (folder / "model.safetensors").exists()
+    model = load_huggingface(str(folder)).model
+    ids = _ids()
+    _, expected = llama_forward(params, config, ids)
+    logits = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
+    np.testing.assert_allclose(logits, expected, atol=2e-5, rtol=1e-5)
+    if dtype != "bfloat16":
+        return
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    holder = index["weight_map"]["model.norm.weight"]
+    other = next(f for f in sorted(set(index["weight_map"].values())) if f != holder)
+    # A tensor the index puts in a shard that does not hold it.
+    moved = dict(index, weight_map=dict(index["weight_map"], **{"model.norm.weight": other}))
+    index_path.write_text(json.dumps(moved))
+    with pytest.raises(SafetensorsError, match=f"'model.norm.weight' is listed in {other}"):
+        load_huggingface(str(folder))
+    # A tensor the index does not list at all.
+    del moved["weight_map"]["model.norm.weight"]
+    index_path.write_text(json.dumps(moved))
+    with pytest.raises(CheckpointError, match=r"index.json: tensor 'norm.weight' is missing"):
+        load_huggingface(str(folder))
+    # A shard the index lists that is not there.
+    index_path.write_text(json.dumps(index))
+    (folder / other).unlink()
+    with pytest.raises(MissingFileError, match=f"index.json: shard {other} .* does not exist"):
+        load_huggingface(str(folder))
 
 
 @pytest.mark.parametrize("split", ["llama3", "qwen2"])

@@ -44,7 +44,7 @@ from tflm.models.backbone import TransformerBackbone
 from tflm.models.causal_lm import CausalLM
 from tflm.models.masked_lm import MaskedLM
 from tflm.models.seq2seq_lm import Seq2SeqBackbone, Seq2SeqLM
-from tflm.models.safetensors_file import read_checkpoint_weights
+from tflm.models.safetensors_file import INDEX_FILE, WEIGHTS_FILE, read_checkpoint_weights
 
 
 class CheckpointError(TflmError, ValueError):
@@ -843,7 +843,9 @@ def load_huggingface(directory, dtype=None):
     """
 
     hf_config, kind, params = read_huggingface(directory)
-    source = os.path.join(directory, "model.safetensors")
+    source = os.path.join(directory, WEIGHTS_FILE)
+    if not os.path.exists(source):  # sharded: the index says where each tensor is
+        source = os.path.join(directory, INDEX_FILE)
     used = set()
     try:
         if kind == "bert":
