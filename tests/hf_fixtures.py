@@ -210,10 +210,11 @@ QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 def write_byte_level_tokenizer_json(folder, split, vocab_size=600):
     """A `tokenizer.json` byte-level BPE trained by `tokenizers` as Llama 3's ("llama3":
-    `ignore_merges`, no normalizer) or Qwen2's ("qwen2": NFC) are laid out, with special
+    `ignore_merges`, no normalizer, <|begin_of_text|> before every text by its
+    post_processor) or Qwen2's ("qwen2": NFC, nothing added) are laid out, with special
     tokens after the vocabulary."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import trainers
+    from tokenizers import processors, trainers
 
     tokenizer = Tokenizer(models.BPE(ignore_merges=split == "llama3"))
     if split == "qwen2":
@@ -227,6 +228,14 @@ def write_byte_level_tokenizer_json(folder, split, vocab_size=600):
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    if split == "llama3":
+        tokenizer.add_special_tokens(["<|begin_of_text|>"])
+        start = ("<|begin_of_text|>", tokenizer.token_to_id("<|begin_of_text|>"))
+        tokenizer.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                          pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                          special_tokens=[start])])
     tokenizer.save(os.path.join(folder, "tokenizer.json"))
     return tokenizer
 
@@ -238,7 +247,8 @@ def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtyp
     </s>=2), or with `tokenizer="llama3"` / `"qwen2"` a `tokenizer.json` byte-level BPE as
     theirs; the tensors saved in `dtype` when given ("float16", "bfloat16"), in `shards` files
     with an index as `save_pretrained(max_shard_size=...)` writes when more than one; returns
-    `(config, params)` as `numpy_reference.llama_forward` takes them (float32, as saved)."""
+    `(config, params)` as `numpy_reference.llama_forward` takes them (float32, as saved).
+    The SentencePiece folder's `tokenizer_config.json` is Llama 2's (<s> before every text)."""
     import sentencepiece as spm
 
     os.makedirs(folder, exist_ok=True)
@@ -251,6 +261,10 @@ def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtyp
             model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2)
         os.remove(os.path.join(folder, "tokenizer.vocab"))
+        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+            json.dump({"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
+                       "eos_token": "</s>", "unk_token": "<unk>",
+                       "tokenizer_class": "LlamaTokenizer"}, f, indent=2)
     config = dict(config, vocab_size=vocab_size + 20)  # embeddings may outnumber the pieces
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
