@@ -10,6 +10,7 @@ Face `tokenizers` on the embedded corpus. The weights are written by the
 import json
 import os
 
+import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
@@ -100,18 +101,7 @@ def write_gpt2_folder(folder, vocab_size=600, seed=0, shards=1):
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     params = random_gpt2_params(config, seed=seed)
-    names = sorted(params)
-    if shards == 1:
-        save_file(params, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i in range(shards):
-            file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-            part = {n: params[n] for n in names[i::shards]}
-            save_file(part, os.path.join(folder, file), metadata={"format": "pt"})
-            weight_map.update({n: file for n in part})
-        with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    _save_sharded(folder, params, shards)
     return config, params
 
 
@@ -220,10 +210,11 @@ QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 def write_byte_level_tokenizer_json(folder, split, vocab_size=600):
     """A `tokenizer.json` byte-level BPE trained by `tokenizers` as Llama 3's ("llama3":
-    `ignore_merges`, no normalizer) or Qwen2's ("qwen2": NFC) are laid out, with special
+    `ignore_merges`, no normalizer, <|begin_of_text|> before every text by its
+    post_processor) or Qwen2's ("qwen2": NFC, nothing added) are laid out, with special
     tokens after the vocabulary."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import trainers
+    from tokenizers import processors, trainers
 
     tokenizer = Tokenizer(models.BPE(ignore_merges=split == "llama3"))
     if split == "qwen2":
@@ -237,17 +228,27 @@ def write_byte_level_tokenizer_json(folder, split, vocab_size=600):
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
     tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    if split == "llama3":
+        tokenizer.add_special_tokens(["<|begin_of_text|>"])
+        start = ("<|begin_of_text|>", tokenizer.token_to_id("<|begin_of_text|>"))
+        tokenizer.post_processor = processors.Sequence([
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                          pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+                                          special_tokens=[start])])
     tokenizer.save(os.path.join(folder, "tokenizer.json"))
     return tokenizer
 
 
 def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtype=None,
-                       tokenizer="sentencepiece"):
+                       tokenizer="sentencepiece", shards=1):
     """A `LlamaForCausalLM` (or Mistral, Qwen2: `config`) checkpoint with a SentencePiece BPE
     `tokenizer.model` with byte fallback and no normalization, as Llama 2's (<unk>=0, <s>=1,
     </s>=2), or with `tokenizer="llama3"` / `"qwen2"` a `tokenizer.json` byte-level BPE as
-    theirs; the tensors saved in `dtype` when given ("float16"); returns
-    `(config, params)` as `numpy_reference.llama_forward` takes them (float32, as saved)."""
+    theirs; the tensors saved in `dtype` when given ("float16", "bfloat16"), in `shards` files
+    with an index as `save_pretrained(max_shard_size=...)` writes when more than one; returns
+    `(config, params)` as `numpy_reference.llama_forward` takes them (float32, as saved).
+    The SentencePiece folder's `tokenizer_config.json` is Llama 2's (<s> before every text)."""
     import sentencepiece as spm
 
     os.makedirs(folder, exist_ok=True)
@@ -260,13 +261,36 @@ def write_llama_folder(folder, config=LLAMA_CONFIG, vocab_size=600, seed=0, dtyp
             model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2)
         os.remove(os.path.join(folder, "tokenizer.vocab"))
+        with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+            json.dump({"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
+                       "eos_token": "</s>", "unk_token": "<unk>",
+                       "tokenizer_class": "LlamaTokenizer"}, f, indent=2)
     config = dict(config, vocab_size=vocab_size + 20)  # embeddings may outnumber the pieces
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     params = random_llama_params(config, seed=seed)
+    # NumPy has no bfloat16; ml_dtypes' is the one the safetensors library writes as BF16.
+    dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
     if dtype is not None:
         params = {k: v.astype(dtype).astype(np.float32) for k, v in params.items()}
     saved = {("model." + k if k != "lm_head.weight" else k): v.astype(dtype or np.float32)
              for k, v in params.items()}
-    save_file(saved, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    _save_sharded(folder, saved, shards)
     return config, params
+
+
+def _save_sharded(folder, tensors, shards):
+    """`model.safetensors`, or `shards` files `model-0000i-of-0000n.safetensors` and the
+    `model.safetensors.index.json` that lists them, as `transformers` writes them."""
+    if shards == 1:
+        save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        return
+    names, weight_map = sorted(tensors), {}
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[i::shards]}
+        save_file(part, os.path.join(folder, file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    total = sum(v.nbytes for v in tensors.values())
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

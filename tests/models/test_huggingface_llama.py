@@ -6,15 +6,22 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from safetensors.numpy import save_file
 
 from hf_fixtures import (LLAMA_CONFIG, MISTRAL_CONFIG, QWEN2_CONFIG, _corpus_lines,
                          corpus_paragraphs, write_byte_level_tokenizer_json, write_llama_folder)
 from numpy_reference import llama_forward, random_llama_params
+from tflm.data.pipeline import causal_lm_batches
+from tflm.data.tokenize import tokenize_documents
+from tflm.errors import MissingFileError
 from tflm.experiment import load_experiment, run_experiment
+from tflm.export.serving import CausalLMServing
+from tflm.generation.generate import _prompts
 from tflm.models import CausalLM
 from tflm.models.huggingface import (CheckpointError, byte_level_bpe_of_tokenizer_json,
                                      load_huggingface, load_llama)
+from tflm.models.safetensors_file import SafetensorsError
 from tflm.tasks.pretrained import convert_checkpoint, load_pretrained
 
 VOCAB = 97
@@ -25,6 +32,22 @@ TEXTS = _corpus_lines()[:20] + corpus_paragraphs()[20:23] + [
     "naïve cafe\u0301 — 東京 🙂", "(word) [x]\r\n\r\nz", "!!!\n\n\n   ok",
     "In 1811, 2,500 pounds;\n  in 1812, 10,000 pounds a year.\n"]
 CONFIGS = {"llama": LLAMA_CONFIG, "mistral": MISTRAL_CONFIG, "qwen2": QWEN2_CONFIG}
+
+
+def _fed_ids(model, tokenizer, texts):
+    """The ids tflm feeds `model` for each text: as a `generate` prompt, as a prompt of the
+    exported generate signature, and as the first row of causal LM training on that text."""
+    end = tokenizer.sep_id if tokenizer.end_of_text_id is None else tokenizer.end_of_text_id
+    prompts = _prompts(texts, tokenizer, end_id=end).to_list()
+    served = CausalLMServing(model, tokenizer)._prompts(tf.constant(texts), tf.constant(8))[0].to_list()
+    trained = []
+    for text, prompt in zip(texts, prompts):
+        documents = tokenize_documents(tf.data.Dataset.from_tensors([text]).unbatch(), tokenizer)
+        features, labels, _ = next(iter(causal_lm_batches(
+            documents, tokenizer, len(prompt), 1, shuffle_buffer_size=0)))
+        assert labels[0, -1] == end  # the document ends with end-of-text
+        trained.append(features["token_ids"][0].numpy().tolist())
+    return prompts, served, trained
 
 
 def _ids(length=12):
@@ -77,6 +100,22 @@ def test_converts_to_a_model_dir_with_its_tokenizer(tmp_path):
     got = tokenizer.tokenize(TEXTS).to_list()
     assert got == [reference.encode(t) for t in TEXTS]
     assert any(reference.id_to_piece(i).startswith("<0x") for i in got[-1])
+    # What the model reads starts with <s>, as tokenizer(text).input_ids of Hugging Face's
+    # LlamaTokenizer (add_bos_token): prompts of generate and of the export, training rows.
+    assert (tokenizer.start_token, tokenizer.start_id) == ("<s>", 1)
+    texts = TEXTS[:2] + [""]
+    expected = [[1] + reference.encode(t) for t in texts]
+    assert _fed_ids(model, tokenizer, texts[:2]) == (expected[:2],) * 3
+    assert _prompts([""], tokenizer, end_id=2).to_list() == [[1]]
+    # The exported score reads a text after <s>: the log-likelihood of the reference's logits.
+    row = np.array([expected[0][:10]], "int32")
+    _, reference_logits = llama_forward(params, config, row)
+    log_probs = reference_logits - np.log(np.exp(reference_logits).sum(-1, keepdims=True))
+    expected_score = log_probs[0, np.arange(9), row[0, 1:]].sum()
+    text = reference.decode(expected[0][1:10])
+    assert reference.encode(text) == expected[0][1:10]
+    score = CausalLMServing(model, tokenizer).score(tf.constant([text]))
+    np.testing.assert_allclose(score["log_likelihood"].numpy(), [expected_score], rtol=1e-4)
 
     # It fine-tunes with LoRA as the causal LM task trains any model_dir.
     config = load_experiment(None, (
@@ -89,6 +128,41 @@ def test_converts_to_a_model_dir_with_its_tokenizer(tmp_path):
     assert any(np.any(np.array(v)) for v in run.model.weights if "lora_b" in v.path)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_sharded_half_precision_checkpoints_import_exactly(tmp_path, dtype):
+    # Two shards and their index, as save_pretrained(max_shard_size=...) writes them; the
+    # reference runs on the same rounded weights, so only float32 arithmetic differs.
+    folder = tmp_path / "hf"
+    config, params = write_llama_folder(str(folder), dtype=dtype, shards=2)
+    assert not (folder / "model.safetensors").exists()
+    model = load_huggingface(str(folder)).model
+    ids = _ids()
+    _, expected = llama_forward(params, config, ids)
+    logits = np.asarray(model({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
+    np.testing.assert_allclose(logits, expected, atol=2e-5, rtol=1e-5)
+    if dtype != "bfloat16":
+        return
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    holder = index["weight_map"]["model.norm.weight"]
+    other = next(f for f in sorted(set(index["weight_map"].values())) if f != holder)
+    # A tensor the index puts in a shard that does not hold it.
+    moved = dict(index, weight_map=dict(index["weight_map"], **{"model.norm.weight": other}))
+    index_path.write_text(json.dumps(moved))
+    with pytest.raises(SafetensorsError, match=f"'model.norm.weight' is listed in {other}"):
+        load_huggingface(str(folder))
+    # A tensor the index does not list at all.
+    del moved["weight_map"]["model.norm.weight"]
+    index_path.write_text(json.dumps(moved))
+    with pytest.raises(CheckpointError, match=r"index.json: tensor 'norm.weight' is missing"):
+        load_huggingface(str(folder))
+    # A shard the index lists that is not there.
+    index_path.write_text(json.dumps(index))
+    (folder / other).unlink()
+    with pytest.raises(MissingFileError, match=f"index.json: shard {other} .* does not exist"):
+        load_huggingface(str(folder))
+
+
 @pytest.mark.parametrize("split", ["llama3", "qwen2"])
 def test_tokenizer_json_byte_level_bpe_gives_the_ids_of_tokenizers(tmp_path, split):
     reference = write_byte_level_tokenizer_json(str(tmp_path), split)
@@ -98,17 +172,24 @@ def test_tokenizer_json_byte_level_bpe_gives_the_ids_of_tokenizers(tmp_path, spl
         reference.encode(t, add_special_tokens=False).ids for t in TEXTS]
 
 
-def test_qwen2_converts_with_its_tokenizer_json(tmp_path):
+@pytest.mark.parametrize("kind", ["llama3", "qwen2"])
+def test_byte_level_checkpoints_convert_with_their_tokenizer_json(tmp_path, kind):
     from tokenizers import Tokenizer
 
-    folder = tmp_path / "hf_qwen2"
-    config, params = write_llama_folder(str(folder), QWEN2_CONFIG, tokenizer="qwen2")
-    convert_checkpoint(str(folder), str(tmp_path / "qwen2"), print_fn=lambda line: None)
-    model, tokenizer, _ = load_pretrained(str(tmp_path / "qwen2"))
+    folder = tmp_path / "hf"
+    hf_config = QWEN2_CONFIG if kind == "qwen2" else LLAMA_CONFIG
+    config, params = write_llama_folder(str(folder), hf_config, tokenizer=kind)
+    convert_checkpoint(str(folder), str(tmp_path / "out"), print_fn=lambda line: None)
+    model, tokenizer, _ = load_pretrained(str(tmp_path / "out"))
     reference = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    ids = [reference.encode(t).ids for t in TEXTS]
-    assert tokenizer.tokenize(TEXTS).to_list() == ids
+    assert tokenizer.tokenize(TEXTS).to_list() == [
+        reference.encode(t, add_special_tokens=False).ids for t in TEXTS]
     assert tokenizer.token_to_id("<|im_end|>") == reference.token_to_id("<|im_end|>")
+    # What the model reads is Hugging Face's input_ids: Llama 3's post_processor puts
+    # <|begin_of_text|> first, Qwen2's nothing.
+    ids = [reference.encode(t).ids for t in TEXTS[:2]]
+    assert (ids[0][0] == reference.token_to_id("<|begin_of_text|>")) == (kind == "llama3")
+    assert _fed_ids(model, tokenizer, TEXTS[:2]) == (ids,) * 3
     row = np.array([ids[0][:12]], "int32")
     _, expected = llama_forward(params, config, row)
     logits = np.asarray(model({"token_ids": row, "padding_mask": np.ones_like(row)}))

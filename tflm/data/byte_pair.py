@@ -149,6 +149,7 @@ class BytePairTokenizer(Tokenizer):
             "llama3" (Llama 3) or "qwen2" (Qwen2, Qwen2.5), as their `tokenizer.json`s split.
         ignore_merges: a word that is a token is that token, merges or not (`tokenizers`'
             BPE option of that name; Llama 3 sets it).
+        start_token: a special token a causal LM's texts begin with (`Tokenizer`), or None.
 
     Example:
     >>> tokenizer = BytePairTokenizer("gpt2/vocab.json", "gpt2/merges.txt")
@@ -160,8 +161,8 @@ class BytePairTokenizer(Tokenizer):
 
     def __init__(self, vocabulary, merges, special_tokens=(END_OF_TEXT,), lowercase=False,
                  nfkc=False, nfc=False, pre_tokenizer="gpt2", ignore_merges=False,
-                 name="byte_pair_tokenizer"):
-        super().__init__(special_tokens, name=name)
+                 start_token=None, name="byte_pair_tokenizer"):
+        super().__init__(special_tokens, name=name, start_token=start_token)
         if pre_tokenizer not in PRE_TOKENIZERS:
             raise ValueError(f"pre_tokenizer={pre_tokenizer!r}: expected one of "
                              f"{sorted(PRE_TOKENIZERS)}.")

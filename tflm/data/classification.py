@@ -238,14 +238,15 @@ def _keep_first(ids, counts):
 
 
 def row_tokens(tokenizer, causal):
-    """`(start, separator)` ids of the row layout: ([CLS], [SEP]) or (None, end-of-text)."""
+    """`(start, separator)` ids of the row layout: ([CLS], [SEP]), or causal (the
+    tokenizer's start token or None, end-of-text)."""
     if causal:
         end = tokenizer.end_of_text_id
         end = tokenizer.sep_id if end is None else end
         if end is None:
             raise ValueError(f"The {tokenizer.kind} tokenizer has no end-of-text or [SEP] token "
                              "to end a classification row.")
-        return None, end
+        return tokenizer.start_id, end
     if tokenizer.cls_id is None or tokenizer.sep_id is None:
         raise ValueError(f"An encoder's classification rows need [CLS] and [SEP]; the "
                          f"{tokenizer.kind} tokenizer has only {list(tokenizer.special_tokens)}. "

@@ -32,27 +32,32 @@ AUTOTUNE = tf.data.AUTOTUNE
 PACK_BATCH = 64  # documents joined per step of the packing scan
 
 
-def pack_token_stream(documents, window, separator_id=None, pad_id=None, positions=False):
+def pack_token_stream(documents, window, separator_id=None, pad_id=None, positions=False,
+                      start_id=None):
     """Packs a dataset of 1-D token tensors into `(window,)` rows.
 
     `documents` holds one document per element, or ragged `(n, None)`
     batches of documents (`tokenize_documents(..., batched=True)`).
-    Documents are concatenated in order (each followed by `separator_id` if
-    given) and cut every `window` tokens; the tail of one document continues
+    Documents are concatenated in order (each preceded by `start_id` and followed by
+    `separator_id`, where given) and cut every `window` tokens; the tail of one document continues
     into the next row. With `pad_id`, the final partial row is kept, padded
     with `pad_id`; otherwise it is dropped. Nothing else is ever dropped.
 
     With `positions`, each row is a pair `(tokens, positions)`: each token's
-    index in its document (its separator included; 0 at padding), from which
+    index in its document (its start and separator included; 0 at padding), from which
     `document_features` tells the documents of a row apart.
     """
     def join(batch):
         # A batch of documents → one stretch of the stream, separators included.
         if not isinstance(batch, tf.RaggedTensor):  # documents of one fixed length
             batch = tf.RaggedTensor.from_tensor(batch)
+        def column(token_id):
+            return tf.fill([batch.nrows(), 1], tf.constant(token_id, batch.dtype))
+
+        if start_id is not None:
+            batch = tf.concat([column(start_id), batch], axis=1)
         if separator_id is not None:
-            separators = tf.fill([batch.nrows(), 1], tf.constant(separator_id, batch.dtype))
-            batch = tf.concat([batch, separators], axis=1)
+            batch = tf.concat([batch, column(separator_id)], axis=1)
         if positions:
             lengths = tf.cast(batch.row_lengths(), tf.int32)
             return batch.flat_values, tf.ragged.range(lengths).flat_values
@@ -126,7 +131,8 @@ def causal_lm_batches(token_documents, tokenizer, sequence_length, batch_size, s
     """Packed next-token batches from a dataset of token tensors.
 
     Each row is `sequence_length + 1` consecutive tokens of the stream, the
-    documents joined by the end-of-text token; features are the first
+    documents joined by the end-of-text token, each begun by the tokenizer's start token
+    where it has one (an imported Llama's <s>, as Hugging Face's tokenizer writes a text); features are the first
     `sequence_length`, labels the last `sequence_length` (shifted by one).
     Weights are 1 except where the label is padding (only in the final row
     when not training), so no label ever crosses into padding.
@@ -140,7 +146,7 @@ def causal_lm_batches(token_documents, tokenizer, sequence_length, batch_size, s
         separator = tokenizer.sep_id
     pad_id = None if training else tokenizer.pad_id
     rows = pack_token_stream(token_documents, sequence_length + 1, separator, pad_id,
-                             positions=document_mask)
+                             positions=document_mask, start_id=tokenizer.start_id)
     rows = _shuffle(rows, shuffle_buffer_size if training else 0, seed)
 
     def split(batch, positions=None):

@@ -60,6 +60,7 @@ class SentencePieceTokenizer(Tokenizer):
         clean_whitespace: drop control characters and collapse whitespace runs before
             segmentation; `False` gives the model the text as it is (Hugging Face's Llama
             tokenizer does: its pieces include runs of spaces, tabs and newlines).
+        start_token: a special token a causal LM's texts begin with (`Tokenizer`), or None.
 
     Example:
     >>> tokenizer = SentencePieceTokenizer("sentencepiece.model")
@@ -70,7 +71,7 @@ class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 
     def __init__(self, model, lowercase=False, nfkc=True, strip_accents=None, special_tokens=None,
-                 clean_whitespace=True, name="sentencepiece_tokenizer"):
+                 clean_whitespace=True, start_token=None, name="sentencepiece_tokenizer"):
         if isinstance(model, str):
             source = f"SentencePiece model {model!r}"
             model = read_model(model)
@@ -82,7 +83,7 @@ class SentencePieceTokenizer(Tokenizer):
         pieces = [p.piece for p in proto.pieces]
         if special_tokens is None:
             special_tokens = [p.piece for p in proto.pieces if p.type in (types.CONTROL, types.UNKNOWN)]
-        super().__init__(special_tokens, name=name)
+        super().__init__(special_tokens, name=name, start_token=start_token)
         self._model = model
         self._pieces = pieces
         self._ids = {piece: i for i, piece in enumerate(pieces)}

@@ -14,6 +14,9 @@ Interface:
     vocabulary_size, special_tokens, special_ids, token_to_id(token), id_to_token(id)
     pad_id, unk_id, cls_id, sep_id, mask_id, end_of_text_id    (None where absent; BERT's
                            [PAD] [UNK] [CLS] [SEP] [MASK], else <pad> <unk> <s> </s> <mask>)
+    start_token, start_id  the token a causal LM's every text begins with (None: none):
+                           Hugging Face's `add_bos_token` (Llama's <s>). `tokenize` never adds
+                           it; the causal LM's rows, prompts and scored texts do.
     save(directory)        readable vocabulary files + tokenizer.json
     fingerprint()          sha256 of the saved vocabulary: identifies the exact tokenizer
 `tflm.data.tokenizers.load_tokenizer(directory)` reads back what `save` wrote.
@@ -34,9 +37,14 @@ class Tokenizer(tf.Module):
     #: Name written to tokenizer.json, used by `load_tokenizer` to pick the class.
     kind = None
 
-    def __init__(self, special_tokens, name=None):
+    def __init__(self, special_tokens, name=None, start_token=None):
         super().__init__(name=name)
         self.special_tokens = tuple(special_tokens)
+        # A special token, so that detokenize drops it as Hugging Face's decode does.
+        if start_token is not None and start_token not in self.special_tokens:
+            raise ValueError(f"start_token={start_token!r} is not one of the special tokens "
+                             f"{list(self.special_tokens)}.")
+        self.start_token = start_token
 
     # Subclasses implement: tokenize, detokenize, vocabulary_size (property),
     # token_to_id, id_to_token, _vocabulary_contents() (list of str/bytes, for the
@@ -88,14 +96,25 @@ class Tokenizer(tf.Module):
         return self._special_id("<|endoftext|>")
 
     @property
+    def start_id(self):
+        return None if self.start_token is None else self.token_to_id(self.start_token)
+
+    @property
     def special_ids(self):
         return sorted(self.token_to_id(t) for t in self.special_tokens)
+
+    def _options(self):
+        """What tokenizer.json records besides the kind (and the fingerprint covers)."""
+        options = {"special_tokens": list(self.special_tokens), **self.config()}
+        if self.start_token is not None:  # only when set: other fingerprints stay as they were
+            options["start_token"] = self.start_token
+        return options
 
     def save(self, directory):
         """Writes the vocabulary files and tokenizer.json into `directory`."""
         tf.io.gfile.makedirs(directory)
         self._save_vocabulary(directory)
-        config = {"kind": self.kind, "special_tokens": list(self.special_tokens), **self.config()}
+        config = {"kind": self.kind, **self._options()}
         with tf.io.gfile.GFile(os.path.join(directory, CONFIG_FILE), "w") as f:
             f.write(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         return directory
@@ -103,8 +122,8 @@ class Tokenizer(tf.Module):
     def fingerprint(self):
         """sha256 over the kind, options and vocabulary contents: same value, same tokenizer."""
         digest = hashlib.sha256()
-        digest.update(json.dumps({"kind": self.kind, "special_tokens": list(self.special_tokens),
-                                  **self.config()}, sort_keys=True).encode())
+        digest.update(json.dumps({"kind": self.kind, **self._options()},
+                                 sort_keys=True).encode())
         for content in self._vocabulary_contents():
             digest.update(content if isinstance(content, bytes) else content.encode("utf-8"))
         return digest.hexdigest()

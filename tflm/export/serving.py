@@ -173,6 +173,8 @@ class CausalLMServing(tf.Module):
         end_id = tokenizer.end_of_text_id
         self.end_id = tokenizer.sep_id if end_id is None else end_id
         self.pad_id = tokenizer.pad_id or 0
+        # What a text is read after: the start token (Llama's <s>), else end-of-text (GPT-2).
+        self.first_id = self.end_id if tokenizer.start_id is None else tokenizer.start_id
         self.decoder = CausalDecoder(model, end_id=self.end_id, pad_id=self.pad_id)
         self.max_length = int(model.backbone.max_sequence_length)
         self.num_beams = int(num_beams)
@@ -203,15 +205,17 @@ class CausalLMServing(tf.Module):
         loop's length (`max_new_tokens` capped at what the positions hold)."""
         check_max_new_tokens(max_new_tokens)
         ids = self.tokenizer.tokenize(_valid_utf8(prompts))
-        # An empty prompt starts from the end-of-text token, as GPT-2 does.
-        empty = tf.equal(ids.row_lengths(), 0)
+        # Keep the end of a long prompt (the part next to what is generated), one position
+        # for a new token and one for the start token.
+        has_start = self.tokenizer.start_id is not None
+        ids, truncated = _truncate_rows(ids, self.max_length - 1 - has_start, keep="end")
+        # Every prompt starts with the start token where the tokenizer has one (as training's
+        # rows do); else an empty prompt starts from the end-of-text token, as GPT-2 does.
+        started = tf.logical_or(tf.equal(ids.row_lengths(), 0), has_start)
         starts = tf.RaggedTensor.from_row_lengths(
-            tf.fill([tf.reduce_sum(tf.cast(empty, tf.int32))], self.end_id),
-            tf.cast(empty, ids.row_splits.dtype))
-        ids = tf.concat([starts, ids], axis=1)
-        # Keep the end of a long prompt (the part next to what is generated), and one
-        # position for a new token.
-        ids, truncated = _truncate_rows(ids, self.max_length - 1, keep="end")
+            tf.fill([tf.reduce_sum(tf.cast(started, tf.int32))], self.first_id),
+            tf.cast(started, ids.row_splits.dtype))
+        ids = tf.concat([starts, tf.cast(ids, tf.int32)], axis=1)
         return ids, truncated, self.decoder.max_steps(ids.row_lengths(), max_new_tokens)
 
     @staticmethod
@@ -228,9 +232,10 @@ class CausalLMServing(tf.Module):
         """Continues each prompt (greedy at temperature 0; else sampled, reproducibly per seed).
 
         Args:
-            prompts: texts; an empty one starts from the end-of-text token. A prompt keeps
-                its last `max_sequence_length - 1` tokens (`prompt_truncated`); invalid
-                UTF-8 reads as U+FFFD.
+            prompts: texts, after the tokenizer's start token where it has one (an imported
+                Llama's <s>); else an empty one starts from the end-of-text token. A prompt keeps
+                its last `max_sequence_length - 1` tokens, its start token included
+                (`prompt_truncated`); invalid UTF-8 reads as U+FFFD.
             max_new_tokens: >= 1; each row adds at most this many tokens, and at most what
                 the model's positions hold after its prompt (prompt + new tokens <=
                 `max_sequence_length`): a larger request returns fewer (`num_tokens`).
@@ -305,11 +310,12 @@ class CausalLMServing(tf.Module):
 
     @tf.function(input_signature=[STRINGS])
     def score(self, text):
-        """Log-likelihood of each text (each token given the ones before, after end-of-text)."""
+        """Log-likelihood of each text (each token given the ones before, after the start
+        token, or end-of-text where the tokenizer has none)."""
         ids = self.tokenizer.tokenize(_valid_utf8(text))
         ids, truncated = _truncate_rows(ids, self.max_length - 1)
         batch = tf.cast(ids.nrows(), tf.int32)
-        ids = tf.concat([tf.fill([batch, 1], self.end_id), tf.cast(ids, tf.int32)], axis=1)
+        ids = tf.concat([tf.fill([batch, 1], self.first_id), tf.cast(ids, tf.int32)], axis=1)
         dense = ids.to_tensor(default_value=self.pad_id)
         mask = tf.ones_like(ids).to_tensor()
         logits = self.model({"token_ids": dense, "padding_mask": mask}, training=False)

@@ -99,12 +99,15 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
 
 
 def _prompts(prompts, tokenizer, end_id):
-    """A causal LM's ragged prompt ids; an empty prompt starts from the end-of-text token,
-    as in GPT-2."""
+    """A causal LM's ragged prompt ids: after the tokenizer's start token where it has one
+    (as training's rows begin), else an empty prompt starts from the end-of-text token, as
+    in GPT-2."""
     if tokenizer is None:
         return tf.ragged.constant([list(p) for p in prompts], tf.int32, ragged_rank=1)
-    ids = tokenizer.tokenize(tf.constant(list(prompts), tf.string))
-    return tf.ragged.constant([row or [end_id] for row in ids.to_list()], tf.int32)
+    ids = tokenizer.tokenize(tf.constant(list(prompts), tf.string)).to_list()
+    if tokenizer.start_id is not None:
+        return tf.ragged.constant([[tokenizer.start_id] + row for row in ids], tf.int32)
+    return tf.ragged.constant([row or [end_id] for row in ids], tf.int32)
 
 
 def _seq2seq_ids(tokenizer, end_id):

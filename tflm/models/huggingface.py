@@ -44,7 +44,7 @@ from tflm.models.backbone import TransformerBackbone
 from tflm.models.causal_lm import CausalLM
 from tflm.models.masked_lm import MaskedLM
 from tflm.models.seq2seq_lm import Seq2SeqBackbone, Seq2SeqLM
-from tflm.models.safetensors_file import read_checkpoint_weights
+from tflm.models.safetensors_file import INDEX_FILE, WEIGHTS_FILE, read_checkpoint_weights
 
 
 class CheckpointError(TflmError, ValueError):
@@ -747,22 +747,64 @@ def bert_tokenizer_options(directory):
 def _llama_tokenizer(directory, kind):
     """The tokenizer of a Llama-family folder: its SentencePiece `tokenizer.model` (Llama 1/2,
     Mistral), which the library segments as Hugging Face's slow `LlamaTokenizer` does, else
-    the byte-level BPE of its `tokenizer.json` (Llama 3, Qwen2). The ids are the text's, without
-    the <s> / <|begin_of_text|> that Hugging Face's tokenizers may prepend."""
+    the byte-level BPE of its `tokenizer.json` (Llama 3, Qwen2). Its `start_token` is the
+    <s> / <|begin_of_text|> that Hugging Face's tokenizer puts before a text
+    (`llama_start_token`), so that tflm's rows and prompts begin as the model was trained."""
     path = os.path.join(directory, LLAMA_SPIECE_FILE)
-    if os.path.exists(path):
-        return SentencePieceTokenizer(path, nfkc=False, clean_whitespace=False)
-    path = os.path.join(directory, HF_TOKENIZER_FILE)
-    if os.path.exists(path):
-        return byte_level_bpe_of_tokenizer_json(path)
+    try:
+        if os.path.exists(path):
+            return SentencePieceTokenizer(path, nfkc=False, clean_whitespace=False,
+                                          start_token=llama_start_token(directory, "<s>"))
+        path = os.path.join(directory, HF_TOKENIZER_FILE)
+        if os.path.exists(path):
+            return byte_level_bpe_of_tokenizer_json(
+                path, start_token=llama_start_token(directory, None))
+    except ValueError as e:  # a start token that is not one of the special tokens
+        if isinstance(e, TflmError):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
     raise MissingFileError(f"{directory}: neither {LLAMA_SPIECE_FILE} nor {HF_TOKENIZER_FILE} "
                            f"(the {kind} vocabulary).")
 
 
-def byte_level_bpe_of_tokenizer_json(path):
+def llama_start_token(directory, default):
+    """The token Hugging Face's tokenizer of a Llama-family folder puts before every text
+    (`tokenizer(text).input_ids`), or None: `tokenizer_config.json`'s `add_bos_token` (with
+    its `bos_token`) where it says, else the `TemplateProcessing` of `tokenizer.json`'s
+    `post_processor` (Llama 3's <|begin_of_text|>; Qwen2 has none), else `default`
+    (`LlamaTokenizer`'s: <s>). A token added after the text (`add_eos_token`) is refused:
+    tflm's rows end with end-of-text only between documents."""
+    config_path = os.path.join(directory, "tokenizer_config.json")
+    config = _read_json_if_present(config_path)
+    if config.get("add_eos_token"):
+        raise CheckpointError(f"{config_path}: add_eos_token=true: tflm does not end every "
+                              "text with </s>.")
+    if "add_bos_token" in config:
+        if not config["add_bos_token"]:
+            return None
+        token = config.get("bos_token", "<s>")
+        return token.get("content") if isinstance(token, dict) else token
+    json_path = os.path.join(directory, HF_TOKENIZER_FILE)
+    processor = _read_json_if_present(json_path).get("post_processor") or {}
+    for step in processor.get("processors", []) if processor.get("type") == "Sequence" \
+            else [processor]:
+        if step.get("type") != "TemplateProcessing":
+            continue
+        single = step.get("single") or []
+        special = [item["SpecialToken"]["id"] for item in single if "SpecialToken" in item]
+        if [next(iter(item)) for item in single] != ["SpecialToken", "Sequence"][-len(single):]:
+            raise CheckpointError(f"{json_path}: post_processor single="
+                                  f"{json.dumps(single)[:200]}: tflm puts at most one token "
+                                  "before a text and none after it.")
+        return special[0] if special else None
+    return default
+
+
+def byte_level_bpe_of_tokenizer_json(path, start_token=None):
     """A `BytePairTokenizer` that reproduces a `tokenizer.json` byte-level BPE: GPT-2's split,
     or Llama 3's or Qwen2's `Split` regex before a regex-free `ByteLevel`; no normalizer or
-    NFC. Anything else is a `CheckpointError` naming the field: never approximate ids."""
+    NFC. Anything else is a `CheckpointError` naming the field: never approximate ids.
+    `start_token`: the tokenizer's (`Tokenizer.start_token`), one of its special tokens."""
     spec = _read_json(path)
 
     def refuse(field, value, why):
@@ -800,7 +842,8 @@ def byte_level_bpe_of_tokenizer_json(path):
               for m in model.get("merges") or []]
     return BytePairTokenizer(vocabulary, merges, special_tokens=tuple(special),
                              nfc=normalizer is not None, pre_tokenizer=split,
-                             ignore_merges=bool(model.get("ignore_merges")))
+                             ignore_merges=bool(model.get("ignore_merges")),
+                             start_token=start_token)
 
 
 def huggingface_tokenizer(directory, kind):
@@ -843,7 +886,9 @@ def load_huggingface(directory, dtype=None):
     """
 
     hf_config, kind, params = read_huggingface(directory)
-    source = os.path.join(directory, "model.safetensors")
+    source = os.path.join(directory, WEIGHTS_FILE)
+    if not os.path.exists(source):  # sharded: the index says where each tensor is
+        source = os.path.join(directory, INDEX_FILE)
     used = set()
     try:
         if kind == "bert":

@@ -134,7 +134,8 @@ def read_checkpoint_weights(directory):
     listed by `model.safetensors.index.json`.
 
     Raises:
-        FileNotFoundError: neither is there (a `pytorch_model.bin` is named as unsupported).
+        FileNotFoundError: neither is there (a `pytorch_model.bin` is named as unsupported),
+            or a shard the index lists is not.
         SafetensorsError: a shard is malformed or a tensor is missing from its shard.
     """
     index_path = os.path.join(directory, INDEX_FILE)
@@ -149,7 +150,12 @@ def read_checkpoint_weights(directory):
             raise SafetensorsError(f"{index_path}: no valid weight_map ({e}).") from None
         tensors = {}
         for shard in sorted(set(weight_map.values())):
-            shard_tensors = read_safetensors(os.path.join(directory, shard))
+            path = os.path.join(directory, shard)
+            if not os.path.exists(path):
+                listed = sorted(name for name, file in weight_map.items() if file == shard)
+                raise MissingFileError(f"{index_path}: shard {shard} (holding {listed[0]!r} "
+                                       f"and {len(listed) - 1} more) does not exist.")
+            shard_tensors = read_safetensors(path)
             for name, file in weight_map.items():
                 if file == shard:
                     if name not in shard_tensors:
