@@ -190,6 +190,7 @@ def test_llama_family_presets_convert_exactly(llama_presets, name, tmp_path):
     assert config.model.tie_embeddings == (name == "tied")
     rows, ids, mask = _batch(keras_tokenizer, LLAMA_TEXTS)
     assert tokenizer.tokenize(LLAMA_TEXTS).to_list() == rows
+    assert tokenizer.start_id == keras_tokenizer.start_token_id  # the preprocessor's <s>
     assert min(map(len, rows)) > 3  # past Mistral's window
     features = {"token_ids": ids, "padding_mask": mask}
     real = mask.astype(bool)

@@ -269,9 +269,13 @@ def convert_llama(preset, dtype=None):
         # The start token is the preprocessor's to add (tflm's task adds its own).
         preset.refuse_tokenizer_options({"add_bos": False, "add_eos": False},
                                         "SentencePiece tokenizer")
+        # keras-hub's CausalLMPreprocessor puts <s> before every text unless told not to
+        # (`add_start_token`): the model was trained so, and tflm's rows and prompts follow.
+        preprocessor = getattr(preset.task, "preprocessor", None)
+        start_token = "<s>" if getattr(preprocessor, "add_start_token", True) else None
         # keras-hub gives SentencePiece the text as it is (the model's own normalizer only).
         tokenizer = SentencePieceTokenizer(preset.asset("vocabulary.spm"), nfkc=False,
-                                           clean_whitespace=False)
+                                           clean_whitespace=False, start_token=start_token)
     # The task's output projection is the backbone's reverse embedding: nothing else to copy.
     return CausalLM(backbone), tokenizer, True
 
