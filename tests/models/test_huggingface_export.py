@@ -19,7 +19,7 @@ from tflm.models import MaskedLM
 from tflm.models.backbone import TransformerBackbone
 from tflm.models.causal_lm import CausalLM
 from tflm.models.huggingface import byte_level_bpe_of_tokenizer_json, load_huggingface
-from tflm.models.huggingface_export import ExportError, export_huggingface
+from tflm.models.huggingface_export import LLAMA_CLASSES, ExportError, export_huggingface
 from tflm.models.safetensors_file import read_safetensors
 from tflm.models.sequence_classifier import SequenceClassifier
 from tflm.tasks.pretrained import export_model_to_huggingface
@@ -202,8 +202,7 @@ def test_llama_family_round_trips_exactly(hf_root, llama_fixture):
         assert export_model_to_huggingface(model, tokenizer, str(out)).kind == kind
 
         config = json.loads((out / "config.json").read_text())
-        assert config["architectures"] == [{"llama": "LlamaForCausalLM", "qwen2":
-                                            "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}[kind]]
+        assert config["architectures"] == [LLAMA_CLASSES[kind]]
         assert {k: config[k] for k in expected} == expected, kind
         assert (config["hidden_act"], config["rope_theta"]) == ("silu", 500000.0)
         if tokenizer_name != "sentencepiece":  # <|endoftext|> begins and ends text

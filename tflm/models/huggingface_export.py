@@ -19,13 +19,14 @@ What a model is must be exactly what the importer would rebuild from that config
 backbone's config is compared, key by key, with the importer's own `*_backbone_kwargs` of
 the written config (the rest with `TransformerBackbone`'s defaults), so the two directions
 cannot drift and a model the architecture cannot express (rotary positions in a "GPT-2",
-pre-LN BERT, an untied output) is an error naming the key. The tokenizer is read back
+pre-LN BERT, an untied GPT-2 output, layer norm in a Llama) is an error naming the key; the
+nearest architecture is named. The tokenizer is read back
 with the importer's `huggingface_tokenizer` before the folder is published, and must be the
 same tokenizer (same vocabulary, options and special tokens).
 
 Example:
->>> export_huggingface(model, tokenizer, "hf/my-bert", MASKED_LM_HEAD)   # a BERT MaskedLM
->>> load_huggingface("hf/my-bert").model                 # the same weights, bit for bit
+>>> export_huggingface(model, tokenizer, "hf/my-bert", MASKED_LM_HEAD)  # a BERT MaskedLM
+>>> load_huggingface("hf/my-bert").model      # the same weights, bit for bit
 """
 
 import dataclasses
@@ -424,9 +425,9 @@ def write_llama_tokenizer(tokenizer, directory, hf_config):
         _write_json(os.path.join(directory, TOKENIZER_CONFIG_FILE), dict(
             tokenizer_class="PreTrainedTokenizerFast", **common))
     else:
-        raise ExportError(f"data.tokenizer={tokenizer.kind!r}: Hugging Face {hf_config['model_type']} "
-                          "reads a SentencePiece tokenizer.model or a byte-level BPE "
-                          "tokenizer.json.")
+        raise ExportError(f"data.tokenizer={tokenizer.kind!r}: Hugging Face "
+                          f"{hf_config['model_type']} reads a SentencePiece tokenizer.model or a "
+                          "byte-level BPE tokenizer.json.")
 
 
 # -- The table. -------------------------------------------------------------------------------
