@@ -279,6 +279,11 @@ def test_what_hugging_face_cannot_express_is_named(hf_root, tmp_path):
     with pytest.raises(ExportError, match=r"nearest llama.*model.rotary_layout='interleaved'"):
         export_model_to_huggingface(CausalLM(_llama_backbone(rotary_layout="interleaved")),
                                     gpt2.tokenizer, out)
+    # Hugging Face's LlamaTokenizer gives the SentencePiece model the text as it is.
+    collapsing = SentencePieceTokenizer(str(hf_root / "llama" / "tokenizer.model"), nfkc=False)
+    with pytest.raises(ExportError, match=r"tokenizer: clean_whitespace at its default "
+                                          r"\(Hugging Face llama reads False\)"):
+        export_model_to_huggingface(CausalLM(_llama_backbone()), collapsing, out)
     with pytest.raises(ExportError, match=r"its task has no Hugging Face head"):
         export_huggingface(gpt2.model, gpt2.tokenizer, out, head=None)
     pre_ln_bert = dict(bert.model.backbone.get_config(), norm_first=True)

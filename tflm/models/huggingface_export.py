@@ -548,8 +548,12 @@ def _check_tokenizer(tokenizer, directory, kind):
                           "tokenizer's.")
     ours = dict(tokenizer.config(), special_tokens=list(tokenizer.special_tokens))
     theirs = dict(imported.config(), special_tokens=list(imported.special_tokens))
-    differences = [f"{key}={ours[key]!r} (Hugging Face {kind} reads {theirs.get(key)!r})"
-                   for key in ours if ours[key] != theirs.get(key)]
+    # Both ways: `config()` leaves out some options at their defaults (clean_whitespace).
+    keys = list(ours) + [key for key in theirs if key not in ours]
+    shown = {key: f"{key}={ours[key]!r}" if key in ours else f"{key} at its default"
+             for key in keys}
+    differences = [f"{shown[key]} (Hugging Face {kind} reads {theirs.get(key)!r})"
+                   for key in keys if ours.get(key) != theirs.get(key)]
     if differences:
         raise ExportError(f"tokenizer: {'; '.join(differences)}: not expressible as a "
                           f"Hugging Face {kind} tokenizer.")
