@@ -19,9 +19,10 @@ export it with `tflm-export`. The same as the library call
 `tflm.tasks.convert_checkpoint(input_dir, output_dir)`.
 
 With `--to=huggingface` the input is a tflm model_dir (a BERT-shaped masked LM or classifier,
-or a GPT-2-shaped causal LM) and the output a Hugging Face folder (`config.json`,
-`model.safetensors`, the tokenizer files) that `transformers` loads; a model the Hugging Face
-architecture cannot express is an error naming the key. The same as
+or a GPT-2-, Llama-, Mistral- or Qwen2-shaped causal LM) and the output a Hugging Face folder
+(`config.json`, `model.safetensors`, the tokenizer files: a SentencePiece `tokenizer.model` or
+a byte-level BPE `tokenizer.json` for the Llama family) that `transformers` loads; a model the
+Hugging Face architectures cannot express is an error naming the key. The same as
 `tflm.tasks.export_to_huggingface(input_dir, output_dir)`.
 """
 
@@ -41,7 +42,8 @@ def main(argv=None):
     parser.add_argument("--output_dir", required=True, help="The folder to write (new).")
     parser.add_argument("--to", default="tflm", choices=("tflm", "huggingface"),
                         help="tflm: Hugging Face or keras-hub folder -> model_dir; "
-                             "huggingface: a model_dir -> a Hugging Face folder.")
+                             "huggingface: a model_dir -> a Hugging Face folder (BERT, GPT-2, "
+                             "Llama, Mistral, Qwen2).")
     parser.add_argument("--dtype", default=None,
                         help="Dtype policy of the converted model, e.g. mixed_bfloat16.")
     args = parser.parse_args(argv)

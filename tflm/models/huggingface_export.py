@@ -1,9 +1,17 @@
-"""tflm models → Hugging Face checkpoint folders (BERT, GPT-2): the inverse of `huggingface`.
+"""tflm models → Hugging Face checkpoint folders (BERT, GPT-2, Llama, Mistral, Qwen2): the
+inverse of `huggingface`.
 
-`export_huggingface(model, tokenizer, output_dir)` writes the folder `transformers` and
+`export_huggingface(model, tokenizer, output_dir, head)` writes the folder `transformers` and
 tflm's own importer read: `config.json`, `model.safetensors` (float32) and the tokenizer
 files (BERT: `vocab.txt`, `tokenizer_config.json` and `tokenizer.json`; GPT-2:
-`vocab.json`, `merges.txt` and `tokenizer_config.json`).
+`vocab.json`, `merges.txt` and `tokenizer_config.json`; the Llama family: a SentencePiece
+`tokenizer.model` (`LlamaTokenizer`) or a byte-level BPE `tokenizer.json`, with
+`tokenizer_config.json`). `head` is the Hugging Face head the model is (`MASKED_LM_HEAD`,
+...): the model's task declares it (`tflm.tasks.pretrained.export_model_to_huggingface`).
+
+A Llama-shaped causal LM (RMS norm, SwiGLU, rotary positions in the rotate_half layout,
+grouped-query attention, no biases) exports as Llama; with a sliding window as Mistral; with
+query/key/value biases as Qwen2.
 
 Each architecture is one `Architecture` entry of `ARCHITECTURES`: the Hugging Face config
 that expresses a backbone, the tensors under Hugging Face's names, the tokenizer files.
@@ -11,16 +19,18 @@ What a model is must be exactly what the importer would rebuild from that config
 backbone's config is compared, key by key, with the importer's own `*_backbone_kwargs` of
 the written config (the rest with `TransformerBackbone`'s defaults), so the two directions
 cannot drift and a model the architecture cannot express (rotary positions in a "GPT-2",
-pre-LN BERT, an untied output) is an error naming the key. The tokenizer is read back
+pre-LN BERT, an untied GPT-2 output, layer norm in a Llama) is an error naming the key; the
+nearest architecture is named. The tokenizer is read back
 with the importer's `huggingface_tokenizer` before the folder is published, and must be the
 same tokenizer (same vocabulary, options and special tokens).
 
 Example:
->>> export_huggingface(model, tokenizer, "hf/my-bert")   # model: a MaskedLM on a BERT backbone
->>> load_huggingface("hf/my-bert").model                 # the same weights, bit for bit
+>>> export_huggingface(model, tokenizer, "hf/my-bert", MASKED_LM_HEAD)  # a BERT MaskedLM
+>>> load_huggingface("hf/my-bert").model      # the same weights, bit for bit
 """
 
 import dataclasses
+import functools
 import inspect
 import json
 import os
@@ -32,21 +42,28 @@ from tflm.data.byte_pair import END_OF_TEXT, BytePairTokenizer
 from tflm.data.wordpiece import WordPieceTokenizer
 from tflm.errors import OutputExistsError
 from tflm.models.backbone import TransformerBackbone
-from tflm.models.causal_lm import CausalLM
+from tflm.data.sentencepiece_tokenizer import SentencePieceTokenizer
 from tflm.models.huggingface import (
+    BYTE_LEVEL_SPLITS,
     CONFIG_FILE,
+    HF_TOKENIZER_FILE,
+    LLAMA_SPIECE_FILE,
     CheckpointError,
     bert_backbone_kwargs,
     gpt2_backbone_kwargs,
     huggingface_tokenizer,
+    llama_backbone_kwargs,
 )
 from tflm.models.lora import has_lora
-from tflm.models.masked_lm import MaskedLM
 from tflm.models.safetensors_file import WEIGHTS_FILE, write_safetensors
-from tflm.models.sequence_classifier import SequenceClassifier
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-TOKENIZER_JSON_FILE = "tokenizer.json"
+TOKENIZER_JSON_FILE = HF_TOKENIZER_FILE
+# The Hugging Face heads a task model exports as (its task's `huggingface_head`): the ends
+# of the model class names (`BertForMaskedLM`, `LlamaForCausalLM`, ...).
+MASKED_LM_HEAD = "ForMaskedLM"
+CAUSAL_LM_HEAD = "ForCausalLM"
+SEQUENCE_CLASSIFICATION_HEAD = "ForSequenceClassification"
 # Backbone config keys that are not architecture, or act only with a position encoding that
 # the compared `position_encoding` already rules out.
 _NOT_COMPARED = {"name", "trainable", "dtype"}
@@ -129,12 +146,12 @@ def bert_tensors(backbone):
     return tensors
 
 
-def bert_model_tensors(model):
+def bert_model_tensors(model, head):
     """`(architectures, tensors, extra config)` of a BERT task model: `BertForMaskedLM` (the
     decoder is the word embeddings, tied, so not saved), `BertForPreTraining` (with the
     next-sentence head) or `BertForSequenceClassification`."""
     tensors = {"bert." + k: v for k, v in bert_tensors(model.backbone).items()}
-    if isinstance(model, MaskedLM):
+    if head == MASKED_LM_HEAD:
         tensors.update(_linear("cls.predictions.transform.dense", model.head_dense))
         tensors.update(_norm("cls.predictions.transform.LayerNorm", model.head_norm))
         tensors["cls.predictions.bias"] = _array(model.head_bias)
@@ -142,7 +159,7 @@ def bert_model_tensors(model):
             tensors.update(_linear("cls.seq_relationship", model.next_sentence_head))
             return "BertForPreTraining", tensors, {}
         return "BertForMaskedLM", tensors, {}
-    if type(model) is SequenceClassifier and model.pooling == "pooled":
+    if head == SEQUENCE_CLASSIFICATION_HEAD and model.pooling == "pooled":
         tensors.update(_linear("classifier", model.head))
         labels = list(model.label_names or [f"LABEL_{i}" for i in range(model.num_classes)])
         return "BertForSequenceClassification", tensors, {
@@ -232,10 +249,10 @@ def gpt2_config(backbone, tokenizer):
     }
 
 
-def gpt2_model_tensors(model):
+def gpt2_model_tensors(model, head):
     """`(architectures, tensors, extra config)` of a `CausalLM`: `GPT2LMHeadModel`, whose
     `lm_head` is the token embedding (tied, so not saved)."""
-    if not isinstance(model, CausalLM):
+    if head != CAUSAL_LM_HEAD:
         raise ExportError(f"{type(model).__name__}: GPT-2 exports a CausalLM.")
     backbone = model.backbone
     tensors = {"wte.weight": _array(backbone.token_embedding.embeddings),
@@ -266,6 +283,153 @@ def write_gpt2_tokenizer(tokenizer, directory, hf_config):
         model_max_length=hf_config["n_positions"], **special))
 
 
+# -- The Llama family: Llama, Mistral (a sliding window), Qwen2 (query/key/value biases). -----
+LLAMA_CLASSES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM"}
+# The begin and end of text, by the names of Llama 1/2 and Mistral (SentencePiece), Llama 3,
+# and GPT-2 and Qwen2 (whose <|endoftext|> is both).
+_BOS_TOKENS = ("<s>", "<|begin_of_text|>", END_OF_TEXT)
+_EOS_TOKENS = ("</s>", "<|end_of_text|>", END_OF_TEXT)
+
+
+def _first_token_id(tokenizer, tokens):
+    return next((i for i in (_token_id(tokenizer, t) for t in tokens) if i is not None), None)
+
+
+def llama_config(kind, backbone, tokenizer):
+    """The `LlamaConfig`, `MistralConfig` or `Qwen2Config` (`kind`) of `backbone`. The
+    activation is always SwiGLU ("silu") and the rotary layout rotate_half: a backbone with
+    others differs from what the config expresses, and is named by the comparison."""
+    config = {
+        "model_type": kind,
+        "vocab_size": backbone.vocabulary_size,
+        "hidden_size": backbone.hidden_dim,
+        "intermediate_size": backbone.intermediate_dim,
+        "num_hidden_layers": backbone.num_layers,
+        "num_attention_heads": backbone.num_heads,
+        "num_key_value_heads": backbone.num_key_value_heads,
+        "max_position_embeddings": backbone.max_sequence_length,
+        "hidden_act": "silu",
+        "rms_norm_eps": backbone.norm_epsilon,
+        "rope_theta": backbone.rope_theta,
+        "rope_scaling": None,
+        "attention_dropout": backbone.attention_dropout,
+        "initializer_range": backbone.initializer_range,
+        "tie_word_embeddings": backbone.tie_embeddings,
+        "bos_token_id": _first_token_id(tokenizer, _BOS_TOKENS),
+        "eos_token_id": _first_token_id(tokenizer, _EOS_TOKENS),
+    }
+    if backbone.get_config()["head_dim"]:  # heads narrower or wider than hidden_size / heads
+        config["head_dim"] = backbone.head_dim
+    window = backbone.sliding_window
+    if kind == "llama":
+        config.update(attention_bias=False, mlp_bias=False)
+    elif kind == "mistral":
+        config["sliding_window"] = window or None
+    else:  # Qwen2 windows the layers from max_window_layers up: all of them, or none.
+        config.update(use_sliding_window=bool(window), sliding_window=window or None,
+                      max_window_layers=0 if window else backbone.num_layers)
+    return config
+
+
+def llama_model_tensors(kind, model, head):
+    """`(architectures, tensors, extra config)` of a `CausalLM` as `<kind>ForCausalLM`: the
+    fused [Q | K | V] kernel (widths H·d, K·d, K·d) split into q/k/v_proj, the [gate | up]
+    SwiGLU kernel into gate_proj and up_proj, torch's `(out, in)` weights; `lm_head.weight`
+    unless the embeddings are tied."""
+    if head != CAUSAL_LM_HEAD:
+        raise ExportError(f"{type(model).__name__}: {LLAMA_CLASSES[kind]} exports a CausalLM.")
+    backbone = model.backbone
+    q_width = backbone.num_heads * backbone.head_dim
+    kv_width = backbone.num_key_value_heads * backbone.head_dim
+    columns = {"q": (0, q_width), "k": (q_width, q_width + kv_width),
+               "v": (q_width + kv_width, q_width + 2 * kv_width)}
+    inter = backbone.intermediate_dim
+    tensors = {"model.embed_tokens.weight": _array(backbone.token_embedding.embeddings)}
+    for i, block in enumerate(backbone.blocks):
+        pre = f"model.layers.{i}."
+        qkv = block.attention.qkv_dense
+        kernel = _array(qkv.kernel)
+        for name, (start, end) in columns.items():
+            tensors[f"{pre}self_attn.{name}_proj.weight"] = kernel[:, start:end].T
+            if qkv.bias is not None:  # Qwen2
+                tensors[f"{pre}self_attn.{name}_proj.bias"] = _array(qkv.bias)[start:end]
+        tensors[pre + "self_attn.o_proj.weight"] = _array(block.attention.output_dense.kernel).T
+        gate_up = _array(block.feed_forward.intermediate_dense.kernel)
+        tensors[pre + "mlp.gate_proj.weight"] = gate_up[:, :inter].T
+        tensors[pre + "mlp.up_proj.weight"] = gate_up[:, inter:].T
+        tensors[pre + "mlp.down_proj.weight"] = _array(block.feed_forward.output_dense.kernel).T
+        tensors[pre + "input_layernorm.weight"] = _array(block.attention_norm.scale)
+        tensors[pre + "post_attention_layernorm.weight"] = _array(block.feed_forward_norm.scale)
+    tensors["model.norm.weight"] = _array(backbone.final_norm_layer.scale)
+    if not backbone.tie_embeddings:
+        tensors["lm_head.weight"] = _array(backbone.token_embedding.reverse_embeddings).T
+    return LLAMA_CLASSES[kind], tensors, {}
+
+
+def byte_level_tokenizer_json(tokenizer):
+    """The `tokenizers` file of a byte-level BPE: its vocabulary and merges, GPT-2's
+    `ByteLevel` split or Llama 3's / Qwen2's `Split` regex before a regex-free `ByteLevel`,
+    NFC when the tokenizer applies it, and the special tokens as added tokens."""
+    special = list(tokenizer.special_tokens)
+    if tokenizer.pre_tokenizer == "gpt2":
+        pre_tokenizer = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                         "use_regex": True}
+    else:
+        pre_tokenizer = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": BYTE_LEVEL_SPLITS[tokenizer.pre_tokenizer]},
+             "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+             "use_regex": False}]}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                  "use_regex": False}
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": tokenizer.token_to_id(t), "content": t, "single_word": False,
+                          "lstrip": False, "rstrip": False, "normalized": False,
+                          "special": True} for t in special],
+        "normalizer": {"type": "NFC"} if tokenizer.nfc else None,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
+                  "byte_fallback": False, "ignore_merges": tokenizer.ignore_merges,
+                  "vocab": {t: i for i, t in enumerate(tokenizer.get_vocabulary())
+                            if t not in special},
+                  "merges": [f"{a} {b}" for a, b in tokenizer.merges]},
+    }
+
+
+def write_llama_tokenizer(tokenizer, directory, hf_config):
+    """A SentencePiece `tokenizer.model` with the `tokenizer_config.json` of `LlamaTokenizer`
+    (Llama 2, Mistral: <s> prepended, the text segmented as the SentencePiece library does),
+    or a byte-level BPE `tokenizer.json` (Llama 3, Qwen2) with a `PreTrainedTokenizerFast`
+    one."""
+    special = {f"{name}_token": None if i is None else tokenizer.id_to_token(i)
+               for name, i in (("bos", hf_config["bos_token_id"]),
+                               ("eos", hf_config["eos_token_id"]))}
+    common = dict(model_max_length=hf_config["max_position_embeddings"],
+                  clean_up_tokenization_spaces=False, **special)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        with open(os.path.join(directory, LLAMA_SPIECE_FILE), "wb") as f:
+            f.write(tokenizer.model_proto)
+        unknown = _first_token_id(tokenizer, ("<unk>",))
+        _write_json(os.path.join(directory, TOKENIZER_CONFIG_FILE), dict(
+            tokenizer_class="LlamaTokenizer", add_bos_token=special["bos_token"] is not None,
+            add_eos_token=False, legacy=True, sp_model_kwargs={}, pad_token=None,
+            unk_token=None if unknown is None else "<unk>", **common))
+    elif isinstance(tokenizer, BytePairTokenizer):
+        _write_json(os.path.join(directory, TOKENIZER_JSON_FILE),
+                    byte_level_tokenizer_json(tokenizer))
+        _write_json(os.path.join(directory, TOKENIZER_CONFIG_FILE), dict(
+            tokenizer_class="PreTrainedTokenizerFast", **common))
+    else:
+        raise ExportError(f"data.tokenizer={tokenizer.kind!r}: Hugging Face "
+                          f"{hf_config['model_type']} reads a SentencePiece tokenizer.model or a "
+                          "byte-level BPE tokenizer.json.")
+
+
 # -- The table. -------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Architecture:
@@ -276,8 +440,11 @@ class Architecture:
         config: `(backbone, tokenizer) -> config.json` (without `architectures`).
         backbone_kwargs: `(config.json, backbone) -> TransformerBackbone` arguments: the
             importer's reading of that config, which the backbone must equal.
-        model_tensors: `task model -> (architecture class, {name: array}, extra config)`.
+        model_tensors: `(task model, head) -> (architecture class, {name: array}, extra
+            config)`; `head` is one of the `*_HEAD`s.
         write_tokenizer: `(tokenizer, directory, config.json)` writes the tokenizer files.
+        not_expressed: backbone keys the config has no place for and that do not change
+            what the model computes once trained (Llama's residual dropout); not compared.
     """
 
     kind: str
@@ -285,6 +452,14 @@ class Architecture:
     backbone_kwargs: object
     model_tensors: object
     write_tokenizer: object
+    not_expressed: frozenset = frozenset()
+
+
+def _llama_architecture(kind):
+    return Architecture(kind, functools.partial(llama_config, kind),
+                        lambda hf, backbone: llama_backbone_kwargs(hf, kind),
+                        functools.partial(llama_model_tensors, kind), write_llama_tokenizer,
+                        not_expressed=frozenset({"dropout"}))
 
 
 ARCHITECTURES = {
@@ -293,6 +468,8 @@ ARCHITECTURES = {
                          bert_model_tensors, write_bert_tokenizer),
     "gpt2": Architecture("gpt2", gpt2_config, lambda hf, backbone: gpt2_backbone_kwargs(hf),
                          gpt2_model_tensors, write_gpt2_tokenizer),
+    # In this order: a backbone that two express is the first's (no window, no bias: Llama).
+    **{kind: _llama_architecture(kind) for kind in ("llama", "mistral", "qwen2")},
 }
 
 
@@ -307,16 +484,30 @@ def architecture_differences(architecture, backbone, tokenizer):
     defaults = {k: p.default for k, p in
                 inspect.signature(TransformerBackbone.__init__).parameters.items()
                 if p.default is not inspect.Parameter.empty}
-    expected = dict(defaults, **expressed)
-    expected["head_dim"] = expected["head_dim"] or 0  # get_config's 0: the default width
-    ignored = set(_NOT_COMPARED)
+    expected = _comparable(dict(defaults, **expressed))
+    ignored = set(_NOT_COMPARED) | architecture.not_expressed
     for encoding, keys in _POSITION_KEYS.items():
         if expected["position_encoding"] != encoding:
             ignored.update(keys)
-    actual = backbone.get_config()
+    actual = _comparable(backbone.get_config())
     return [f"model.{key}={actual[key]!r} (Hugging Face {architecture.kind} has "
             f"{expected.get(key)!r})" for key in actual
             if key not in ignored and actual[key] != expected.get(key)]
+
+
+def _comparable(config):
+    """Backbone arguments with the defaults that follow other keys spelled as `get_config`
+    spells them: 0 key/value heads (as many as heads), 0 head_dim (hidden_dim / heads), and
+    `qkv_bias` None as `use_bias`."""
+    config = dict(config)
+    heads = config["num_heads"]
+    if config["num_key_value_heads"] == heads:
+        config["num_key_value_heads"] = 0
+    if not config["head_dim"] or config["head_dim"] * heads == config["hidden_dim"]:
+        config["head_dim"] = 0
+    if config["qkv_bias"] is None:
+        config["qkv_bias"] = config["use_bias"]
+    return config
 
 
 def architecture_of(model, tokenizer):
@@ -327,8 +518,9 @@ def architecture_of(model, tokenizer):
     for kind, differences in found.items():
         if not differences:
             return ARCHITECTURES[kind]
-    # The nearest: fewest differing keys; a config the importer refuses outright is farther.
-    kind = min(found, key=lambda k: (found[k][0].startswith(_REFUSED), len(found[k])))
+    # The nearest: fewest differing keys (a config the importer refuses, one); of as many, one
+    # the importer reads is nearer than one it refuses.
+    kind = min(found, key=lambda k: (len(found[k]), found[k][0].startswith(_REFUSED)))
     found[kind] = [d.removeprefix(_REFUSED) for d in found[kind]]
     raise ExportError(f"this model is no Hugging Face architecture tflm exports "
                       f"({', '.join(ARCHITECTURES)}); nearest {kind}, which differs in: "
@@ -356,16 +548,24 @@ def _check_tokenizer(tokenizer, directory, kind):
                           "tokenizer's.")
     ours = dict(tokenizer.config(), special_tokens=list(tokenizer.special_tokens))
     theirs = dict(imported.config(), special_tokens=list(imported.special_tokens))
-    differences = [f"{key}={ours[key]!r} (Hugging Face {kind} reads {theirs.get(key)!r})"
-                   for key in ours if ours[key] != theirs.get(key)]
+    # Both ways: `config()` leaves out some options at their defaults (clean_whitespace).
+    keys = list(ours) + [key for key in theirs if key not in ours]
+    shown = {key: f"{key}={ours[key]!r}" if key in ours else f"{key} at its default"
+             for key in keys}
+    differences = [f"{shown[key]} (Hugging Face {kind} reads {theirs.get(key)!r})"
+                   for key in keys if ours.get(key) != theirs.get(key)]
     if differences:
         raise ExportError(f"tokenizer: {'; '.join(differences)}: not expressible as a "
                           f"Hugging Face {kind} tokenizer.")
 
 
-def export_huggingface(model, tokenizer, output_dir):
+def export_huggingface(model, tokenizer, output_dir, head):
     """Writes `model` (a tflm task model) and `tokenizer` as a Hugging Face checkpoint folder;
     returns the `Architecture` written.
+
+    `head`: the Hugging Face head `model` is (`MASKED_LM_HEAD`, `CAUSAL_LM_HEAD`,
+    `SEQUENCE_CLASSIFICATION_HEAD`), as its task declares (`Task.huggingface_head`); None
+    for a model of a task with none.
 
     The folder is written under a temporary name and renamed when complete and checked; an
     existing `output_dir` is never overwritten.
@@ -379,8 +579,11 @@ def export_huggingface(model, tokenizer, output_dir):
     if has_lora(model):
         raise ExportError("the model has LoRA factors: merge them first "
                           "(tflm.models.lora.merge_lora).")
+    if head is None:
+        raise ExportError(f"{type(model).__name__}: its task has no Hugging Face head that "
+                          "tflm exports (a masked LM, causal LM or classifier).")
     architecture = architecture_of(model, tokenizer)
-    class_name, tensors, extra = architecture.model_tensors(model)
+    class_name, tensors, extra = architecture.model_tensors(model, head)
     hf_config = dict(architecture.config(model.backbone, tokenizer), **extra,
                      architectures=[class_name], torch_dtype="float32")
     partial = output_dir.rstrip("/") + ".partial"

@@ -35,6 +35,7 @@ from tflm.tasks import (  # noqa: F401 (importing a task module registers it)
 from tflm.tasks.base import Task
 from tflm.tasks.pretrained import (
     convert_checkpoint,
+    export_model_to_huggingface,
     export_to_huggingface,
     init_from_pretrained,
     load_model_dir,

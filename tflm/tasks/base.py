@@ -57,6 +57,9 @@ class Task(abc.ABC):
     # Whether `trainer.distill_from` applies: the outputs are the logits of distributions
     # (over tokens, classes or tags) that a teacher's can be compared with.
     distillable = True
+    # The Hugging Face head its model exports as (`huggingface_export.CAUSAL_LM_HEAD`, ...);
+    # None: the model does not export to Hugging Face.
+    huggingface_head = None
     # The task's own config keys: {section: dataclass of keys with defaults}, e.g.
     # {"data": TokenClassificationData}; they join that section for this task only.
     config_keys = {}

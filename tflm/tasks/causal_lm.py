@@ -15,6 +15,7 @@ import numpy as np
 from tflm.data.pipeline import causal_lm_batches, token_documents
 from tflm.export.serving import CausalLMServing
 from tflm.models.causal_lm import CausalLM
+from tflm.models.huggingface_export import CAUSAL_LM_HEAD
 from tflm.tasks.base import Task, text_input_only
 from tflm.tasks.registry import register_task
 
@@ -37,6 +38,7 @@ class CausalLMTask(Task):
     name = "causal_lm"
     model_class = CausalLM
     causal = True
+    huggingface_head = CAUSAL_LM_HEAD
     generates_text = True
     config_keys = {"data": CausalLMData}
 

@@ -37,6 +37,7 @@ from tflm.data.classification import (
     resolve_label_names,
 )
 from tflm.export.serving import ClassifierServing
+from tflm.models.huggingface_export import SEQUENCE_CLASSIFICATION_HEAD
 from tflm.models.sequence_classifier import SequenceClassifier
 from tflm.tasks.base import Task
 from tflm.tasks.causal_lm import WARMUP_TEXT
@@ -108,6 +109,8 @@ class ClassificationTask(Task):
     name = "classification"
     model_class = SequenceClassifier
     causal = False
+    # BertForSequenceClassification (a BERT backbone, model.pooling=pooled).
+    huggingface_head = SEQUENCE_CLASSIFICATION_HEAD
     config_keys = {"data": ClassificationData}
 
     @classmethod

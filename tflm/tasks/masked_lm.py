@@ -20,6 +20,7 @@ import tensorflow as tf
 from tflm.config import ConfigError, ranged
 from tflm.data.pipeline import masked_lm_batches, token_documents
 from tflm.export.serving import MaskedLMServing
+from tflm.models.huggingface_export import MASKED_LM_HEAD
 from tflm.models.losses import distillation_sums, weighted_correct, weighted_cross_entropy
 from tflm.models.masked_lm import MaskedLM
 from tflm.tasks.base import Task, check_teacher_outputs, text_input_only
@@ -45,6 +46,7 @@ class MaskedLMTask(Task):
     name = "masked_lm"
     model_class = MaskedLM
     causal = False
+    huggingface_head = MASKED_LM_HEAD
     config_keys = {"model": MaskedLMModelKeys}
 
     @classmethod

@@ -136,13 +136,21 @@ def convert_checkpoint(input_dir, output_dir, dtype=None, print_fn=print):
     return imported
 
 
+def export_model_to_huggingface(model, tokenizer, output_dir):
+    """Writes `model` (a tflm task model) and `tokenizer` as a Hugging Face checkpoint folder,
+    as the head its task declares (`Task.huggingface_head`); returns the architecture written
+    (see `tflm.models.huggingface_export.export_huggingface`)."""
+    return export_huggingface(model, tokenizer, output_dir,
+                              head=task_for_model(model).huggingface_head)
+
+
 def export_to_huggingface(model_dir, output_dir, print_fn=print):
-    """Writes a tflm model_dir (BERT- or GPT-2-shaped) as a Hugging Face checkpoint folder, the
-    inverse of `convert_checkpoint` (LoRA factors merged first); returns the architecture
-    written (see `tflm.models.huggingface_export.export_huggingface`)."""
+    """Writes a tflm model_dir (BERT-, GPT-2- or Llama-, Mistral- or Qwen2-shaped) as a Hugging
+    Face checkpoint folder, the inverse of `convert_checkpoint` (LoRA factors merged first);
+    returns the architecture written (see `export_model_to_huggingface`)."""
     model, config = load_model_dir(model_dir)
     tokenizer = RunDir(model_dir).load_tokenizer(config)
-    architecture = export_huggingface(merge_lora(model), tokenizer, output_dir)
+    architecture = export_model_to_huggingface(merge_lora(model), tokenizer, output_dir)
     print_fn(f"convert_checkpoint: {model_dir} ({config.model.task}, "
              f"{model.backbone.num_layers} layers, width {model.backbone.hidden_dim}) -> "
              f"{output_dir} (Hugging Face {architecture.kind})")
