@@ -164,16 +164,19 @@ def _random_causal_lm(backbone, seed=0):
 
 
 def _round_trip_tokenizers(hf_root, llama_fixture):
-    """SentencePiece (Llama 2's layout), Qwen2's byte-level BPE (NFC, its split) and GPT-2's."""
+    """SentencePiece (Llama 2's layout, <s> before every text), Qwen2's byte-level BPE (NFC,
+    its split, no start token) and GPT-2's (here with a start token: the template case)."""
     qwen2 = hf_root / "qwen2_tokenizer"
     qwen2.mkdir(exist_ok=True)
     write_byte_level_tokenizer_json(str(qwen2), "qwen2")
     return {
         "sentencepiece": SentencePieceTokenizer(str(llama_fixture[0] / "tokenizer.model"),
-                                                nfkc=False, clean_whitespace=False),
+                                                nfkc=False, clean_whitespace=False,
+                                                start_token="<s>"),
         "qwen2": byte_level_bpe_of_tokenizer_json(str(qwen2 / "tokenizer.json")),
         "gpt2": BytePairTokenizer(str(hf_root / "gpt2" / "vocab.json"),
-                                  str(hf_root / "gpt2" / "merges.txt")),
+                                  str(hf_root / "gpt2" / "merges.txt"),
+                                  start_token="<|endoftext|>"),
     }
 
 
@@ -219,12 +222,16 @@ def test_llama_family_round_trips_exactly(hf_root, llama_fixture):
         _assert_same_weights(model, again.model)
         ours = tokenizer.tokenize(texts).to_list()
         assert again.tokenizer.tokenize(texts).to_list() == ours
+        assert again.tokenizer.start_token == tokenizer.start_token
+        start = [] if tokenizer.start_id is None else [tokenizer.start_id]
         if tokenizer_name == "sentencepiece":  # Hugging Face's LlamaTokenizer segments so
             reference = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
             assert [reference.encode(t) for t in texts] == ours
-        else:  # what PreTrainedTokenizerFast reads
+            written = json.loads((out / "tokenizer_config.json").read_text())
+            assert (written["add_bos_token"], written["bos_token"]) == (True, "<s>")
+        else:  # what PreTrainedTokenizerFast reads, the start token included
             reference = Tokenizer.from_file(str(out / "tokenizer.json"))
-            assert [e.ids for e in reference.encode_batch(texts)] == ours
+            assert [e.ids for e in reference.encode_batch(texts)] == [start + o for o in ours]
 
         # The exported tensors compute tflm's logits in LlamaForCausalLM's reference forward.
         _, logits = llama_forward({k.removeprefix("model."): v for k, v in tensors.items()},

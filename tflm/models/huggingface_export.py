@@ -367,6 +367,24 @@ def llama_model_tensors(kind, model, head):
     return LLAMA_CLASSES[kind], tensors, {}
 
 
+def _post_processor(tokenizer, byte_level):
+    """`tokenizers`' post-processing: the byte-level offsets, then, where the tokenizer has a
+    start token, the template that puts it before every text (Llama 3's)."""
+    if tokenizer.start_token is None:
+        return byte_level
+    start = tokenizer.start_token
+    return {"type": "Sequence", "processors": [byte_level, {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": start, "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": start, "type_id": 0}},
+                 {"Sequence": {"id": "A", "type_id": 0}},
+                 {"SpecialToken": {"id": start, "type_id": 1}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {start: {"id": start, "ids": [tokenizer.start_id],
+                                   "tokens": [start]}}}]}
+
+
 def byte_level_tokenizer_json(tokenizer):
     """The `tokenizers` file of a byte-level BPE: its vocabulary and merges, GPT-2's
     `ByteLevel` split or Llama 3's / Qwen2's `Split` regex before a regex-free `ByteLevel`,
@@ -390,7 +408,7 @@ def byte_level_tokenizer_json(tokenizer):
                           "special": True} for t in special],
         "normalizer": {"type": "NFC"} if tokenizer.nfc else None,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": byte_level,
+        "post_processor": _post_processor(tokenizer, byte_level),
         "decoder": byte_level,
         "model": {"type": "BPE", "dropout": None, "unk_token": None,
                   "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
@@ -415,8 +433,10 @@ def write_llama_tokenizer(tokenizer, directory, hf_config):
         with open(os.path.join(directory, LLAMA_SPIECE_FILE), "wb") as f:
             f.write(tokenizer.model_proto)
         unknown = _first_token_id(tokenizer, ("<unk>",))
+        if tokenizer.start_token is not None:  # what LlamaTokenizer puts before every text
+            common["bos_token"] = tokenizer.start_token
         _write_json(os.path.join(directory, TOKENIZER_CONFIG_FILE), dict(
-            tokenizer_class="LlamaTokenizer", add_bos_token=special["bos_token"] is not None,
+            tokenizer_class="LlamaTokenizer", add_bos_token=tokenizer.start_token is not None,
             add_eos_token=False, legacy=True, sp_model_kwargs={}, pad_token=None,
             unk_token=None if unknown is None else "<unk>", **common))
     elif isinstance(tokenizer, BytePairTokenizer):
