@@ -6,6 +6,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from tflm import experiment
+from tflm.cli import quiet_native_logs
 from tflm.data.sources import bad_record_error
 from tflm.errors import TflmError
 
@@ -31,8 +32,10 @@ flags.DEFINE_string(
 
 
 def quiet_tensorflow_logs():
-    """Progress lines are ours; TensorFlow's INFO chatter (checkpoint sharding, ...) is not."""
+    """Progress lines are ours; TensorFlow's INFO chatter (checkpoint sharding, ...) is not,
+    nor its native log (see `tflm.cli`)."""
     logging.set_verbosity(logging.WARNING)
+    quiet_native_logs()
 
 
 def load_config():
