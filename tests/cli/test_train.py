@@ -139,12 +139,13 @@ def test_modes_train_and_eval_then_eval(tmp_path):
     expected = generate(model, [prompt], max_new_tokens=48, tokenizer=tokenizer,
                         jit_compile=False)[0]
     assert expected
-    assert lines[-1] == f"tflm-train: sample: {json.dumps(prompt)} -> {json.dumps(expected, ensure_ascii=False)}"
+    sample = f"sample: {json.dumps(prompt)} -> {json.dumps(expected, ensure_ascii=False)}"
+    assert lines[-1] == f"tflm-train: {sample}"
     assert trained.sample == expected
     evaluated = run_experiment(config, str(model_dir), mode="eval", print_fn=lines.append)
     assert evaluated.status == "evaluated"
     assert math.isclose(evaluated.eval_results["loss"], results["loss"], rel_tol=1e-5)
-    assert lines[-1] == f"tflm-eval: sample: {json.dumps(prompt)} -> {json.dumps(expected, ensure_ascii=False)}"
+    assert lines[-1] == f"tflm-eval: {sample}"
 
 
 def test_eval_without_checkpoint_is_an_error(tmp_path):
