@@ -165,6 +165,8 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path):
         ("trainer.learning_rate=false", "trainer.learning_rate", "float"),
         ("trainer.clipnorm=big", "trainer.clipnorm", "float"),
         ("model.activation=3", "model.activation", "str"),
+        ("trainer.sample_prompt=1984", "trainer.sample_prompt", "str"),
+        ("trainer.sample_tokens=many", "trainer.sample_tokens", "int"),
     ],
 )
 def test_wrong_type_names_key(override, key, expected):
@@ -246,7 +248,7 @@ OUT_OF_RANGE = {
     "trainer.gradient_accumulation_steps": ["0"], "trainer.label_smoothing": ["1"],
     "trainer.layer_decay": ["0", "1.5"], "trainer.log_every": ["0"],
     "trainer.checkpoint_every": ["0"], "trainer.keep_checkpoints": ["0"],
-    "trainer.eval_every": ["-1"], "trainer.eval_steps": ["-1"],
+    "trainer.eval_every": ["-1"], "trainer.eval_steps": ["-1"], "trainer.sample_tokens": ["0"],
     "trainer.max_nan_recoveries": ["-1"], "trainer.distill_temperature": ["0", "-1"],
     "trainer.distill_weight": ["-0.1", "1.5"], "runtime.seed": ["-1", str(2**32)],
     "runtime.peak_tflops": ["-1"], "runtime.initial_loss_scale": ["0"],

@@ -252,6 +252,11 @@ class TrainerConfig:
     # train_and_eval: steps between evaluations (0: at the end only)
     eval_every: int = ranged(0, at_least=0)
     eval_steps: int = ranged(0, at_least=0)  # batches per evaluation (0: the whole held-out split)
+    # After the final evaluation (train_and_eval, eval), a task that generates text prints
+    # the model's greedy continuation of this prompt: at most sample_tokens new tokens (fewer
+    # where the model's positions end); "": none. Other tasks ignore it.
+    sample_prompt: str = ""
+    sample_tokens: int = ranged(32, at_least=1)
     recover_on_nan: bool = False  # restore the last checkpoint and skip the bad batch
     max_nan_recoveries: int = ranged(3, at_least=0)
     # A model_dir whose checkpoints are all unreadable stops with an error naming them;

@@ -24,6 +24,7 @@ from tflm import config as config_lib
 from tflm.config import ConfigError
 from tflm.export.exporter import DEFAULT_RELEASE, ServingOptions, write_saved_model
 from tflm.export.quantize import quantize_model
+from tflm.generation import generate
 from tflm.models.lora import merge_lora
 from tflm.models.pretrained import copy_pretrained_weights
 from tflm.run_dir import RunDir
@@ -113,8 +114,10 @@ def run_experiment(config, model_dir, mode="train", print_fn=print, strategy=Non
     the `Trainer`.
 
     `trainer.status` is "completed", "preempted", "stopped" or "evaluated";
-    `trainer.eval_results` holds the last evaluation. Training writes the resolved config
-    to params.yaml and the tokenizer to tokenizer/ (evaluation leaves the run's files alone).
+    `trainer.eval_results` holds the last evaluation, and `trainer.sample` the text written
+    for `trainer.sample_prompt` after it (None without one). Training writes the resolved
+    config to params.yaml and the tokenizer to tokenizer/ (evaluation leaves the run's files
+    alone).
     """
     # Inputs, vocabulary and manifest are checked while the trainer builds its
     # dataset, before anything is written.
@@ -124,7 +127,7 @@ def run_experiment(config, model_dir, mode="train", print_fn=print, strategy=Non
     if trainer.worker.is_chief and mode != "eval":
         run.write_config(config)
         run.save_tokenizer(trainer.tokenizer)
-    trainer.eval_results = None
+    trainer.eval_results = trainer.sample = None
     if mode == "eval":
         restored = trainer.checkpoints.restore() or _restore_saved_model(trainer, run)
         if restored is None:
@@ -132,6 +135,7 @@ def run_experiment(config, model_dir, mode="train", print_fn=print, strategy=Non
                               "and no model.keras.")
         print_fn(f"tflm-eval: {restored}")
         trainer.eval_results = trainer.evaluate()
+        trainer.sample = _print_sample(trainer, "tflm-eval")
         trainer.status = "evaluated"
         return trainer
     trainable = sum(int(np.prod(v.shape)) for v in trainer.model.trainable_variables)
@@ -144,13 +148,32 @@ def run_experiment(config, model_dir, mode="train", print_fn=print, strategy=Non
         f"{trainer.strategy.num_replicas_in_sync} replica(s), {config.runtime.mixed_precision}"
     )
     trainer.status = trainer.train()
-    if trainer.status == "completed" and mode == "train_and_eval":
+    evaluate = trainer.status == "completed" and mode == "train_and_eval"
+    if evaluate:
         trainer.eval_results = trainer.evaluate()
     summary = dict(trainer.history[-1] if trainer.history else {}, status=trainer.status,
                    checkpoint=trainer.checkpoints.latest(), consumed=trainer.consumed(),
                    read=trainer.stats.as_dict())
     print_fn("tflm-train: " + json.dumps(summary))
+    if evaluate:  # last: what the run's model writes ends its output
+        trainer.sample = _print_sample(trainer, "tflm-train")
     return trainer
+
+
+def _print_sample(trainer, program):
+    """Prints what the model writes for `trainer.sample_prompt` (greedy `generate`, as
+    `tflm-generate` does, without XLA: one short call is not worth compiling); returns it."""
+    config = trainer.config
+    prompt = config.trainer.sample_prompt
+    if not prompt or not trainer.task.generates_text or not trainer.worker.is_chief:
+        return None
+    text = generate(trainer.model, [prompt], max_new_tokens=config.trainer.sample_tokens,
+                    tokenizer=trainer.tokenizer, jit_compile=False,
+                    source_length=config.data.sequence_length)[0]
+    # JSON strings: one line, whatever newlines the text holds, and its ends visible.
+    trainer.print_fn(f"{program}: sample: {json.dumps(prompt, ensure_ascii=False)} -> "
+                     f"{json.dumps(text, ensure_ascii=False)}")
+    return text
 
 
 def _restore_saved_model(trainer, run):

@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import pathlib
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from tflm.data import ByteTokenizer
-from tflm.experiment import run_experiment
+from tflm.experiment import load_trained, run_experiment
 from tflm.generation import generate
 from tflm.config import ConfigError
 from tflm.experiment import load_experiment
@@ -66,7 +67,9 @@ def test_train_rejects_a_vocabulary_larger_than_the_model(tmp_path):
 
 
 def _cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    # TF_CPP_MIN_LOG_LEVEL as a user has it (unset): the binaries quiet TensorFlow themselves.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "tflm.cli.train", *args],
@@ -78,16 +81,30 @@ def _cli(*args):
     )
 
 
+# TensorFlow's native log lines that a binary's output must not carry: the CPU and oneDNN
+# banners, the failed cuInit of a machine without a GPU, the end of an input iterator, XLA's.
+TENSORFLOW_NOISE = ("cpu_feature_guard", "This TensorFlow binary is optimized", "oneDNN",
+                    "cuInit", "Could not find cuda drivers", "OUT_OF_RANGE", "End of sequence",
+                    "absl::InitializeLog", "Compiled cluster using XLA")
+
+
 def test_console_entry_trains(tmp_path):
     model_dir = tmp_path / "cli"
     result = _cli(
         "--config_file=configs/tiny_gpt.yaml",
         f"--model_dir={model_dir}",
+        "--mode=train_and_eval",
         "--params_override=trainer.train_steps=4,trainer.log_every=2,data.global_batch_size=2,"
-        "data.sequence_length=16,trainer.learning_rate=1e-3",
+        "data.sequence_length=16,trainer.learning_rate=1e-3,trainer.eval_steps=2,"
+        "trainer.sample_tokens=8",
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
     assert "tokens/s" in result.stdout and "loss" in result.stdout
+    assert [noise for noise in TENSORFLOW_NOISE if noise in output] == [], output
+    # The job ends with the trained model's continuation of the config's prompt.
+    assert result.stdout.splitlines()[-1].startswith(
+        'tflm-train: sample: "It is a truth universally acknowledged" -> "')
     assert (model_dir / "params.yaml").is_file() and (model_dir / "model.keras").is_file()
     assert load_experiment(str(model_dir / "params.yaml")).trainer.learning_rate == 1e-3
 
@@ -115,9 +132,20 @@ def test_modes_train_and_eval_then_eval(tmp_path):
     assert 0 <= results["accuracy"] <= 1 and results["tokens"] == 3 * 4 * 32
     assert (model_dir / "eval_results.json").is_file()
     assert any(path.name.startswith("events") for path in (model_dir / "eval").iterdir())
+    # Last, the sample: greedy `generate` of the config's prompt by the trained checkpoint.
+    prompt = "It is a truth universally acknowledged"
+    assert config.trainer.sample_prompt == prompt and config.trainer.sample_tokens == 48
+    model, tokenizer, _ = load_trained(str(model_dir))
+    expected = generate(model, [prompt], max_new_tokens=48, tokenizer=tokenizer,
+                        jit_compile=False)[0]
+    assert expected
+    sample = f"sample: {json.dumps(prompt)} -> {json.dumps(expected, ensure_ascii=False)}"
+    assert lines[-1] == f"tflm-train: {sample}"
+    assert trained.sample == expected
     evaluated = run_experiment(config, str(model_dir), mode="eval", print_fn=lines.append)
     assert evaluated.status == "evaluated"
     assert math.isclose(evaluated.eval_results["loss"], results["loss"], rel_tol=1e-5)
+    assert lines[-1] == f"tflm-eval: {sample}"
 
 
 def test_eval_without_checkpoint_is_an_error(tmp_path):

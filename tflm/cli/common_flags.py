@@ -1,5 +1,7 @@
 """Flags shared by the tflm-* binaries (defined once, so binaries can be imported together)."""
 
+import ctypes
+import os
 import sys
 
 import tensorflow as tf
@@ -30,9 +32,23 @@ flags.DEFINE_string(
 )
 
 
+# absl::SetMinLogLevel of the abseil that TensorFlow 2.20 links: XLA logs through abseil,
+# which does not read TF_CPP_MIN_LOG_LEVEL.
+_ABSL_SET_MIN_LOG_LEVEL = "_ZN4absl12lts_2025012714SetMinLogLevelENS0_18LogSeverityAtLeastE"
+
+
 def quiet_tensorflow_logs():
-    """Progress lines are ours; TensorFlow's INFO chatter (checkpoint sharding, ...) is not."""
+    """Progress lines are ours; TensorFlow's INFO chatter (checkpoint sharding, ...) is not,
+    nor its native log beneath `TF_CPP_MIN_LOG_LEVEL` (see `tflm.cli`), XLA's included."""
     logging.set_verbosity(logging.WARNING)
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+        library = ctypes.CDLL(os.path.join(tf.sysconfig.get_lib(), "libtensorflow_framework.so.2"))
+        set_min_log_level = getattr(library, _ABSL_SET_MIN_LOG_LEVEL)
+    except (ValueError, OSError, AttributeError):
+        return  # another platform or TensorFlow: its abseil keeps its own level
+    set_min_log_level.argtypes = [ctypes.c_int]
+    set_min_log_level(min(max(level, 0), 3))  # absl's kInfo .. kFatal
 
 
 def load_config():

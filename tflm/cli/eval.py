@@ -9,7 +9,8 @@ converted checkpoint) and evaluates the held-out split: perplexity for a
 causal LM, masked-token accuracy for a masked LM, and accuracy, macro-F1,
 per-class precision/recall/F1 and the confusion matrix for a classifier (each
 task's `eval_report`).
-Results go to `model_dir/eval_results.json` and TensorBoard (`model_dir/eval`).
+Results go to `model_dir/eval_results.json` and TensorBoard (`model_dir/eval`); then a model
+that generates text continues `trainer.sample_prompt`, if the config sets one.
 The same as `tflm-train --mode=eval`, without restating the config.
 """
 

@@ -6,8 +6,9 @@
 
 Modes: `train` (resumes from the latest checkpoint in --model_dir),
 `eval` (the latest checkpoint on the held-out split), `train_and_eval`
-(evaluates every `trainer.eval_every` steps and at the end). The run folder's
-files are `tflm.run_dir`'s: the resolved config (params.yaml), checkpoints,
+(evaluates every `trainer.eval_every` steps and at the end, then, for a task that generates
+text, prints the model's greedy continuation of `trainer.sample_prompt` if the config sets
+one). The run folder's files are `tflm.run_dir`'s: the resolved config (params.yaml), checkpoints,
 input positions, TensorBoard logs, the tokenizer and the final model.keras.
 Fine-tuning starts from `model.init_checkpoint` (a tflm model_dir: a run of
 this binary or a converted Hugging Face checkpoint); a classifier's label
