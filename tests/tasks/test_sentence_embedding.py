@@ -155,13 +155,16 @@ def test_eval_report_matches_numpy(trained, pairs_file):
     assert results["loss"] == pytest.approx(loss_sum / weight_sum, rel=1e-5)
 
 
-def test_cli_eval_reports_the_same(trained):
+def test_cli_eval_reports_the_same(trained, capsys):
+    from cli_main import run_main
+
+    from tflm.cli import eval as eval_cli
+
     model_dir, trainer = trained
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-m", "tflm.cli.eval", f"--model_dir={model_dir}"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (pathlib.Path(model_dir) / "eval_results.json").unlink()  # written anew by tflm-eval
+    code = run_main(eval_cli, "tflm-eval", f"--model_dir={model_dir}")
+    out, err = capsys.readouterr()
+    assert code == 0, out[-2000:] + err[-2000:]
     written = json.loads((pathlib.Path(model_dir) / "eval_results.json").read_text())
     for key in ("loss", "recall_at_1", "recall_at_10", "pairs"):
         assert written[key] == pytest.approx(trainer.eval_results[key], rel=1e-5), key

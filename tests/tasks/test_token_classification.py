@@ -9,7 +9,6 @@ Run as a script, this file is one worker of the two-worker test:
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -19,9 +18,11 @@ import tensorflow as tf
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests" / "export"), str(REPO_ROOT / "tools")]
 
+from cli_main import run_main  # noqa: E402
 from launch_local_cluster import LocalCluster  # noqa: E402
 from serving_adapters import GrpcServer, RestServer, ServedModels  # noqa: E402
 
+from tflm.cli import eval as eval_cli  # noqa: E402
 from tflm.config import ConfigError  # noqa: E402
 from tflm.data.byte_tokenizer import ByteTokenizer  # noqa: E402
 from tflm.data.classification import LabelledDataError  # noqa: E402
@@ -283,13 +284,12 @@ def test_resuming_gives_the_weights_of_one_run(ner_file, tmp_path, trained):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6, err_msg=a.path)
 
 
-def test_tflm_eval_binary(trained):
+def test_tflm_eval_binary(trained, capsys):
     model_dir, trainer = trained
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-m", "tflm.cli.eval", f"--model_dir={model_dir}"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("tflm-eval: {"))
+    code = run_main(eval_cli, "tflm-eval", f"--model_dir={model_dir}")
+    out, err = capsys.readouterr()
+    assert code == 0, out[-2000:] + err[-2000:]
+    line = next(line for line in out.splitlines() if line.startswith("tflm-eval: {"))
     reported = json.loads(line[len("tflm-eval: "):])
     assert reported["f1"] == pytest.approx(trainer.eval_results["f1"])
     assert reported["entities"] == 7
