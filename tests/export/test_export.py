@@ -136,7 +136,10 @@ def test_fill_mask_encode_and_classify():
         serving_module(SequenceClassifier(backbone, 3), tokenizer, label_names=["a", "b"])
 
 
-def test_export_and_generate_binaries_on_a_trained_model_dir(tmp_path, repo_root):
+def test_export_and_generate_binaries_on_a_trained_model_dir(tmp_path, capsys):
+    from cli_main import run_main
+
+    from tflm.cli import export as export_cli
     from tflm.experiment import run_experiment
     from tflm.experiment import load_experiment
 
@@ -152,13 +155,12 @@ def test_export_and_generate_binaries_on_a_trained_model_dir(tmp_path, repo_root
     for a, b in zip(model.weights, trainer.model.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [sys.executable, "-m", "tflm.cli.export", f"--model_dir={model_dir}",
-         f"--export_dir={tmp_path / 'export'}"],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith(str(tmp_path / "export" / "1"))
+    capsys.readouterr()
+    code = run_main(export_cli, "tflm-export", f"--model_dir={model_dir}",
+                    f"--export_dir={tmp_path / 'export'}")
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    assert out.strip().endswith(str(tmp_path / "export" / "1"))
     loaded = tf.saved_model.load(str(tmp_path / "export" / "1"))
     served = loaded.signatures["generate"](**_args(None, max_new_tokens=5))["text"].numpy()
     expected = generate(model, ["It is a truth", ""], max_new_tokens=5, tokenizer=tokenizer)

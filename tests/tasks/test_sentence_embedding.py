@@ -62,10 +62,12 @@ def pairs_file(tmp_path_factory):
 
 
 def _config(pairs_file, extra=""):
+    """TINY on `pairs_file`, its steps without XLA: compiling them would take most of each
+    test's time (the multi-replica test keeps TINY's default, XLA)."""
     from tflm.experiment import load_experiment
 
-    return load_experiment(None, f"{TINY},data.input_path={pairs_file}" + (f",{extra}" if extra
-                                                                           else ""))
+    return load_experiment(None, f"{TINY},trainer.jit_compile=false,data.input_path={pairs_file}"
+                                 + (f",{extra}" if extra else ""))
 
 
 def _numpy_infonce(texts, partners, weights, temperature):
@@ -190,6 +192,7 @@ def test_model_fit_uses_the_same_loss(pairs_file):
 
     config = _config(pairs_file)
     model = get_task(config).build_model()
+    model.compile(jit_compile=False)  # the task's defaults, without XLA's compile time
     features, labels, weights = next(iter(make_dataset(config)))
     before = model(features, training=False).numpy()
     expected = _numpy_infonce(before[:, 0], before[:, 1], weights.numpy(), 0.05)
