@@ -18,11 +18,9 @@ import tensorflow as tf
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tests" / "export"), str(REPO_ROOT / "tools")]
 
-from cli_main import run_main  # noqa: E402
 from launch_local_cluster import LocalCluster  # noqa: E402
 from serving_adapters import GrpcServer, RestServer, ServedModels  # noqa: E402
 
-from tflm.cli import eval as eval_cli  # noqa: E402
 from tflm.config import ConfigError  # noqa: E402
 from tflm.data.byte_tokenizer import ByteTokenizer  # noqa: E402
 from tflm.data.classification import LabelledDataError  # noqa: E402
@@ -285,6 +283,10 @@ def test_resuming_gives_the_weights_of_one_run(ner_file, tmp_path, trained):
 
 
 def test_tflm_eval_binary(trained, capsys):
+    from cli_main import run_main  # here: this file also runs as a worker, without tests/
+
+    from tflm.cli import eval as eval_cli
+
     model_dir, trainer = trained
     code = run_main(eval_cli, "tflm-eval", f"--model_dir={model_dir}")
     out, err = capsys.readouterr()
