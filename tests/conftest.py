@@ -51,3 +51,43 @@ def real_bert_dir():
     if not folder or not (pathlib.Path(folder) / "model.safetensors").is_file():
         pytest.skip(REAL_BERT_REASON)
     return pathlib.Path(folder)
+
+
+# The files that take longest on CI (its printed slowest tests), longest first. Under
+# `pytest -n 2` (pytest.ini: --dist=loadfile, each file on one worker, so a file's module
+# fixtures are built once) the workers take files in collection order: the longest start
+# first and the short ones fill in at the end, so neither worker ends with a long tail.
+SLOW_FILES_FIRST = (
+    "training/test_multi_process.py",
+    "training/test_finetune.py",
+    "export/test_export.py",
+    "tasks/test_sentence_embedding.py",
+    "export/test_serving_process.py",
+    "export/test_client.py",
+    "tools/test_benchmark.py",
+    "tools/test_chaos.py",
+    "tasks/test_seq2seq_task.py",
+    "training/test_parameter_server.py",
+    "data/test_bad_inputs.py",
+    "tools/test_benchmark_seq2seq.py",
+    "training/test_trainer.py",
+    "tasks/test_seq2seq_workers.py",
+    "cli/test_train.py",
+    "tools/test_convert_checkpoint.py",
+    "export/test_bad_requests.py",
+    "examples/test_notebooks.py",
+    "tasks/test_multi_label_classification.py",
+    "training/test_lora_training.py",
+    "training/test_gradient_checkpointing.py",
+    "models/test_sequence_classifier.py",
+    "training/test_checkpoints.py",
+    "export/test_quantize.py",
+    "training/test_distillation.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the files of `SLOW_FILES_FIRST` first, in its order; the rest keep theirs."""
+    tests = pathlib.Path(__file__).resolve().parent
+    rank = {str(tests / name): i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(str(item.path), len(rank)))  # stable

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -20,10 +19,12 @@ import tensorflow as tf
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO_ROOT / "tools"), str(REPO_ROOT / "tests"),
                 str(REPO_ROOT / "tests" / "export")]
+from cli_main import run_main  # noqa: E402
 from labelled_fixtures import paragraphs  # noqa: E402
 from launch_local_cluster import LocalCluster  # noqa: E402
 from serving_adapters import GrpcServer, RestServer, ServedModels  # noqa: E402
 
+from tflm.cli import eval as eval_cli  # noqa: E402
 from tflm.config import ConfigError  # noqa: E402
 from tflm.data import ByteTokenizer  # noqa: E402
 from tflm.data.classification import LabelledDataError, encode_classification  # noqa: E402
@@ -200,15 +201,13 @@ def test_train_and_eval_reports_what_the_formulas_give(trained):
     assert evaluated.eval_results == trainer.eval_results
 
 
-def test_the_eval_binary(trained):
+def test_the_eval_binary(trained, capsys):
     _, model_dir, trainer = trained
     (model_dir / "eval_results.json").unlink()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-m", "tflm.cli.eval", f"--model_dir={model_dir}"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert '"spearman"' in result.stdout
+    code = run_main(eval_cli, "tflm-eval", f"--model_dir={model_dir}")
+    out, err = capsys.readouterr()
+    assert code == 0, out[-2000:] + err[-2000:]
+    assert '"spearman"' in out
     results = json.loads((model_dir / "eval_results.json").read_text())
     for key in ("mse", "rmse", "pearson", "spearman", "baseline_mse"):
         assert results[key] == pytest.approx(trainer.eval_results[key], rel=1e-6, abs=1e-9), key

@@ -62,10 +62,12 @@ def pairs_file(tmp_path_factory):
 
 
 def _config(pairs_file, extra=""):
+    """TINY on `pairs_file`, its steps without XLA: compiling them would take most of each
+    test's time (the multi-replica test keeps TINY's default, XLA)."""
     from tflm.experiment import load_experiment
 
-    return load_experiment(None, f"{TINY},data.input_path={pairs_file}" + (f",{extra}" if extra
-                                                                           else ""))
+    return load_experiment(None, f"{TINY},trainer.jit_compile=false,data.input_path={pairs_file}"
+                                 + (f",{extra}" if extra else ""))
 
 
 def _numpy_infonce(texts, partners, weights, temperature):
@@ -155,13 +157,16 @@ def test_eval_report_matches_numpy(trained, pairs_file):
     assert results["loss"] == pytest.approx(loss_sum / weight_sum, rel=1e-5)
 
 
-def test_cli_eval_reports_the_same(trained):
+def test_cli_eval_reports_the_same(trained, capsys):
+    from cli_main import run_main
+
+    from tflm.cli import eval as eval_cli
+
     model_dir, trainer = trained
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-m", "tflm.cli.eval", f"--model_dir={model_dir}"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (pathlib.Path(model_dir) / "eval_results.json").unlink()  # written anew by tflm-eval
+    code = run_main(eval_cli, "tflm-eval", f"--model_dir={model_dir}")
+    out, err = capsys.readouterr()
+    assert code == 0, out[-2000:] + err[-2000:]
     written = json.loads((pathlib.Path(model_dir) / "eval_results.json").read_text())
     for key in ("loss", "recall_at_1", "recall_at_10", "pairs"):
         assert written[key] == pytest.approx(trainer.eval_results[key], rel=1e-5), key
@@ -187,6 +192,7 @@ def test_model_fit_uses_the_same_loss(pairs_file):
 
     config = _config(pairs_file)
     model = get_task(config).build_model()
+    model.compile(jit_compile=False)  # the task's defaults, without XLA's compile time
     features, labels, weights = next(iter(make_dataset(config)))
     before = model(features, training=False).numpy()
     expected = _numpy_infonce(before[:, 0], before[:, 1], weights.numpy(), 0.05)

@@ -9,7 +9,6 @@ Run as a script, this file is one worker of the two-worker test:
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -283,13 +282,16 @@ def test_resuming_gives_the_weights_of_one_run(ner_file, tmp_path, trained):
         np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-6, err_msg=a.path)
 
 
-def test_tflm_eval_binary(trained):
+def test_tflm_eval_binary(trained, capsys):
+    from cli_main import run_main  # here: this file also runs as a worker, without tests/
+
+    from tflm.cli import eval as eval_cli
+
     model_dir, trainer = trained
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, "-m", "tflm.cli.eval", f"--model_dir={model_dir}"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("tflm-eval: {"))
+    code = run_main(eval_cli, "tflm-eval", f"--model_dir={model_dir}")
+    out, err = capsys.readouterr()
+    assert code == 0, out[-2000:] + err[-2000:]
+    line = next(line for line in out.splitlines() if line.startswith("tflm-eval: {"))
     reported = json.loads(line[len("tflm-eval: "):])
     assert reported["f1"] == pytest.approx(trainer.eval_results["f1"])
     assert reported["entities"] == 7
