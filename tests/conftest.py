@@ -78,6 +78,8 @@ SLOW_FILES_FIRST = (
     "examples/test_notebooks.py",
     "tasks/test_multi_label_classification.py",
     "training/test_lora_training.py",
+    "tasks/test_imported_llama.py",
+    "models/test_huggingface_llama.py",
     "training/test_gradient_checkpointing.py",
     "models/test_sequence_classifier.py",
     "training/test_checkpoints.py",
