@@ -69,6 +69,7 @@ def test_transformer_counts_match_tflm_flops():
     assert cm.BERT_BASE.parameters == bert_backbone + 768 * 768 + 3 * 768 + 30522
     assert cm.BERT_BASE.flops_per_token == 668_680_704
     assert cm.TINY_GPT.parameters == 446_720 and cm.TINY_GPT.flops_per_token == 2_975_232
+    assert cm.tiny_gpt(512).parameters == 6_505_472
 
 
 def test_validate_predicts_from_the_one_worker_rate(tmp_path, capsys):
