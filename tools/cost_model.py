@@ -26,7 +26,9 @@ communication per token by k: one exchange per k micro-batches.
 workers (AllReduce) and 1 worker with 1 ps (`tools/benchmark_strategies.py`'s runs, processes
 killed by PID), probes loopback bandwidth and latency, and prints predicted against measured
 step times. The compute rate is the 1-worker run's (the calibration point); the workers of
-one machine share its cores, so each of N computing workers gets 1/N of it. `--measured` reads
+one machine share its cores, so each of N computing workers gets 1/N of it. That holds only
+on a quiet machine: under others' load, more processes win a larger share of the cores and
+two workers can outrun one (check `uptime`; the load is printed). `--measured` reads
 `{"tokens_per_step": ..., "hidden_dim": 128, "multi_worker_1": seconds, "multi_worker_2": ..., "parameter_server_1":
 ...}` (step seconds) instead of running. `--save` writes what was measured in that form.
 """
@@ -397,6 +399,7 @@ def measure(repeats, steps, timeout, hidden_dim=128, batch=16):
             print(f"  {key} run {repeat + 1}: {rates[key][-1]:,.0f} tokens/s", flush=True)
     measured = {"tokens_per_step": batch * seq, "hidden_dim": hidden_dim}
     measured.update({key: batch * seq / statistics.median(r) for key, r in rates.items()})
+    measured["load_average"] = os.getloadavg()[0]  # 1-minute, at the end
     return measured
 
 
@@ -423,11 +426,18 @@ def validate(measured, bandwidth, latency, memory_bandwidth, out=None):
           f"{model.flops_per_token / 1e6:.2f} MFLOP a token; compute "
           f"{achieved / 1e9:.1f} GFLOP/s (the 1-worker run); loopback {bandwidth / GB:.2f} GB/s, "
           f"{latency * 1e6:.0f} us a message; memory {memory_bandwidth / GB:.1f} GB/s", file=out)
+    if "load_average" in measured:
+        print(f"load average at the end of the measurement: {measured['load_average']:.1f}",
+              file=out)
     print(f"{'run':<20}{'predicted ms':>13}{'measured ms':>13}{'error':>8}"
           f"{'unmodelled ms':>15}", file=out)
     for key, (predicted, actual) in results.items():
         print(f"{key:<20}{_ms(predicted):>13}{_ms(actual):>13}"
               f"{(predicted - actual) / actual:>+8.0%}{_ms(actual - predicted):>15}", file=out)
+    predicted, actual = results["parameter_server_1"]
+    print(f"the ps run's unmodelled time is {(actual - predicted) / (2 * model.num_variables) * 1e6:,.0f} "
+          f"us for each of its {2 * model.num_variables} variable RPCs a step (the probe's message: "
+          f"{latency * 1e6:.0f} us)", file=out)
     return results
 
 
