@@ -29,8 +29,8 @@ step times. The compute rate is the 1-worker run's (the calibration point); the 
 one machine share its cores, so each of N computing workers gets 1/N of it. That holds only
 on a quiet machine: under others' load, more processes win a larger share of the cores and
 two workers can outrun one (check `uptime`; the load is printed). `--measured` reads
-`{"tokens_per_step": ..., "hidden_dim": 128, "multi_worker_1": seconds, "multi_worker_2": ..., "parameter_server_1":
-...}` (step seconds) instead of running. `--save` writes what was measured in that form.
+`{"tokens_per_step": ..., "hidden_dim": 128, "multi_worker_1": seconds, "multi_worker_2":
+..., "parameter_server_1": ...}` (step seconds) instead of running. `--save` writes what was measured in that form.
 """
 
 import argparse
@@ -254,8 +254,8 @@ def project(hardware, threshold, overlap=0.0, out=None):
           f"{hw.inter.bandwidth / GB:,.0f} GB/s a device ({hw.inter.latency * 1e6:g} us); ps: "
           f"{hw.ps_nic.bandwidth / GB:,.1f} GB/s NIC, {hw.ps_nic.latency * 1e6:g} us an RPC, "
           f"{hw.ps_memory_bandwidth / GB:,.0f} GB/s memory. float32 gradients; AllReduce hidden "
-          f"behind {overlap:.0%} of the compute; 'stops scaling' = communication > {threshold:.0%} of "
-          f"the step.", file=out)
+          f"behind {overlap:.0%} of the compute; 'stops scaling' = communication > "
+          f"{threshold:.0%} of the step.", file=out)
     for model, global_sequences, micro in WORKLOADS:
         global_tokens = global_sequences * model.sequence_length
         print(f"\n{model.name}: {model.parameters / 1e6:,.1f}M parameters "
@@ -435,9 +435,10 @@ def validate(measured, bandwidth, latency, memory_bandwidth, out=None):
         print(f"{key:<20}{_ms(predicted):>13}{_ms(actual):>13}"
               f"{(predicted - actual) / actual:>+8.0%}{_ms(actual - predicted):>15}", file=out)
     predicted, actual = results["parameter_server_1"]
-    print(f"the ps run's unmodelled time is {(actual - predicted) / (2 * model.num_variables) * 1e6:,.0f} "
-          f"us for each of its {2 * model.num_variables} variable RPCs a step (the probe's message: "
-          f"{latency * 1e6:.0f} us)", file=out)
+    rpcs = 2 * model.num_variables
+    print(f"the ps run's unmodelled time is {(actual - predicted) / rpcs * 1e6:,.0f} us for each "
+          f"of its {rpcs} variable RPCs a step (the probe's message: {latency * 1e6:.0f} us)",
+          file=out)
     return results
 
 
