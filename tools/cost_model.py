@@ -30,7 +30,9 @@ one machine share its cores, so each of N computing workers gets 1/N of it. That
 on a quiet machine: under others' load, more processes win a larger share of the cores and
 two workers can outrun one (check `uptime`; the load is printed). `--measured` reads
 `{"tokens_per_step": ..., "hidden_dim": 128, "multi_worker_1": seconds, "multi_worker_2":
-..., "parameter_server_1": ...}` (step seconds) instead of running. `--save` writes what was measured in that form.
+..., "parameter_server_1": ...}` (step seconds) instead of running; `--save` writes one. The
+quiet-machine runs of `tools/benchmark_strategies.py` in benchmarks/RESULTS.md (2,048 tokens a
+step at 42,938, 36,037 and 27,132 tokens/s) are such a file: 2048 / tokens/s each.
 """
 
 import argparse
