@@ -69,14 +69,18 @@ class TokenEmbedding(keras.layers.Layer):
                 trainable=True,
             )
 
+    def reverse_kernel(self):
+        """The `(embedding_dim, vocabulary_size)` output projection in the compute dtype:
+        `call(hidden, reverse=True)` is `hidden @ reverse_kernel()` in float32."""
+        if self.tie_weights:
+            kernel = ops.transpose(ops.convert_to_tensor(self.embeddings))
+        else:
+            kernel = ops.convert_to_tensor(self.reverse_embeddings)
+        return ops.cast(kernel, self.compute_dtype)
+
     def call(self, inputs, reverse=False):
         if reverse:
-            if self.tie_weights:
-                kernel = ops.transpose(ops.convert_to_tensor(self.embeddings))
-            else:
-                kernel = ops.convert_to_tensor(self.reverse_embeddings)
-            logits = ops.matmul(inputs, ops.cast(kernel, self.compute_dtype))
-            return ops.cast(logits, "float32")
+            return ops.cast(ops.matmul(inputs, self.reverse_kernel()), "float32")
         ids = ops.cast(inputs, "int32")
         return ops.cast(ops.take(self.embeddings, ids, axis=0), self.compute_dtype)
 
