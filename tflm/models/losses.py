@@ -197,7 +197,10 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
 
         return (loss_sum, tf.stop_gradient(predictions)), grad_fn
 
-    inputs = (chunks[0], kernel) + ((bias,) if has_bias else ())
+    # Tensors, not variables: the custom gradient is wrt these inputs (a variable read
+    # inside it would get no gradient).
+    inputs = tuple(tf.convert_to_tensor(t) for t in (chunks[0], kernel) + (
+        (bias,) if has_bias else ()))
     loss_sum, predictions = loss_with_gradient(*inputs)
     weight_sum = tf.reduce_sum(weights)
     if not return_predictions:

@@ -109,7 +109,9 @@ class MaskedLM(Task):
     def chunked_loss_sums(self, inputs, labels, weights, label_smoothing=0.0, training=True,
                           return_predictions=False):
         """As `Task.chunked_loss_sums`; with next-sentence prediction the two terms of
-        `loss_sums` (the next-sentence logits are small: computed whole)."""
+        `loss_sums` (the next-sentence logits are small: computed whole). `fit` uses it
+        without next-sentence prediction (with it, Keras logs a loss per head), the trainer
+        with or without."""
         if not self.next_sentence_prediction:
             return super().chunked_loss_sums(inputs, labels, weights, label_smoothing,
                                              training, return_predictions)
@@ -148,9 +150,6 @@ class MaskedLM(Task):
         the next-sentence loss weighted by `next_sentence_weight`."""
         if not self.next_sentence_prediction:
             return super().compile(optimizer, loss, weighted_metrics, **kwargs)
-        # `loss_sums`' two terms, which the default step (several replicas, or a chunked
-        # loss) computes itself.
-        defaults = loss == "auto" and weighted_metrics == "auto" and "loss_weights" not in kwargs
         if loss == "auto":
             loss = {"masked_lm": WeightedCrossEntropy(), "next_sentence": WeightedCrossEntropy()}
             kwargs.setdefault("loss_weights", {"masked_lm": 1.0,
@@ -158,8 +157,7 @@ class MaskedLM(Task):
         if weighted_metrics == "auto":
             weighted_metrics = {
                 name: [TokenAccuracy(name="accuracy")] for name in ("masked_lm", "next_sentence")}
-        super().compile(optimizer, loss, weighted_metrics, **kwargs)
-        self._default_loss = self._default_metrics = defaults
+        return super().compile(optimizer, loss, weighted_metrics, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -145,14 +145,18 @@ class Task(keras.Model):
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                 for g, v in zip(grads, variables)]
-        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        clipnorm = self.optimizer.global_clipnorm
-        if clipnorm:
-            grads, _ = tf.clip_by_global_norm(grads, clipnorm)
-        # The optimizer sums over the replicas once more: each gives an equal share.
-        self.optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
+        if replicas == 1:
+            # As Keras's step: the optimizer unscales, clips and skips the unused variables.
+            self.optimizer.apply(grads, variables)
+        else:
+            grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                     for g, v in zip(grads, variables)]
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            clipnorm = self.optimizer.global_clipnorm
+            if clipnorm:
+                grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+            # The optimizer sums over the replicas once more: each gives an equal share.
+            self.optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
         global_loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
         self._loss_tracker.update_state(global_loss, sample_weight=tf.shape(
             tf.nest.flatten(x)[0])[0])
