@@ -46,8 +46,8 @@ def _loss_and_gradients(loss_fn, hidden, kernel, bias):
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_chunked_cross_entropy_equals_the_whole_logits(jit_compile):
     """Loss, weight, argmax and the gradients wrt hidden, kernel and bias, for chunks that
-    divide the 10 rows and that do not (the padded last chunk), with label smoothing and
-    rows of weight 0 (whose labels are out of range: ignored)."""
+    divide the 10 rows and that do not (the padded last chunk), with label smoothing, the
+    kernel transposed, and rows of weight 0."""
     rng = np.random.default_rng(0)
     hidden = tf.constant(rng.standard_normal((2, 5, 8)), tf.float32)
     kernel = tf.constant(rng.standard_normal((8, 13)), tf.float32)
@@ -62,10 +62,13 @@ def test_chunked_cross_entropy_equals_the_whole_logits(jit_compile):
         return loss_sum, weight_sum, tf.argmax(logits, -1, output_type=tf.int32)
 
     def chunked(hidden, kernel, bias):
+        if transpose:  # the kernel as a tied embedding table stores it
+            kernel = tf.transpose(kernel)
         return chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=bias,
-                                     label_smoothing=smoothing, return_predictions=True)
+                                     label_smoothing=smoothing, return_predictions=True,
+                                     transpose_kernel=transpose)
 
-    for smoothing in (0.0, 0.1):
+    for smoothing, transpose in ((0.0, False), (0.1, True)):
         expected = _loss_and_gradients(whole, hidden, kernel, bias)
         for chunk_size in (3, 5, 16):
             # A new function each time: a trace would keep the first closure's values.

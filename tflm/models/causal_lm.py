@@ -47,7 +47,7 @@ class CausalLM(Task):
 
     def head_inputs(self, inputs, training=None):
         hidden = self.backbone(inputs, training=training)["sequence_output"]
-        return hidden, self.backbone.token_embedding.reverse_kernel(), None
+        return (hidden, *self.backbone.token_embedding.output_projection(), None)
 
     def default_metrics(self):
         return [TokenAccuracy(name="accuracy")]

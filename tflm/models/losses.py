@@ -96,7 +96,7 @@ class WeightedCrossEntropy(WeightedSumLoss):
 
 
 def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None,
-                          label_smoothing=0.0, return_predictions=False):
+                          label_smoothing=0.0, return_predictions=False, transpose_kernel=False):
     """`weighted_cross_entropy` of `logits = hidden @ kernel (+ bias)`, `chunk_size` rows
     at a time: the float32 logits of all rows, `(rows, vocabulary)`, never exist.
 
@@ -109,7 +109,8 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
 
     Args:
         hidden: `(..., d)` in the compute dtype; the matmul runs in it, the softmax in float32.
-        kernel: `(d, vocabulary)`, the output projection (the transposed tied embeddings).
+        kernel: `(d, vocabulary)`, the output projection; with `transpose_kernel`
+            `(vocabulary, d)` (a tied embedding table, used as it is stored).
         labels, weights: `hidden.shape[:-1]`; rows of weight 0 add nothing (any label).
         chunk_size: rows per chunk (> 0); the last chunk is padded with rows of weight 0.
         bias: optional `(vocabulary,)`, added to the logits in float32.
@@ -135,12 +136,13 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
     chunks = (tf.reshape(tf.pad(hidden, [[0, pad], [0, 0]]), [num_chunks, chunk_size, depth]),
               tf.reshape(tf.pad(labels, [[0, pad]]), [num_chunks, chunk_size]),
               tf.reshape(tf.pad(weights, [[0, pad]]), [num_chunks, chunk_size]))
-    vocabulary = tf.shape(kernel)[-1]
+    vocabulary = tf.shape(kernel)[0 if transpose_kernel else -1]
     smoothing = float(label_smoothing)
     has_bias = bias is not None
 
     def chunk_logits(hidden_chunk, kernel, bias):
-        logits = tf.cast(tf.matmul(hidden_chunk, kernel), tf.float32)
+        logits = tf.cast(tf.matmul(hidden_chunk, kernel, transpose_b=transpose_kernel),
+                         tf.float32)
         return logits + tf.cast(bias, tf.float32) if has_bias else logits
 
     def forward(hidden_chunks, kernel, *maybe_bias):
@@ -164,8 +166,14 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
             logits_grad = logits_grad * weight_chunk[:, None]
             loss_sum += tf.reduce_sum(nll * weight_chunk)
             grad = tf.cast(logits_grad, hidden_chunk.dtype)
-            hidden_grads = hidden_grads.write(i, tf.matmul(grad, kernel, transpose_b=True))
-            kernel_grad += tf.cast(tf.matmul(hidden_chunk, grad, transpose_a=True), tf.float32)
+            hidden_grads = hidden_grads.write(
+                i, tf.matmul(grad, kernel, transpose_b=not transpose_kernel))
+            if transpose_kernel:
+                kernel_grad += tf.cast(tf.matmul(grad, hidden_chunk, transpose_a=True),
+                                       tf.float32)
+            else:
+                kernel_grad += tf.cast(tf.matmul(hidden_chunk, grad, transpose_a=True),
+                                       tf.float32)
             if has_bias:
                 bias_grad += tf.reduce_sum(logits_grad, axis=0)
             if return_predictions:

@@ -104,7 +104,7 @@ class MaskedLM(Task):
 
     def head_inputs(self, inputs, training=None):
         hidden, _ = self._head_hidden(inputs, training)
-        return hidden, self.backbone.token_embedding.reverse_kernel(), self.head_bias
+        return (hidden, *self.backbone.token_embedding.output_projection(), self.head_bias)
 
     def chunked_loss_sums(self, inputs, labels, weights, label_smoothing=0.0, training=True,
                           return_predictions=False):
@@ -116,10 +116,11 @@ class MaskedLM(Task):
             return super().chunked_loss_sums(inputs, labels, weights, label_smoothing,
                                              training, return_predictions)
         hidden, outputs = self._head_hidden(inputs, training)
+        kernel, transpose_kernel = self.backbone.token_embedding.output_projection()
         mlm = chunked_cross_entropy(
-            hidden, self.backbone.token_embedding.reverse_kernel(), labels["masked_lm"],
-            weights["masked_lm"], self.loss_chunk_size, bias=self.head_bias,
-            label_smoothing=label_smoothing, return_predictions=return_predictions)
+            hidden, kernel, labels["masked_lm"], weights["masked_lm"], self.loss_chunk_size,
+            bias=self.head_bias, label_smoothing=label_smoothing,
+            return_predictions=return_predictions, transpose_kernel=transpose_kernel)
         next_sentence = self._next_sentence(outputs)
         nsp_sum, nsp_weight = weighted_cross_entropy(
             labels["next_sentence"], next_sentence, weights["next_sentence"])

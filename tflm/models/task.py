@@ -96,9 +96,9 @@ class Task(keras.Model):
         return weighted_cross_entropy(labels, outputs, weights, label_smoothing)
 
     def head_inputs(self, inputs, training=None):
-        """`(hidden, kernel, bias)` of a task whose outputs are vocabulary logits
-        `hidden @ kernel + bias` (bias None if there is none); the hidden states of the
-        positions that have labels."""
+        """`(hidden, kernel, transpose_kernel, bias)` of a task whose outputs are vocabulary
+        logits `hidden @ kernel + bias` (`kernel^T` if `transpose_kernel`; bias None if there
+        is none), `hidden` at the positions that have labels."""
         raise TypeError(f"{type(self).__name__} has no vocabulary head.")
 
     def chunked_loss_sums(self, inputs, labels, weights, label_smoothing=0.0, training=True,
@@ -107,10 +107,11 @@ class Task(keras.Model):
         vocabulary head and its cross-entropy `loss_chunk_size` rows at a time
         (`chunked_cross_entropy`). With `return_predictions`, also the argmax ids in place
         of the logits (what `TokenAccuracy` takes)."""
-        hidden, kernel, bias = self.head_inputs(inputs, training=training)
+        hidden, kernel, transpose_kernel, bias = self.head_inputs(inputs, training=training)
         return chunked_cross_entropy(hidden, kernel, labels, weights, self.loss_chunk_size,
                                      bias=bias, label_smoothing=label_smoothing,
-                                     return_predictions=return_predictions)
+                                     return_predictions=return_predictions,
+                                     transpose_kernel=transpose_kernel)
 
     # -- `fit` on several replicas (MirroredStrategy, MultiWorkerMirroredStrategy). --------
     def train_step(self, data):
