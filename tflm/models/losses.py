@@ -166,8 +166,8 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
             logits_grad = logits_grad * weight_chunk[:, None]
             loss_sum += tf.reduce_sum(nll * weight_chunk)
             grad = tf.cast(logits_grad, hidden_chunk.dtype)
-            hidden_grads = hidden_grads.write(
-                i, tf.matmul(grad, kernel, transpose_b=not transpose_kernel))
+            hidden_grads = hidden_grads.write(i, tf.cast(
+                tf.matmul(grad, kernel, transpose_b=not transpose_kernel), tf.float32))
             if transpose_kernel:
                 kernel_grad += tf.cast(tf.matmul(grad, hidden_chunk, transpose_a=True),
                                        tf.float32)
@@ -183,16 +183,15 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
 
         state = (tf.constant(0), tf.constant(0.0), tf.zeros(tf.shape(kernel), tf.float32),
                  tf.zeros([vocabulary] if has_bias else [0], tf.float32),
-                 tf.TensorArray(hidden_chunks.dtype, size=num_chunks,
+                 tf.TensorArray(tf.float32, size=num_chunks,
                                 element_shape=[chunk_size, hidden_chunks.shape[-1]]),
                  tf.TensorArray(tf.int32, size=num_chunks if return_predictions else 0,
                                 element_shape=[chunk_size]))
         _, loss_sum, kernel_grad, bias_grad, hidden_grads, predictions = tf.while_loop(
             lambda i, *_: i < num_chunks, body, state, maximum_iterations=num_chunks)
-        hidden_grads = tf.reshape(hidden_grads.stack(), tf.shape(hidden_chunks))
-        grads = (hidden_grads, tf.cast(kernel_grad, kernel.dtype))
+        grads = (tf.reshape(hidden_grads.stack(), tf.shape(hidden_chunks)), kernel_grad)
         if has_bias:
-            grads += (tf.cast(bias_grad, bias.dtype),)
+            grads += (bias_grad,)
         predictions = predictions.stack() if return_predictions else tf.zeros([0], tf.int32)
         return loss_sum, grads, predictions
 
@@ -201,7 +200,10 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
         loss_sum, grads, predictions = forward(hidden_chunks, kernel, *maybe_bias)
 
         def grad_fn(upstream, *unused_predictions_grad):
-            return tuple(g * tf.cast(upstream, g.dtype) for g in grads)
+            # Scaled in float32 (with the loss scale under float16), then cast to the
+            # inputs' dtypes, as the gradient through the whole logits is.
+            return tuple(tf.cast(g * upstream, x.dtype)
+                         for g, x in zip(grads, (hidden_chunks, kernel) + maybe_bias))
 
         return (loss_sum, tf.stop_gradient(predictions)), grad_fn
 
