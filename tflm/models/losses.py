@@ -100,8 +100,8 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
     """`weighted_cross_entropy` of `logits = hidden @ kernel (+ bias)`, `chunk_size` rows
     at a time: the float32 logits of all rows, `(rows, vocabulary)`, never exist.
 
-    At GPT-2's 50,257 ids the logits of a 4 x 256 batch are 206 MB of float32, written,
-    read by the softmax and again by its gradient; `chunk_size` rows of them fit in cache.
+    At GPT-2's 50,257 ids the logits of a 4 x 256 batch are 206 MB of float32, and their
+    gradient as much again; here at most `chunk_size` rows of each exist at a time.
     The gradients wrt `hidden`, `kernel` and `bias` are computed in the same pass as the
     loss (the loss is a scalar whose only use is to be differentiated, so the backward
     pass just scales them by the upstream gradient): three matmuls, as without chunks,
@@ -226,6 +226,7 @@ class TokenAccuracy(keras.metrics.SparseCategoricalAccuracy):
     which has no whole logits, gives `fit`'s metrics."""
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = tf.convert_to_tensor(y_pred)
         if not y_pred.dtype.is_integer:
             return super().update_state(y_true, y_pred, sample_weight)
         matches = tf.cast(tf.equal(tf.cast(y_true, tf.int32), tf.cast(y_pred, tf.int32)),

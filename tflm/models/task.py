@@ -127,7 +127,8 @@ class Task(keras.Model):
         strategy = tf.distribute.get_strategy()
         replicas = strategy.num_replicas_in_sync
         default_loss = getattr(self, "_default_loss", False)
-        chunked = bool(self.loss_chunk_size) and default_loss and self._default_metrics
+        chunked = (bool(self.loss_chunk_size) and default_loss
+                   and getattr(self, "_default_metrics", False))
         if not chunked and (replicas == 1 or not default_loss):
             return _for_keras_reduce(super().train_step(data))
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
