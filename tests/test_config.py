@@ -231,6 +231,7 @@ OUT_OF_RANGE = {
     "model.head_dim": ["-1"], "model.relative_num_buckets": ["3"],
     "model.relative_max_distance": ["0"], "model.num_key_value_heads": ["-1"],
     "model.rope_theta": ["0", ".inf"], "model.sliding_window": ["-1"],
+    "model.loss_chunk_size": ["-1"],
     "model.norm_epsilon": ["0", ".nan"], "model.dropout": ["1", "-0.1", ".nan"],
     "model.attention_dropout": ["1"], "model.initializer_range": ["0", ".inf"],
     "model.freeze_bottom_layers": ["-1"], "model.adapter_dim": ["0"],

@@ -152,6 +152,10 @@ class ModelConfig:
     use_bias: bool = True  # every projection's bias; Llama, Mistral: false
     qkv_bias: typing.Optional[bool] = None  # query/key/value biases; None: use_bias (Qwen2: true)
     tie_embeddings: bool = True  # false: an output projection of its own (Llama)
+    # causal_lm, masked_lm: training computes the vocabulary projection and its loss this
+    # many positions at a time, never the whole float32 logits (memory, speed at large
+    # vocabularies); 0: the whole logits at once.
+    loss_chunk_size: int = ranged(0, at_least=0)
     initializer_range: float = ranged(0.02, above=0)
     # None: causal for causal_lm, bidirectional otherwise (a classifier on GPT-2: true).
     causal: typing.Optional[bool] = None

@@ -63,7 +63,8 @@ def test_save_and_load_reproduce_outputs(tmp_path):
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_logits_float32_and_fit_under_mixed_precision(policy):
-    model = CausalLM(TransformerBackbone(**TINY_GPT, dtype=policy))
+    # With a chunked loss (the masked LM's test fits from the whole logits).
+    model = CausalLM(TransformerBackbone(**TINY_GPT, dtype=policy), loss_chunk_size=20)
     ids = np.random.default_rng(2).integers(6, 262, (4, 13)).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((4, 12), "int32")}
     assert model(x).dtype == "float32"
@@ -76,3 +77,28 @@ def test_logits_float32_and_fit_under_mixed_precision(policy):
 def test_rejects_encoder_backbone():
     with pytest.raises(ValueError, match="causal"):
         CausalLM(TransformerBackbone(**dict(TINY_GPT, causal=False)))
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_with_a_chunked_loss_equals_the_whole_logits(jit_compile):
+    """`loss_chunk_size` (5 does not divide the 2 x 8 positions): the same losses,
+    accuracies and weights after two steps of `fit`; the outputs are still the logits."""
+    ids = np.random.default_rng(3).integers(6, 262, (2, 9)).astype("int32")
+    x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((2, 8), "int32")}
+    weights = np.ones((2, 8), "float32")
+    weights[1, 5:] = 0.0
+    results = []
+    for chunk in (0, 5):
+        keras.utils.set_random_seed(0)
+        model = CausalLM(TransformerBackbone(**TINY_GPT), loss_chunk_size=chunk)
+        model.compile(jit_compile=jit_compile)
+        history = model.fit(x, ids[:, 1:], sample_weight=weights, epochs=2, verbose=0,
+                            shuffle=False)
+        results.append((history.history, [np.asarray(w) for w in model.trainable_weights]))
+    (whole, whole_weights), (chunked, chunked_weights) = results
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(chunked_weights, whole_weights):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert model(x).shape == (2, 8, 262)
+    assert CausalLM.from_config(model.get_config()).loss_chunk_size == 5

@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_test_case import fit_and_measure
 from tflm.data import ByteTokenizer, default_corpus_path, masked_lm_dataset
@@ -79,3 +80,46 @@ def test_logits_float32_under_mixed_precision(policy):
 def test_rejects_decoder_backbone():
     with pytest.raises(ValueError, match="bidirectional"):
         MaskedLM(TransformerBackbone(**dict(TINY_BERT, causal=True)))
+
+
+
+def test_fit_with_a_chunked_loss_equals_the_whole_logits():
+    """`loss_chunk_size` (5 does not divide the 3 x 4 masked positions, some of weight 0):
+    the same losses, accuracies and weights (the head's bias included) after two steps of
+    `fit` with XLA."""
+    x, y, w = _batch()
+    results = []
+    for chunk in (0, 5):
+        keras.utils.set_random_seed(0)
+        model = MaskedLM(TransformerBackbone(**TINY_BERT), loss_chunk_size=chunk)
+        model.compile(jit_compile=True)
+        history = model.fit(x, y, sample_weight=w, epochs=2, verbose=0, shuffle=False)
+        results.append((history.history, [np.asarray(v) for v in model.trainable_weights]))
+    (whole, whole_weights), (chunked, chunked_weights) = results
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(chunked_weights, whole_weights):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_chunked_loss_sums_with_next_sentence_prediction():
+    """Both terms and every gradient equal `loss_sums` of the whole logits."""
+    x, y, w = _batch()
+    y = {"masked_lm": y, "next_sentence": np.array([0, 1, 1], "int32")}
+    w = {"masked_lm": w, "next_sentence": np.ones(3, "float32")}
+    model = MaskedLM(TransformerBackbone(**TINY_BERT), next_sentence_prediction=True,
+                     next_sentence_weight=0.5, loss_chunk_size=5)
+    results = []
+    for chunked in (False, True):
+        with tf.GradientTape() as tape:
+            if chunked:
+                sums, weights = model.chunked_loss_sums(x, y, w, label_smoothing=0.1)
+            else:
+                sums, weights = model.loss_sums(y, model(x, training=True), w, 0.1)
+            loss = tf.reduce_sum(sums / weights)
+        grads = tape.gradient(loss, model.trainable_variables)
+        results.append([sums, weights] + [g for g in grads if g is not None])
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(tf.convert_to_tensor(b), tf.convert_to_tensor(a),
+                                   rtol=1e-5, atol=1e-7)

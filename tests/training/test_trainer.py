@@ -167,3 +167,26 @@ def test_document_mask_trains_and_evaluates(tmp_path):
     assert np.isfinite(trainer.evaluate(num_steps=2)["perplexity"])
     with pytest.raises(ConfigError, match="document_mask"):
         load_experiment("configs/tiny_bert.yaml", "data.document_mask=true")
+
+
+@pytest.mark.parametrize("path", ["fused_xla", "distributed"])
+def test_chunked_vocabulary_loss_equals_the_whole_logits(tmp_path, path):
+    """`model.loss_chunk_size` (48 does not divide the 4 x 32 positions), label smoothing:
+    the same losses and weights after 2 steps as from the whole logits."""
+    results = []
+    for chunk in (0, 48):
+        config = _config(f"trainer.train_steps=2,data.global_batch_size=4,{STEP_PATHS[path]},"
+                         f"model.loss_chunk_size={chunk},trainer.label_smoothing=0.1")
+        trainer = Trainer(get_task(config), str(tmp_path / f"chunk{chunk}"), print_fn=_quiet)
+        assert trainer.train_step.chunked_loss == bool(chunk)
+        assert trainer.train() == "completed"
+        results.append((_weights(trainer), [h["loss"] for h in trainer.history]))
+    assert results[0][1]
+    np.testing.assert_allclose(results[1][0], results[0][0], atol=1e-6)
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5)
+
+
+def test_loss_chunk_size_needs_a_vocabulary_head():
+    config = load_experiment("configs/finetune_reviews.yaml", "model.loss_chunk_size=64")
+    with pytest.raises(ConfigError, match="model.loss_chunk_size=64"):
+        get_task(config).build_model()

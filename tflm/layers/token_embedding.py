@@ -69,14 +69,19 @@ class TokenEmbedding(keras.layers.Layer):
                 trainable=True,
             )
 
+    def output_projection(self):
+        """`(matrix, transposed)`, the output projection as stored, in the compute dtype:
+        `call(hidden, reverse=True)` is `hidden @ matrix` (`matrix^T` if `transposed`, the
+        tied `(vocabulary_size, embedding_dim)` table) in float32."""
+        if self.tie_weights:
+            return ops.cast(self.embeddings, self.compute_dtype), True
+        return ops.cast(self.reverse_embeddings, self.compute_dtype), False
+
     def call(self, inputs, reverse=False):
         if reverse:
-            if self.tie_weights:
-                kernel = ops.transpose(ops.convert_to_tensor(self.embeddings))
-            else:
-                kernel = ops.convert_to_tensor(self.reverse_embeddings)
-            logits = ops.matmul(inputs, ops.cast(kernel, self.compute_dtype))
-            return ops.cast(logits, "float32")
+            matrix, transposed = self.output_projection()
+            kernel = ops.transpose(matrix) if transposed else matrix
+            return ops.cast(ops.matmul(inputs, kernel), "float32")
         ids = ops.cast(inputs, "int32")
         return ops.cast(ops.take(self.embeddings, ids, axis=0), self.compute_dtype)
 

@@ -2,6 +2,7 @@
 
 import keras
 
+from tflm.models.losses import TokenAccuracy
 from tflm.models.task import Task
 
 
@@ -27,14 +28,31 @@ class CausalLM(Task):
     >>> history = model.fit(x, ids[:, 1:], epochs=1, verbose=0)
 
     Text generation: `tflm.generation.generate(model, prompts, ...)`.
+
+    `loss_chunk_size > 0`: training (`fit`, the trainer) computes the projection and the
+    loss that many positions at a time (`chunked_cross_entropy`), never the whole float32
+    logits; the model's outputs are still the logits.
     """
 
-    def __init__(self, backbone, **kwargs):
+    def __init__(self, backbone, loss_chunk_size=0, **kwargs):
         if not backbone.causal:
             raise ValueError("CausalLM needs a causal backbone (causal=True).")
         super().__init__(backbone, **kwargs)
+        self.loss_chunk_size = int(loss_chunk_size)
         self._finish_init()
 
     def call(self, inputs, training=None):
         hidden = self.backbone(inputs, training=training)["sequence_output"]
         return self.backbone.token_embedding(hidden, reverse=True)
+
+    def head_inputs(self, inputs, training=None):
+        hidden = self.backbone(inputs, training=training)["sequence_output"]
+        return (hidden, *self.backbone.token_embedding.output_projection(), None)
+
+    def default_metrics(self):
+        return [TokenAccuracy(name="accuracy")]
+
+    def get_config(self):
+        config = super().get_config()
+        config["loss_chunk_size"] = self.loss_chunk_size
+        return config

@@ -7,7 +7,8 @@ from keras import ops
 from tflm.layers.feed_forward import activate
 from tflm.layers.layer_utils import clone_initializer
 from tflm.layers.normalization import make_normalization
-from tflm.models.losses import WeightedCrossEntropy, weighted_cross_entropy
+from tflm.models.losses import (TokenAccuracy, WeightedCrossEntropy, chunked_cross_entropy,
+                                weighted_cross_entropy)
 from tflm.models.task import Task
 
 
@@ -47,7 +48,7 @@ class MaskedLM(Task):
     """
 
     def __init__(self, backbone, next_sentence_prediction=False, next_sentence_weight=1.0,
-                 **kwargs):
+                 loss_chunk_size=0, **kwargs):
         if backbone.causal:
             raise ValueError("MaskedLM needs a bidirectional backbone (causal=False).")
         if next_sentence_prediction and not backbone.pooler:
@@ -56,6 +57,7 @@ class MaskedLM(Task):
         super().__init__(backbone, **kwargs)
         self.next_sentence_prediction = bool(next_sentence_prediction)
         self.next_sentence_weight = float(next_sentence_weight)
+        self.loss_chunk_size = int(loss_chunk_size)
         initializer = keras.initializers.TruncatedNormal(stddev=backbone.initializer_range)
         self.head_dense = keras.layers.Dense(
             backbone.hidden_dim,
@@ -80,19 +82,56 @@ class MaskedLM(Task):
         self._finish_init()
 
     def call(self, inputs, training=None):
+        hidden, outputs = self._head_hidden(inputs, training)
+        logits = self.backbone.token_embedding(hidden, reverse=True)
+        logits = logits + ops.cast(self.head_bias, "float32")
+        if not self.next_sentence_prediction:
+            return logits
+        return {"masked_lm": logits, "next_sentence": self._next_sentence(outputs)}
+
+    def _head_hidden(self, inputs, training):
+        """The head's hidden states at the masked positions, and the backbone's outputs."""
         outputs = self.backbone(inputs, training=training)
         hidden = outputs["sequence_output"]
         positions = ops.cast(inputs["mask_positions"], "int32")
         hidden = ops.take_along_axis(hidden, positions[:, :, None], axis=1)
         # The head uses the backbone's activation (erf GELU for BERT).
         hidden = activate(self.head_dense(hidden), self.backbone.activation)
-        hidden = self.head_norm(hidden)
-        logits = self.backbone.token_embedding(hidden, reverse=True)
-        logits = logits + ops.cast(self.head_bias, "float32")
+        return self.head_norm(hidden), outputs
+
+    def _next_sentence(self, outputs):
+        return ops.cast(self.next_sentence_head(outputs["pooled_output"]), "float32")
+
+    def head_inputs(self, inputs, training=None):
+        hidden, _ = self._head_hidden(inputs, training)
+        return (hidden, *self.backbone.token_embedding.output_projection(), self.head_bias)
+
+    def chunked_loss_sums(self, inputs, labels, weights, label_smoothing=0.0, training=True,
+                          return_predictions=False):
+        """As `Task.chunked_loss_sums`; with next-sentence prediction the two terms of
+        `loss_sums` (the next-sentence logits are small: computed whole). `fit` uses it
+        without next-sentence prediction (with it, Keras logs a loss per head), the trainer
+        with or without."""
         if not self.next_sentence_prediction:
-            return logits
-        next_sentence = self.next_sentence_head(outputs["pooled_output"])
-        return {"masked_lm": logits, "next_sentence": ops.cast(next_sentence, "float32")}
+            return super().chunked_loss_sums(inputs, labels, weights, label_smoothing,
+                                             training, return_predictions)
+        hidden, outputs = self._head_hidden(inputs, training)
+        kernel, transpose_kernel = self.backbone.token_embedding.output_projection()
+        mlm = chunked_cross_entropy(
+            hidden, kernel, labels["masked_lm"], weights["masked_lm"], self.loss_chunk_size,
+            bias=self.head_bias, label_smoothing=label_smoothing,
+            return_predictions=return_predictions, transpose_kernel=transpose_kernel)
+        next_sentence = self._next_sentence(outputs)
+        nsp_sum, nsp_weight = weighted_cross_entropy(
+            labels["next_sentence"], next_sentence, weights["next_sentence"])
+        sums = (tf.stack([mlm[0], self.next_sentence_weight * nsp_sum]),
+                tf.stack([mlm[1], nsp_weight]))
+        if not return_predictions:
+            return sums
+        return sums + ({"masked_lm": mlm[2], "next_sentence": next_sentence},)
+
+    def default_metrics(self):
+        return [TokenAccuracy(name="accuracy")]
 
     def loss_sums(self, labels, outputs, weights, label_smoothing=0.0):
         """The masked-LM sums; with next-sentence prediction a vector of two terms
@@ -118,12 +157,12 @@ class MaskedLM(Task):
                                                "next_sentence": self.next_sentence_weight})
         if weighted_metrics == "auto":
             weighted_metrics = {
-                name: [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-                for name in ("masked_lm", "next_sentence")}
+                name: [TokenAccuracy(name="accuracy")] for name in ("masked_lm", "next_sentence")}
         return super().compile(optimizer, loss, weighted_metrics, **kwargs)
 
     def get_config(self):
         config = super().get_config()
         config.update({"next_sentence_prediction": self.next_sentence_prediction,
-                       "next_sentence_weight": self.next_sentence_weight})
+                       "next_sentence_weight": self.next_sentence_weight,
+                       "loss_chunk_size": self.loss_chunk_size})
         return config

@@ -3,7 +3,8 @@
 import keras
 import tensorflow as tf
 
-from tflm.models.losses import WeightedCrossEntropy, weighted_cross_entropy
+from tflm.models.losses import (WeightedCrossEntropy, chunked_cross_entropy,
+                                weighted_cross_entropy)
 
 
 def no_decay_variables(model):
@@ -36,6 +37,11 @@ def make_adamw(model, learning_rate=1e-3, weight_decay=0.01, beta_1=0.9, beta_2=
     return optimizer
 
 
+def has_vocabulary_head(model):
+    """Whether `model`'s outputs are vocabulary logits it can chunk (`Task.head_inputs`)."""
+    return isinstance(model, Task) and type(model).head_inputs is not Task.head_inputs
+
+
 class Task(keras.Model):
     """Base class of the tasks: holds a backbone, serializes it, compiles itself.
 
@@ -46,6 +52,9 @@ class Task(keras.Model):
     """
 
     default_learning_rate = 1e-3
+    # Rows of the vocabulary head's training loss computed at a time (`chunked_loss_sums`);
+    # 0: from the whole logits. Only tasks with a vocabulary head (`head_inputs`) set it.
+    loss_chunk_size = 0
 
     def __init__(self, backbone, **kwargs):
         kwargs.setdefault("dtype", backbone.dtype_policy)
@@ -73,13 +82,36 @@ class Task(keras.Model):
             # Mean over the positions that carry weight (real tokens, masked
             # positions), not over the padded tensor size.
             loss = self.default_loss()
+        self._default_metrics = weighted_metrics == "auto"
         if weighted_metrics == "auto":
-            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+            weighted_metrics = self.default_metrics()
         super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+
+    def default_metrics(self):
+        """The weighted metrics that `compile` uses by default."""
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
     def loss_sums(self, labels, outputs, weights, label_smoothing=0.0):
         """`(sum of w * loss, sum of w)` of a batch, in float32."""
         return weighted_cross_entropy(labels, outputs, weights, label_smoothing)
+
+    def head_inputs(self, inputs, training=None):
+        """`(hidden, kernel, transpose_kernel, bias)` of a task whose outputs are vocabulary
+        logits `hidden @ kernel + bias` (`kernel^T` if `transpose_kernel`; bias None if there
+        is none), `hidden` at the positions that have labels."""
+        raise TypeError(f"{type(self).__name__} has no vocabulary head.")
+
+    def chunked_loss_sums(self, inputs, labels, weights, label_smoothing=0.0, training=True,
+                          return_predictions=False):
+        """`loss_sums(labels, self(inputs), weights)` without the whole logits: the
+        vocabulary head and its cross-entropy `loss_chunk_size` rows at a time
+        (`chunked_cross_entropy`). With `return_predictions`, also the argmax ids in place
+        of the logits (what `TokenAccuracy` takes)."""
+        hidden, kernel, transpose_kernel, bias = self.head_inputs(inputs, training=training)
+        return chunked_cross_entropy(hidden, kernel, labels, weights, self.loss_chunk_size,
+                                     bias=bias, label_smoothing=label_smoothing,
+                                     return_predictions=return_predictions,
+                                     transpose_kernel=transpose_kernel)
 
     # -- `fit` on several replicas (MirroredStrategy, MultiWorkerMirroredStrategy). --------
     def train_step(self, data):
@@ -88,29 +120,45 @@ class Task(keras.Model):
         much) and clips each replica's gradient before summing them. This step divides
         every replica's loss sum by the weight of the whole global batch (as the trainer
         does: one batch on one device gives the same update), sums the gradients over the
-        replicas, then clips the global gradient by the optimizer's `global_clipnorm`."""
+        replicas, then clips the global gradient by the optimizer's `global_clipnorm`.
+
+        With `loss_chunk_size` and the default loss this step runs on one replica too: the
+        loss comes from `chunked_loss_sums`, and the default metrics see the argmax ids."""
         strategy = tf.distribute.get_strategy()
         replicas = strategy.num_replicas_in_sync
-        if replicas == 1 or not getattr(self, "_default_loss", False):
+        default_loss = getattr(self, "_default_loss", False)
+        chunked = (bool(self.loss_chunk_size) and default_loss
+                   and getattr(self, "_default_metrics", False))
+        if not chunked and (replicas == 1 or not default_loss):
             return _for_keras_reduce(super().train_step(data))
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is None:
+            sample_weight = tf.nest.map_structure(lambda t: tf.ones(tf.shape(t)), y)
         context = tf.distribute.get_replica_context()
         with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            sums, weights = self.loss_sums(y, y_pred, sample_weight)
+            if chunked:
+                sums, weights, y_pred = self.chunked_loss_sums(
+                    x, y, sample_weight, training=True, return_predictions=True)
+            else:
+                y_pred = self(x, training=True)
+                sums, weights = self.loss_sums(y, y_pred, sample_weight)
             denominator = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, weights), 1.0)
             loss = tf.reduce_sum(tf.reshape(sums, [-1]) / tf.reshape(denominator, [-1]))
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                 for g, v in zip(grads, variables)]
-        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        clipnorm = self.optimizer.global_clipnorm
-        if clipnorm:
-            grads, _ = tf.clip_by_global_norm(grads, clipnorm)
-        # The optimizer sums over the replicas once more: each gives an equal share.
-        self.optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
+        if replicas == 1:
+            # As Keras's step: the optimizer unscales, clips and skips the unused variables.
+            self.optimizer.apply(grads, variables)
+        else:
+            grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                     for g, v in zip(grads, variables)]
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            clipnorm = self.optimizer.global_clipnorm
+            if clipnorm:
+                grads, _ = tf.clip_by_global_norm(grads, clipnorm)
+            # The optimizer sums over the replicas once more: each gives an equal share.
+            self.optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
         global_loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
         self._loss_tracker.update_state(global_loss, sample_weight=tf.shape(
             tf.nest.flatten(x)[0])[0])

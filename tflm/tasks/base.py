@@ -34,6 +34,7 @@ from tflm.models.backbone import set_gradient_checkpointing
 from tflm.models.factory import build_backbone
 from tflm.models.finetuning import apply_finetuning
 from tflm.models.losses import distillation_sums, weighted_correct
+from tflm.models.task import has_vocabulary_head
 from tflm.run_dir import RunDir
 from tflm.tasks.pretrained import init_from_pretrained, load_pretrained, load_pretrained_model
 from tflm.tasks.registry import architecture_value, build_task
@@ -113,6 +114,12 @@ class Task(abc.ABC):
         model = build_task(model_config, dtype=dtype, label_names=self.label_names())
         if source is not None:
             init_from_pretrained(model, model_config.init_checkpoint, print_fn, source=source)
+        if model_config.loss_chunk_size:
+            if not has_vocabulary_head(model):
+                raise ConfigError(f"model.loss_chunk_size={model_config.loss_chunk_size}: the "
+                                  f"{self.name} task's model has no vocabulary head to chunk; "
+                                  "set it to 0.")
+            model.loss_chunk_size = model_config.loss_chunk_size
         apply_finetuning(model, model_config.finetune, model_config.freeze_bottom_layers)
         set_gradient_checkpointing(model, self.config.trainer.gradient_checkpointing)
         return model
@@ -168,6 +175,12 @@ class Task(abc.ABC):
     def loss_sums(self, model, labels, outputs, weights):
         """`(sum of w * loss, sum of w)` of a batch for training: the model's own loss."""
         return model.loss_sums(labels, outputs, weights, self.config.trainer.label_smoothing)
+
+    def chunked_loss_sums(self, model, features, labels, weights):
+        """`loss_sums(model, labels, model(features, training=True), weights)` without the
+        whole logits (a model with `loss_chunk_size`: `Task.chunked_loss_sums`)."""
+        return model.chunked_loss_sums(features, labels, weights,
+                                       self.config.trainer.label_smoothing, training=True)
 
     def eval_sums(self, model, labels, outputs, weights):
         """A float32 vector of sums over one batch, which evaluation adds over replicas and

@@ -3,6 +3,7 @@
     per replica (strategy.run):
         denominator <- all-reduce of the batch weights (the global token count, per loss term)
         for each micro-batch: gradients += d(loss_sums / denominator)     [XLA]
+                              (model.loss_chunk_size: the vocabulary head's loss in chunks)
         gradients <- all-reduce(gradients)          # the global batch's gradient
         unscale (float16), check finite, clip by global norm
     if finite: optimizer.apply(gradients)          # once, in cross-replica context
@@ -60,6 +61,8 @@ class TrainStep:
         self.clipnorm = trainer.clipnorm
         self.global_batches = task.config.data.sharding == "global_batch"
         self._variables = model.trainable_variables
+        # `model.loss_chunk_size`: the loss without the whole logits, which distillation needs.
+        self.chunked_loss = bool(getattr(model, "loss_chunk_size", 0)) and teacher is None
         self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit_compile)
         if task.cross_replica_loss and strategy.num_replicas_in_sync > 1:
             # A loss that gathers from the other replicas synchronizes inside the forward
@@ -80,8 +83,11 @@ class TrainStep:
             teacher_outputs = tf.nest.map_structure(
                 tf.stop_gradient, self.teacher(features, training=False))
         with tf.GradientTape() as tape:
-            outputs = self.model(features, training=True)
-            loss_sum, _ = self.task.loss_sums(self.model, labels, outputs, weights)
+            if self.chunked_loss:
+                loss_sum, _ = self.task.chunked_loss_sums(self.model, features, labels, weights)
+            else:
+                outputs = self.model(features, training=True)
+                loss_sum, _ = self.task.loss_sums(self.model, labels, outputs, weights)
             if self.teacher is not None:
                 soft_sum, _ = self.task.distill_sums(self.model, teacher_outputs, outputs,
                                                      weights)
