@@ -1,9 +1,10 @@
 """Prepared corpora: tokenized, sharded TFRecord files plus a JSON manifest.
 
-`prepare_corpus` reads raw text once (cleaning, repairing in `tf.data`, then
-tokenizing in batches of `PREPARE_BATCH` documents) and writes
-`shard-00000-of-00008.tfrecord` ... and `manifest.json` into an output folder. Each record is a `tf.train.Example` holding one
-document's `token_ids`. Training from prepared shards skips tokenization.
+`prepare_corpus` reads raw text once (cleaning, repairing, tokenizing in
+`tf.data`, `PREPARE_BATCH` documents a call) and writes
+`shard-00000-of-00008.tfrecord` ... and `manifest.json` into an output folder.
+Each record is a `tf.train.Example` holding one document's `token_ids`. Training
+from prepared shards skips tokenization.
 
 The manifest records the tokenizer's kind and fingerprint, what was read
 (files, bytes, documents), what was written (documents, tokens), and every
@@ -24,7 +25,7 @@ import tensorflow as tf
 
 from tflm.data.sources import read_documents, worker_files
 from tflm.data.stats import InputStats, describe
-from tflm.data.tokenize import PREPARE_BATCH
+from tflm.data.tokenize import PREPARE_BATCH, tokenize_documents
 from tflm.errors import BadFileError, TflmError
 from tflm.version import __version__
 
@@ -68,29 +69,21 @@ def prepare_corpus(files, output_dir, tokenizer, num_shards=8, log_every_seconds
 
     stats = InputStats()
     documents = read_documents(files, stats=stats, **read_options)
+    tokens = tokenize_documents(documents, tokenizer, stats, batch_size=PREPARE_BATCH)
     names = [_shard_name(i, num_shards) for i in range(num_shards)]
     writers = [tf.io.TFRecordWriter(os.path.join(output_dir, n + ".tmp")) for n in names]
     shard_documents = [0] * num_shards
     shard_tokens = [0] * num_shards
     started = last_log = time.time()
-    index = 0
     try:
-        # The tokenizer is called here, on large batches, rather than in a tf.data map: on one
-        # core a call of its graph tokenizes the byte-level BPE several times faster than the
-        # same graph in a map (tools/benchmark_tokenize.py).
-        for batch in documents.batch(PREPARE_BATCH).prefetch(1):
-            ragged = tokenizer.tokenize(batch)
-            ids, splits = ragged.flat_values.numpy(), ragged.row_splits.numpy()
-            stats.add("tokens", len(ids))
-            for start, end in zip(splits[:-1], splits[1:]):
-                shard = index % num_shards
-                writers[shard].write(_example(ids[start:end]).SerializeToString())
-                shard_documents[shard] += 1
-                shard_tokens[shard] += int(end - start)
-                index += 1
+        for index, ids in enumerate(tokens.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()):
+            shard = index % num_shards
+            writers[shard].write(_example(ids).SerializeToString())
+            shard_documents[shard] += 1
+            shard_tokens[shard] += len(ids)
             if time.time() - last_log > log_every_seconds:
                 last_log = time.time()
-                print_fn(f"tflm-prepare: {index:,} documents, {sum(shard_tokens):,} tokens")
+                print_fn(f"tflm-prepare: {index + 1:,} documents, {sum(shard_tokens):,} tokens")
     finally:
         for writer in writers:
             writer.close()

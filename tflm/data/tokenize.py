@@ -3,10 +3,10 @@
 import tensorflow as tf
 
 # Documents tokenized per op call: amortizes per-op overhead (the byte-level BPE's merge loop
-# runs once a call, for the call's distinct words). GPT-2 BPE on Austen's paragraphs, one
-# core: 256 is ~1.6x the speed of 64 (tools/benchmark_tokenize.py).
+# runs once a call, for the call's distinct words). GPT-2-sized BPE on Austen's paragraphs,
+# one core: 256 takes ~1.1x fewer CPU seconds than 64 (tools/benchmark_tokenize.py).
 TOKENIZE_BATCH = 256
-# tflm-prepare's batches: nothing waits on the first one, so larger still.
+# tflm-prepare's batches: nothing waits on the first one, so larger.
 PREPARE_BATCH = 2048
 
 
