@@ -21,7 +21,8 @@ shared data folder, 50,257 tokens with `<|endoftext|>`. Every side gets it:
   write TFRecord shards; the ids read back from the shards are checked;
 - `tflm_tf_data`: `read_documents` + `tokenize_documents(batched=True)` (the training
   pipeline's tokenization, `TOKENIZE_BATCH` documents a call), and `tflm_tf_data_64` with 64;
-- `tflm_1024_lines`: `BytePairTokenizer.tokenize` on 1024 documents a call (eager calls of its graph), and
+- `tflm_1024_lines`: `BytePairTokenizer.tokenize` on 1024 documents a call (eager calls
+  of its graph), and
   `tflm_1024_lines_no_cache` without the word cache (`word_cache_size=0`).
 
 Documents are the file's paragraphs as `read_documents(document_split="blank_line")`
@@ -58,7 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--vocab_size", type=int, default=50257)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds after a warm-up")
     parser.add_argument("--smoke", action="store_true",
-                        help="40 KB of the embedded corpus, 600-token vocabulary, one round: checks it runs")
+                        help="40 KB of the embedded corpus, 600-token vocabulary, one round: "
+                             "checks it runs")
     args = parser.parse_args(argv)
     if args.smoke:
         args.repeats, args.vocab_size = 1, 600
@@ -130,7 +132,8 @@ def main(argv=None):
     # check=True also returns them as lists, for comparing (untimed).
     def in_graph(tokenizer, batch):
         def run(check=False):
-            out = [tokenizer.tokenize(documents[i:i + batch]) for i in range(0, len(documents), batch)]
+            out = [tokenizer.tokenize(documents[i:i + batch])
+                   for i in range(0, len(documents), batch)]
             return [ids for ragged in out for ids in ragged.to_list()] if check else out
         return run
 
