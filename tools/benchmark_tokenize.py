@@ -22,8 +22,8 @@ shared data folder, 50,257 tokens with `<|endoftext|>`. Every side gets it:
 - `tflm_tf_data`: `read_documents` + `tokenize_documents(batched=True)` (the training
   pipeline's tokenization, `TOKENIZE_BATCH` documents a call), and `tflm_tf_data_64` with 64;
 - `tflm_1024_lines`: `BytePairTokenizer.tokenize` on 1024 documents a call (eager calls
-  of its graph), and
-  `tflm_1024_lines_no_cache` without the word cache (`word_cache_size=0`).
+  of its graph), and `tflm_1024_lines_no_cache` without the word cache
+  (`word_cache_size=0`).
 
 Documents are the file's paragraphs as `read_documents(document_split="blank_line")`
 yields them; every side tokenizes those same strings. One core: the process is pinned to
