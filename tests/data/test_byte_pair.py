@@ -57,6 +57,35 @@ def test_matches_hugging_face_byte_level_bpe_on_edge_cases(tokenizer, reference)
     _assert_matches(tokenizer, reference, EDGE)
 
 
+def test_word_cache_gives_the_merge_loops_ids(trained, tokenizer):
+    """Words found in the cache skip the merge loop; a batch mixes found and missed words."""
+    directory = trained[1]
+    files = (str(directory / "vocab.json"), str(directory / "merges.txt"))
+    lines = _corpus(200_000).split("\n") + EDGE
+    expected = BytePairTokenizer(*files, word_cache_size=0).tokenize(lines).to_list()
+    for size in (300, None):  # some of the vocabulary's words, and all of them
+        options = {} if size is None else {"word_cache_size": size}
+        cached = BytePairTokenizer(*files, **options)
+        assert cached._word_cache is not None
+        assert cached.tokenize(lines).to_list() == expected
+    assert tokenizer.tokenize([" the", ""]).to_list() == [[tokenizer.token_to_id("Ġthe")], []]
+    assert tokenizer.tokenize(tf.constant([], tf.string)).to_list() == []
+
+
+def test_building_sets_no_item_of_a_tracked_list(trained, monkeypatch):
+    """tf.Module tracks list attributes and copies the whole list on each item set: filling
+    the token list that way took ~30 s for GPT-2's 50k tokens."""
+    from tensorflow.python.trackable import data_structures
+
+    item_sets = []
+    original = data_structures.ListWrapper.__setitem__
+    monkeypatch.setattr(data_structures.ListWrapper, "__setitem__",
+                        lambda self, *args: item_sets.append(1) or original(self, *args))
+    directory = trained[1]
+    BytePairTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    assert not item_sets
+
+
 def test_long_runs_merge_in_few_steps_and_match(tokenizer, reference):
     """Each step merges every occurrence of a word's best pair, as GPT-2 does: long runs of
     one character take a logarithmic number of steps, not one per merge."""

@@ -165,7 +165,7 @@ def test_causal_lm_document_mask_adds_documents_and_keeps_the_rest(tokenizer, tr
 def test_tokenize_documents_batched_holds_the_same_documents(tokenizer):
     documents = tf.data.Dataset.from_tensor_slices([f"document {i} " * (i % 7) for i in range(150)])
     one_by_one = [list(t) for t in tokenize_documents(documents, tokenizer).as_numpy_iterator()]
-    batches = list(tokenize_documents(documents, tokenizer, batched=True))
+    batches = list(tokenize_documents(documents, tokenizer, batched=True, batch_size=64))
     assert [b.shape[0] for b in batches] == [64, 64, 22]
     assert [list(t) for b in batches for t in b.to_list()] == one_by_one
 

@@ -46,6 +46,19 @@ def test_prepare_writes_shards_and_manifest(corpus, tmp_path):
     assert read_back == [expected[i] for i in (0, 2, 4, 1, 3)]
 
 
+def test_prepare_tokenizes_in_batches_in_order(corpus, tmp_path, monkeypatch):
+    from tflm.data import prepared
+
+    monkeypatch.setattr(prepared, "PREPARE_BATCH", 2)  # 5 documents: batches of 2, 2, 1
+    tokenizer = ByteTokenizer()
+    out = str(tmp_path / "prepared")
+    manifest = prepare_corpus(corpus, out, tokenizer, num_shards=1, document_split="blank_line")
+    expected = [list(t) for t in tokenize_documents(
+        read_documents(corpus, document_split="blank_line"), tokenizer).as_numpy_iterator()]
+    read_back = [list(t) for t in read_prepared(prepared_files(out, tokenizer)).as_numpy_iterator()]
+    assert read_back == expected and manifest["tokens"] == sum(map(len, expected))
+
+
 def test_vocabulary_mismatch_is_a_clear_error(corpus, tmp_path):
     out = str(tmp_path / "prepared")
     prepare_corpus(corpus, out, ByteTokenizer(), num_shards=1)

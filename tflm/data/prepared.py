@@ -1,9 +1,10 @@
 """Prepared corpora: tokenized, sharded TFRecord files plus a JSON manifest.
 
 `prepare_corpus` reads raw text once (cleaning, repairing, tokenizing in
-`tf.data`) and writes `shard-00000-of-00008.tfrecord` ... and `manifest.json`
-into an output folder. Each record is a `tf.train.Example` holding one
-document's `token_ids`. Training from prepared shards skips tokenization.
+`tf.data`, `PREPARE_BATCH` documents a call) and writes
+`shard-00000-of-00008.tfrecord` ... and `manifest.json` into an output folder.
+Each record is a `tf.train.Example` holding one document's `token_ids`. Training
+from prepared shards skips tokenization.
 
 The manifest records the tokenizer's kind and fingerprint, what was read
 (files, bytes, documents), what was written (documents, tokens), and every
@@ -24,7 +25,7 @@ import tensorflow as tf
 
 from tflm.data.sources import read_documents, worker_files
 from tflm.data.stats import InputStats, describe
-from tflm.data.tokenize import tokenize_documents
+from tflm.data.tokenize import PREPARE_BATCH, tokenize_documents
 from tflm.errors import BadFileError, TflmError
 from tflm.version import __version__
 
@@ -68,7 +69,7 @@ def prepare_corpus(files, output_dir, tokenizer, num_shards=8, log_every_seconds
 
     stats = InputStats()
     documents = read_documents(files, stats=stats, **read_options)
-    tokens = tokenize_documents(documents, tokenizer, stats)
+    tokens = tokenize_documents(documents, tokenizer, stats, batch_size=PREPARE_BATCH)
     names = [_shard_name(i, num_shards) for i in range(num_shards)]
     writers = [tf.io.TFRecordWriter(os.path.join(output_dir, n + ".tmp")) for n in names]
     shard_documents = [0] * num_shards
