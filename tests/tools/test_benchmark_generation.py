@@ -1,0 +1,38 @@
+"""tools/benchmark_generation.py runs, tiny, and prints rates, roofline fractions and ratios
+(the numbers themselves are benchmarks, not tests); its roofline reads every weight."""
+
+import importlib
+import json
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def tool(repo_root):
+    sys.path.insert(0, str(repo_root / "tools"))
+    yield importlib.import_module("benchmark_generation")
+    sys.path.remove(str(repo_root / "tools"))
+
+
+def test_a_step_reads_every_weight_once(tool):
+    args = tool.main.__globals__["argparse"].Namespace(layers=2, hidden=32, vocabulary=300,
+                                                       heads=2, max_length=16)
+    _, model = tool._model(args)
+    weight_bytes, _ = tool.step_cost(args, batch=0, cache_length=0)
+    # All parameters but the position rows other than the one a step reads.
+    assert weight_bytes == 4 * (model.count_params() - (args.max_length - 1) * args.hidden)
+
+
+def test_smoke_run_prints_rates_fractions_and_ratios(tool, capsys):
+    tool.main(["--smoke", "--sides=tflm_export,keras_hub"])
+    header, record = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+                      if line.startswith("{")]
+    assert header["bandwidth_gb_per_s"] > 0 and header["matmul_gflop_per_s"] > 0
+    assert record["batch"] == 2 and record["roofline_bound"] in ("memory", "compute")
+    for side in ("tflm_export", "keras_hub"):
+        assert record[f"{side}_tokens_per_second"] > 0
+        assert record[f"{side}_roofline_fraction"] == pytest.approx(
+            record[f"{side}_tokens_per_second"] / record["roofline_tokens_per_second"])
+    assert record["ratio_export_to_keras_hub"] == pytest.approx(
+        record["tflm_export_tokens_per_second"] / record["keras_hub_tokens_per_second"])
