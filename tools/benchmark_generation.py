@@ -1,6 +1,6 @@
 """Greedy decoding beside this machine's roofline and beside keras-hub, on the same shape.
 
-    python tools/benchmark_generation.py                  # 4 x 256 GPT, GPT-2 vocabulary, batch 1, 8, 32
+    python tools/benchmark_generation.py                  # 4 x 256 GPT, batch 1, 8 and 32
     python tools/benchmark_generation.py --batches=8 --rounds=5
     python tools/benchmark_generation.py --profile        # the decode step: ops and their kinds
     python tools/benchmark_generation.py --smoke          # tiny shape, a few seconds (CI)

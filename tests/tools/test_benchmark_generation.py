@@ -1,6 +1,7 @@
 """tools/benchmark_generation.py runs, tiny, and prints rates, roofline fractions and ratios
 (the numbers themselves are benchmarks, not tests); its roofline reads every weight."""
 
+import argparse
 import importlib
 import json
 import sys
@@ -16,8 +17,7 @@ def tool(repo_root):
 
 
 def test_a_step_reads_every_weight_once(tool):
-    args = tool.main.__globals__["argparse"].Namespace(layers=2, hidden=32, vocabulary=300,
-                                                       heads=2, max_length=16)
+    args = argparse.Namespace(layers=2, hidden=32, vocabulary=300, heads=2, max_length=16)
     _, model = tool._model(args)
     weight_bytes, _ = tool.step_cost(args, batch=0, cache_length=0)
     # All parameters but the position rows other than the one a step reads.
