@@ -160,3 +160,17 @@ def test_new_tokens_stop_at_the_models_positions():
     beams = generate(model, prompts, max_new_tokens=10**9, end_id=END, num_beams=2,
                      jit_compile=False)
     assert len(beams[0]) <= 61 and len(beams[1]) <= 4
+
+
+def test_the_decode_loop_copies_no_weight_per_step():
+    # Without XLA a transposed weight in the loop is a copy of it every step: for the tied
+    # output table, the largest weight, about half of a small model's step.
+    decoder = CausalDecoder(_model(), end_id=END)
+    graph = tf.function(lambda prompts: decoder.sample(prompts, 4)).get_concrete_function(
+        tf.RaggedTensorSpec([None, None], tf.int32)).graph.as_graph_def()
+    bodies = [f for f in graph.library.function if "while_body" in f.signature.name]
+    assert bodies
+    for body in bodies:
+        reads = {node.name for node in body.node_def if node.op == "ReadVariableOp"}
+        assert not [node.name for node in body.node_def
+                    if node.op == "Transpose" and node.input[0].split(":")[0] in reads]

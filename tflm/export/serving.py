@@ -175,7 +175,8 @@ class CausalLMServing(tf.Module):
         self.pad_id = tokenizer.pad_id or 0
         # What a text is read after: the start token (Llama's <s>), else end-of-text (GPT-2).
         self.first_id = self.end_id if tokenizer.start_id is None else tokenizer.start_id
-        self.decoder = CausalDecoder(model, end_id=self.end_id, pad_id=self.pad_id)
+        self.decoder = CausalDecoder(model, end_id=self.end_id, pad_id=self.pad_id,
+                                     xla=jit_compile)
         self.max_length = int(model.backbone.max_sequence_length)
         self.num_beams = int(num_beams)
         self.jit_compile = bool(jit_compile)
@@ -358,7 +359,7 @@ class Seq2SeqLMServing(tf.Module):
         # Pads the sources too: padding is masked out, its id does not matter.
         self.pad_id = self.target.pad_id or 0
         self.decoder = Seq2SeqDecoder(model, start_id=self.start_id, end_id=self.end_id,
-                                      pad_id=self.pad_id)
+                                      pad_id=self.pad_id, xla=jit_compile)
         self.max_length = int(model.backbone.max_sequence_length)
         self.num_beams = int(num_beams)
         self.jit_compile = bool(jit_compile)

@@ -66,7 +66,8 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
         start_id, end_id = _seq2seq_ids(target_tokenizer, end_id)
         ids = _sources(prompts, source_tokenizer,
                        source_length or model.backbone.encoder.max_sequence_length)
-        decoder = Seq2SeqDecoder(model, start_id=start_id, end_id=end_id, pad_id=pad_id)
+        decoder = Seq2SeqDecoder(model, start_id=start_id, end_id=end_id, pad_id=pad_id,
+                                  xla=jit_compile)
         padded = right_pad(ids, pad_id)
         steps = decoder.max_steps(max_new_tokens)
     else:
@@ -77,7 +78,7 @@ def generate(model, prompts, max_new_tokens=32, temperature=0.0, top_k=0, top_p=
             raise ValueError("generate needs `end_id` or a tokenizer with an end-of-text "
                              "token.")
         ids = _prompts(prompts, tokenizer, end_id)
-        decoder = CausalDecoder(model, end_id=end_id, pad_id=pad_id)
+        decoder = CausalDecoder(model, end_id=end_id, pad_id=pad_id, xla=jit_compile)
         padded = left_pad(ids, pad_id)
         # No wider a loop (or output) than the shortest prompt's positions hold.
         steps = decoder.max_steps(ids.row_lengths(), max_new_tokens)

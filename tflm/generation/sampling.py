@@ -140,7 +140,13 @@ def control_logits(logits, history, length, step, end_id, repetition_penalty=1.0
 
     logits = tf.cond(tf.not_equal(penalty, 1.0), penalize, lambda: logits)
     logits = tf.cond(size > 0, ban_repeated_ngrams, lambda: logits)
-    ending = is_any(tf.range(vocab), tf.concat(
-        [[end_id], tf.reshape(tf.cast(stop_token_ids, tf.int32), [-1])], axis=0))
+
+    def hold_back_endings():
+        ending = is_any(tf.range(vocab), tf.concat(
+            [[end_id], tf.reshape(tf.cast(stop_token_ids, tf.int32), [-1])], axis=0))
+        return tf.where(ending[None], -float("inf"), logits)
+
+    # Past `min_new_tokens` (always, by default) the logits pass through untouched: no pass
+    # over the vocabulary.
     too_soon = tf.cast(step, tf.int32) < tf.cast(min_new_tokens, tf.int32)
-    return tf.where(too_soon & ending[None], -float("inf"), logits)
+    return tf.cond(too_soon, hold_back_endings, lambda: logits)
