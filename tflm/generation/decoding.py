@@ -78,13 +78,13 @@ class _Decoder(tf.Module):
         transposed once here, before the loop.
         """
         embedding = self.backbone.token_embedding
-        if not embedding.tie_weights or embedding.quantization_mode:
+        if embedding.quantization_mode:
             return lambda hidden: embedding(hidden[:, 0], reverse=True)
-        table = tf.cast(embedding.embeddings, self.backbone.compute_dtype)
-        if self.xla:
-            table = tf.transpose(table)
+        matrix, transposed = embedding.output_projection()
+        if self.xla and transposed:
+            matrix, transposed = tf.transpose(matrix), False
         return lambda hidden: tf.cast(
-            tf.matmul(hidden[:, 0], table, transpose_b=not self.xla), tf.float32)
+            tf.matmul(hidden[:, 0], matrix, transpose_b=transposed), tf.float32)
 
     def _controls(self, controls):
         """The logits controls (see `control_logits`) as tensors, with their defaults."""
