@@ -35,6 +35,9 @@ LAZY_IMPORTS = {
     ("data/vocab_training.py", "sentencepiece"),
     # keras-hub (seconds to import) loads only to convert one of its presets.
     ("models/keras_hub_preset.py", "keras_hub"),
+    # orbit (with the tf_keras it imports, 0.4 s) loads only when training starts: tflm-eval
+    # and tflm-generate import the trainer's module but never run its actions.
+    ("training/actions.py", "orbit"),
 }
 
 

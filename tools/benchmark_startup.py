@@ -132,6 +132,7 @@ def import_time(module, env):
 
 def probe_run(probe_file, binary, argv):
     """In the probe process: times the imports, wraps the phases, runs the binary."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as the binaries set it
     start = time.perf_counter()
     events = []  # (name, start, end, depth)
     depth = [0]
@@ -177,6 +178,20 @@ def probe_run(probe_file, binary, argv):
                 if getattr(other, leaf, None) is original:
                     setattr(other, leaf, wrapper)
 
+    # What autograph converts, and how long each takes (it parses and rewrites the source).
+    api = sys.modules["tensorflow.python.autograph.impl.api"]
+    converted = {}
+    convert = api._convert_actual
+
+    def convert_timed(entity, program_ctx):
+        t0 = time.perf_counter()
+        try:
+            return convert(entity, program_ctx)
+        finally:
+            name = f"{getattr(entity, '__module__', '?')}.{getattr(entity, '__qualname__', '?')}"
+            converted[name] = converted.get(name, 0.0) + time.perf_counter() - t0
+    api._convert_actual = convert_timed
+
     # The compiled functions: the first call traced apart (tracing: the Python, autograph
     # included), then run (graph optimisation, XLA compilation, the run itself).
     functions = []
@@ -206,7 +221,8 @@ def probe_run(probe_file, binary, argv):
         counts = {name: f.experimental_get_tracing_count() for name, f in functions
                   if hasattr(f, "experimental_get_tracing_count")}
         with open(probe_file, "w") as f:
-            json.dump({"events": events, "heavy_imports": heavy, "tracing_counts": counts}, f)
+            json.dump({"events": events, "heavy_imports": heavy, "tracing_counts": counts,
+                       "autograph": dict(sorted(converted.items(), key=lambda kv: -kv[1]))}, f)
     atexit.register(dump)
 
     from absl import app
