@@ -239,9 +239,11 @@ def _first_call_timed(name, function, timed):
         calls[0] += 1
         if calls[0] > 1:
             return function(*args, **kwargs)
-        trace(*args, **kwargs)
+        if not function.experimental_get_tracing_count():  # else traced ahead of the call
+            trace(*args, **kwargs)
         return first_call(*args, **kwargs)
     call.experimental_get_tracing_count = function.experimental_get_tracing_count
+    call.get_concrete_function = trace
     return call
 
 
@@ -267,6 +269,9 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--breakdown", default="true", choices=["true", "false"])
     parser.add_argument("--work_dir", default="/tmp/tflm_benchmark_startup")
+    parser.add_argument("--xla_cache", default="false", choices=["true", "false"],
+                        help="run the binaries with TensorFlow's persistent XLA cache in "
+                             "work_dir/xla_cache, filled by one untimed run of each first.")
     parser.add_argument("--smoke", action="store_true",
                         help="one run of tflm-generate, with its breakdown (CI).")
     parser.add_argument("--probe", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -280,6 +285,12 @@ def main():
     env = _env()
     os.makedirs(args.work_dir, exist_ok=True)
     dirs = work_dirs(args.work_dir)
+    if args.xla_cache == "true":
+        cache = os.path.join(args.work_dir, "xla_cache")
+        env["TF_XLA_FLAGS"] = (env.get("TF_XLA_FLAGS", "")
+                               + f" --tf_xla_persistent_cache_directory={cache}").strip()
+        for binary in binaries:
+            first_line_time(_command(binary, dirs, args.work_dir), BINARIES[binary][2], env)
     load = os.getloadavg()[0]
     results = {"import tensorflow": []}
     phases = {b: [] for b in binaries}
@@ -307,7 +318,7 @@ def main():
             heavy[binary], counts[binary] = probe["heavy_imports"], probe["tracing_counts"]
     tf_import = statistics.median(results["import tensorflow"])
     summary = {"load_average": round(load, 2), "import_tensorflow_s": round(tf_import, 2),
-               "binaries": {}}
+               "xla_cache": args.xla_cache == "true", "binaries": {}}
     for binary in binaries:
         first = statistics.median(results[binary])
         entry = {"first_output_s": round(first, 2), "beyond_tensorflow_s": round(first - tf_import, 2),
