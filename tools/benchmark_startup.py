@@ -320,7 +320,7 @@ def main():
                 continue
             probe_file = os.path.join(args.work_dir, f"probe_{binary}.json")
             first, _, _ = first_line_time(_command(binary, dirs, args.work_dir, probe_file),
-                                       prefix, env)
+                                          prefix, env)
             with open(probe_file) as f:
                 probe = json.load(f)
             phases[binary].append(breakdown(probe["events"], first))
