@@ -316,8 +316,8 @@ class Trainer:
         shorter batch traces it again (a second of tracing on the tiny BERT)."""
         specs = tf.nest.flatten(element_spec)
         if self.worker.num_local_replicas > 1 or not all(
-                isinstance(s, tf.TensorSpec) for s in specs):
-            return  # per-replica values or ragged batches: traced as they come
+                isinstance(s, tf.TensorSpec) and s.shape.rank for s in specs):
+            return  # per-replica values, ragged or unbatched: traced as they come
         open_batch = [tf.TensorSpec([None, *s.shape[1:]], s.dtype) for s in specs]
         self._eval_step.get_concrete_function(
             tf.nest.pack_sequence_as(element_spec, open_batch))
