@@ -5,6 +5,8 @@ goes.
     python tools/benchmark_startup.py                      # all, 3 runs each (a few minutes)
     python tools/benchmark_startup.py --binaries=generate --runs=5
     python tools/benchmark_startup.py --breakdown=false    # wall times only
+    python tools/benchmark_startup.py --xla_cache=true     # with TensorFlow's persistent XLA
+                                                           # cache, filled by a first run
     python tools/benchmark_startup.py --smoke              # one run of tflm-generate (CI)
 
 First it trains a tiny GPT and a tiny BERT for a few steps (configs/tiny_gpt.yaml and
@@ -25,7 +27,8 @@ measures within each round, it times (medians of `--runs`):
 
 `python -X importtime -c "import tflm.cli.generate"` lists the modules behind the import time.
 Each binary runs with the environment it would get from its console script (`TF_CPP_MIN_LOG_LEVEL`
-unset: the binaries set it). Prints one JSON line per measure and a summary table with the time
+unset: the binaries set it). On a shared machine read `process_cpu_seconds` (the binary's CPU time, start to exit) beside
+the wall times, which follow the load. Prints one JSON line per measure and a summary table with the time
 each binary takes beyond TensorFlow's import (goal: at most 5 s).
 """
 
