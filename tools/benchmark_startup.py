@@ -26,9 +26,10 @@ measures within each round, it times (medians of `--runs`):
   and the rest. It also reports each tf.function's tracing count (1: no retracing).
 
 `python -X importtime -c "import tflm.cli.generate"` lists the modules behind the import time.
-Each binary runs with the environment it would get from its console script (`TF_CPP_MIN_LOG_LEVEL`
-unset: the binaries set it). On a shared machine read `process_cpu_seconds` (the binary's CPU time, start to exit) beside
-the wall times, which follow the load. Prints one JSON line per measure and a summary table with the time
+Each binary runs with the environment it would get from its console script
+(`TF_CPP_MIN_LOG_LEVEL` unset: the binaries set it). On a shared machine read
+`process_cpu_seconds` (the binary's CPU time, start to exit) beside the wall times, which
+follow the load. Prints one JSON line per measure and a summary table with the time
 each binary takes beyond TensorFlow's import (goal: at most 5 s).
 """
 
