@@ -1,9 +1,13 @@
 """The package's shape, read from its syntax tree: imports point down the layers, no module
 imports itself back through others, imports stand at the top of each file (except the few
-listed below, with their reason), and no code outside `tflm/tasks/` decides by task name."""
+listed below, with their reason), and no code outside `tflm/tasks/` decides by task name; and
+what importing the binaries loads."""
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tflm"
 
@@ -35,6 +39,9 @@ LAZY_IMPORTS = {
     ("data/vocab_training.py", "sentencepiece"),
     # keras-hub (seconds to import) loads only to convert one of its presets.
     ("models/keras_hub_preset.py", "keras_hub"),
+    # orbit (with the tf_keras it imports, 0.4 s) loads only when training starts: tflm-eval
+    # and tflm-generate import the trainer's module but never run its actions.
+    ("training/actions.py", "orbit"),
 }
 
 
@@ -154,3 +161,17 @@ def test_no_task_name_decisions_outside_the_tasks():
                     decisions.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not decisions, "task-name comparisons outside tflm/tasks/:\n" + "\n".join(decisions)
 
+
+
+def test_the_binaries_import_nothing_heavy_they_do_not_use():
+    """Each second of imports is a second before a binary answers: keras-hub (converting its
+    presets), orbit and the tf_keras it pulls in (training's actions) load only when used."""
+    code = ("import sys, tflm; assert 'tensorflow' not in sys.modules; "
+            # The binaries a user waits on (tflm-export defines some of tflm-generate's flags).
+            "import tflm.cli.train, tflm.cli.eval, tflm.cli.generate; "
+            "print(' '.join(m for m in ('keras_hub', 'orbit', 'tf_keras') if m in sys.modules))")
+    path = os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=path)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [], "imported by the binaries: " + result.stdout

@@ -190,3 +190,27 @@ def test_loss_chunk_size_needs_a_vocabulary_head():
     config = load_experiment("configs/finetune_reviews.yaml", "model.loss_chunk_size=64")
     with pytest.raises(ConfigError, match="model.loss_chunk_size=64"):
         get_task(config).build_model()
+
+
+def test_evaluation_traces_its_step_once_whatever_the_batch_size(tmp_path):
+    """The held-out split's last batch is usually shorter: the same traced step serves it (a
+    retrace cost a binary a second of its start), and the sums are the eager model's."""
+    config = _config("data.global_batch_size=4")
+    task = get_task(config)
+    first, second = list(task.dataset(task.make_tokenizer(), training=False, split="eval").take(2))
+    short = tf.nest.map_structure(lambda t: t[:2], second)
+
+    def batches(context):
+        del context
+        return tf.data.Dataset.from_tensors(first).concatenate(tf.data.Dataset.from_tensors(short))
+
+    trainer = Trainer(task, str(tmp_path / "eval"), eval_dataset_fn=batches, print_fn=_quiet,
+                      for_training=False)
+    results = trainer.evaluate(num_steps=2)
+    assert trainer._eval_step.experimental_get_tracing_count() == 1
+    model = trainer.model
+    totals = sum(np.asarray(task.eval_sums(model, labels, model(features, training=False),
+                                           weights), np.float64)
+                 for features, labels, weights in (first, short))
+    np.testing.assert_allclose(results["loss"], task.eval_report(model, totals)["loss"],
+                               rtol=1e-6)

@@ -144,8 +144,12 @@ def _decode_function(model, decoder, num_beams, jit_compile, num_padded):
 
         # The padded ids and mask (and a causal LM's positions), and the rows' keys.
         padded = [_MATRIX] * (num_padded - 1) + [tf.TensorSpec([None], tf.int64)]
-        cache[key] = tf.function(decode, jit_compile=jit_compile, input_signature=[
+        signature = [
             *padded, _INT, _FLOAT, _INT, _FLOAT, tf.TensorSpec([], tf.int64), _FLOAT, _INT,
             {"repetition_penalty": _FLOAT, "no_repeat_ngram_size": _INT,
-             "min_new_tokens": _INT, "stop_token_ids": tf.TensorSpec([None], tf.int32)}])
+             "min_new_tokens": _INT, "stop_token_ids": tf.TensorSpec([None], tf.int32)}]
+        # autograph=False: the decoding loops are tf.while_loops already, and converting
+        # the ~40 functions they call took seconds of a short call (tflm-generate's start).
+        cache[key] = tf.function(decode, jit_compile=jit_compile, autograph=False,
+                                 input_signature=signature)
     return cache[key]

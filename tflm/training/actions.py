@@ -14,7 +14,6 @@ import sys
 import time
 
 import numpy as np
-import orbit
 import tensorflow as tf
 
 
@@ -29,7 +28,11 @@ def every(interval, last_step=None):
 
 def periodic(interval, action, last_step=None):
     """`action` every `interval` steps (and at `last_step`), as an orbit action."""
-    return orbit.actions.ConditionalAction(every(interval, last_step), action)
+    # Here, not at the top: orbit pulls in tf_keras (0.4 s), which only training needs, not
+    # tflm-eval or tflm-generate (whose modules import the trainer's).
+    from orbit.actions import ConditionalAction
+
+    return ConditionalAction(every(interval, last_step), action)
 
 
 class SummaryWriter:

@@ -311,6 +311,17 @@ class Trainer:
 
         return self.train_step.local(self.strategy.run(replica, args=batch))
 
+    def _trace_eval_step(self, element_spec):
+        """Traces the evaluation step once for batches of any size: else the split's last,
+        shorter batch traces it again (a second of tracing on the tiny BERT)."""
+        specs = tf.nest.flatten(element_spec)
+        if self.worker.num_local_replicas > 1 or not all(
+                isinstance(s, tf.TensorSpec) and s.shape.rank for s in specs):
+            return  # per-replica values, ragged or unbatched: traced as they come
+        open_batch = [tf.TensorSpec([None, *s.shape[1:]], s.dtype) for s in specs]
+        self._eval_step.get_concrete_function(
+            tf.nest.pack_sequence_as(element_spec, open_batch))
+
     def evaluate(self, num_steps=None):
         """Metrics of the task on the held-out split (`Task.eval_report`: perplexity for
         the language models, accuracy and F1 for classifiers, ...; and
@@ -329,6 +340,7 @@ class Trainer:
                                         training=self.worker.num_workers > 1, split="eval")
         if num_steps:
             dataset = dataset.take(num_steps)
+        self._trace_eval_step(dataset.element_spec)
         totals = None
         for batch in dataset:
             sums = self._eval_step(self.train_step.split_for_replicas(batch)).numpy().astype(np.float64)
