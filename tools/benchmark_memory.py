@@ -60,19 +60,19 @@ def _peak_rss_since_reset_mib():
     return None
 
 
-def child(args):
-    """One variant in this process: one JSON line."""
+def time_trainer_steps(overrides, steps):
+    """The `Trainer`'s compiled step on tiny_gpt.yaml with `overrides` (a `--params_override`
+    string), fed one cached batch: `steps` timed steps after a first (tracing, compiling) one.
+    Returns `{"times", "rss_before_mib", "rss_peak_mib", "rss_peak_of_steps_mib",
+    "device_peak_mib", "loss", "config", "model"}` (times in seconds, the first included)."""
     import tensorflow as tf
 
     from tflm.experiment import load_experiment
     from tflm.tasks import get_task
     from tflm.training.trainer import Trainer
 
-    overrides = ",".join(filter(None, [
-        SHAPE, args.params_override, f"trainer.jit_compile={args.jit_compile}",
-        f"trainer.gradient_checkpointing={args.checkpointing}",
-        f"trainer.train_steps={args.steps + 1}"]))
-    config = load_experiment(os.path.join(ROOT, "configs", "tiny_gpt.yaml"), overrides)
+    config = load_experiment(os.path.join(ROOT, "configs", "tiny_gpt.yaml"),
+                             f"{overrides},trainer.train_steps={steps + 1}")
     task = get_task(config)
 
     def cached(context):
@@ -85,7 +85,7 @@ def child(args):
         one = tf.constant(1, tf.int32)
         times = []
         steps_peak = None
-        for step in range(args.steps + 1):
+        for step in range(steps + 1):
             start = time.perf_counter()
             losses, _ = trainer.train_step.train_loop(one)
             losses.numpy()
@@ -97,15 +97,28 @@ def child(args):
     gpus = tf.config.list_logical_devices("GPU")
     device_peak = (tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
                    if gpus else None)
+    return {"times": times, "rss_before_mib": rss_before, "rss_peak_mib": _rss_mib(),
+            "rss_peak_of_steps_mib": steps_peak, "device_peak_mib": device_peak,
+            "loss": float(losses.numpy()[-1]), "config": config, "model": trainer.model}
+
+
+def child(args):
+    """One variant in this process: one JSON line."""
+    overrides = ",".join(filter(None, [
+        SHAPE, args.params_override, f"trainer.jit_compile={args.jit_compile}",
+        f"trainer.gradient_checkpointing={args.checkpointing}"]))
+    run = time_trainer_steps(overrides, args.steps)
+    times, steps_peak, device_peak = (run["times"], run["rss_peak_of_steps_mib"],
+                                      run["device_peak_mib"])
     print(json.dumps({
         "gradient_checkpointing": args.checkpointing == "true",
         "jit_compile": args.jit_compile == "true",
         "step_s_median": round(statistics.median(times[1:]), 3),
         "first_step_s": round(times[0], 1),
-        "rss_before_mib": round(rss_before), "rss_peak_mib": round(_rss_mib()),
+        "rss_before_mib": round(run["rss_before_mib"]), "rss_peak_mib": round(run["rss_peak_mib"]),
         "rss_peak_of_steps_mib": None if steps_peak is None else round(steps_peak),
         "device_peak_mib": None if device_peak is None else round(device_peak),
-        "loss": float(losses.numpy()[-1]),
+        "loss": run["loss"],
         "shape": overrides,
     }), flush=True)
 

@@ -23,10 +23,9 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from benchmark_memory import _peak_rss_since_reset_mib, _reset_peak_rss, _rss_mib
+from benchmark_memory import time_trainer_steps
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,48 +40,23 @@ SHAPE = ("model.vocabulary_size=50257,model.num_layers=4,model.num_heads=4,model
 
 def child(args):
     """One variant in this process: one JSON line."""
-    import tensorflow as tf
-
-    from tflm.experiment import load_experiment
-    from tflm.tasks import get_task
     from tflm.training.flops import training_flops_per_token
-    from tflm.training.trainer import Trainer
 
     overrides = ",".join(filter(None, [
         SHAPE, args.params_override, f"trainer.jit_compile={args.jit_compile}",
-        f"model.loss_chunk_size={args.chunk}", f"trainer.train_steps={args.steps + 1}"]))
-    config = load_experiment(os.path.join(ROOT, "configs", "tiny_gpt.yaml"), overrides)
-    task = get_task(config)
-
-    def cached(context):
-        batch = next(iter(task.dataset(input_context=context)))
-        return tf.data.Dataset.from_tensors(batch).repeat()
-
-    with tempfile.TemporaryDirectory() as model_dir:
-        trainer = Trainer(task, model_dir, dataset_fn=cached, print_fn=lambda line: None)
-        rss_before = _rss_mib()
-        one = tf.constant(1, tf.int32)
-        times, steps_peak = [], None
-        for step in range(args.steps + 1):
-            start = time.perf_counter()
-            losses, _ = trainer.train_step.train_loop(one)
-            losses.numpy()
-            times.append(time.perf_counter() - start)
-            if step == 0 and _reset_peak_rss():
-                steps_peak = 0.0
-        if steps_peak is not None:
-            steps_peak = _peak_rss_since_reset_mib()
-        tokens = config.data.global_batch_size * config.data.sequence_length
-        flops = tokens * training_flops_per_token(trainer.model.backbone,
-                                                  config.data.sequence_length)
+        f"model.loss_chunk_size={args.chunk}"]))
+    run = time_trainer_steps(overrides, args.steps)
+    config, times, steps_peak = run["config"], run["times"], run["rss_peak_of_steps_mib"]
+    tokens = config.data.global_batch_size * config.data.sequence_length
+    flops = tokens * training_flops_per_token(run["model"].backbone, config.data.sequence_length)
     step_s = statistics.median(times[1:])
     print(json.dumps({
         "loss_chunk_size": args.chunk, "jit_compile": args.jit_compile == "true",
         "step_s_median": round(step_s, 3), "first_step_s": round(times[0], 1),
         "gflops": round(flops / step_s / 1e9, 1),
-        "rss_before_mib": round(rss_before),
+        "rss_before_mib": round(run["rss_before_mib"]),
         "rss_peak_of_steps_mib": None if steps_peak is None else round(steps_peak),
-        "loss": float(losses.numpy()[-1]),
+        "loss": run["loss"],
     }), flush=True)
 
 
