@@ -63,3 +63,21 @@ def test_steps_of_both_sides_in_one_process(repo_root):
     assert record["tflm_ms_per_step"] > 0 and record["keras_hub_ms_per_step"] > 0
     assert record["ratio"] == record["keras_hub_ms_per_step"] / record["tflm_ms_per_step"]
     assert record["tflm_jit_compile"] is True and record["keras_hub_jit_compile"] is False
+
+
+def test_the_gpu_script_parses_and_stops_without_a_gpu(repo_root, tmp_path):
+    """tools/gpu_check.sh (what a lent GPU machine runs) is valid bash, names shapes the
+    benchmark knows, and on a machine without a GPU stops at once with exit status 3."""
+    script = repo_root / "tools" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    sys.path.insert(0, str(repo_root / "tools"))
+    import benchmark
+
+    text = script.read_text()
+    assert "--shapes=gpt2_small,bert_base" in text
+    assert {"gpt2_small", "bert_base"} <= set(benchmark.SHAPES)
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "gpus []" in (tmp_path / "machine.txt").read_text()
+    assert not (tmp_path / "train.jsonl").exists()
