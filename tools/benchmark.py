@@ -55,12 +55,13 @@ call) is a warm-up.
   both sides' models are evaluated by the same code: mean cross-entropy over the held-out
   paragraphs, each one sample `<|endoftext|> paragraph <|endoftext|>` (cut at the sequence
   length) scored from its start, per token and as bits per byte of the scored text (the bytes
-  of the target tokens: comparable across tokenizations). Records: positions/s, real
-  (non-padding) tokens/s (padded sides: positions/s x the training paragraphs' mean share of
-  real targets a row), the curve, the final loss; the summary: medians over `--repeats`
-  rounds (sides in turn, the order reversed every other round) and, for each tflm side against
-  keras-hub, the ratio of the times each takes to reach the worse one's final bits per byte
-  (curves interpolated linearly in time).
+  of the target tokens: comparable across tokenizations); the document-masked model sees the
+  paragraph as it trained, a document of its own at positions from 0 (`heldout_evaluator`).
+  Records: positions/s, real (non-padding) tokens/s (padded sides: positions/s x the training
+  paragraphs' mean share of real targets a row), the curve, the final loss; the summary: medians
+  over `--repeats` rounds (sides in turn, the order reversed every other round) and, for each
+  tflm side against keras-hub, the ratio of the times each takes to reach the worse one's final
+  bits per byte (curves interpolated linearly in time).
 """
 
 import argparse
@@ -400,12 +401,15 @@ def prepare_quality(text, workdir, every, heldout, vocab_size, sequence_length, 
             "padded_real_share": real_share, "vocabulary_size": tokenizer.vocabulary_size}
 
 
-def heldout_evaluator(workdir, batch_size=32, bucket=32):
+def heldout_evaluator(workdir, document_mask=False, batch_size=32, bucket=32):
     """`evaluate(model)` -> mean loss per held-out target token and bits per byte.
 
-    The same for every side: `model({"token_ids", "padding_mask"})` gives logits (tflm's
-    `CausalLM`, keras-hub's `GPT2CausalLM`); samples grouped by length, padded to a multiple
-    of `bucket` (few shapes, little padding)."""
+    The same targets and bytes for every side: `model({"token_ids", "padding_mask"})` gives
+    logits (tflm's `CausalLM`, keras-hub's `GPT2CausalLM`); samples grouped by length, padded
+    to a multiple of `bucket` (few shapes, little padding). With `document_mask`, a model
+    trained so is scored as it trained: the paragraph its own document at positions from 0
+    (its first token predicted from the lone <|endoftext|> before it, a document of its own),
+    not at positions from 1 after an <|endoftext|> it never attended to."""
     import numpy as np
     import tensorflow as tf
 
@@ -429,8 +433,14 @@ def heldout_evaluator(workdir, batch_size=32, bucket=32):
     def evaluate(model):
         nats = 0.0
         for x, y, w in batches:
-            logits = model({"token_ids": x, "padding_mask": (w > 0).astype(np.int32)},
-                           training=False)
+            inputs = {"token_ids": x, "padding_mask": (w > 0).astype(np.int32)}
+            if document_mask:
+                width = x.shape[1]
+                inputs["document_ids"] = np.tile(np.minimum(np.arange(width), 1) + 1,
+                                                 [len(x), 1]).astype(np.int32)
+                inputs["positions"] = np.tile(np.maximum(np.arange(width) - 1, 0),
+                                              [len(x), 1]).astype(np.int32)
+            logits = model(inputs, training=False)
             loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
                 y, tf.cast(logits, tf.float32))
             nats += float(tf.reduce_sum(loss * w))
@@ -504,7 +514,7 @@ def quality_side(config, side, workdir, budget, points):
     from tflm.tasks import get_task
     from tflm.training.trainer import Trainer
 
-    evaluate = heldout_evaluator(workdir)
+    evaluate = heldout_evaluator(workdir, document_mask=config.data.document_mask)
     with open(os.path.join(workdir, "heldout.json")) as f:
         padded_share = json.load(f)["real_share"]
     positions_per_step = config.data.global_batch_size * config.data.sequence_length
