@@ -5,7 +5,7 @@
     python tools/benchmark.py steps --repeats=7           # both trainers' steps in one process
     python tools/benchmark.py generate --shapes=tiny_gpt  # exported SavedModel vs keras-hub
     python tools/benchmark.py pipeline --shapes=tiny_gpt  # share of step time waiting for data
-    python tools/benchmark.py quality --budget=120        # time to a held-out loss, real paragraphs
+    python tools/benchmark.py quality --repeats=2         # time to a held-out loss, real paragraphs
 
 Every measurement runs in a process of its own (a fresh TensorFlow: no compiled function or
 allocator state carried over), tflm and keras-hub alternating for `--repeats` rounds. Each run
