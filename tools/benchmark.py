@@ -533,7 +533,6 @@ def quality_side(config, side, workdir, budget, points):
                  shuffle=False, callbacks=[Stop()])  # shuffled each epoch already
         return dict(clock.result(positions_per_step, padded_share),
                     jit_compile=bool(task.jit_compile), parameters=task.count_params())
-    dataset_fn, share = None, 1.0  # packed: every position is a real target
     if side == "tflm_padded":
         paragraphs, preprocessor = _padded_paragraph_batches(workdir, config)
 
@@ -547,6 +546,8 @@ def quality_side(config, side, workdir, budget, points):
                 as_tflm).prefetch(tf.data.AUTOTUNE)
 
         share = padded_share
+    else:
+        dataset_fn, share = None, 1.0  # packed: every position is a real target
     one = tf.constant(1, tf.int32)
     with tempfile.TemporaryDirectory() as model_dir:
         trainer = Trainer(get_task(config), model_dir, dataset_fn=dataset_fn,
