@@ -28,6 +28,7 @@ Only the standard library speaks HTTP; the gRPC path needs
 import base64
 import json
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -252,12 +253,22 @@ def rest_request_body(signature, inputs):
             "inputs": {name: _json_value(value) for name, value in typed.items()}}
 
 
+def _grpc_apis():
+    """grpc, TensorFlow and TF Serving's protos, loaded on the first gRPC call: a REST client
+    needs none of them."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    return types.SimpleNamespace(grpc=grpc, tf=tf, predict_pb2=predict_pb2,
+                                 prediction_service_pb2_grpc=prediction_service_pb2_grpc)
+
+
 def grpc_request(signature, inputs, model_name="tflm", version=None):
     """The `tensorflow_serving.apis.predict_pb2.PredictRequest` for `signature`."""
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
-
-    request = predict_pb2.PredictRequest()
+    apis = _grpc_apis()
+    tf = apis.tf
+    request = apis.predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature
     if version is not None:
@@ -399,21 +410,18 @@ class ServingClient:
 
     def _grpc_stub(self):
         if self._stub is None:
-            import grpc
-            from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-            self._channel = grpc.insecure_channel(
+            apis = _grpc_apis()
+            self._channel = apis.grpc.insecure_channel(
                 f"{self.host}:{self.grpc_port}",
                 options=[("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
                          ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)])
-            self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+            self._stub = apis.prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         return self._stub
 
     def predict_grpc(self, signature, inputs):
         """Calls `PredictionService/Predict` with `grpc_request`; returns {output: NumPy array}."""
-        import grpc
-        import tensorflow as tf
-
+        apis = _grpc_apis()
+        grpc = apis.grpc
         request = grpc_request(signature, inputs, self.model_name, self.version)
         where = (f"Predict {self.model_name}"
                  + (f" version {self.version}" if self.version is not None else "")
@@ -427,7 +435,7 @@ class ServingClient:
                 details = (f"cannot reach the gRPC API ({details}); is the server running with "
                            f"its gRPC port {self.grpc_port} published?")
             raise ServingError(where, "grpc", code.name, details) from None
-        return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        return {name: apis.tf.make_ndarray(proto) for name, proto in response.outputs.items()}
 
     def close(self):
         """Closes the gRPC channel (REST keeps no connection)."""
