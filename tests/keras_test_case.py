@@ -104,3 +104,23 @@ def fit_and_measure(model, dataset, steps, held_out_skip):
     before = loss()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
     return before, loss()
+
+
+def assert_chunked_fit_equals_whole(build, chunk, x, y, sample_weight, jit_compile):
+    """Two steps of `fit` from the same seed of `build(0)` (whole logits) and `build(chunk)`
+    (the loss in chunks of `chunk` positions): the same losses, accuracies and trainable
+    weights. Returns the chunked model."""
+    results = []
+    for size in (0, chunk):
+        keras.utils.set_random_seed(0)
+        model = build(size)
+        model.compile(jit_compile=jit_compile)
+        history = model.fit(x, y, sample_weight=sample_weight, epochs=2, verbose=0,
+                            shuffle=False)
+        results.append((history.history, [np.asarray(w) for w in model.trainable_weights]))
+    (whole, whole_weights), (chunked, chunked_weights) = results
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(chunked_weights, whole_weights):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    return model

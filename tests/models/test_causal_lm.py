@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_test_case import fit_and_measure
+from keras_test_case import assert_chunked_fit_equals_whole, fit_and_measure
 from tflm.data import ByteTokenizer, causal_lm_dataset, default_corpus_path
 from tflm.models import CausalLM, TransformerBackbone
 
@@ -87,18 +87,8 @@ def test_fit_with_a_chunked_loss_equals_the_whole_logits(jit_compile):
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((2, 8), "int32")}
     weights = np.ones((2, 8), "float32")
     weights[1, 5:] = 0.0
-    results = []
-    for chunk in (0, 5):
-        keras.utils.set_random_seed(0)
-        model = CausalLM(TransformerBackbone(**TINY_GPT), loss_chunk_size=chunk)
-        model.compile(jit_compile=jit_compile)
-        history = model.fit(x, ids[:, 1:], sample_weight=weights, epochs=2, verbose=0,
-                            shuffle=False)
-        results.append((history.history, [np.asarray(w) for w in model.trainable_weights]))
-    (whole, whole_weights), (chunked, chunked_weights) = results
-    for key in ("loss", "accuracy"):
-        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, err_msg=key)
-    for a, b in zip(chunked_weights, whole_weights):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    model = assert_chunked_fit_equals_whole(
+        lambda chunk: CausalLM(TransformerBackbone(**TINY_GPT), loss_chunk_size=chunk), 5,
+        x, ids[:, 1:], weights, jit_compile)
     assert model(x).shape == (2, 8, 262)
     assert CausalLM.from_config(model.get_config()).loss_chunk_size == 5

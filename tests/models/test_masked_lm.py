@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_test_case import fit_and_measure
+from keras_test_case import assert_chunked_fit_equals_whole, fit_and_measure
 from tflm.data import ByteTokenizer, default_corpus_path, masked_lm_dataset
 from tflm.models import MaskedLM, TransformerBackbone
 
@@ -88,18 +88,9 @@ def test_fit_with_a_chunked_loss_equals_the_whole_logits():
     the same losses, accuracies and weights (the head's bias included) after two steps of
     `fit` with XLA."""
     x, y, w = _batch()
-    results = []
-    for chunk in (0, 5):
-        keras.utils.set_random_seed(0)
-        model = MaskedLM(TransformerBackbone(**TINY_BERT), loss_chunk_size=chunk)
-        model.compile(jit_compile=True)
-        history = model.fit(x, y, sample_weight=w, epochs=2, verbose=0, shuffle=False)
-        results.append((history.history, [np.asarray(v) for v in model.trainable_weights]))
-    (whole, whole_weights), (chunked, chunked_weights) = results
-    for key in ("loss", "accuracy"):
-        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-5, err_msg=key)
-    for a, b in zip(chunked_weights, whole_weights):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert_chunked_fit_equals_whole(
+        lambda chunk: MaskedLM(TransformerBackbone(**TINY_BERT), loss_chunk_size=chunk), 5,
+        x, y, w, jit_compile=True)
 
 
 def test_chunked_loss_sums_with_next_sentence_prediction():
