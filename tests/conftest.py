@@ -5,6 +5,7 @@ root (or wherever `TFLM_SHARED_DATA` points). Tests that need it take the
 `shared_data` fixture, which skips them when the folder is absent.
 """
 
+import gc
 import os
 import pathlib
 
@@ -24,6 +25,26 @@ def shared_data_dir():
 def shared_data_path(name):
     """Path of `name` in the shared data folder (which may not exist)."""
     return shared_data_dir() / name
+
+
+def pytest_collection_finish(session):
+    gc.collect()
+    gc.freeze()  # what importing TensorFlow and collecting made
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Garbage collections during a file's tests scan only the objects made since it began.
+
+    A worker process keeps hundreds of thousands of live objects from the files before
+    (TensorFlow graphs and caches, session fixtures); Python's full collections rescanned them
+    all, dozens of times in a test that traces functions or parses the package. When a file's
+    tests end (its fixtures gone), its garbage is collected and what lives on is frozen.
+    """
+    yield
+    if nextitem is None or nextitem.path != item.path:
+        gc.collect()
+        gc.freeze()
 
 
 @pytest.fixture(scope="session")

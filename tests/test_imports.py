@@ -4,6 +4,7 @@ listed below, with their reason), and no code outside `tflm/tasks/` decides by t
 what importing the binaries loads."""
 
 import ast
+import functools
 import os
 import pathlib
 import subprocess
@@ -45,11 +46,15 @@ LAZY_IMPORTS = {
 }
 
 
+@functools.cache
 def _modules():
+    """(module name, path, syntax tree) of every module, parsed once for all the tests."""
+    modules = []
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE.parent).with_suffix("")
         name = ".".join(relative.parts).removesuffix(".__init__")
-        yield name, path, ast.parse(path.read_text(encoding="utf-8"))
+        modules.append((name, path, ast.parse(path.read_text(encoding="utf-8"))))
+    return tuple(modules)
 
 
 def _layer(module):
