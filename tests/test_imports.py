@@ -166,6 +166,36 @@ def test_no_task_name_decisions_outside_the_tasks():
                     decisions.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not decisions, "task-name comparisons outside tflm/tasks/:\n" + "\n".join(decisions)
 
+# tf.data transformations that take a function, and which argument it is.
+DATASET_FUNCTIONS = {"map": 0, "filter": 0, "flat_map": 0, "interleave": 0, "scan": 1}
+DO_NOT_CONVERT = "tf.autograph.experimental.do_not_convert"
+
+
+def test_dataset_functions_are_kept_from_autograph():
+    """Every function the package gives a tf.data transformation is decorated with
+    `tf.autograph.experimental.do_not_convert` (or wrapped in it): autograph's conversion of
+    a pipeline's functions cost seconds of each binary's start
+    (tests/tasks/test_registry.py checks the built datasets)."""
+    unmarked = []
+    for _, path, tree in _modules():
+        marked = {}  # function name -> whether a definition of that name is decorated
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                marked[node.name] = marked.get(node.name, False) or (
+                    DO_NOT_CONVERT in map(ast.unparse, node.decorator_list))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in DATASET_FUNCTIONS
+                    and len(node.args) > DATASET_FUNCTIONS[node.func.attr]):
+                continue
+            function = node.args[DATASET_FUNCTIONS[node.func.attr]]
+            if isinstance(function, ast.Call) and ast.unparse(function.func) == DO_NOT_CONVERT:
+                continue
+            if isinstance(function, ast.Lambda) or (
+                    isinstance(function, ast.Name) and marked.get(function.id) is False):
+                unmarked.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not unmarked, "dataset functions autograph would convert:\n" + "\n".join(unmarked)
+
 
 
 def test_the_binaries_import_nothing_heavy_they_do_not_use():

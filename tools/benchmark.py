@@ -660,6 +660,7 @@ def run_one(args):
 
     from tflm.training.flops import peak_flops_per_device, training_flops_per_token
     from tflm.models.factory import build_backbone
+    from tflm.tasks import get_task
 
     tf.get_logger().setLevel("ERROR")
     if args.measure == "quality":
@@ -672,7 +673,8 @@ def run_one(args):
               "global_batch_size": config.data.global_batch_size, "machine": machine()}
     if args.measure == "train":
         record.update(train_tflm(config) if args.side == "tflm" else train_keras_hub(config))
-        flops = training_flops_per_token(build_backbone(config.model), config.data.sequence_length)
+        flops = training_flops_per_token(build_backbone(config.model), config.data.sequence_length,
+                                         get_task(config).projected_share)
         record["flops_per_token"] = flops
         record["tflops"] = record["tokens_per_second"] * flops / 1e12
         peak = peak_flops_per_device(config.runtime.peak_tflops)

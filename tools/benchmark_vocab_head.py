@@ -12,9 +12,11 @@ them alike; each process times `--steps` steps after a first one (tracing, compi
 `benchmark_memory.py` (whose measures these are): `rss_peak_of_steps_mib` is the process's
 peak resident set during the timed steps, `rss_before_mib` once the model and optimizer are
 built. `gflops` is the model's training FLOPs (`training_flops_per_token`: 6 x parameters,
-the tied projection included, plus attention) over the step time; `matmul_gflops` a float32
-2048 x 2048 x 2048 matmul's, measured in a process of its own between the repeats. The last
-line is a summary: medians over the repeats, ratios chunked / whole, and the load average.
+the tied projection at the positions the task projects, plus attention) over the step time;
+`matmul_gflops` a float32 2048 x 2048 x 2048 matmul's, measured in a process of its own between
+the repeats. The last line is a summary: medians over the repeats, ratios chunked / whole, and
+the load average. `--params_override=model.task=masked_lm,model.vocabulary_size=30522,
+trainer.sample_prompt=` measures a masked LM at BERT's vocabulary (20 projected positions a row).
 """
 
 import argparse
@@ -40,6 +42,7 @@ SHAPE = ("model.vocabulary_size=50257,model.num_layers=4,model.num_heads=4,model
 
 def child(args):
     """One variant in this process: one JSON line."""
+    from tflm.tasks import get_task
     from tflm.training.flops import training_flops_per_token
 
     overrides = ",".join(filter(None, [
@@ -48,7 +51,8 @@ def child(args):
     run = time_trainer_steps(overrides, args.steps)
     config, times, steps_peak = run["config"], run["times"], run["rss_peak_of_steps_mib"]
     tokens = config.data.global_batch_size * config.data.sequence_length
-    flops = tokens * training_flops_per_token(run["model"].backbone, config.data.sequence_length)
+    flops = tokens * training_flops_per_token(run["model"].backbone, config.data.sequence_length,
+                                              get_task(config).projected_share)
     step_s = statistics.median(times[1:])
     print(json.dumps({
         "loss_chunk_size": args.chunk, "jit_compile": args.jit_compile == "true",

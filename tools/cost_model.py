@@ -109,26 +109,29 @@ class Model:
     @classmethod
     def transformer(cls, name, num_layers, hidden_dim, intermediate_dim, vocabulary_size,
                     sequence_length, max_sequence_length, num_segments=0, pooler=False,
-                    head_parameters=0, num_variables=0):
+                    head_parameters=0, num_variables=0, projected_share=1.0):
         """A tflm `TransformerBackbone` (tied output) counted as `tflm.training.flops` does:
         `6 N + 12 L d T` FLOPs a token, N the non-embedding parameters plus the tied output
-        projection; `head_parameters` are the task's own (a masked-LM head's)."""
+        projection at the `projected_share` of positions the task projects (a masked LM its
+        predicted ones); `head_parameters` are the task's own (a masked-LM head's)."""
         d, f = hidden_dim, intermediate_dim
         # q, k, v and output projections with biases, two dense layers of the MLP, two norms.
         per_layer = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d
         # A final norm (pre-LN) or an embedding norm (post-LN): either way one norm.
         blocks = num_layers * per_layer + 2 * d + (d * d + d if pooler else 0)
         embeddings = (vocabulary_size + max_sequence_length + num_segments) * d
-        flops = 6 * (blocks + d * vocabulary_size) + 12 * num_layers * d * sequence_length
+        flops = (6 * (blocks + d * vocabulary_size * projected_share)
+                 + 12 * num_layers * d * sequence_length)
         return cls(name, blocks + embeddings + head_parameters, flops, sequence_length,
                    num_variables)
 
 
 GPT2_124M = Model.transformer("GPT-2 124M", 12, 768, 3072, 50257, 1024, 1024, num_variables=148)
-# BERT-base with its masked-LM head (transform dense, norm, output bias) beside the backbone.
+# BERT-base with its masked-LM head (transform dense, norm, output bias) beside the backbone,
+# projecting its 20 predicted positions of 128.
 BERT_BASE = Model.transformer("BERT-base", 12, 768, 3072, 30522, 128, 512, num_segments=2,
                               pooler=True, head_parameters=768 * 768 + 3 * 768 + 30522,
-                              num_variables=156)
+                              num_variables=156, projected_share=20 / 128)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflm.models.losses import chunked_cross_entropy, weighted_correct, weighted_cross_entropy
+from tflm.models.losses import (chunked_cross_entropy, even_chunk_size, weighted_correct,
+                                 weighted_cross_entropy)
 
 
 def _numpy_cross_entropy(labels, logits, weights, smoothing):
@@ -41,6 +42,20 @@ def _loss_and_gradients(loss_fn, hidden, kernel, bias):
         # A non-unit upstream gradient: the custom gradient must scale by it.
         scaled = 3.0 * loss_sum
     return [loss_sum, weight_sum, predictions] + tape.gradient(scaled, [hidden, kernel, bias])
+
+
+@pytest.mark.parametrize("rows,chunk_size,expected", [
+    (80, 512, 80),      # a masked LM's predicted rows: one chunk, no padding
+    (1024, 512, 512),
+    (1000, 512, 500),   # two equal chunks, not 512 + 488 padded to 512
+    (10, 3, 3),
+    (10, 4, 4),         # three chunks: the fewest of at most 4 rows
+    (0, 512, 1),
+])
+def test_even_chunk_size(rows, chunk_size, expected):
+    assert even_chunk_size(rows, chunk_size) == expected
+    chunks = -(-rows // expected) if rows else 1
+    assert expected <= chunk_size and chunks == max(-(-rows // chunk_size), 1)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])

@@ -33,3 +33,23 @@ def test_an_encoder_decoder_counts_both_halves_and_cross_attention():
     n = params - 100 * 8 - 2 * 8 * 8 + 8 * 100
     attention = 12 * (2 + 2 * 1) * 2 * 4 * 8  # encoder self; decoder self and cross
     assert training_flops_per_token(backbone, 8) == 6 * n + attention
+
+
+def test_the_projection_counts_only_the_positions_a_task_projects():
+    from tflm.experiment import load_experiment
+    from tflm.tasks import get_task
+
+    kwargs = dict(vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=8,
+                  intermediate_dim=16, max_sequence_length=8)
+    backbone = TransformerBackbone(**kwargs)
+    every = training_flops_per_token(backbone, 8)
+    # A masked LM projects its predicted positions only; a classifier none.
+    assert training_flops_per_token(backbone, 8, 0.25) == every - 6 * 8 * 100 * 0.75
+    assert training_flops_per_token(backbone, 8, 0.0) == every - 6 * 8 * 100
+    untied = TransformerBackbone(**kwargs, tie_embeddings=False)
+    assert training_flops_per_token(untied, 8, 0.25) == training_flops_per_token(backbone, 8, 0.25)
+    bert = load_experiment("configs/tiny_bert.yaml", "data.max_predictions_per_seq=20")
+    assert get_task(bert).projected_share == 20 / 128
+    assert get_task(load_experiment("configs/tiny_gpt.yaml")).projected_share == 1.0
+    assert get_task(load_experiment("configs/tiny_seq2seq.yaml")).projected_share == 1.0
+    assert get_task(load_experiment("configs/finetune_reviews.yaml")).projected_share == 0.0

@@ -350,6 +350,7 @@ def record_index_batches(count, batch_size, training=True, seed=0, input_context
     if training:
         indices = indices.shuffle(max(count, 1), seed=seed, reshuffle_each_iteration=True).repeat()
 
+    @tf.autograph.experimental.do_not_convert
     def pad(index):
         real = tf.size(index)
         return tf.concat([index, tf.zeros([batch_size - real], tf.int64)], axis=0), real
@@ -379,6 +380,7 @@ def classification_batches(texts, labels, tokenizer, sequence_length, batch_size
     pair_values = None if pairs is None else tf.constant(list(pairs), tf.string)
     batches = record_index_batches(int(texts.shape[0]), batch_size, training, seed, input_context)
 
+    @tf.autograph.experimental.do_not_convert
     def encode(index, real):
         weights = tf.sequence_mask(real, batch_size, tf.float32)
         row_texts = tf.gather(texts, index)
@@ -415,6 +417,7 @@ def classification_dataset(texts, labels, tokenizer, sequence_length, batch_size
     if repeat:
         rows = rows.repeat()
 
+    @tf.autograph.experimental.do_not_convert
     def encode(text_batch, label_batch, pair_batch=None):
         features, _ = encode_classification(tokenizer, text_batch, pair_batch, sequence_length,
                                             causal)

@@ -47,6 +47,7 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None, positio
     index in its document (its start and separator included; 0 at padding), from which
     `document_features` tells the documents of a row apart.
     """
+    @tf.autograph.experimental.do_not_convert
     def join(batch):
         # A batch of documents → one stretch of the stream, separators included.
         if not isinstance(batch, tf.RaggedTensor):  # documents of one fixed length
@@ -67,7 +68,8 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None, positio
     if documents.element_spec.shape.rank != 2:
         documents = documents.ragged_batch(PACK_BATCH)
     stretches = documents.map(join)
-    flagged = stretches.map(lambda *ids: (ids if positions else ids[0], False))
+    flagged = stretches.map(tf.autograph.experimental.do_not_convert(
+        lambda *ids: (ids if positions else ids[0], False)))
     empty = tf.zeros([0], tf.int32)
     empty = (empty, empty) if positions else empty
     fill = (pad_id, 0) if positions else pad_id
@@ -76,6 +78,7 @@ def pack_token_stream(documents, window, separator_id=None, pad_id=None, positio
         flagged = flagged.concatenate(tf.data.Dataset.from_tensors((empty, True)))
 
     # The stream is the tokens, or with `positions` (tokens, positions): both cut alike.
+    @tf.autograph.experimental.do_not_convert
     def cut(carry, element):
         tokens, is_end = element
         stream = tf.nest.map_structure(lambda old, new: tf.concat([old, new], axis=0),
@@ -149,6 +152,7 @@ def causal_lm_batches(token_documents, tokenizer, sequence_length, batch_size, s
                              positions=document_mask, start_id=tokenizer.start_id)
     rows = _shuffle(rows, shuffle_buffer_size if training else 0, seed)
 
+    @tf.autograph.experimental.do_not_convert
     def split(batch, positions=None):
         labels = batch[:, 1:]
         if pad_id is None:
@@ -198,6 +202,7 @@ def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, m
     rows = _shuffle(rows, shuffle_buffer_size if training else 0, seed)
     if pair:
         # Carry the previous row along: the random B comes from it, no second read.
+        @tf.autograph.experimental.do_not_convert
         def with_previous(previous, row):
             return row, (row, previous)
 
@@ -207,6 +212,7 @@ def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, m
     sep = tf.constant([tokenizer.sep_id], tf.int32)
     stream_seed = tf.cast(seed, tf.int64) * 1_000_003 + seed_offset
 
+    @tf.autograph.experimental.do_not_convert
     def sentence_pair(index, element):
         row, previous = element
         draws = tf.random.stateless_uniform([2], seed=tf.stack([stream_seed, index]))
@@ -224,6 +230,7 @@ def masked_lm_batches(token_documents, tokenizer, sequence_length, batch_size, m
         rows = rows.map(sentence_pair, num_parallel_calls=AUTOTUNE, deterministic=True)
     batches = rows.batch(batch_size, drop_remainder=drop_remainder)
 
+    @tf.autograph.experimental.do_not_convert
     def mask(index, *columns):
         if pair:
             ids, segments, is_next = columns
@@ -311,11 +318,13 @@ def _held_out(documents, every_nth, keep_held_out):
     the same either way.
     """
     if documents.element_spec.shape.rank == 2:
+        @tf.autograph.experimental.do_not_convert
         def select(batch):
             return tf.ragged.boolean_mask(batch, held_out_mask(batch, every_nth) == keep_held_out)
 
         return documents.map(select, num_parallel_calls=AUTOTUNE, deterministic=True)
 
+    @tf.autograph.experimental.do_not_convert
     def selected(document):
         return held_out_mask(tf.RaggedTensor.from_tensor(document[tf.newaxis]),
                              every_nth)[0] == keep_held_out

@@ -197,6 +197,7 @@ def read_prepared(files, input_context=None, shuffle_seed=None, repeat=False, st
     if shard_records:
         records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
+    @tf.autograph.experimental.do_not_convert
     def parse(serialized):
         ids = tf.io.parse_example(serialized, _FEATURES)["token_ids"]
         if stats is not None:

@@ -96,6 +96,7 @@ def worker_files(files, input_context=None, shuffle_seed=None, repeat=False):
         dataset = tf.data.Dataset.from_tensor_slices(names)
         return (dataset.repeat() if repeat else dataset), shard_records
 
+    @tf.autograph.experimental.do_not_convert
     def epoch_order(epoch):
         keys = tf.random.stateless_uniform(
             [len(files)], seed=tf.stack([tf.constant(shuffle_seed, tf.int64), epoch]))
@@ -189,6 +190,7 @@ def read_documents(
         count("document_bytes", tf.reduce_sum(tf.where(skipped, 0, lengths)))
 
     if input_format == "jsonl":
+        @tf.autograph.experimental.do_not_convert
         def lines_of(path):
             # Read as a whole, as text files are, so every byte is counted exactly
             # (a line reader would drop "\r" before "\n" without a trace).
@@ -203,6 +205,7 @@ def read_documents(
         if shard_records:
             records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
+        @tf.autograph.experimental.do_not_convert
         def parse(paths, numbers, raw):
             # Repair before extraction (the parser needs valid UTF-8); count it here.
             lines, replacements = replace_invalid_utf8(raw)
@@ -228,15 +231,18 @@ def read_documents(
         batches = records.batch(_DOCUMENTS_PER_BATCH).map(
             parse, num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
+        @tf.autograph.experimental.do_not_convert
         def split(path):
             text = tf.io.read_file(path)
             pieces = _split_file(text, document_split, delimiter)
             count_file(text, pieces)
             return pieces
 
+        @tf.autograph.experimental.do_not_convert
         def slices(pieces):
             starts = tf.data.Dataset.range(0, tf.size(pieces, tf.int64), _DOCUMENTS_PER_BATCH)
-            return starts.map(lambda start: pieces[start:start + _DOCUMENTS_PER_BATCH])
+            return starts.map(tf.autograph.experimental.do_not_convert(
+                lambda start: pieces[start:start + _DOCUMENTS_PER_BATCH]))
 
         files_pieces = file_names.map(split, num_parallel_calls=AUTOTUNE, deterministic=True)
         if shard_records:
@@ -248,6 +254,7 @@ def read_documents(
             # Slices of one file's documents: no batch waits for the next file (or epoch).
             batches = files_pieces.flat_map(slices)
 
+        @tf.autograph.experimental.do_not_convert
         def repair(texts):
             repaired, replacements = replace_invalid_utf8(texts)
             count("invalid_utf8_replacements", tf.reduce_sum(replacements))
@@ -267,6 +274,7 @@ def read_documents(
         )
         return pieces.flat_values
 
+    @tf.autograph.experimental.do_not_convert
     def bound(kept):
         """Valid, non-empty documents → the same, cut where longer than `max_document_bytes`."""
         # split_long_document cuts a document iff it is longer than max_document_bytes.

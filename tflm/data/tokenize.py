@@ -20,6 +20,7 @@ def tokenize_documents(documents, tokenizer, stats=None, batched=False,
     and batches skip a per-document step (about 25 us a document).
     """
 
+    @tf.autograph.experimental.do_not_convert
     def tokenize(batch):
         ids = tokenizer.tokenize(batch)
         if stats is not None:

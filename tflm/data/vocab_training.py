@@ -92,6 +92,7 @@ def cleaned_lines(files, cleaner, stats, keep_empty=False, text_field=""):
     if text_field:
         stats["missing_field"] = 0
 
+    @tf.autograph.experimental.do_not_convert
     def prepare(lines):
         missing = tf.constant(0, tf.int64)
         if not text_field:

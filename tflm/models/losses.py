@@ -95,6 +95,12 @@ class WeightedCrossEntropy(WeightedSumLoss):
         return {"label_smoothing": self.label_smoothing, "name": self.name}
 
 
+def even_chunk_size(rows, chunk_size):
+    """The size of the fewest equal chunks of at most `chunk_size` that cover `rows` rows."""
+    num_chunks = max(-(-rows // chunk_size), 1)
+    return max(-(-rows // num_chunks), 1)
+
+
 def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None,
                           label_smoothing=0.0, return_predictions=False, transpose_kernel=False):
     """`weighted_cross_entropy` of `logits = hidden @ kernel (+ bias)`, `chunk_size` rows
@@ -127,6 +133,10 @@ def chunked_cross_entropy(hidden, kernel, labels, weights, chunk_size, bias=None
     label_shape = tf.shape(labels)
     depth = tf.shape(hidden)[-1]
     hidden = tf.reshape(hidden, [-1, depth])
+    if hidden.shape[0] is not None:
+        # Rows known: equal chunks of at most `chunk_size`, so padding stays under one row a
+        # chunk (a masked LM's 80 predicted rows are one chunk of 80, not 512 rows of work).
+        chunk_size = even_chunk_size(hidden.shape[0], chunk_size)
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
     weights = tf.reshape(tf.cast(weights, tf.float32), [-1])
     rows = tf.shape(hidden)[0]

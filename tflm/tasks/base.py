@@ -64,6 +64,9 @@ class Task(abc.ABC):
     # The task's own config keys: {section: dataclass of keys with defaults}, e.g.
     # {"data": TokenClassificationData}; they join that section for this task only.
     config_keys = {}
+    # The share of a training sequence's positions the vocabulary projection runs on (the
+    # FLOPs of MFU): 1 for a language model, 0 for a task with a small head of its own.
+    projected_share = 0.0
 
     def __init__(self, config):
         self.config = config

@@ -37,6 +37,7 @@ class CausalLMTask(Task):
 
     name = "causal_lm"
     model_class = CausalLM
+    projected_share = 1.0
     causal = True
     huggingface_head = CAUSAL_LM_HEAD
     generates_text = True

@@ -183,6 +183,7 @@ class ClassificationTask(Task):
             return batches
         class_weights = tf.constant(class_weights)
 
+        @tf.autograph.experimental.do_not_convert
         def weigh(features, labels, weights):
             return features, labels, weights * tf.gather(class_weights, labels)
 

@@ -169,6 +169,7 @@ def denoising_batches(documents, tokenizer, config, batch_size, training=True, s
     # Text infilling drops rows that do not fit: batch them again afterwards.
     rows = rows.enumerate().batch(batch_size, drop_remainder=training and not infilling)
 
+    @tf.autograph.experimental.do_not_convert
     def noise(index, batch):
         if infilling:
             noised = text_infilling(
@@ -181,10 +182,12 @@ def denoising_batches(documents, tokenizer, config, batch_size, training=True, s
 
     rows = rows.map(noise, num_parallel_calls=AUTOTUNE, deterministic=True)
     if infilling:
+        @tf.autograph.experimental.do_not_convert
         def fits(inputs, targets):
             del targets
             return tf.shape(inputs)[0] <= data.sequence_length
 
+        @tf.autograph.experimental.do_not_convert
         def count(inputs, targets):
             too_long = tf.cast(tf.shape(inputs)[0] > data.sequence_length, tf.int64)
             with tf.control_dependencies([stats.add("noised_rows_too_long", too_long)]):
@@ -197,6 +200,7 @@ def denoising_batches(documents, tokenizer, config, batch_size, training=True, s
 
     rows_shape = [batch_size if training else None]
 
+    @tf.autograph.experimental.do_not_convert
     def encode(inputs, targets):
         # Span corruption's lengths are exact and the infilled rows that fit were kept:
         # `seq2seq_features` cuts nothing.

@@ -49,6 +49,12 @@ class MaskedLMTask(Task):
     huggingface_head = MASKED_LM_HEAD
     config_keys = {"model": MaskedLMModelKeys}
 
+    @property
+    def projected_share(self):
+        """Only the `data.max_predictions_per_seq` predicted positions are projected."""
+        data = self.config.data
+        return min(data.max_predictions_per_seq, data.sequence_length) / data.sequence_length
+
     @classmethod
     def validate(cls, config):
         text_input_only(config, cls.name)

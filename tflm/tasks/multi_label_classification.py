@@ -178,6 +178,7 @@ def multi_label_batches(texts, targets, tokenizer, sequence_length, batch_size, 
                                      stats=stats)
     width = int(targets.shape[1])
 
+    @tf.autograph.experimental.do_not_convert
     def to_targets(features, index, weights):
         return features, tf.ensure_shape(tf.gather(targets, index), [batch_size, width]), weights
 

@@ -271,6 +271,7 @@ def regression_batches(records, tokenizer, sequence_length, batch_size, causal=F
                                   training=training, seed=seed, input_context=input_context,
                                   stats=stats)
 
+    @tf.autograph.experimental.do_not_convert
     def look_up(features, index, weights):
         target = tf.gather(targets, index)
         if with_index:

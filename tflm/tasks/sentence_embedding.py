@@ -329,6 +329,7 @@ def pair_batches(texts, partners, tokenizer, sequence_length, batch_size, causal
         features, _ = encode_classification(tokenizer, values, None, sequence_length, causal)
         return {k: tf.ensure_shape(v, [batch_size, sequence_length]) for k, v in features.items()}
 
+    @tf.autograph.experimental.do_not_convert
     def encode(index, real):
         weights = tf.sequence_mask(real, batch_size, tf.float32)
         features = encode_side(tf.gather(texts, index))

@@ -213,6 +213,7 @@ def seq2seq_batches(records, tokenizer, source_length, target_length, batch_size
     targets = tf.constant(records.targets, tf.string)
     batches = record_index_batches(len(records), batch_size, training, seed, input_context)
 
+    @tf.autograph.experimental.do_not_convert
     def encode(index, real):
         features, labels, weights = encode_seq2seq(
             tokenizer, tf.gather(sources, index), tf.gather(targets, index), source_length,
@@ -282,6 +283,7 @@ class Seq2SeqTask(Task):
 
     name = "seq2seq"
     model_class = Seq2SeqLM
+    projected_share = 1.0
     causal = False  # the encoder's direction; the decoder is causal by construction
     generates_text = True
     config_keys = {"data": Seq2SeqData, "model": Seq2SeqModel}

@@ -289,6 +289,7 @@ def tagged_batches(texts, tags, tokenizer, sequence_length, batch_size, training
         tf.constant([len(t) for t in tags], tf.int64))
     batches = record_index_batches(count, batch_size, training, seed, input_context)
 
+    @tf.autograph.experimental.do_not_convert
     def encode(index, real):
         features, labels, weights, _ = encode_tagged(
             tokenizer, tf.gather(text_values, index), tf.gather(tag_values, index),

@@ -14,12 +14,14 @@ def non_embedding_parameters(backbone):
     return total - embeddings
 
 
-def training_flops_per_token(backbone, sequence_length):
+def training_flops_per_token(backbone, sequence_length, projected_share=1.0):
     """`6N + 12 L H Q T` (PaLM appendix B; nanoGPT's MFU), plus the output projection.
 
-    `N` counts the non-embedding parameters; the tied output projection
+    `N` counts the non-embedding parameters; the output projection
     (`hidden_dim x vocabulary_size`) is a real matmul per predicted token and
-    is added as `6 * hidden_dim * vocabulary_size`. `12 L H Q T` is the
+    is added as `6 * hidden_dim * vocabulary_size` times `projected_share`, the share of
+    the positions it runs on (`Task.projected_share`: all of a causal LM's, a masked
+    LM's predicted positions, none for a classifier). `12 L H Q T` is the
     attention score and value products, forward and backward.
     """
     encoder, decoder = getattr(backbone, "encoder", None), getattr(backbone, "decoder", None)
@@ -30,12 +32,14 @@ def training_flops_per_token(backbone, sequence_length):
         # many source positions. A shared token embedding is left out of both counts.
         cross_attention = (12 * decoder.num_layers * decoder.num_heads * decoder.head_dim
                            * sequence_length)
-        return (training_flops_per_token(encoder, sequence_length)
-                - 6 * encoder.hidden_dim * encoder.vocabulary_size * encoder.tie_embeddings
-                + training_flops_per_token(decoder, sequence_length) + cross_attention)
+        return (training_flops_per_token(encoder, sequence_length, projected_share=0.0)
+                + training_flops_per_token(decoder, sequence_length, projected_share)
+                + cross_attention)
     n = non_embedding_parameters(backbone)
-    if backbone.tie_embeddings:  # an untied output kernel is already among the parameters
-        n += backbone.hidden_dim * backbone.vocabulary_size
+    projection = backbone.hidden_dim * backbone.vocabulary_size
+    if not backbone.tie_embeddings:  # an untied output kernel is among the parameters
+        n -= projection
+    n += projection * projected_share
     attention = 12 * backbone.num_layers * backbone.num_heads * backbone.head_dim * sequence_length
     return 6 * n + attention
 

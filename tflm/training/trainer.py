@@ -181,8 +181,8 @@ class Trainer:
         self._eval_step = tf.function(self._eval_step_fn)
         self.tokens_per_step = (config.data.global_batch_size * config.data.sequence_length
                                 * trainer.gradient_accumulation_steps)
-        self.flops_per_token = training_flops_per_token(self.model.backbone,
-                                                        config.data.sequence_length)
+        self.flops_per_token = training_flops_per_token(
+            self.model.backbone, config.data.sequence_length, task.projected_share)
         self.peak_flops = peak_flops_per_device(config.runtime.peak_tflops)
         if self.peak_flops:
             self.peak_flops *= self.strategy.num_replicas_in_sync
