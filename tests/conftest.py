@@ -74,6 +74,23 @@ def real_bert_dir():
     return pathlib.Path(folder)
 
 
+@pytest.fixture
+def autograph_conversions(monkeypatch):
+    """The names of the functions autograph converts while the test runs (it parses and
+    rewrites their source: seconds of a binary's start), recorded as they are converted."""
+    from tensorflow.python.autograph.impl import api
+
+    converted = []
+    convert = api._convert_actual
+
+    def record(entity, program_ctx):
+        converted.append(getattr(entity, "__qualname__", repr(entity)))
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(api, "_convert_actual", record)
+    return converted
+
+
 # The files that take longest on CI (its printed slowest tests), longest first. Under
 # `pytest -n 2` the workers take tests in collection order: the longest start first and the
 # short ones fill in at the end, so neither worker ends with a long tail. (`--dist=loadfile`

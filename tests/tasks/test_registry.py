@@ -92,21 +92,12 @@ def test_a_name_is_registered_once():
     ("configs/tiny_bert.yaml", "data.sentence_pairs=true,data.whole_word_masking=true"),
     ("configs/tiny_denoising.yaml", ""),
 ])
-def test_the_datasets_are_built_without_autograph(config_file, overrides, monkeypatch):
+def test_the_datasets_are_built_without_autograph(config_file, overrides,
+                                                  autograph_conversions):
     """tf.data's functions are plain graph code, kept from autograph: converting them (it
     parses and rewrites the source of everything they call) took seconds of each binary's
     start."""
-    from tensorflow.python.autograph.impl import api
-
-    converted = []
-    convert = api._convert_actual
-
-    def record(entity, program_ctx):
-        converted.append(getattr(entity, "__qualname__", repr(entity)))
-        return convert(entity, program_ctx)
-
-    monkeypatch.setattr(api, "_convert_actual", record)
     task = get_task(load_experiment(config_file, overrides))
     for training, split in ((True, "train"), (False, "eval")):
         next(iter(task.dataset(training=training, split=split)))
-    assert converted == []
+    assert autograph_conversions == []

@@ -63,7 +63,10 @@ class TrainStep:
         self._variables = model.trainable_variables
         # `model.loss_chunk_size`: the loss without the whole logits, which distillation needs.
         self.chunked_loss = bool(getattr(model, "loss_chunk_size", 0)) and teacher is None
-        self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit_compile)
+        # The step's functions are graph code throughout (autograph's conversion of them took
+        # about 0.65 s of every training run's start): traced without it.
+        self._forward_backward = tf.function(self._forward_backward_fn, jit_compile=jit_compile,
+                                             autograph=False)
         if task.cross_replica_loss and strategy.num_replicas_in_sync > 1:
             # A loss that gathers from the other replicas synchronizes inside the forward
             # pass, which a tf.function nested in the replica function may not do.
@@ -71,10 +74,11 @@ class TrainStep:
         # On one device the whole step (forward, backward, clipping, update) is one function
         # (one XLA computation with jit_compile): no cross-replica update.
         self.fused = isinstance(strategy, tf.distribute.OneDeviceStrategy)
-        self._fused_step = tf.function(self._fused_step_fn, jit_compile=jit_compile)
-        self.train_loop = tf.function(self._train_loop_fn)
+        self._fused_step = tf.function(self._fused_step_fn, jit_compile=jit_compile,
+                                       autograph=False)
+        self.train_loop = tf.function(self._train_loop_fn, autograph=False)
         # Under ParameterServerStrategy: one step, scheduled on a worker with its iterator.
-        self.scheduled_step = tf.function(self.train_step)
+        self.scheduled_step = tf.function(self.train_step, autograph=False)
 
     def _forward_backward_fn(self, features, labels, weights, denominator):
         """One micro-batch on one replica: loss sums and gradients of its share of the mean."""
@@ -174,12 +178,13 @@ class TrainStep:
         return loss, self.local(norm)
 
     def _train_loop_fn(self, num_steps):
-        losses = tf.TensorArray(tf.float32, size=num_steps)
-        norms = tf.TensorArray(tf.float32, size=num_steps)
-        for i in tf.range(num_steps):
+        def body(i, losses, norms):
             loss, norm = self.train_step()
-            losses = losses.write(i, loss)
-            norms = norms.write(i, norm)
+            return i + 1, losses.write(i, loss), norms.write(i, norm)
+
+        state = (tf.constant(0), tf.TensorArray(tf.float32, size=num_steps),
+                 tf.TensorArray(tf.float32, size=num_steps))
+        _, losses, norms = tf.while_loop(lambda i, *_: i < num_steps, body, state)
         return losses.stack(), norms.stack()
 
     def skip_batch(self):

@@ -178,7 +178,7 @@ class Trainer:
         self.train_step = TrainStep(task, self.model, self.optimizer, self.loss_scale,
                                     self.step, self.strategy, self.worker, self.iterator,
                                     self.jit_compile, teacher=self.teacher)
-        self._eval_step = tf.function(self._eval_step_fn)
+        self._eval_step = tf.function(self._eval_step_fn, autograph=False)
         self.tokens_per_step = (config.data.global_batch_size * config.data.sequence_length
                                 * trainer.gradient_accumulation_steps)
         self.flops_per_token = training_flops_per_token(
