@@ -5,6 +5,8 @@ without XLA, beside the matmul peak of this machine.
     python tools/benchmark_vocab_head.py                     # GPT 4 x 256, V 50257, seq 256, batch 4
     python tools/benchmark_vocab_head.py --chunk_sizes=256,1024 --repeats=3 --steps=3
     python tools/benchmark_vocab_head.py --params_override=data.global_batch_size=8
+    # a masked LM at BERT's vocabulary (20 projected positions a row):
+    python tools/benchmark_vocab_head.py --params_override=model.task=masked_lm,model.vocabulary_size=30522,trainer.sample_prompt=
 
 Each variant (loss_chunk_size 0 or one of `--chunk_sizes`; XLA off / on) runs in a process of
 its own, `--repeats` times, the variants alternating, so load from other jobs falls on all of
@@ -15,8 +17,7 @@ built. `gflops` is the model's training FLOPs (`training_flops_per_token`: 6 x p
 the tied projection at the positions the task projects, plus attention) over the step time;
 `matmul_gflops` a float32 2048 x 2048 x 2048 matmul's, measured in a process of its own between
 the repeats. The last line is a summary: medians over the repeats, ratios chunked / whole, and
-the load average. `--params_override=model.task=masked_lm,model.vocabulary_size=30522,
-trainer.sample_prompt=` measures a masked LM at BERT's vocabulary (20 projected positions a row).
+the load average.
 """
 
 import argparse
